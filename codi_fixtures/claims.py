@@ -1,0 +1,117 @@
+"""Turn a statistical result into a verdict, attaching its figure and numbers to the report.
+
+pass    = the (Holm-corrected) test supports the claim at alpha;
+fail    = it does not (the message carries the statistic, p, CI and n);
+skip    = inconclusive: too few usable problems, or degenerate data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.plugin import CLAIM_PROPERTY
+from codi_fixtures.report import stats_table_html
+from codi_fixtures.stats import StatResult
+
+__all__ = ["Claim", "evidence"]
+
+FigureFactory = Callable[[], Any]  # returns a matplotlib Figure
+_FIGURE_CACHE: dict[tuple[str, str], str] = {}
+
+
+def evidence(result: StatResult) -> str:
+    """One line of numbers for messages: statistic, p, corrected p, CI, n, method."""
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+    return (
+        f"statistic={f(result.statistic)}, p={f(result.p_value)}, "
+        f"p_holm={f(result.p_corrected)}, CI=[{f(result.ci_low)}, {f(result.ci_high)}], "
+        f"n={result.n} ({result.method})"
+    )
+
+
+class Claim:
+    """Per-test helper (the ``claim`` fixture): judge a result, record everything first."""
+
+    def __init__(
+        self,
+        analysis: StudyAnalysis,
+        tier: str,
+        node: pytest.Item,
+        extras: list[Any],
+        min_n: int = 5,
+    ) -> None:
+        self.analysis = analysis
+        self.tier = tier
+        self.node = node
+        self.extras = extras
+        self.min_n = min_n
+
+    def _attach(
+        self,
+        label: str,
+        result: StatResult,
+        context: Mapping[str, object],
+        figure: tuple[str, FigureFactory] | None,
+    ) -> None:
+        from pytest_html import extras as html_extras
+
+        if figure is not None:
+            key, factory = figure
+            cache_key = (f"{self.tier}:{id(self.analysis)}", key)
+            if cache_key not in _FIGURE_CACHE:
+                from codi_fixtures.figures import png_base64
+
+                _FIGURE_CACHE[cache_key] = png_base64(factory())
+            self.extras.append(html_extras.png(_FIGURE_CACHE[cache_key], name=key))
+        self.extras.append(html_extras.html(stats_table_html(result, context)))
+        payload = {
+            "label": label,
+            "tier": self.tier,
+            "stats": {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in result.as_dict().items()
+            },
+            "context": dict(context),
+            "message": evidence(result),
+        }
+        self.node.user_properties.append((CLAIM_PROPERTY, json.dumps(payload, default=str)))
+
+    def judge(
+        self,
+        label: str,
+        result: StatResult,
+        *,
+        context: Mapping[str, object] | None = None,
+        figure: tuple[str, FigureFactory] | None = None,
+    ) -> None:
+        """Pass when the corrected p is below alpha; otherwise fail, or skip if inconclusive."""
+        context = dict(context or {})
+        excluded = self.analysis.excluded_problems()
+        if excluded:
+            context["excluded (NaN/inf)"] = ", ".join(excluded)
+        self._attach(label, result, context, figure)
+        reason = self.analysis.inconclusive_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        if result.inconclusive:
+            pytest.skip(f"inconclusive: {result.method} ({label}, n={result.n})")
+        if result.n < self.min_n:
+            pytest.skip(
+                f"inconclusive: only {result.n} usable problems for {label} (need >= {self.min_n})"
+            )
+        p = result.p_corrected if result.p_corrected is not None else result.p_value
+        note = f"; excluded for NaN/inf: {', '.join(excluded)}" if excluded else ""
+        if not p < self.analysis.alpha:
+            pytest.fail(
+                f"not supported at alpha={self.analysis.alpha}: {label}: {evidence(result)}{note}",
+                pytrace=False,
+            )

@@ -1,0 +1,444 @@
+"""The one CODI latent engine: question -> <bot> -> thoughts -> <eot> -> answer.
+
+Batched under left padding, so every row's ``<bot>`` sits in the same column
+``P-1`` (P = padded prompt length), thought ``t`` in column ``P+t`` and
+``<eot>`` in column ``P+T``; attention masks and position ids are explicit in
+every phase. A prompt is encoded once; any number of rows (the clean run and
+interventions) branch from its KV cache.
+
+Differences from the official ``test.py`` (deliberate): the latent loop and the
+answer phase pass the attention mask (the official loop passes none, so padded
+rows attend to padding); greedy decoding never emits pad, ``<bot>`` or ``<eot>``
+(the official slice removes only ``<eot>``); decoding stops at eos or after
+``max_new_tokens`` (default 24), not a fixed 256 steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+
+import torch
+from transformers import DynamicCache
+
+from codi_fixtures.answers import parse_answer
+from codi_fixtures.architecture import unwrap_peft
+from codi_fixtures.hooks import block_output_hook
+from codi_fixtures.model import CodiModel
+
+__all__ = [
+    "LatentRun",
+    "LoopState",
+    "Prompt",
+    "ThoughtPatch",
+    "answer_targets",
+    "build_prompt",
+    "encode_prompt",
+    "forward_step",
+    "greedy_decode",
+    "mask_specials",
+    "run_latent",
+    "run_thoughts",
+]
+
+OnThought = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A left-padded batch of questions ending in ``<bot>``."""
+
+    input_ids: torch.Tensor  # (B, P)
+    attention_mask: torch.Tensor  # (B, P), 1 = real token
+    q_lens: torch.Tensor  # (B,) Q = tokens before <bot> (BOS and optional eos included)
+
+    @property
+    def width(self) -> int:
+        """Padded prompt length P (``<bot>`` is column P-1)."""
+        return int(self.input_ids.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class LoopState:
+    """Where a batch of sequences stands: KV cache, mask and next position id."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # (B, S) attention mask over cached columns
+    next_pos: torch.Tensor  # (B,) position id of the next token
+
+    @property
+    def length(self) -> int:
+        """Number of cached columns S."""
+        return int(self.mask.shape[1])
+
+    def select(self, rows: torch.Tensor) -> LoopState:
+        """A new state holding copies of ``rows`` (repeats allowed): branching."""
+        cache = DynamicCache()
+        for idx, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), idx)
+        return LoopState(
+            cache, self.mask.index_select(0, rows), self.next_pos.index_select(0, rows)
+        )
+
+    def fork(self) -> LoopState:
+        """A copy that can advance without touching this one."""
+        return self.select(torch.arange(self.mask.shape[0], device=self.mask.device))
+
+
+@dataclass(frozen=True)
+class ThoughtPatch:
+    """Per-row replacement of thought sites.
+
+    Row ``b``'s site at thought ``t`` is replaced by ``values[b, t]`` where
+    ``mask[b, t]``. ``layer`` None means the thought's input embedding; an int
+    means the output of that decoder block at the thought's position.
+    """
+
+    values: torch.Tensor  # (B, T, d)
+    mask: torch.Tensor  # (B, T) bool
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.shape[:2] != self.mask.shape:
+            raise ValueError(
+                f"patch values {tuple(self.values.shape)} and mask {tuple(self.mask.shape)} "
+                "disagree on (rows, thoughts)"
+            )
+
+    def apply(self, thought: int, value: torch.Tensor) -> torch.Tensor:
+        """``value`` (B, d) with this thought's masked rows replaced (new tensor)."""
+        rows = self.mask[:, thought].to(value.device)
+        if not bool(rows.any()):
+            return value
+        new = self.values[:, thought].to(device=value.device, dtype=value.dtype)
+        return torch.where(rows[:, None], new, value)
+
+
+@dataclass
+class LatentRun:
+    """Everything one batch of rows produced. Shapes: B rows, T thoughts, d width."""
+
+    q_lens: torch.Tensor  # (B,)
+    thoughts: torch.Tensor  # (B, T, d) input embeddings fed at positions Q+1+t
+    first_logits: torch.Tensor  # (B, V+3) at <eot>; specials set to -inf
+    answer_ids: list[list[int]]
+    answer_text: list[str]
+    answers: list[float | None]
+    nonfinite: torch.Tensor  # (B,) bool: NaN/inf met in hidden states or logits
+    block_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, T, d)
+    attentions: torch.Tensor | None = None  # (B, layers, heads, T): <eot> query -> thoughts
+    target_logp: torch.Tensor | None = None  # (B,) teacher-forced log p of the scored tokens
+
+
+def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
+    """Tokenize questions (BOS as the tokenizer adds it), append [eos,] <bot>, left-pad."""
+    tok = model.tokenizer
+    encoded = [list(tok(q)["input_ids"]) for q in questions]  # type: ignore[operator]
+    tail = [model.eos_id, model.bot_id] if model.spec.eos_before_bot else [model.bot_id]
+    seqs = [ids + tail for ids in encoded]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    q_lens = torch.tensor([len(s) - 1 for s in seqs])
+    return Prompt(input_ids.to(model.device), mask.to(model.device), q_lens)
+
+
+def _decoder(model: CodiModel) -> torch.nn.Module:
+    """The transformer stack without the LM head (LlamaModel / GPT2Model)."""
+    return unwrap_peft(model.codi).base_model
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one forward of n new tokens returns."""
+
+    hidden: torch.Tensor  # (B, n, d) last layer, after the final norm
+    logits: torch.Tensor | None = None  # (B, n, V+3)
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, H, n, S)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # HF convention, n_layers + 1
+
+
+def forward_step(
+    model: CodiModel,
+    state: LoopState,
+    *,
+    input_ids: torch.Tensor | None = None,
+    embeds: torch.Tensor | None = None,
+    new_mask: torch.Tensor | None = None,
+    logits: bool = False,
+    attentions: bool = False,
+    hidden_states: bool = False,
+) -> StepOutput:
+    """Advance ``state`` by n tokens (ids or embeddings), masking and positioning explicitly.
+
+    ``new_mask`` (B, n) marks real tokens; padded ones neither attend-to nor advance positions.
+    """
+    n = int((input_ids if input_ids is not None else embeds).shape[1])  # type: ignore[union-attr]
+    batch = state.mask.shape[0]
+    if new_mask is None:
+        new_mask = torch.ones((batch, n), dtype=state.mask.dtype, device=state.mask.device)
+    mask = torch.cat([state.mask, new_mask], dim=1)
+    offsets = torch.cumsum(new_mask, dim=1) - new_mask
+    positions = state.next_pos[:, None] + offsets
+    out = _decoder(model)(
+        input_ids=input_ids,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=state.cache,
+        use_cache=True,
+        output_attentions=attentions,
+        output_hidden_states=hidden_states,
+    )
+    state.mask = mask
+    state.next_pos = state.next_pos + new_mask.sum(dim=1)
+    hidden = out.last_hidden_state
+    head = model.codi.get_output_embeddings()
+    return StepOutput(
+        hidden=hidden,
+        logits=head(hidden) if logits else None,
+        attentions=out.attentions if attentions else None,
+        hidden_states=out.hidden_states if hidden_states else None,
+    )
+
+
+def encode_prompt(model: CodiModel, prompt: Prompt) -> tuple[LoopState, torch.Tensor]:
+    """Encode question + ``<bot>``; returns the state and the last hidden at ``<bot>`` (B, d)."""
+    mask = prompt.attention_mask
+    state = LoopState(
+        DynamicCache(),
+        mask[:, :0],
+        torch.zeros(len(prompt), dtype=torch.long, device=mask.device),
+    )
+    out = forward_step(model, state, input_ids=prompt.input_ids, new_mask=mask)
+    return state, out.hidden[:, -1]
+
+
+def run_thoughts(
+    model: CodiModel,
+    state: LoopState,
+    bot_hidden: torch.Tensor,
+    *,
+    n_thoughts: int,
+    on_thought: OnThought | None = None,
+    patch: ThoughtPatch | None = None,
+    capture_layers: Sequence[int] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+    """The latent loop: feed T thoughts; returns (inputs (B,T,d), captures, nonfinite (B,)).
+
+    ``on_thought(t, z)`` may rewrite the input embedding of thought ``t`` (after
+    ``patch`` when the patch is at the embedding site). Gradients flow when enabled.
+    """
+    z = model.project(bot_hidden)  # z for thought 0
+    fed: list[torch.Tensor] = []
+    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in capture_layers}
+    bad = ~torch.isfinite(bot_hidden).all(dim=-1)
+    for t in range(n_thoughts):
+        if patch is not None and patch.layer is None:
+            z = patch.apply(t, z)
+        if on_thought is not None:
+            z = on_thought(t, z)
+        fed.append(z)
+        with ExitStack() as stack:
+            if patch is not None and patch.layer is not None:
+                stack.enter_context(
+                    block_output_hook(model.codi, patch.layer, _last_position(patch, t))
+                )
+            for layer in capture_layers:  # registered after the patch: sees patched values
+                stack.enter_context(
+                    block_output_hook(model.codi, layer, _recorder(captured[layer]))
+                )
+            h = forward_step(model, state, embeds=z[:, None, :]).hidden[:, -1]
+        bad |= ~torch.isfinite(h).all(dim=-1)
+        z = model.project(h)  # the (T+1)-th projection is computed and never fed, as upstream
+    thoughts = torch.stack(fed, dim=1) if fed else bot_hidden.new_zeros((len(bot_hidden), 0, 0))
+    return thoughts, {k: torch.stack(v, dim=1) for k, v in captured.items()}, bad
+
+
+def _last_position(patch: ThoughtPatch, thought: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(out: torch.Tensor) -> torch.Tensor:
+        new = out.clone()
+        new[:, -1] = patch.apply(thought, out[:, -1])
+        return new
+
+    return fn
+
+
+def _recorder(store: list[torch.Tensor]) -> Callable[[torch.Tensor], None]:
+    def fn(out: torch.Tensor) -> None:
+        store.append(out[:, -1].detach())
+
+    return fn
+
+
+def mask_specials(model: CodiModel, logits: torch.Tensor) -> torch.Tensor:
+    """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored."""
+    logits = logits.float()
+    logits[..., model.base_vocab_size :] = float("-inf")
+    return logits
+
+
+def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    """Token ids of ``"<answer prompt> <gold>" + eos`` and how many leading ids are prompt.
+
+    Only the tokens after the prompt (the number and eos) are scored.
+    """
+    tok = model.tokenizer
+    prompt = model.spec.answer_prompt
+    prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    targets, n_prompt = [], []
+    for gold in golds:
+        ids = list(tok(f"{prompt} {gold}", add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+        shared = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
+        targets.append([*ids, model.eos_id])
+        n_prompt.append(shared)
+    return targets, n_prompt
+
+
+def _score(
+    model: CodiModel,
+    state: LoopState,
+    first_logits: torch.Tensor,
+    targets: list[list[int]],
+    n_prompt: list[int],
+) -> torch.Tensor:
+    """Teacher-forced sum of log p over each row's scored target tokens; state unchanged."""
+    batch, width = len(targets), max(len(t) for t in targets)
+    device = first_logits.device
+    ids = torch.full((batch, width), model.pad_id, dtype=torch.long, device=device)
+    scored = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    real = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for row, (seq, skip) in enumerate(zip(targets, n_prompt, strict=True)):
+        ids[row, : len(seq)] = torch.tensor(seq, device=device)
+        real[row, : len(seq)] = 1
+        scored[row, skip : len(seq)] = True
+    branch = state.fork()
+    logits = [first_logits[:, None, :]]
+    if width > 1:
+        rest = forward_step(
+            model, branch, input_ids=ids[:, :-1], new_mask=real[:, :-1], logits=True
+        ).logits
+        assert rest is not None
+        logits.append(mask_specials(model, rest))
+    logp = torch.log_softmax(torch.cat(logits, dim=1), dim=-1)
+    token_logp = logp.gather(2, ids[:, :, None])[:, :, 0]
+    return torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(dim=1)
+
+
+def greedy_decode(
+    model: CodiModel, state: LoopState, first_logits: torch.Tensor, max_new_tokens: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy decode from ``<eot>`` until every row emitted a stop token."""
+    batch = first_logits.shape[0]
+    stops = torch.tensor(model.stop_ids, device=first_logits.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=first_logits.device)
+    bad = ~torch.isfinite(first_logits[:, : model.base_vocab_size]).all(dim=-1)
+    steps: list[torch.Tensor] = []
+    logits = first_logits
+    for step in range(max_new_tokens):
+        next_ids = logits.argmax(dim=-1)
+        next_ids = torch.where(finished, torch.full_like(next_ids, model.pad_id), next_ids)
+        steps.append(next_ids)
+        finished |= torch.isin(next_ids, stops)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        new_logits = forward_step(model, state, input_ids=next_ids[:, None], logits=True).logits
+        assert new_logits is not None
+        bad |= ~torch.isfinite(new_logits[:, -1]).all(dim=-1)
+        logits = mask_specials(model, new_logits[:, -1])
+    table = torch.stack(steps, dim=1).tolist()
+    answers = []
+    for row in table:
+        ids: list[int] = []
+        for token in row:
+            if token == model.pad_id:
+                break
+            ids.append(token)
+        answers.append(ids)
+    return answers, bad
+
+
+def run_latent(
+    model: CodiModel,
+    prompt: Prompt,
+    *,
+    rows: torch.Tensor | None = None,
+    patch: ThoughtPatch | None = None,
+    on_thought: OnThought | None = None,
+    capture_layers: Sequence[int] = (),
+    attention_layers: Sequence[int] = (),
+    targets: tuple[list[list[int]], list[int]] | None = None,
+    max_new_tokens: int = 24,
+    generate: bool = True,
+) -> LatentRun:
+    """Run CODI inference for a batch: the question prefix is encoded once.
+
+    ``rows`` (R,) picks prompt rows to run (repeats allowed): every row branches
+    from its question's cached prefix, so a clean row and its ablations share it.
+    ``patch``/``targets`` are indexed by run row. ``attention_layers`` requests
+    per-head attention from the ``<eot>`` query to each thought.
+    """
+    state, bot_hidden = encode_prompt(model, prompt)
+    q_lens = prompt.q_lens
+    if rows is not None:
+        rows = rows.to(prompt.input_ids.device)
+        state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
+        q_lens = q_lens.index_select(0, rows.cpu())
+    n_thoughts = model.spec.n_thoughts
+    thoughts, blocks, bad = run_thoughts(
+        model,
+        state,
+        bot_hidden,
+        n_thoughts=n_thoughts,
+        on_thought=on_thought,
+        patch=patch,
+        capture_layers=capture_layers,
+    )
+    eot = model.embed(torch.full_like(state.next_pos, model.eot_id))[:, None, :]
+    out = forward_step(model, state, embeds=eot, logits=True, attentions=bool(attention_layers))
+    assert out.logits is not None
+    first_logits = mask_specials(model, out.logits[:, -1])
+    bad |= ~torch.isfinite(out.hidden[:, -1]).all(dim=-1)
+    attn = out.attentions
+    attentions = None
+    if attention_layers:
+        assert attn is not None
+        start = prompt.width  # column of thought 0
+        attentions = torch.stack(
+            [attn[layer][:, :, -1, start : start + n_thoughts] for layer in attention_layers],
+            dim=1,
+        ).float()
+    run = LatentRun(
+        q_lens=q_lens,
+        thoughts=thoughts,
+        first_logits=first_logits,
+        answer_ids=[],
+        answer_text=[],
+        answers=[],
+        nonfinite=bad,
+        block_outputs=blocks,
+        attentions=attentions,
+    )
+    if targets is not None:
+        run.target_logp = _score(model, state, first_logits, *targets)
+    if generate:
+        ids, bad_gen = greedy_decode(model, state, first_logits, max_new_tokens)
+        texts = [
+            model.tokenizer.decode(seq, skip_special_tokens=True)  # type: ignore[attr-defined]
+            for seq in ids
+        ]
+        run = replace(
+            run,
+            answer_ids=ids,
+            answer_text=texts,
+            answers=[parse_answer(t, model.spec.answer_prompt) for t in texts],
+            nonfinite=bad | bad_gen,
+        )
+    return run

@@ -1,0 +1,185 @@
+"""What an ablation is (data), and the one pure function that computes its replacement.
+
+An ablation replaces the value at a *site* of one or more thoughts, once, at the
+thought's position ``Q+1+t``; everything downstream (later thoughts, ``<eot>``,
+the answer) is recomputed from it by the engine. Sites:
+
+- ``EmbeddingSite()``: the thought's input embedding (so its keys/values change
+  at every layer);
+- ``ResidualSite(layer=L)``: the output of decoder block ``L`` at the thought's
+  position.
+
+Kinds: ``zero``; ``mean`` (per-thought dataset mean at that site); ``noise``
+(Gaussian with the site's per-dimension RMS over the dataset, seeded); and
+``resample`` (the same site of another problem, a seeded derangement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from codi_fixtures.config import ABLATION_KINDS, AblationKind
+from codi_fixtures.engine import ThoughtPatch
+
+__all__ = [
+    "ABLATION_KINDS",
+    "Ablation",
+    "AblationKind",
+    "AblationRef",
+    "EmbeddingSite",
+    "ResidualSite",
+    "Site",
+    "apply",
+    "build_patch",
+    "parse_site",
+]
+
+
+@dataclass(frozen=True)
+class EmbeddingSite:
+    """The input embedding of a thought."""
+
+    @property
+    def layer(self) -> None:
+        """No decoder block: the patch applies before block 0."""
+        return None
+
+    def __str__(self) -> str:
+        return "embedding"
+
+
+@dataclass(frozen=True)
+class ResidualSite:
+    """The output of decoder block ``layer`` at a thought's position."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            raise ValueError(f"residual site layer must be >= 0, got {self.layer}")
+
+    def __str__(self) -> str:
+        return f"block{self.layer}"
+
+
+Site = EmbeddingSite | ResidualSite
+
+
+def parse_site(text: str, n_layers: int) -> Site:
+    """``embedding`` or ``blockL`` / ``block:L`` (0 <= L < n_layers)."""
+    if text == "embedding":
+        return EmbeddingSite()
+    digits = text.removeprefix("block").lstrip(":")
+    if text.startswith("block") and digits.isdigit():
+        layer = int(digits)
+        if layer >= n_layers:
+            raise ValueError(
+                f"site {text!r}: layer {layer} out of range, the model has {n_layers} blocks "
+                f"(0..{n_layers - 1})"
+            )
+        return ResidualSite(layer)
+    raise ValueError(f"unknown ablation site {text!r}; use 'embedding' or 'block<L>' (e.g. block8)")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Ablate ``thoughts`` (0-based) at ``site`` with ``kind``."""
+
+    thoughts: tuple[int, ...]
+    kind: AblationKind
+    site: Site = EmbeddingSite()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ABLATION_KINDS:
+            raise ValueError(
+                f"unknown ablation kind {self.kind!r}; allowed: {', '.join(ABLATION_KINDS)}"
+            )
+        if not self.thoughts:
+            raise ValueError("an ablation needs at least one thought")
+        if any(t < 0 for t in self.thoughts):
+            raise ValueError(f"thought indices must be >= 0, got {self.thoughts}")
+
+    @property
+    def name(self) -> str:
+        """Readable id: ``t3-mean``, or ``all-mean`` for every thought of a 6-thought model."""
+        who = f"t{self.thoughts[0]}" if len(self.thoughts) == 1 else "all"
+        return f"{who}-{self.kind}"
+
+    def check(self, n_thoughts: int) -> None:
+        """Raise when a thought index does not exist in an ``n_thoughts`` model."""
+        bad = [t for t in self.thoughts if t >= n_thoughts]
+        if bad:
+            raise ValueError(
+                f"thought index {bad[0]} out of range: the model has {n_thoughts} thoughts "
+                f"(0..{n_thoughts - 1})"
+            )
+
+
+@dataclass(frozen=True)
+class AblationRef:
+    """Dataset statistics an ablation draws from, for one site. N problems, T thoughts."""
+
+    values: torch.Tensor  # (N, T, d) clean site values of every problem
+    mean: torch.Tensor  # (T, d)
+    noise: torch.Tensor  # (N, T, d) Gaussian draws with per-dimension std = site RMS
+    donors: torch.Tensor  # (N,) problem whose values a resample takes (never itself)
+
+    @classmethod
+    def from_values(cls, values: torch.Tensor, seed: int = 0) -> AblationRef:
+        """Statistics of clean site values ``(N, T, d)``; noise and donors seeded."""
+        values = values.detach().float().cpu()
+        n = values.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        rms = values.pow(2).mean(dim=0).sqrt()  # (T, d)
+        noise = torch.randn(values.shape, generator=gen) * rms
+        if n >= 2:
+            # A random cyclic shift of a random order: a derangement, uniform enough here.
+            order = torch.randperm(n, generator=gen)
+            donors = torch.empty(n, dtype=torch.long)
+            donors[order] = order.roll(1)
+        else:
+            donors = torch.full((n,), -1, dtype=torch.long)
+        return cls(values=values, mean=values.mean(dim=0), noise=noise, donors=donors)
+
+
+def apply(ablation: Ablation, value: torch.Tensor, ref: AblationRef, problem: int) -> torch.Tensor:
+    """Site values ``(T, d)`` of problem ``problem`` with the ablation applied (a new tensor)."""
+    out = value.detach().clone()
+    ablation.check(value.shape[0])
+    idx = list(ablation.thoughts)
+    if ablation.kind == "zero":
+        out[idx] = 0.0
+    elif ablation.kind == "mean":
+        out[idx] = ref.mean[idx].to(out)
+    elif ablation.kind == "noise":
+        out[idx] = ref.noise[problem, idx].to(out)
+    elif ablation.kind == "resample":
+        donor = int(ref.donors[problem])
+        if donor < 0:
+            raise ValueError("resample ablation needs at least 2 problems in the set")
+        out[idx] = ref.values[donor, idx].to(out)
+    else:  # unreachable: validated in Ablation
+        raise ValueError(f"unknown ablation kind {ablation.kind!r}")
+    return out
+
+
+def build_patch(
+    ablations: Sequence[Ablation | None], problems: Sequence[int], ref: AblationRef
+) -> ThoughtPatch:
+    """One patch for a batch of run rows: row ``r`` gets ``ablations[r]`` (None = clean)."""
+    if len(ablations) != len(problems):
+        raise ValueError("one ablation (or None) per row is required")
+    sites = {a.site for a in ablations if a is not None}
+    if len(sites) > 1:
+        raise ValueError(f"a patch applies at one site, got {sorted(map(str, sites))}")
+    values = ref.values[list(problems)].clone()  # (R, T, d)
+    mask = torch.zeros(values.shape[:2], dtype=torch.bool)
+    for row, (ablation, problem) in enumerate(zip(ablations, problems, strict=True)):
+        if ablation is not None:
+            values[row] = apply(ablation, values[row], ref, problem)
+            mask[row, list(ablation.thoughts)] = True
+    layer = next(iter(sites)).layer if sites else None
+    return ThoughtPatch(values=values, mask=mask, layer=layer)

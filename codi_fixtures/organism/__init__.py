@@ -1,0 +1,1 @@
+"""The bundled model organism: a synthetic arithmetic task and tiny-CODI training."""

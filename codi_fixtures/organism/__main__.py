@@ -1,0 +1,49 @@
+"""``python -m codi_fixtures.organism``: retrain the bundled CODI organism."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from codi_fixtures.organism.pipeline import train_organism
+from codi_fixtures.organism.train import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse options and run the training pipeline."""
+    parser = argparse.ArgumentParser(
+        prog="python -m codi_fixtures.organism",
+        description="Train the tiny CODI organism and write it in the published checkpoint layout.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="resumable training state (default: OUT/../.work)"
+    )
+    parser.add_argument("--thoughts", type=int, default=6, help="continuous thoughts (0 = control)")
+    parser.add_argument("--teacher-steps", type=int, default=TrainConfig.teacher_steps)
+    parser.add_argument("--codi-steps", type=int, default=TrainConfig.codi_steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--teacher-from",
+        type=Path,
+        default=None,
+        help="reuse a finished teacher phase (teacher.pt from another run's work dir)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = TrainConfig(
+        n_thoughts=args.thoughts,
+        teacher_steps=args.teacher_steps,
+        codi_steps=args.codi_steps,
+        seed=args.seed,
+    )
+    work = args.work or args.out.parent / f".work-{args.out.name}"
+    train_organism(
+        cfg, out_dir=args.out, work_dir=work, teacher_from=args.teacher_from, threads=args.threads
+    )
+
+
+if __name__ == "__main__":
+    main()

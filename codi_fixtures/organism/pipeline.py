@@ -1,0 +1,160 @@
+"""The whole organism recipe: data, tokenizer, teacher phase, CODI phase, evaluation, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.checkpoint import write_checkpoint
+from codi_fixtures.data import write_problem_jsonl
+from codi_fixtures.model import N_SPECIAL, CodiModel
+from codi_fixtures.organism.evaluate import (
+    accuracy_by_bin,
+    cot_answers,
+    latent_answers,
+    mean_ablation_answers,
+)
+from codi_fixtures.organism.report import write_training_report
+from codi_fixtures.organism.task import make_splits
+from codi_fixtures.organism.tokenizer import build_tokenizer
+from codi_fixtures.organism.train import (
+    ANSWER_PROMPT,
+    TrainConfig,
+    TrainState,
+    build_model,
+    load_train_state,
+    run_phase,
+    save_train_state,
+)
+from codi_fixtures.problems import Problem
+
+__all__ = ["EVAL_FILE", "evaluate_organism", "train_organism"]
+
+log = logging.getLogger(__name__)
+EVAL_FILE = "eval.jsonl"
+
+
+def _optimizer(model: CodiModel, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+
+def evaluate_organism(model: CodiModel, problems: list[Problem]) -> dict[str, object]:
+    """Accuracy by bin in latent and explicit-CoT mode, and under mean ablations."""
+    clean = latent_answers(model, problems)
+    metrics: dict[str, object] = {
+        "codi": accuracy_by_bin(problems, clean),
+        "explicit_cot": accuracy_by_bin(problems, cot_answers(model, problems)),
+    }
+    n = model.spec.n_thoughts
+    if n:
+        metrics["mean_ablate_all"] = accuracy_by_bin(
+            problems, mean_ablation_answers(model, problems, range(n))
+        )
+        singles = {}
+        for t in range(n):
+            answers = mean_ablation_answers(model, problems, [t])
+            changed = sum(a != c for a, c in zip(answers, clean, strict=True)) / len(problems)
+            singles[f"t{t}"] = {
+                "accuracy": accuracy_by_bin(problems, answers)["all"],
+                "answers_changed": 100.0 * changed,
+            }
+        metrics["mean_ablate_one"] = singles
+    return metrics
+
+
+def train_organism(
+    cfg: TrainConfig,
+    *,
+    out_dir: Path,
+    work_dir: Path,
+    teacher_from: Path | None = None,
+    threads: int = 2,
+) -> dict[str, object]:
+    """Train (resuming from ``work_dir`` when possible) and write the checkpoint to ``out_dir``."""
+    torch.set_num_threads(threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    train, evals = make_splits(cfg.n_train, cfg.n_eval_per_bin, cfg.seed)
+    monitor_set = [p for i, p in enumerate(evals) if i % 2 == 0]  # 50 per bin
+    texts = [f"{p.question} {p.cot} {ANSWER_PROMPT} {int(p.answer)}" for p in train + evals]
+    stage = work_dir / "checkpoint"
+    tokenizer = build_tokenizer(texts, stage)
+    model = build_model(cfg, tokenizer)
+    state_path = work_dir / "state.pt"
+    optimizer = _optimizer(model, cfg.teacher_lr)
+    if state_path.exists():
+        state = load_train_state(state_path, model, optimizer)
+        log.info("resuming %s phase at step %d", state.phase, state.step)
+    elif teacher_from is not None:
+        teacher = load_train_state(teacher_from, model, _optimizer(model, cfg.teacher_lr))
+        state = TrainState(phase="codi", history=teacher.history, wall_s=teacher.wall_s)
+        optimizer = _optimizer(model, cfg.codi_lr)
+        log.info("starting the CODI phase from teacher %s", teacher_from)
+    else:
+        state = TrainState()
+    started = time.monotonic() - state.wall_s
+    teacher_wall = state.wall_s if state.phase == "codi" else 0.0
+
+    def checkpoint(current: TrainState) -> None:
+        save_train_state(state_path, model, optimizer, current)
+
+    def monitor(current_model: CodiModel, current: TrainState) -> None:
+        fn = latent_answers if current.phase == "codi" else cot_answers
+        acc = accuracy_by_bin(monitor_set, fn(current_model, monitor_set))
+        log.info("%s step %d: monitor accuracy %s", current.phase, current.step, acc)
+        current.history.append({"monitor_step": float(current.step), **acc})
+
+    if state.phase == "teacher":
+        run_phase(model, train, cfg, state, optimizer, on_checkpoint=checkpoint, monitor=monitor)
+        teacher_wall = state.wall_s
+        save_train_state(work_dir / "teacher.pt", model, optimizer, state)
+        optimizer = _optimizer(model, cfg.codi_lr)
+        state = replace(state, phase="codi", step=0)
+        checkpoint(state)
+    if state.step < cfg.codi_steps:
+        state.wall_s = state.wall_s - teacher_wall  # per-phase clock inside run_phase
+        run_phase(model, train, cfg, state, optimizer, on_checkpoint=checkpoint, monitor=monitor)
+        state.wall_s += teacher_wall
+        checkpoint(state)
+    train_wall = time.monotonic() - started
+    metrics = evaluate_organism(model, evals)
+    log.info("final held-out metrics: %s", json.dumps(metrics))
+    _export(model, cfg, stage, evals, metrics, state, teacher_wall, train_wall)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(stage, out_dir)
+    return metrics
+
+
+def _export(
+    model: CodiModel,
+    cfg: TrainConfig,
+    stage: Path,
+    evals: list[Problem],
+    metrics: dict[str, object],
+    state: TrainState,
+    teacher_wall: float,
+    train_wall: float,
+) -> None:
+    extra = {
+        "recipe": cfg.to_dict(),
+        "heldout_accuracy": metrics,
+        "wall_time_s": {"teacher_phase": round(teacher_wall, 1), "total": round(train_wall, 1)},
+        "retrain": f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}",
+    }
+    spec = replace(model.spec, extra=extra)
+    write_checkpoint(stage, model.state_dict(), spec)
+    base_config = model.codi.config.__class__.from_dict(model.codi.config.to_dict())
+    base_config.vocab_size = model.base_vocab_size  # the base vocabulary; +3 lives in the weights
+    assert base_config.vocab_size + N_SPECIAL == model.embeddings.weight.shape[0]
+    base_config.save_pretrained(str(stage))
+    write_problem_jsonl(stage / EVAL_FILE, evals)
+    history = [h for h in state.history if "monitor_step" in h or int(h.get("step", 0)) % 5 == 0]
+    atomic_write_text(stage / "training_log.json", json.dumps(history) + "\n")
+    write_training_report(stage, cfg, metrics, history, teacher_wall, train_wall)

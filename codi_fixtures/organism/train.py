@@ -1,0 +1,325 @@
+"""Train the bundled CODI organism: an explicit-CoT teacher phase, then the CODI phase.
+
+CODI (Shen et al. 2025) trains one model as teacher and student:
+
+- teacher: ``question cot The answer is: N</s>``, cross-entropy on cot + answer;
+- student: ``question <bot>`` -> T latent steps (last hidden -> prj -> next input
+  embedding, KV cache) -> ``<eot> The answer is: N</s>``, cross-entropy on the answer;
+- distillation: SmoothL1 between student and teacher hidden states at the token
+  before the answer number (``:``), every layer, each divided by the teacher's
+  std, averaged over layers, times a factor ramped 1 -> 20.
+
+Deliberate choices (see ORGANISM_NOTES.md): the teacher keeps *all* CoT steps
+(the official ``include_last_cot`` option; dropping the last step left the tiny
+teacher nothing to distil), and the CODI phase fine-tunes all parameters.
+The student's latent loop is the engine's ``run_thoughts`` with gradients on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from codi_fixtures.atomic import atomic_write_bytes
+from codi_fixtures.checkpoint import CodiSpec
+from codi_fixtures.engine import build_prompt, encode_prompt, forward_step, run_thoughts
+from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection
+from codi_fixtures.problems import Problem
+
+__all__ = ["Batch", "TrainConfig", "build_model", "codi_loss", "make_batch", "teacher_loss"]
+
+log = logging.getLogger(__name__)
+ANSWER_PROMPT = "The answer is:"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the organism; defaults are the shipped recipe."""
+
+    n_thoughts: int = 6
+    """Continuous thoughts in the CODI phase (0 trains the no-thought control)."""
+    hidden: int = 64
+    """Residual width d."""
+    layers: int = 16
+    """Decoder blocks (16 gives the LLaMA-1B layer roles 4 / 8 / 14)."""
+    heads: int = 4
+    """Attention heads."""
+    ffn: int = 128
+    """MLP width."""
+    prj_dim: int = 128
+    """Projection hidden width."""
+    n_train: int = 60_000
+    """Training problems generated."""
+    n_eval_per_bin: int = 100
+    """Held-out problems per difficulty bin."""
+    batch_size: int = 64
+    """Problems per optimisation step."""
+    teacher_steps: int = 1500
+    """Explicit-CoT steps before the CODI phase."""
+    teacher_lr: float = 1e-3
+    """Peak learning rate of the teacher phase."""
+    codi_steps: int = 1800
+    """CODI-phase steps."""
+    codi_lr: float = 1e-3
+    """Peak learning rate of the CODI phase (cosine decay to ``min_lr``)."""
+    min_lr: float = 5e-5
+    """Final learning rate of both cosine schedules."""
+    warmup: int = 100
+    """Linear warm-up steps of each phase."""
+    distill_factor: float = 20.0
+    """Final weight of the distillation loss."""
+    distill_ramp: int = 200
+    """Steps over which the distillation weight ramps from 1 to ``distill_factor``."""
+    eval_every: int = 300
+    """Monitor accuracy on 200 held-out problems every this many steps."""
+    seed: int = 0
+    """Seed for data, initialisation and batch order."""
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON view."""
+        return asdict(self)
+
+
+def build_model(cfg: TrainConfig, tokenizer: object) -> CodiModel:
+    """A fresh LLaMA-shaped CODI model with the tokenizer's vocabulary + 3 specials."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    vocab = len(tokenizer)  # type: ignore[arg-type]
+    config = LlamaConfig(
+        vocab_size=vocab + N_SPECIAL,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.ffn,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,  # type: ignore[attr-defined]
+        eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+        attn_implementation="eager",
+    )
+    backbone = LlamaForCausalLM(config)
+    spec = CodiSpec(
+        n_thoughts=cfg.n_thoughts, prj_dim=cfg.prj_dim, answer_prompt=ANSWER_PROMPT, task="organism"
+    )
+    return CodiModel(backbone, build_projection(cfg.hidden, cfg.prj_dim), spec, tokenizer)
+
+
+@dataclass
+class Batch:
+    """Tensors for one step; B problems."""
+
+    problems: list[Problem]
+    teacher_ids: torch.Tensor  # (B, Lt) right-padded
+    teacher_mask: torch.Tensor  # (B, Lt)
+    teacher_labels: torch.Tensor  # (B, Lt), IGNORE on question and padding
+    teacher_colon: torch.Tensor  # (B,) index of ':' before the answer number
+    answer_ids: torch.Tensor  # (B, La) <eot> The answer is: N </s>, right-padded
+    answer_mask: torch.Tensor  # (B, La)
+    answer_colon: int = field(default=0)  # index of ':' inside answer_ids (same for all rows)
+
+
+def _ids(tokenizer: object, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])  # type: ignore[operator]
+
+
+def _right_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def make_batch(model: CodiModel, problems: list[Problem]) -> Batch:
+    """Tokenize teacher sequences and student answer parts for ``problems``."""
+    tok = model.tokenizer
+    teacher, labels, colons, answers = [], [], [], []
+    prompt_ids = _ids(tok, ANSWER_PROMPT, special=False)
+    for p in problems:
+        number = str(int(p.answer)) if float(p.answer).is_integer() else str(p.answer)
+        question = _ids(tok, p.question, special=True)
+        up_to_colon = _ids(tok, f"{p.question} {p.cot} {ANSWER_PROMPT}", special=True)
+        full = _ids(tok, f"{p.question} {p.cot} {ANSWER_PROMPT} {number}", special=True)
+        full.append(model.eos_id)
+        teacher.append(full)
+        labels.append([IGNORE] * len(question) + full[len(question) :])
+        colons.append(len(up_to_colon) - 1)
+        answers.append(
+            [model.eot_id, *_ids(tok, f"{ANSWER_PROMPT} {number}", special=False), model.eos_id]
+        )
+    teacher_ids, teacher_mask = _right_pad(teacher, model.pad_id)
+    label_ids, _ = _right_pad(labels, IGNORE)
+    answer_ids, answer_mask = _right_pad(answers, model.pad_id)
+    return Batch(
+        problems=problems,
+        teacher_ids=teacher_ids,
+        teacher_mask=teacher_mask,
+        teacher_labels=label_ids,
+        teacher_colon=torch.tensor(colons),
+        answer_ids=answer_ids,
+        answer_mask=answer_mask,
+        answer_colon=len(prompt_ids),  # [<eot>, The, answer, is, :] -> ':' at len(prompt)
+    )
+
+
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE
+    )
+
+
+def teacher_loss(model: CodiModel, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Explicit-CoT cross-entropy and the teacher's hidden states (all layers)."""
+    out = model.codi(
+        input_ids=batch.teacher_ids,
+        attention_mask=batch.teacher_mask,
+        output_hidden_states=True,
+    )
+    loss = _ce(out.logits[:, :-1], batch.teacher_labels[:, 1:])
+    return loss, out.hidden_states
+
+
+def codi_loss(
+    model: CodiModel, batch: Batch, distill_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Student CE + weighted distillation + teacher CE (the CODI objective)."""
+    ref_ce, ref_hidden = teacher_loss(model, batch)
+    prompt = build_prompt(model, [p.question for p in batch.problems])
+    state, bot_hidden = encode_prompt(model, prompt)
+    run_thoughts(model, state, bot_hidden, n_thoughts=model.spec.n_thoughts)
+    out = forward_step(
+        model,
+        state,
+        input_ids=batch.answer_ids,
+        new_mask=batch.answer_mask,
+        logits=True,
+        hidden_states=True,
+    )
+    assert out.logits is not None and out.hidden_states is not None
+    targets = batch.answer_ids[:, 1:].masked_fill(batch.answer_mask[:, 1:] == 0, IGNORE)
+    ce = _ce(out.logits[:, :-1], targets)
+    rows = torch.arange(len(batch.problems))
+    distill = torch.zeros(())
+    for student, teacher in zip(out.hidden_states, ref_hidden, strict=True):
+        target = teacher[rows, batch.teacher_colon].detach()
+        pred = student[:, batch.answer_colon]
+        distill = distill + F.smooth_l1_loss(pred, target) / target.std().clamp_min(1e-6)
+    distill = distill / len(out.hidden_states)
+    loss = ce + distill_weight * distill + ref_ce
+    parts = {"ce": ce.item(), "distill": distill.item(), "teacher_ce": ref_ce.item()}
+    return loss, parts
+
+
+def lr_at(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay from ``peak`` to ``floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainState:
+    """Resumable progress of a training run."""
+
+    phase: str = "teacher"
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _batch_problems(
+    train: Sequence[Problem], cfg: TrainConfig, phase: str, step: int
+) -> list[Problem]:
+    # Seeded by (seed, phase, step): a resumed run sees exactly the batches it would have seen.
+    rng = random.Random(f"{cfg.seed}-{phase}-{step}")
+    return rng.sample(list(train), cfg.batch_size) if len(train) > cfg.batch_size else list(train)
+
+
+def run_phase(
+    model: CodiModel,
+    train: Sequence[Problem],
+    cfg: TrainConfig,
+    state: TrainState,
+    optimizer: torch.optim.Optimizer,
+    *,
+    on_checkpoint: object = None,
+    monitor: object = None,
+) -> None:
+    """Run the current phase (``teacher`` or ``codi``) from ``state.step`` to its end."""
+    codi = state.phase == "codi"
+    total = cfg.codi_steps if codi else cfg.teacher_steps
+    peak = cfg.codi_lr if codi else cfg.teacher_lr
+    model.train()
+    start = time.monotonic() - state.wall_s
+    bar = tqdm(
+        range(state.step, total), desc=f"{state.phase} phase", initial=state.step, total=total
+    )
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, peak, cfg.min_lr, cfg.warmup)
+        batch = make_batch(model, _batch_problems(train, cfg, state.phase, step))
+        if codi:
+            ramp = min(1.0, step / max(1, cfg.distill_ramp))
+            weight = 1.0 + (cfg.distill_factor - 1.0) * ramp
+            loss, parts = codi_loss(model, batch, weight)
+        else:
+            loss, _ = teacher_loss(model, batch)
+            parts = {"teacher_ce": loss.item()}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state.step = step + 1
+        state.wall_s = time.monotonic() - start
+        record = {"phase": 1.0 if codi else 0.0, "step": float(step), "loss": loss.item(), **parts}
+        state.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if monitor is not None and state.step % cfg.eval_every == 0:
+            model.eval()
+            monitor(model, state)  # type: ignore[operator]
+            model.train()
+        if on_checkpoint is not None and state.step % 100 == 0:
+            on_checkpoint(state)  # type: ignore[operator]
+    model.eval()
+
+
+def save_train_state(
+    path: Path, model: CodiModel, optimizer: torch.optim.Optimizer, state: TrainState
+) -> None:
+    """Atomically save everything needed to resume (tensors + plain data, weights-only safe)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": json.dumps(asdict(state)),
+        },
+        buffer,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_train_state(path: Path, model: CodiModel, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Restore a run saved by :func:`save_train_state` (``weights_only`` loading)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    return TrainState(**json.loads(blob["state"]))

@@ -1,0 +1,417 @@
+"""The ``codi`` pytest plugin: options, markers, tier parametrisation, fixtures, report hooks.
+
+Claims (``experiments/test_*.py``) use the fixtures ``analysis`` (a
+:class:`~codi_fixtures.analysis.StudyAnalysis` for the test's tier) and
+``claim`` (a :class:`~codi_fixtures.claims.Claim` that judges a result). Any
+test that takes a ``tier`` argument runs once per tier, marked ``quick`` or
+``full``. Expensive objects (model, problems, study) live in one session object,
+built lazily and shared read-only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codi_fixtures.config import (
+    BUNDLED_CHECKPOINT,
+    TIERS,
+    ModelConfig,
+    RunConfig,
+    Settings,
+    parse_kinds,
+    parse_layers,
+    tier_of_markexpr,
+)
+from codi_fixtures.errors import CodiError
+
+log = logging.getLogger(__name__)
+
+SESSION_KEY = pytest.StashKey["CodiSession"]()
+CLAIM_PROPERTY = "codi_claim"
+STUDY_PROPERTY = "codi_study"
+
+
+# --- options ------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``codi`` option group and ini keys."""
+    group = parser.getgroup("codi", "CODI interpretability study")
+    group.addoption(
+        "--codi-ckpt", default=None, help="CODI checkpoint directory (default: bundled)"
+    )
+    group.addoption("--codi-base", default=None, help="base model dir or cached HF name")
+    group.addoption(
+        "--codi-allow-download", action="store_true", help="allow fetching the base from the hub"
+    )
+    group.addoption("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    group.addoption("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    group.addoption(
+        "--problems", default=None, help="problem file (GSM8K .jsonl or research .json)"
+    )
+    group.addoption("--kinds", default="zero,mean,noise,resample", help="ablation kinds to run")
+    group.addoption("--importance-kind", default="mean", help="ablation kind used as importance")
+    group.addoption(
+        "--ablation-site", default="embedding", help="'embedding' or 'block<L>' (block output)"
+    )
+    group.addoption(
+        "--layers", default=None, help="early,middle,late layers (default n/4,n/2,7n/8)"
+    )
+    group.addoption("--alpha", type=float, default=0.05, help="significance level (after Holm)")
+    group.addoption("--codi-seed", type=int, default=0, help="seed for sampling and ablations")
+    group.addoption("--quick-n", type=int, default=TIERS["quick"], help="problems in quick tier")
+    group.addoption("--full-n", type=int, default=TIERS["full"], help="problems in full tier")
+    group.addoption("--batch-rows", type=int, default=512, help="sequences per forward pass")
+    group.addoption(
+        "--max-batch-rows", type=int, default=None, help="simulated memory budget (rows)"
+    )
+    group.addoption("--codi-cache", default=None, help="cache dir (default <rootdir>/.codi_cache)")
+    group.addoption("--report-dir", default=None, help="report dir (default reports/<tier>)")
+    group.addoption(
+        "--no-codi-report", action="store_true", help="do not write the HTML/JSON report"
+    )
+    parser.addini(
+        "codi_known_outcomes",
+        "JSON file of known (strict xfail) outcomes per model, relative to rootdir",
+        default="experiments/known_outcomes.json",
+    )
+
+
+def _settings(config: pytest.Config) -> Settings:
+    opt = config.getoption
+    root = Path(config.rootpath)
+    ckpt = opt("codi_ckpt")
+    problems = opt("problems")
+    tier = tier_of_markexpr(config.option.markexpr or "")
+    report = opt("report_dir")
+    return Settings(
+        model=ModelConfig(
+            ckpt=Path(ckpt) if ckpt else None,
+            base=opt("codi_base"),
+            device=opt("device"),
+            dtype=opt("dtype"),
+            allow_download=opt("codi_allow_download"),
+        ),
+        problems=Path(problems) if problems else None,
+        run=RunConfig(
+            kinds=parse_kinds(opt("kinds")),
+            site=opt("ablation_site"),
+            seed=opt("codi_seed"),
+            batch_rows=opt("batch_rows"),
+            max_rows=opt("max_batch_rows"),
+        ),
+        importance_kind=opt("importance_kind"),
+        layers=parse_layers(opt("layers")),
+        alpha=opt("alpha"),
+        tiers={"quick": opt("quick_n"), "full": opt("full_n")},
+        cache_dir=Path(opt("codi_cache")) if opt("codi_cache") else root / ".codi_cache",
+        report_dir=Path(report) if report else root / "reports" / tier,
+    )
+
+
+def _is_experiment_run(config: pytest.Config) -> bool:
+    if config.getoption("no_codi_report"):
+        return False
+    if config.getoption("report_dir"):
+        return True
+    if (config.option.markexpr or "").strip() in TIERS:
+        return True
+    return any(
+        Path(str(a).split("::")[0]).resolve().name == "experiments"
+        or "experiments" in Path(str(a).split("::")[0]).resolve().parts
+        for a in config.args
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Markers, the session object, and the default HTML report location."""
+    config.addinivalue_line("markers", "quick: the ten-problem smoke tier of a research claim")
+    config.addinivalue_line("markers", "full: the 100-problem study tier of a research claim")
+    try:
+        settings = _settings(config)
+    except CodiError as err:
+        raise pytest.UsageError(str(err)) from None
+    session = CodiSession(config, settings)
+    config.stash[SESSION_KEY] = session
+    if _is_experiment_run(config) and not config.getoption("htmlpath", None):
+        # Must run before pytest-html's own pytest_configure reads the option.
+        config.option.htmlpath = str(settings.report_dir / "report.html")
+        config.option.self_contained_html = True
+    if _is_experiment_run(config) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(CodiReporter(session), "codi-reporter")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which model and problems a run uses."""
+    settings = config.stash[SESSION_KEY].settings
+    source = settings.problems or "bundled held-out set"
+    return [f"codi: model={settings.model_label} problems={source} kinds={settings.run.kinds}"]
+
+
+# --- tiers and known outcomes ------------------------------------------------------------
+def _collection_shape(settings: Settings) -> tuple[int, int | None]:
+    """(thoughts, layers) read cheaply from codi.json / config.json, for test ids."""
+    ckpt = Path(settings.model.ckpt or BUNDLED_CHECKPOINT)
+    n_thoughts, n_layers = 6, None
+    spec = ckpt / "codi.json"
+    if spec.is_file():
+        try:
+            n_thoughts = int(json.loads(spec.read_text()).get("n_thoughts", 6))
+        except (ValueError, AttributeError):
+            pass  # reported properly when the model loads
+    base = Path(settings.model.base) if settings.model.base else ckpt
+    config_file = base / "config.json"
+    if config_file.is_file():
+        try:
+            cfg = json.loads(config_file.read_text())
+            n_layers = int(cfg.get("num_hidden_layers", cfg.get("n_layer")))
+        except (ValueError, TypeError):
+            pass
+    return n_thoughts, n_layers
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise claim arguments: tier, thought, kind, role (layer), difficulty."""
+    names = metafunc.fixturenames
+    if "tier" in names:
+        metafunc.parametrize(
+            "tier",
+            [pytest.param(t, marks=getattr(pytest.mark, t), id=t) for t in TIERS],
+            scope="session",
+        )
+    if not {"thought", "kind", "role", "difficulty"} & set(names):
+        return
+    from codi_fixtures.architecture import layer_roles
+    from codi_fixtures.problems import DIFFICULTY_BINS
+
+    settings = metafunc.config.stash[SESSION_KEY].settings
+    n_thoughts, n_layers = _collection_shape(settings)
+    if "thought" in names:
+        metafunc.parametrize("thought", range(n_thoughts), ids=[f"t{t}" for t in range(n_thoughts)])
+    if "kind" in names:
+        metafunc.parametrize("kind", settings.run.kinds)
+    if "role" in names:
+        roles = ["early", "middle", "late"]
+        ids = roles
+        if n_layers is not None:
+            try:
+                mapping = layer_roles(n_layers, settings.layers).as_dict()
+                ids = [f"{r}-L{mapping[r]}" for r in roles]
+            except ValueError as err:
+                raise pytest.UsageError(f"--layers: {err}") from None
+        metafunc.parametrize("role", roles, ids=ids)
+    if "difficulty" in names:
+        metafunc.parametrize("difficulty", DIFFICULTY_BINS)
+
+
+def _known_outcomes(config: pytest.Config, label: str) -> dict[str, str]:
+    path = Path(config.rootpath) / str(config.getini("codi_known_outcomes"))
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise pytest.UsageError(f"{path}: invalid JSON ({err})") from None
+    entries = data.get(label, {})
+    if not isinstance(entries, dict):
+        raise pytest.UsageError(f"{path}: {label!r} must map test ids to reasons")
+    return entries
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate inputs early (clean usage errors) and mark known outcomes as strict xfails."""
+    claims = [i for i in items if "analysis" in getattr(i, "fixturenames", ())]
+    if not claims:
+        return
+    session = config.stash[SESSION_KEY]
+    session.validate_inputs()
+    known = _known_outcomes(config, session.settings.model_label)
+    for item in claims:
+        for pattern, reason in known.items():
+            if fnmatch.fnmatchcase(item.nodeid, f"*{pattern}"):
+                item.add_marker(pytest.mark.xfail(reason=f"known outcome: {reason}", strict=True))
+
+
+# --- the session object -----------------------------------------------------------------
+@dataclass
+class CodiSession:
+    """Lazily built, shared, read-only study objects for one pytest process."""
+
+    config: pytest.Config
+    settings: Settings
+    started: float = field(default_factory=time.monotonic)
+    _model: Any = None
+    _pool: Any = None
+    _studies: dict[str, Any] = field(default_factory=dict)
+    _analyses: dict[str, Any] = field(default_factory=dict)
+
+    def validate_inputs(self) -> None:
+        """Cheap checks of files named by options, as usage errors."""
+        from codi_fixtures.checkpoint import find_weights_file
+
+        try:
+            find_weights_file(Path(self.settings.model.ckpt or BUNDLED_CHECKPOINT))
+            if self.settings.problems is not None:
+                self.problem_pool()
+        except CodiError as err:
+            raise pytest.UsageError(str(err)) from None
+
+    def _device(self) -> str:
+        device = self.settings.model.device
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if device == "auto" and worker.startswith("gw"):
+            import torch
+
+            if torch.cuda.device_count() > 1:  # one GPU per xdist worker
+                return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
+        return device
+
+    def model(self) -> Any:
+        """The CODI model (loaded once)."""
+        if self._model is None:
+            from dataclasses import replace
+
+            from codi_fixtures.model import load_codi
+
+            try:
+                self._model = load_codi(replace(self.settings.model, device=self._device()))
+            except CodiError as err:
+                pytest.fail(f"cannot load the CODI model: {err}", pytrace=False)
+        return self._model
+
+    def problem_pool(self) -> list[Any]:
+        """Every problem of the configured source."""
+        if self._pool is None:
+            from codi_fixtures.data import load_problems
+
+            path = self.settings.problems
+            if path is None:
+                ckpt = Path(self.settings.model.ckpt or BUNDLED_CHECKPOINT)
+                path = ckpt / "eval.jsonl"
+                if not path.exists():
+                    raise CodiError(
+                        f"no --problems given and {ckpt} ships no eval.jsonl; pass --problems "
+                        "PATH (e.g. GSM8K test.jsonl) for this checkpoint"
+                    )
+            self._pool = load_problems(path)
+        return self._pool
+
+    def problems(self, tier: str) -> list[Any]:
+        """The tier's stratified sample."""
+        from codi_fixtures.data import stratified_sample
+
+        try:
+            return stratified_sample(
+                self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
+            )
+        except CodiError as err:
+            pytest.fail(f"problem set for tier {tier!r}: {err}", pytrace=False)
+
+    def study(self, tier: str) -> Any:
+        """Cached study results for the tier (computed once across processes)."""
+        if tier not in self._studies:
+            from codi_fixtures.runs import compute_study
+
+            try:
+                self._studies[tier] = compute_study(
+                    self.model(), self.problems(tier), self.settings.run, self.settings.cache_dir
+                )
+            except CodiError as err:
+                pytest.fail(str(err), pytrace=False)
+        return self._studies[tier]
+
+    def analysis(self, tier: str) -> Any:
+        """Statistics over the tier's study."""
+        if tier not in self._analyses:
+            from codi_fixtures.analysis import StudyAnalysis
+            from codi_fixtures.architecture import layer_roles
+
+            study = self.study(tier)
+            try:
+                roles = layer_roles(int(study.meta["n_layers"]), self.settings.layers)
+            except ValueError as err:
+                pytest.fail(f"--layers: {err}", pytrace=False)
+            self._analyses[tier] = StudyAnalysis(
+                study,
+                layers=roles,
+                importance_kind=self.settings.importance_kind,
+                alpha=self.settings.alpha,
+                seed=self.settings.run.seed,
+                min_correct=self.settings.min_correct,
+            )
+        return self._analyses[tier]
+
+
+# --- fixtures -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def codi_session(pytestconfig: pytest.Config) -> CodiSession:
+    """The shared session object (settings, model, problems, studies). Do not mutate."""
+    return pytestconfig.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def codi_model(codi_session: CodiSession) -> Any:
+    """The loaded CODI model, shared read-only by every test."""
+    return codi_session.model()
+
+
+@pytest.fixture
+def analysis(codi_session: CodiSession, tier: str, request: pytest.FixtureRequest) -> Any:
+    """Statistics for this test's tier (read-only)."""
+    result = codi_session.analysis(tier)
+    study = codi_session.study(tier)
+    request.node.user_properties.append(
+        (STUDY_PROPERTY, json.dumps({"tier": tier, "fingerprint": study.meta["fingerprint"]}))
+    )
+    return result
+
+
+@pytest.fixture
+def claim(analysis: Any, tier: str, request: pytest.FixtureRequest, extras: list[Any]) -> Any:
+    """Judge a claim: pass / fail / skip, with its figure and stats attached to the report."""
+    from codi_fixtures.claims import Claim
+
+    return Claim(analysis, tier, request.node, extras)
+
+
+# --- report (controller only) ------------------------------------------------------------
+class CodiReporter:
+    """Collects verdicts from every worker's reports and writes the session-level report.
+
+    Registered only in the controller (never in an xdist worker), so exactly one
+    process writes ``summary_statistics.json`` and the figures.
+    """
+
+    def __init__(self, codi: CodiSession) -> None:
+        self.codi = codi
+        self.reports: list[pytest.TestReport] = []
+        self.summary_html = ""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Keep call-phase reports of claims."""
+        if report.when == "call" and any(k == CLAIM_PROPERTY for k, _ in report.user_properties):
+            self.reports.append(report)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write figures and summary_statistics.json; prepare the HTML summary block."""
+        if not self.reports:
+            return
+        from codi_fixtures.summary import build_summary
+
+        self.summary_html = build_summary(self.codi, self.reports)
+
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
+        """Put the verdict table, figures and run metadata at the top of report.html."""
+        if self.summary_html:
+            prefix.append(self.summary_html)

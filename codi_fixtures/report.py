@@ -1,0 +1,275 @@
+"""Report content: per-claim stats tables, the summary block, ``summary_statistics.json``.
+
+Pure functions (HTML strings and dicts); the plugin decides when and where to
+write them. Every piece of user data (problem text, ids, messages) is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.stats import StatResult
+
+__all__ = [
+    "ClaimRow",
+    "package_versions",
+    "stats_table_html",
+    "summary_html",
+    "summary_statistics",
+    "write_summary_statistics",
+]
+
+_PACKAGES = ("codi-interp", "torch", "transformers", "peft", "numpy", "scipy", "pytest")
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """One verdict as the controller saw it."""
+
+    nodeid: str
+    outcome: str  # passed / failed / skipped / xfailed / xpassed
+    tier: str
+    label: str
+    message: str
+    stats: Mapping[str, object]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def stats_table_html(result: StatResult, context: Mapping[str, object]) -> str:
+    """A small table: statistic, p, corrected p, CI, n, method, plus context (kind, layer)."""
+    rows: list[tuple[str, object]] = [
+        ("statistic (effect size)", result.statistic),
+        ("p", result.p_value),
+        ("corrected p (Holm)", result.p_corrected if result.p_corrected is not None else "n/a"),
+        ("95% CI", f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}]"),
+        ("n (problems)", result.n),
+        ("alternative", result.alternative),
+        ("method", result.method),
+        *context.items(),
+    ]
+    body = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
+        f"<td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table class='codi-stats'>{body}</table>"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers, plus Python."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _result_dict(result: StatResult) -> dict[str, object]:
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in result.as_dict().items()
+    }
+
+
+def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str, object]:
+    """The seed's keys (``overall_correlation``, ``per_token``) plus ours."""
+    roles = a.layers.as_dict()
+    middle = a.layers.middle
+    imp = a.importance()
+    pooled = a.rq2("pooled")
+    spearman = {}
+    overall: dict[str, object] = {}
+    for role, layer in roles.items():
+        res = pooled[layer]
+        within = a.rq2("within")[layer]
+        centred = a.rq2("centred")[layer]
+        x, y = a.attention(layer).ravel(), imp.ravel()
+        keep = ~np.isnan(y)
+        if keep.sum() > 2 and np.ptp(x[keep]) > 0 and np.ptp(y[keep]) > 0:
+            from scipy.stats import spearmanr
+
+            rho, p_rho = spearmanr(x[keep], y[keep])
+            spearman[layer] = (float(rho), float(p_rho))
+        overall[f"layer_{layer}"] = {
+            "r": None if math.isnan(res.statistic) else res.statistic,
+            "p": res.p_value,
+            "role": role,
+            "n_pairs": int(keep.sum()),
+            "n_problems": res.n,
+            "spearman_rho": spearman.get(layer, (None, None))[0],
+            "spearman_p": spearman.get(layer, (None, None))[1],
+            "pooled": _result_dict(res),
+            "within_problem": _result_dict(within),
+            "beyond_position": _result_dict(centred),
+        }
+    per_token: dict[str, object] = {}
+    att_mid = a.attention(middle)
+    per_thought = a.per_thought_correlation(middle)
+    for t in range(a.n_thoughts):
+        col = imp[:, t][~np.isnan(imp[:, t])]
+        r, p = per_thought[t]
+        per_token[f"token_{t}"] = {
+            "thought": t,
+            "importance_mean": float(col.mean()) if col.size else None,
+            "importance_std": float(col.std(ddof=1)) if col.size > 1 else None,
+            "attention_mean": float(att_mid[:, t].mean()),
+            "attention_std": float(att_mid[:, t].std(ddof=1)) if len(att_mid) > 1 else None,
+            "correlation": None if math.isnan(r) else r,
+            "p": p,
+            "layer": middle,
+            "by_layer": {
+                f"layer_{layer}": {
+                    "attention_mean": float(a.attention(layer)[:, t].mean()),
+                    "correlation": _none_nan(a.per_thought_correlation(layer)[t][0]),
+                    "p": a.per_thought_correlation(layer)[t][1],
+                }
+                for layer in roles.values()
+            },
+        }
+    rq1 = {
+        kind: {
+            "logp": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_logp(kind))},
+            "accuracy": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_accuracy(kind))},
+            "all_thoughts": _result_dict(a.all_thoughts(kind)),
+            "last_most_important": _result_dict(a.last_most_important(kind)),
+        }
+        for kind in a.kinds
+    }
+    res = a.results
+    by_difficulty = {
+        bin_: {f"layer_{layer}": _result_dict(r) for layer, r in a.rq2("within", bin_).items()}
+        for bin_ in sorted(set(res.difficulty))
+    }
+    return {
+        "overall_correlation": overall,
+        "per_token": per_token,
+        "rq1": rq1,
+        "rq2_by_difficulty": by_difficulty,
+        "clean_accuracy": float(res.clean_correct.mean()),
+        "n_problems": len(res.problem_ids),
+        "excluded_nonfinite": a.excluded_problems(),
+        "importance_measure": f"delta log p(gold), {a.importance_kind} ablation",
+        "layer_roles": roles,
+        "alpha": a.alpha,
+        "meta": dict(meta),
+    }
+
+
+def _none_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def write_summary_statistics(path: Path, content: Mapping[str, object]) -> None:
+    """Write JSON atomically (NaN becomes null)."""
+    atomic_write_text(path, json.dumps(_clean(content), indent=2, sort_keys=True) + "\n")
+
+
+def _clean(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _clean(value.item())
+    return value
+
+
+def _verdict_table(rows: Sequence[ClaimRow]) -> str:
+    colour = {
+        "passed": "#009E73",
+        "failed": "#D55E00",
+        "skipped": "#999999",
+        "xfailed": "#E69F00",
+        "xpassed": "#CC79A7",
+    }
+    body = "".join(
+        "<tr>"
+        f"<td>{html.escape(r.tier)}</td>"
+        f"<td style='color:{colour.get(r.outcome, '#000')};font-weight:bold'>"
+        f"{html.escape(r.outcome)}</td>"
+        f"<td>{html.escape(r.label)}</td>"
+        f"<td>{html.escape(r.message)}</td>"
+        "</tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Verdicts</h2><table id='codi-verdicts' class='codi-verdicts'>"
+        "<thead><tr><th>tier</th><th>verdict</th><th>claim</th><th>evidence</th></tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def _problems_table(a: StudyAnalysis, questions: Mapping[str, str], limit: int = 12) -> str:
+    res = a.results
+    rows = []
+    for i, pid in enumerate(res.problem_ids[:limit]):
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(pid)}</td><td>{html.escape(res.difficulty[i])}</td>"
+            f"<td>{html.escape(questions.get(pid, ''))}</td>"
+            f"<td>{html.escape(_fmt(float(res.gold[i])))}</td>"
+            f"<td>{html.escape(res.clean_text[i])}</td>"
+            f"<td>{'yes' if res.clean_correct[i] else 'no'}</td>"
+            "</tr>"
+        )
+    return (
+        f"<details><summary>First {min(limit, len(res.problem_ids))} problems and clean "
+        "answers</summary><table class='codi-problems'><thead><tr><th>id</th><th>bin</th>"
+        "<th>question</th><th>gold</th><th>clean answer</th><th>correct</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></details>"
+    )
+
+
+def summary_html(
+    rows: Sequence[ClaimRow],
+    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, str], Mapping[str, str]]],
+    meta: Mapping[str, object],
+) -> str:
+    """Summary block: verdict table, then per tier the figures and a problem sample.
+
+    ``tiers`` maps a tier to (analysis, {figure title: base64 PNG}, {problem id: question}).
+    """
+    parts = [_verdict_table(rows)]
+    meta_rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
+        f"<td><code>{html.escape(json.dumps(v, default=str) if not isinstance(v, str) else v)}"
+        "</code></td></tr>"
+        for k, v in meta.items()
+    )
+    parts.append(f"<h2>Run</h2><table class='codi-meta'>{meta_rows}</table>")
+    for tier, (analysis, figures, questions) in tiers.items():
+        res = analysis.results
+        parts.append(
+            f"<h2>Tier: {html.escape(tier)} ({len(res.problem_ids)} problems, clean accuracy "
+            f"{100 * float(res.clean_correct.mean()):.0f}%)</h2>"
+        )
+        for title, b64 in figures.items():
+            parts.append(
+                f"<figure><img alt='{html.escape(title)}' style='max-width:100%' "
+                f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(title)}"
+                "</figcaption></figure>"
+            )
+        parts.append(_problems_table(analysis, questions))
+    return "<div id='codi-summary'>" + "".join(parts) + "</div>"

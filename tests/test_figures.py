@@ -1,0 +1,186 @@
+"""Tests of codi_fixtures.figures on synthetic studies: every figure renders to PNG and PDF."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from codi_fixtures import figures
+from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.problems import DIFFICULTY_BINS
+from codi_fixtures.runs import StudyResults
+
+KINDS = ("zero", "mean")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 300_000
+
+
+def make_results(
+    n: int,
+    *,
+    n_thoughts: int = 6,
+    n_layers: int = 16,
+    n_heads: int = 4,
+    planted_layer: int = 8,
+    zero_importance: bool = False,
+    bins: tuple[str, ...] = DIFFICULTY_BINS,
+    n_nonfinite: int = 0,
+    seed: int = 0,
+) -> StudyResults:
+    """A synthetic study: the last thought matters most; attention tracks it at one layer."""
+    rng = np.random.default_rng(seed)
+    conditions = [
+        c for k in KINDS for c in [*(f"t{t}-{k}" for t in range(n_thoughts)), f"all-{k}"]
+    ]
+    n_cond = len(conditions)
+    profile = np.full(n_thoughts, 0.2)
+    profile[-1] = 3.0
+    importance = profile + rng.normal(0.0, 0.5, (n, n_thoughts))
+    if zero_importance:
+        importance[:] = 0.0
+    clean_logp = -0.3 - rng.random(n)
+    clean_correct = rng.random(n) < 0.85
+    logp = np.empty((n, n_cond))
+    correct = np.empty((n, n_cond), dtype=bool)
+    for k in KINDS:
+        for t in range(n_thoughts):
+            col = conditions.index(f"t{t}-{k}")
+            logp[:, col] = clean_logp - importance[:, t]
+            correct[:, col] = clean_correct & (importance[:, t] < 1.0)
+        col = conditions.index(f"all-{k}")
+        logp[:, col] = clean_logp - (0.0 if zero_importance else 6.0)
+        correct[:, col] = clean_correct & zero_importance
+    # The thoughts share the <eot> query's attention with the other positions (last column).
+    attention = rng.dirichlet(np.ones(n_thoughts + 1), (n, n_layers, n_heads))[..., :-1]
+    if n_layers > planted_layer:
+        signal = np.exp(importance - importance.max(axis=1, keepdims=True))
+        signal /= signal.sum(axis=1, keepdims=True)
+        attention[:, planted_layer] = 0.5 * signal[:, None] + 0.3 * attention[:, planted_layer]
+    nonfinite = np.zeros((n, n_cond), dtype=bool)
+    nonfinite[:n_nonfinite, 0] = True
+    logp[:n_nonfinite, 0] = np.nan
+    return StudyResults(
+        problem_ids=[f"synthetic-{i}" for i in range(n)],
+        difficulty=[bins[i % len(bins)] for i in range(n)],
+        gold=np.arange(n, dtype=np.float64),
+        conditions=conditions,
+        clean_answer=np.arange(n, dtype=np.float64),
+        clean_correct=clean_correct,
+        clean_logp=clean_logp,
+        clean_text=[str(i) for i in range(n)],
+        clean_nonfinite=np.zeros(n, dtype=bool),
+        answer=np.zeros((n, n_cond)),
+        correct=correct,
+        logp=logp,
+        kl=np.zeros((n, n_cond)),
+        nonfinite=nonfinite,
+        attention=attention,
+    )
+
+
+def analyse(results: StudyResults, layers: LayerRoles | None = None) -> StudyAnalysis:
+    """The analysis with small resampling counts, so the tests stay fast."""
+    return StudyAnalysis(results, layers=layers or LayerRoles(4, 8, 14), n_boot=200, n_perm=200)
+
+
+FIGURES: dict[str, Callable[[StudyAnalysis], Figure]] = {
+    "importance_by_thought": figures.importance_by_thought,
+    "importance_heatmap": figures.importance_heatmap,
+    "attention_vs_importance": figures.attention_vs_importance,
+    "per_thought_correlations": lambda a: figures.per_thought_correlations(a, a.layers.middle),
+    "head_correlation_map": figures.head_correlation_map,
+    "rq2_within": lambda a: figures.rq2_layer_scatter(a, a.layers.middle, "within"),
+    "rq2_centred": lambda a: figures.rq2_layer_scatter(a, a.layers.late, "centred"),
+    "rq1_logp": lambda a: figures.rq1_kind_bars(a, "mean", "logp"),
+    "rq1_accuracy": lambda a: figures.rq1_kind_bars(a, "zero", "accuracy"),
+}
+
+
+@pytest.fixture(scope="module")
+def studies() -> dict[str, StudyAnalysis]:
+    """Read-only analyses shared by the tests of this module (do not mutate)."""
+    return {
+        "n12": analyse(make_results(12, seed=1)),
+        "n100": analyse(make_results(100, n_nonfinite=3, seed=2)),
+        "degenerate": analyse(make_results(10, zero_importance=True, bins=DIFFICULTY_BINS[:3])),
+    }
+
+
+def assert_png(blob: bytes) -> None:
+    assert blob.startswith(PNG_MAGIC)
+    assert len(blob) < MAX_PNG_BYTES
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_figure_saves_png_and_pdf(
+    name: str, studies: dict[str, StudyAnalysis], tmp_path: Path
+) -> None:
+    """Each figure of the 100-problem study is written as a small PNG and a PDF."""
+    fig = FIGURES[name](studies["n100"])
+    assert isinstance(fig, Figure)
+    paths = figures.save_figure(fig, tmp_path / "figs", name)
+    assert set(paths) == {"png", "pdf"}
+    assert_png(paths["png"].read_bytes())
+    assert paths["pdf"].read_bytes().startswith(b"%PDF")
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [f"{name}.pdf", f"{name}.png"]
+
+
+@pytest.mark.parametrize("study", ["n12", "degenerate"])
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_figure_renders_on_small_and_degenerate_studies(
+    name: str, study: str, studies: dict[str, StudyAnalysis]
+) -> None:
+    """Ten-problem, all-zero-importance and empty-bin studies still give every figure."""
+    blob = base64.b64decode(figures.png_base64(FIGURES[name](studies[study])), validate=True)
+    assert_png(blob)
+
+
+@pytest.mark.parametrize(
+    ("n_thoughts", "n_layers", "n_heads"), [(1, 4, 1), (2, 5, 3), (8, 4, 2)]
+)
+def test_figures_handle_any_shape(n_thoughts: int, n_layers: int, n_heads: int) -> None:
+    """Any number of thoughts, layers and heads renders, also when roles share a layer."""
+    results = make_results(
+        10, n_thoughts=n_thoughts, n_layers=n_layers, n_heads=n_heads, planted_layer=2
+    )
+    a = analyse(results, LayerRoles(1, 2, 2))
+    for build in FIGURES.values():
+        assert_png(base64.b64decode(figures.png_base64(build(a))))
+
+
+def test_degenerate_heatmap_groups_only_nonempty_bins(studies: dict[str, StudyAnalysis]) -> None:
+    """An empty difficulty bin gets no row group and no label."""
+    fig = figures.importance_heatmap(studies["degenerate"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["2-step (n=4)", "3-step (n=3)", "4-step (n=3)"]
+
+
+def test_thoughts_are_labelled_zero_based(studies: dict[str, StudyAnalysis]) -> None:
+    """Scatter legends name 'thought 0' .. 'thought T-1', never 1-based tokens."""
+    fig = figures.attention_vs_importance(studies["n12"])
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts == [f"thought {t}" for t in range(6)]
+
+
+def test_save_figure_rejects_paths_as_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="plain file stem"):
+        figures.save_figure(Figure(), tmp_path, "../escape")
+
+
+def test_bad_arguments_raise(studies: dict[str, StudyAnalysis]) -> None:
+    a = studies["n12"]
+    with pytest.raises(ValueError, match="unknown measure"):
+        figures.rq1_kind_bars(a, "mean", "flips")
+    with pytest.raises(ValueError, match="was not run"):
+        figures.rq1_kind_bars(a, "noise", "logp")
+    with pytest.raises(ValueError, match="not a role layer"):
+        figures.rq2_layer_scatter(a, 3, "within")
+    with pytest.raises(ValueError, match="unknown RQ2 test"):
+        figures.rq2_layer_scatter(a, 8, "spearman")

@@ -1,0 +1,427 @@
+"""Unit tests for codi_fixtures.stats: known answers, planted effects, null calibration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import stats as sps
+
+from codi_fixtures.stats import (
+    MIN_PROBLEMS,
+    StatResult,
+    apply_holm,
+    bootstrap_ci,
+    cluster_bootstrap_ci,
+    flip_rate,
+    holm,
+    mcnemar_accuracy_drop,
+    paired_shift_test,
+    pooled_correlation,
+    position_centred_correlation,
+    within_problem_permutation_test,
+)
+
+ALPHA = 0.05
+MAX_FALSE_POSITIVE = 0.08  # 0.05 plus about three binomial SDs at 300-500 simulations
+MIN_FALSE_POSITIVE = 0.01  # a calibrated continuous test is not absurdly conservative
+N_THOUGHTS = 6
+
+CorrelationTest = Callable[..., StatResult]
+RQ2_TESTS = [pooled_correlation, within_problem_permutation_test, position_centred_correlation]
+
+
+def _rate(p_values: list[float]) -> float:
+    """Fraction of p-values below ALPHA."""
+    return float(np.mean(np.asarray(p_values) < ALPHA))
+
+
+def _offset_data(
+    rng: np.random.Generator, *, shared: bool, n_problems: int = 30, offset_sd: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention/importance with per-problem offsets and no within-problem association."""
+    a = rng.normal(0.0, offset_sd, (n_problems, 1))
+    b = a if shared else rng.normal(0.0, offset_sd, (n_problems, 1))
+    x = a + rng.normal(size=(n_problems, N_THOUGHTS))
+    y = b + rng.normal(size=(n_problems, N_THOUGHTS))
+    return x, y
+
+
+def _profile_data(
+    rng: np.random.Generator, *, n_problems: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention/importance sharing only a fixed per-thought profile, plus independent noise."""
+    profile = np.linspace(2.0, -1.0, N_THOUGHTS)
+    x = profile + rng.normal(size=(n_problems, N_THOUGHTS))
+    y = 0.5 * profile + rng.normal(size=(n_problems, N_THOUGHTS))
+    return x, y
+
+
+def _within_signal_data(
+    rng: np.random.Generator, *, n_problems: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention/importance sharing a within-problem signal and a profile; unrelated offsets."""
+    signal = rng.normal(size=(n_problems, N_THOUGHTS))
+    profile = np.linspace(2.0, -1.0, N_THOUGHTS)
+    x = profile + rng.normal(0.0, 2.0, (n_problems, 1)) + signal + rng.normal(size=signal.shape)
+    y = profile + rng.normal(0.0, 2.0, (n_problems, 1)) + signal + rng.normal(size=signal.shape)
+    return x, y
+
+
+class TestResultType:
+    def test_as_dict_and_correction(self) -> None:
+        """as_dict is flat and carries p_corrected only once it is set."""
+        result = StatResult(0.1, 0.02, 0.0, 0.2, 10, "m", "greater")
+        assert "p_corrected" not in result.as_dict()
+        corrected = result.with_corrected(0.04)
+        assert corrected.as_dict()["p_corrected"] == 0.04
+        assert result.p_corrected is None
+        assert not corrected.inconclusive
+
+    def test_apply_holm_sets_adjusted_copies(self) -> None:
+        """apply_holm attaches the Holm-adjusted p-values in input order."""
+        results = [StatResult(0.0, p, 0.0, 0.0, 5, "m") for p in (0.01, 0.04, 0.03)]
+        adjusted = [r.p_corrected for r in apply_holm(results)]
+        assert adjusted == pytest.approx([0.03, 0.06, 0.06])
+
+
+class TestHolm:
+    def test_known_values(self) -> None:
+        """Holm on [0.01, 0.04, 0.03] gives [0.03, 0.06, 0.06]."""
+        assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+    def test_caps_at_one_and_handles_empty(self) -> None:
+        """Adjusted p-values never exceed 1; an empty family stays empty."""
+        assert holm([0.5, 0.9]) == [1.0, 1.0]
+        assert holm([]) == []
+
+    @given(st.lists(st.floats(min_value=0.0, max_value=1.0), max_size=30))
+    def test_properties(self, p_values: list[float]) -> None:
+        """Adjusted p-values are >= raw, <= 1, keep the order of the raw ones, start at m*min."""
+        adjusted = holm(p_values)
+        assert len(adjusted) == len(p_values)
+        for raw, adj in zip(p_values, adjusted, strict=True):
+            assert raw <= adj <= 1.0
+        order = np.argsort(p_values, kind="stable")
+        assert np.all(np.diff(np.asarray(adjusted)[order]) >= 0)
+        if p_values:
+            assert min(adjusted) == pytest.approx(min(1.0, len(p_values) * min(p_values)))
+
+    def test_rejects_invalid_p(self) -> None:
+        """A p-value outside [0, 1] is refused."""
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            holm([0.2, 1.5])
+
+
+class TestMcNemar:
+    @staticmethod
+    def _counts(b: int, c: int, both_right: int, both_wrong: int) -> tuple[list[int], list[int]]:
+        clean = [1] * b + [0] * c + [1] * both_right + [0] * both_wrong
+        ablated = [0] * b + [1] * c + [1] * both_right + [0] * both_wrong
+        return clean, ablated
+
+    @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+    def test_matches_binomtest(self, alternative: str) -> None:
+        """The p-value is scipy's exact binomial test on the discordant pairs."""
+        clean, ablated = self._counts(9, 2, 20, 5)
+        result = mcnemar_accuracy_drop(clean, ablated, alternative=alternative, n_boot=0)
+        expected = sps.binomtest(9, 11, 0.5, alternative=alternative).pvalue
+        assert result.p_value == pytest.approx(expected, rel=1e-12)
+        assert result.statistic == pytest.approx(7 / 36)
+        assert result.n == 36
+        assert math.isnan(result.ci_low)
+
+    def test_no_discordant_pairs_gives_p_one(self) -> None:
+        """Identical runs give a zero drop and p = 1."""
+        clean, ablated = self._counts(0, 0, 7, 3)
+        result = mcnemar_accuracy_drop(clean, ablated)
+        assert result.statistic == 0.0
+        assert result.p_value == 1.0
+
+    def test_recovers_planted_drop(self) -> None:
+        """A 40-point accuracy drop on 100 problems is detected and its CI excludes 0."""
+        clean, ablated = self._counts(40, 0, 40, 20)
+        result = mcnemar_accuracy_drop(clean, ablated, seed=1)
+        assert result.statistic == pytest.approx(0.4)
+        assert result.p_value < 0.01
+        assert 0.0 < result.ci_low < 0.4 < result.ci_high
+
+    def test_false_positive_rate(self) -> None:
+        """On 500 null datasets (independent runs) the one-sided test rejects at most nominally."""
+        rng = np.random.default_rng(11)
+        p_values = [
+            mcnemar_accuracy_drop(rng.random(100) < 0.7, rng.random(100) < 0.7, n_boot=0).p_value
+            for _ in range(500)
+        ]
+        assert MIN_FALSE_POSITIVE < _rate(p_values) <= MAX_FALSE_POSITIVE
+
+    def test_flip_rate_denominators(self) -> None:
+        """flip_rate counts clean-right/ablated-wrong over all problems or over clean-right."""
+        clean, ablated = [1, 1, 1, 0], [0, 1, 0, 1]
+        assert flip_rate(clean, ablated) == 0.5
+        assert flip_rate(clean, ablated, given_clean_correct=True) == pytest.approx(2 / 3)
+        assert math.isnan(flip_rate([0, 0], [1, 0], given_clean_correct=True))
+
+
+class TestPairedShift:
+    @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+    def test_wilcoxon_matches_scipy(self, alternative: str) -> None:
+        """The Wilcoxon path returns scipy's p-value, zeros included."""
+        rng = np.random.default_rng(3)
+        for deltas in (rng.normal(0.2, 1.0, 20), np.r_[rng.normal(0.2, 1.0, 77), 0, 0, 0]):
+            result = paired_shift_test(deltas, alternative=alternative, n_boot=0)
+            expected = sps.wilcoxon(deltas, zero_method="wilcox", alternative=alternative).pvalue
+            assert result.p_value == pytest.approx(expected, rel=1e-12)
+            assert result.statistic == pytest.approx(deltas.mean())
+
+    @pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
+    def test_all_zero_deltas_give_p_one(self, method: str) -> None:
+        """No shift at all gives p = 1 without warnings."""
+        assert paired_shift_test(np.zeros(30), method=method).p_value == 1.0
+
+    def test_exact_sign_flip_known_value(self) -> None:
+        """Five positive deltas: only the identity flip is as extreme, p = 1/32."""
+        result = paired_shift_test([0.5, 1.0, 0.2, 0.7, 0.1], method="permutation")
+        assert result.p_value == pytest.approx(1 / 32)
+
+    def test_monte_carlo_matches_enumeration(self) -> None:
+        """For n = 17 the Monte Carlo p is close to the fully enumerated one."""
+        deltas = np.random.default_rng(4).normal(0.4, 1.0, 17)
+        bits = (np.arange(2**17)[:, None] >> np.arange(17)) & 1
+        exact = float(np.mean((1.0 - 2.0 * bits) @ deltas >= deltas.sum() - 1e-12))
+        result = paired_shift_test(deltas, method="permutation", n_perm=20000, n_boot=0)
+        assert result.p_value == pytest.approx(exact, abs=0.01)
+
+    @pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
+    def test_recovers_planted_shift(self, method: str) -> None:
+        """A mean shift of 0.5 SD on 100 problems is detected and its CI excludes 0."""
+        deltas = np.random.default_rng(5).normal(0.5, 1.0, 100)
+        result = paired_shift_test(deltas, method=method, n_perm=2000)
+        assert result.p_value < 0.01
+        assert 0.0 < result.ci_low < result.statistic < result.ci_high
+
+    @pytest.mark.parametrize(
+        ("method", "n", "n_sims"),
+        [("wilcoxon", 30, 500), ("permutation", 12, 300), ("permutation", 40, 300)],
+        ids=["wilcoxon-n30", "exact-n12", "monte-carlo-n40"],
+    )
+    def test_false_positive_rate(self, method: str, n: int, n_sims: int) -> None:
+        """On null deltas the one-sided test rejects at about the nominal rate."""
+        rng = np.random.default_rng(12)
+        p_values = [
+            paired_shift_test(
+                rng.normal(size=n), method=method, n_perm=200, n_boot=0, seed=rng
+            ).p_value
+            for _ in range(n_sims)
+        ]
+        assert MIN_FALSE_POSITIVE < _rate(p_values) <= MAX_FALSE_POSITIVE
+
+
+class TestBootstrap:
+    def test_bootstrap_ci_recovers_mean(self) -> None:
+        """The CI of the mean of N(1, 1) x 200 contains 1 and excludes 0."""
+        values = np.random.default_rng(6).normal(1.0, 1.0, 200)
+        low, high = bootstrap_ci(values, n_boot=500, seed=0)
+        assert 0.0 < low < 1.0 < high
+        assert bootstrap_ci(values, n_boot=500, seed=0) == (low, high)
+
+    def test_bootstrap_ci_coverage(self) -> None:
+        """The 95% percentile CI of a mean covers the truth in most of 200 datasets."""
+        rng = np.random.default_rng(7)
+        covered = [
+            low <= 0.0 <= high
+            for low, high in (
+                bootstrap_ci(rng.normal(size=50), n_boot=200, seed=rng) for _ in range(200)
+            )
+        ]
+        assert np.mean(covered) >= 0.88
+
+    def test_cluster_bootstrap_resamples_rows(self) -> None:
+        """stat_fn sees whole problems: every resampled row is a row of the input."""
+        x = np.arange(24.0).reshape(4, 6)
+        rows = {tuple(r) for r in x}
+
+        def check(a: np.ndarray, b: np.ndarray) -> float:
+            assert a.shape == x.shape
+            assert all(tuple(r) in rows for r in a)
+            np.testing.assert_array_equal(a, b - 100.0)
+            return float(a.mean())
+
+        low, high = cluster_bootstrap_ci(x, x + 100.0, check, n_boot=50, seed=0)
+        assert x.min() <= low <= high <= x.max()
+
+    def test_cluster_ci_covers_zero_under_independent_offsets(self) -> None:
+        """With unrelated per-problem offsets the cluster CI of pooled r still covers 0."""
+        rng = np.random.default_rng(8)
+        covered = []
+        for _ in range(200):
+            x, y = _offset_data(rng, shared=False)
+            result = pooled_correlation(x, y, n_boot=300, seed=rng)
+            covered.append(result.ci_low <= 0.0 <= result.ci_high)
+        assert np.mean(covered) >= 0.88
+
+
+class TestCorrelationStatistics:
+    @pytest.mark.parametrize("method", ["pearson", "spearman"])
+    def test_statistic_is_pooled_r(self, method: str) -> None:
+        """All three tests report the scipy r of the (centred, for one) flattened arrays."""
+        x, y = _within_signal_data(np.random.default_rng(9), n_problems=20)
+        correlate = sps.pearsonr if method == "pearson" else sps.spearmanr
+        pooled = correlate(x.ravel(), y.ravel()).statistic
+        xr, yr = x - x.mean(axis=0), y - y.mean(axis=0)
+        centred = correlate(xr.ravel(), yr.ravel()).statistic
+        kwargs = {"method": method, "n_perm": 50, "n_boot": 50}
+        assert pooled_correlation(x, y, method=method).statistic == pytest.approx(pooled)
+        assert within_problem_permutation_test(x, y, **kwargs).statistic == pytest.approx(pooled)
+        assert position_centred_correlation(x, y, **kwargs).statistic == pytest.approx(centred)
+
+    @pytest.mark.parametrize("method", ["pearson", "spearman"])
+    @pytest.mark.parametrize("test", RQ2_TESTS, ids=lambda f: f.__name__)
+    def test_recovers_planted_within_problem_signal(
+        self, test: CorrelationTest, method: str
+    ) -> None:
+        """A within-problem signal shared by both variables is detected; the CI excludes 0."""
+        x, y = _within_signal_data(np.random.default_rng(10))
+        result = test(x, y, method=method, seed=0)
+        assert result.p_value < 0.01
+        assert 0.0 < result.ci_low < result.statistic < result.ci_high
+        assert result.n == 100
+
+    def test_within_problem_ignores_between_problem_structure(self) -> None:
+        """Rows constant within each problem carry no within-problem evidence: p = 1."""
+        x = np.repeat(np.arange(10.0)[:, None], N_THOUGHTS, axis=1)
+        y = x + np.random.default_rng(0).normal(size=x.shape)
+        result = within_problem_permutation_test(x, y, n_perm=100, n_boot=0)
+        assert result.statistic > 0.9
+        assert result.p_value == 1.0
+
+    def test_permutation_is_reproducible(self) -> None:
+        """The same seed gives the same result."""
+        x, y = _offset_data(np.random.default_rng(1), shared=True)
+        first = within_problem_permutation_test(x, y, n_perm=200, n_boot=100, seed=3)
+        assert within_problem_permutation_test(x, y, n_perm=200, n_boot=100, seed=3) == first
+
+
+class TestClusterAwareCalibration:
+    @pytest.mark.parametrize("shared", [True, False], ids=["shared-offset", "independent-offset"])
+    def test_problem_offsets_fool_pooled_not_within(self, shared: bool) -> None:
+        """Problem-level offsets make pooled p small; the within-problem test stays nominal."""
+        rng = np.random.default_rng(13)
+        pooled, within = [], []
+        for _ in range(300):
+            x, y = _offset_data(rng, shared=shared)
+            pooled.append(pooled_correlation(x, y, n_boot=0).p_value)
+            within.append(
+                within_problem_permutation_test(x, y, n_perm=200, n_boot=0, seed=rng).p_value
+            )
+        assert _rate(pooled) > (0.9 if shared else 0.15)
+        assert MIN_FALSE_POSITIVE < _rate(within) <= MAX_FALSE_POSITIVE
+
+    def test_position_profile_fools_within_not_centred(self) -> None:
+        """A shared position profile fools the within-problem test, not the centred one."""
+        rng = np.random.default_rng(14)
+        within, centred = [], []
+        for _ in range(300):
+            x, y = _profile_data(rng)
+            kwargs = {"n_perm": 200, "n_boot": 0, "seed": rng}
+            within.append(within_problem_permutation_test(x, y, **kwargs).p_value)
+            centred.append(position_centred_correlation(x, y, **kwargs).p_value)
+        assert _rate(within) > 0.5
+        assert MIN_FALSE_POSITIVE < _rate(centred) <= MAX_FALSE_POSITIVE
+
+    def test_spearman_within_problem_false_positive_rate(self) -> None:
+        """The Spearman variant of the within-problem test is calibrated too."""
+        rng = np.random.default_rng(15)
+        p_values = []
+        for _ in range(300):
+            x, y = _offset_data(rng, shared=True)
+            result = within_problem_permutation_test(
+                x, y, method="spearman", n_perm=200, n_boot=0, seed=rng
+            )
+            p_values.append(result.p_value)
+        assert MIN_FALSE_POSITIVE < _rate(p_values) <= MAX_FALSE_POSITIVE
+
+
+class TestDegenerateInput:
+    @pytest.mark.parametrize("test", RQ2_TESTS, ids=lambda f: f.__name__)
+    def test_constant_attention_is_inconclusive(self, test: CorrelationTest) -> None:
+        """Constant attention gives nan, p = 1 and says why, without warnings."""
+        y = np.random.default_rng(0).normal(size=(10, N_THOUGHTS))
+        result = test(np.full((10, N_THOUGHTS), 0.3), y)
+        assert result.inconclusive
+        assert result.p_value == 1.0
+        assert "attention is constant" in result.method
+
+    @pytest.mark.parametrize("test", RQ2_TESTS, ids=lambda f: f.__name__)
+    def test_too_few_problems_is_inconclusive(self, test: CorrelationTest) -> None:
+        """Fewer than MIN_PROBLEMS problems gives an inconclusive result."""
+        x = np.random.default_rng(0).normal(size=(MIN_PROBLEMS - 1, N_THOUGHTS))
+        result = test(x, x + 1.0)
+        assert result.inconclusive
+        assert f"fewer than {MIN_PROBLEMS} problems" in result.method
+
+    def test_pure_profile_is_inconclusive_after_centring(self) -> None:
+        """Attention equal to a per-thought profile has nothing left after centring."""
+        x = np.tile(np.linspace(0.1, 0.6, N_THOUGHTS), (10, 1))
+        y = np.random.default_rng(0).normal(size=x.shape)
+        result = position_centred_correlation(x, y)
+        assert result.inconclusive
+        assert "after removing the per-thought profile" in result.method
+
+    @settings(deadline=None)
+    @given(
+        hnp.arrays(
+            np.float64,
+            st.tuples(st.integers(1, 6), st.integers(2, N_THOUGHTS)),
+            elements=st.floats(-1e6, 1e6, allow_subnormal=False),
+        ),
+        st.data(),
+    )
+    def test_any_finite_input_gives_a_valid_result(
+        self, x: np.ndarray, data: st.DataObject
+    ) -> None:
+        """Any finite input yields p in [0, 1] and r in [-1, 1] or nan, with no warnings."""
+        y = data.draw(
+            hnp.arrays(np.float64, x.shape, elements=st.floats(-1e6, 1e6, allow_subnormal=False))
+        )
+        for test in RQ2_TESTS:
+            fast = {"n_boot": 20} | ({} if test is pooled_correlation else {"n_perm": 20})
+            result = test(x, y, **fast)
+            assert 0.0 <= result.p_value <= 1.0
+            assert result.inconclusive or -1.0 <= result.statistic <= 1.0
+
+
+BAD_INPUTS: list[tuple[Callable[[], object], str]] = [
+    (lambda: mcnemar_accuracy_drop([1, 0, 1], [1, 0]), "differ in length"),
+    (lambda: mcnemar_accuracy_drop([[1, 0]], [[1, 0]]), "must be 1-D"),
+    (lambda: mcnemar_accuracy_drop([1, 2], [1, 0]), "booleans or 0/1"),
+    (lambda: mcnemar_accuracy_drop([1, 0], [1, 0], alternative="bigger"), "alternative must be"),
+    (lambda: flip_rate([1, 0], [1]), "differ in length"),
+    (lambda: paired_shift_test([0.3]), "at least 2 observations"),
+    (lambda: paired_shift_test([0.3, np.nan]), "non-finite"),
+    (lambda: paired_shift_test([0.3, 0.1], method="ttest"), "method must be"),
+    (lambda: paired_shift_test([0.3, 0.1], n_perm=0, method="permutation"), "n_perm"),
+    (lambda: paired_shift_test([0.3, 0.1], n_boot=-1), "n_boot"),
+    (lambda: bootstrap_ci([1.0, 2.0], alpha=1.5), "alpha"),
+    (lambda: pooled_correlation(np.ones(6), np.ones(6)), "must be 2-D"),
+    (lambda: pooled_correlation(np.ones((4, 6)), np.ones((4, 5))), "differ in shape"),
+    (lambda: pooled_correlation(np.ones((4, 1)), np.ones((4, 1))), "at least 2 thoughts"),
+    (lambda: pooled_correlation(np.ones((4, 6)), np.ones((4, 6)), method="kendall"), "method"),
+    (lambda: within_problem_permutation_test(np.ones((3, 2, 2)), np.ones((3, 2, 2))), "2-D"),
+    (lambda: position_centred_correlation(np.full((4, 6), np.inf), np.ones((4, 6))), "non-finite"),
+    (lambda: cluster_bootstrap_ci(np.ones((4, 6)), np.ones((4, 5)), np.mean), "differ in shape"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"), BAD_INPUTS, ids=[f"{i}-{m}" for i, (_, m) in enumerate(BAD_INPUTS)]
+)
+def test_bad_input_raises_value_error(call: Callable[[], object], message: str) -> None:
+    """Malformed input raises ValueError naming the problem."""
+    with pytest.raises(ValueError, match=message):
+        call()
