@@ -9,7 +9,7 @@ listed, never averaged in silently.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,8 @@ from codi_fixtures.runs import StudyResults
 from codi_fixtures.stats import (
     StatResult,
     apply_holm,
+    inconclusive,
+    is_constant,
     mcnemar_accuracy_drop,
     paired_shift_test,
     pooled_correlation,
@@ -31,6 +33,14 @@ from codi_fixtures.stats import (
 __all__ = ["Rq2Test", "StudyAnalysis"]
 
 Rq2Test = Literal["pooled", "within", "centred"]
+
+
+def _guarded(compute: Callable[[], StatResult], n: int, alternative: str) -> StatResult:
+    """Run a test; too little or degenerate data becomes an inconclusive result, not a crash."""
+    try:
+        return compute()
+    except ValueError as err:
+        return inconclusive(str(err), n, alternative)
 
 
 @dataclass
@@ -112,8 +122,12 @@ class StudyAnalysis:
             keep = ~np.isnan(imp).any(axis=1)
             return apply_holm(
                 [
-                    paired_shift_test(
-                        imp[keep, t], alternative="greater", n_boot=self.n_boot, seed=self.seed
+                    _guarded(
+                        lambda t=t: paired_shift_test(
+                            imp[keep, t], alternative="greater", n_boot=self.n_boot, seed=self.seed
+                        ),
+                        int(keep.sum()),
+                        "greater",
                     )
                     for t in range(self.n_thoughts)
                 ]
@@ -130,11 +144,12 @@ class StudyAnalysis:
             clean = self.results.clean_correct[keep]
             return apply_holm(
                 [
-                    mcnemar_accuracy_drop(
-                        clean,
-                        self.results.correct[keep, c],
-                        n_boot=self.n_boot,
-                        seed=self.seed,
+                    _guarded(
+                        lambda c=c: mcnemar_accuracy_drop(
+                            clean, self.results.correct[keep, c], n_boot=self.n_boot, seed=self.seed
+                        ),
+                        int(keep.sum()),
+                        "greater",
                     )
                     for c in cols
                 ]
@@ -148,11 +163,15 @@ class StudyAnalysis:
         def compute() -> StatResult:
             col = self.results.column(f"all-{kind}")
             keep = self.finite_rows([col])
-            return mcnemar_accuracy_drop(
-                self.results.clean_correct[keep],
-                self.results.correct[keep, col],
-                n_boot=self.n_boot,
-                seed=self.seed,
+            return _guarded(
+                lambda: mcnemar_accuracy_drop(
+                    self.results.clean_correct[keep],
+                    self.results.correct[keep, col],
+                    n_boot=self.n_boot,
+                    seed=self.seed,
+                ),
+                int(keep.sum()),
+                "greater",
             )
 
         return self._memoised(("all", kind), compute)  # type: ignore[return-value]
@@ -208,7 +227,14 @@ class StudyAnalysis:
             if difficulty is not None:
                 rows &= np.array([d == difficulty for d in self.results.difficulty])
             layers = list(dict.fromkeys(self.layers.as_dict().values()))
-            raw = [self._rq2_one(test, self.attention(layer)[rows], imp[rows]) for layer in layers]
+            raw = [
+                _guarded(
+                    lambda layer=layer: self._rq2_one(test, self.attention(layer)[rows], imp[rows]),
+                    int(rows.sum()),
+                    "greater",
+                )
+                for layer in layers
+            ]
             return dict(zip(layers, apply_holm(raw), strict=True))
 
         return self._memoised(("rq2", test, difficulty), compute)  # type: ignore[return-value]
@@ -236,7 +262,7 @@ class StudyAnalysis:
         for t in range(self.n_thoughts):
             keep = ~np.isnan(imp[:, t])
             x, y = att[keep, t], imp[keep, t]
-            if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            if len(x) < 3 or is_constant(x) or is_constant(y):
                 out.append((float("nan"), 1.0))
                 continue
             r, p = sps.pearsonr(x, y)
@@ -253,12 +279,12 @@ class StudyAnalysis:
             att = self.results.attention[keep]  # (N, L, H, T)
             n_layers, n_heads = att.shape[1], att.shape[2]
             out = np.full((n_layers, n_heads), np.nan)
-            if y.size < 3 or np.ptp(y) == 0:
+            if y.size < 3 or is_constant(y):
                 return out
             for layer in range(n_layers):
                 for head in range(n_heads):
                     x = att[:, layer, head].ravel()
-                    if np.ptp(x) > 0:
+                    if not is_constant(x):
                         out[layer, head] = np.corrcoef(x, y)[0, 1]
             return out
 

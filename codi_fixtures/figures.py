@@ -24,10 +24,11 @@ from typing import TypeVar
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import Colormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.typing import ColorType
 
 from codi_fixtures.analysis import Rq2Test, StudyAnalysis
 from codi_fixtures.atomic import atomic_write_bytes
@@ -57,7 +58,7 @@ LOGP_LABEL = "Δ log p(gold) [nats]"
 ACC_LABEL = "accuracy drop [percentage points]"
 ATTENTION_LABEL = "attention weight from <eot> (head mean)"
 _BAD_COLOUR = "#BBBBBB"  # NaN cells (excluded problems) in heatmaps
-_ZERO_LINE = {"color": "0.55", "linewidth": 0.8, "zorder": 0}
+_DASHES = ("--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))
 _RQ2_TEST_NAMES = {
     "pooled": "pooled Pearson",
     "within": "within-problem permutation",
@@ -103,11 +104,17 @@ def _attempt(compute: Callable[..., _R], *args: object) -> _R | None:
         return None
 
 
-def _colours(n: int) -> list[str | tuple[float, ...]]:
+def _colours(n: int) -> list[ColorType]:
     """``n`` distinguishable colour-blind-safe colours (Okabe-Ito, viridis beyond eight)."""
     if n <= len(OKABE_ITO):
         return list(OKABE_ITO[:n])
-    return [tuple(c) for c in colormaps["viridis"](np.linspace(0.0, 0.95, n))]
+    rgba = colormaps["viridis"](np.linspace(0.0, 0.95, n))
+    return [(float(r), float(g), float(b), float(al)) for r, g, b, al in rgba]
+
+
+def _zero_line(ax: Axes) -> None:
+    """A thin grey reference line at y = 0, behind the data."""
+    ax.axhline(0.0, color="0.55", linewidth=0.8, zorder=0)
 
 
 def _fmt_r(value: float) -> str:
@@ -159,7 +166,7 @@ def _draw_estimates(
     results: Sequence[StatResult],
     *,
     scale: float,
-    colour: str | tuple[float, ...],
+    colour: ColorType,
     bars: bool,
     width: float,
 ) -> np.ndarray:
@@ -195,7 +202,7 @@ def _mark_significant(
     top: np.ndarray,
     results: Sequence[StatResult],
     alpha: float,
-    colour: str | tuple[float, ...],
+    colour: ColorType,
 ) -> None:
     """A '*' above each estimate whose Holm-corrected p is below ``alpha``."""
     for xi, yi, res in zip(x, top, results, strict=True):
@@ -214,6 +221,14 @@ def _mark_significant(
             )
 
 
+def _ensure_span(ax: Axes, min_span: float = 1e-9) -> None:
+    """Widen a y range that collapsed around constant data (e.g. every value 0) to +-1."""
+    low, high = ax.get_ylim()
+    if high - low < min_span * max(1.0, abs(low), abs(high)):
+        centre = (low + high) / 2.0
+        ax.set_ylim(centre - 1.0, centre + 1.0)
+
+
 def _dodge(n_series: int, width: float) -> np.ndarray:
     """X offsets that place ``n_series`` series side by side around each tick."""
     return (np.arange(n_series) - (n_series - 1) / 2.0) * width
@@ -224,7 +239,7 @@ def _complete_rows(a: StudyAnalysis) -> np.ndarray:
     return ~np.isnan(a.importance()).any(axis=1)
 
 
-def _thought_legend(fig: Figure, n_thoughts: int, colours: Sequence[object]) -> None:
+def _thought_legend(fig: Figure, n_thoughts: int, colours: Sequence[ColorType]) -> None:
     """A figure legend 'thought t' for scatter colours, outside the panels on the right."""
     handles = [
         Line2D([], [], linestyle="none", marker="o", markersize=6, color=colours[t])
@@ -240,7 +255,7 @@ def _thought_legend(fig: Figure, n_thoughts: int, colours: Sequence[object]) -> 
 
 
 def _scatter_by_thought(
-    ax: Axes, attention: np.ndarray, importance: np.ndarray, colours: Sequence[object]
+    ax: Axes, attention: np.ndarray, importance: np.ndarray, colours: Sequence[ColorType]
 ) -> None:
     """Scatter (problem, thought) pairs, one colour per thought; non-finite pairs skipped."""
     for t in range(attention.shape[1]):
@@ -248,7 +263,8 @@ def _scatter_by_thought(
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.any():
             ax.scatter(x[ok], y[ok], s=14, color=colours[t], alpha=0.75, linewidths=0, zorder=2)
-    ax.axhline(0.0, **_ZERO_LINE)
+    _zero_line(ax)
+    _ensure_span(ax)
 
 
 # --- RQ1 ------------------------------------------------------------------------------------
@@ -263,7 +279,7 @@ def importance_by_thought(a: StudyAnalysis) -> Figure:
     ax_lp, ax_acc = fig.subplots(1, 2)
     handles: list[Patch | Line2D] = []
     lines: list[Line2D] = []
-    for kind, dx, colour in zip(kinds, offsets, colours, strict=True):
+    for i, (kind, dx, colour) in enumerate(zip(kinds, offsets, colours, strict=True)):
         handles.append(Patch(color=colour, label=f"{kind} ablation"))
         logp = _attempt(a.rq1_logp, kind)
         if logp is not None:
@@ -283,7 +299,8 @@ def importance_by_thought(a: StudyAnalysis) -> Figure:
             lines.append(
                 ax_acc.axhline(
                     value,
-                    linestyle="--",
+                    # Distinct dash patterns keep coinciding control lines apart.
+                    linestyle=_DASHES[i % len(_DASHES)],
                     color=colour,
                     linewidth=1.3,
                     label=f"all thoughts ablated ({kind}): {value:.0f} pp",
@@ -291,8 +308,9 @@ def importance_by_thought(a: StudyAnalysis) -> Figure:
             )
     for ax in (ax_lp, ax_acc):
         _thought_axis(ax, n_t)
-        ax.axhline(0.0, **_ZERO_LINE)
+        _zero_line(ax)
         ax.margins(y=0.12)
+        _ensure_span(ax)
     ax_lp.set_ylabel(f"{LOGP_LABEL} (clean − ablated)")
     ax_lp.set_title("log-probability of the gold answer")
     ax_acc.set_ylabel(f"{ACC_LABEL}")
@@ -303,7 +321,7 @@ def importance_by_thought(a: StudyAnalysis) -> Figure:
     )
     fig.legend(
         [*handles, *lines],
-        [h.get_label() for h in [*handles, *lines]],
+        [str(h.get_label()) for h in [*handles, *lines]],
         loc="outside lower center",
         ncols=min(len(handles) + len(lines), 4),
         frameon=False,
@@ -340,7 +358,8 @@ def rq1_kind_bars(a: StudyAnalysis, kind: str, measure: str) -> Figure:
     else:
         _no_data(ax)
     _thought_axis(ax, n_t)
-    ax.axhline(0.0, **_ZERO_LINE)
+    _zero_line(ax)
+    _ensure_span(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\n(mean, bootstrap 95% CI)", fontsize=10)
     return fig
@@ -378,7 +397,7 @@ def _symmetric_limit(values: np.ndarray, quantile: float = 100.0) -> float:
     return limit if limit > 0.0 else 1.0
 
 
-def _diverging_cmap() -> object:
+def _diverging_cmap() -> Colormap:
     """RdBu_r with grey for NaN (masked) cells."""
     return colormaps["RdBu_r"].with_extremes(bad=_BAD_COLOUR)
 
@@ -441,7 +460,7 @@ def attention_vs_importance(a: StudyAnalysis) -> Figure:
         pooled = _rq2_result(a, "pooled", layer)
         within = _rq2_result(a, "within", layer)
         r = math.nan if pooled is None else pooled.statistic
-        p = None if within is None else within.p_value
+        p = None if within is None or within.inconclusive else within.p_value
         ax.set_title(f"{role} · L{layer}: r={_fmt_r(r)}, within-problem p={_fmt_p(p)}", fontsize=10)
         ax.set_xlabel(ATTENTION_LABEL)
     axes[0].set_ylabel(f"{LOGP_LABEL}, {a.importance_kind} ablation")
@@ -473,6 +492,8 @@ def rq2_layer_scatter(a: StudyAnalysis, layer: int, test: str) -> Figure:
     res = _rq2_result(a, test, layer)  # type: ignore[arg-type]
     if res is None:
         stats_line = "n/a (too few thoughts or problems)"
+    elif res.inconclusive:
+        stats_line = res.method
     else:
         stats_line = (
             f"r={_fmt_r(res.statistic)}, p={_fmt_p(res.p_value)}, "
@@ -494,7 +515,7 @@ def per_thought_correlations(a: StudyAnalysis, layer: int) -> Figure:
     att = a.attention(layer)
     stats = a.per_thought_correlation(layer)
     colours = _colours(n_t)
-    fig = Figure(figsize=(3.3 * ncols + 0.6, 2.7 * nrows + 0.9), layout="constrained")
+    fig = Figure(figsize=(max(5.6, 3.3 * ncols + 0.6), 2.7 * nrows + 1.1), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for t, ax in enumerate(axes):
         if t >= n_t:
@@ -502,11 +523,13 @@ def per_thought_correlations(a: StudyAnalysis, layer: int) -> Figure:
             continue
         _scatter_by_thought(ax, att[:, [t]], imp[:, [t]], [colours[t]])
         r, p = stats[t]
-        ax.set_title(f"thought {t}: r={_fmt_r(r)}, p={_fmt_p(p)}", fontsize=10)
+        p_text = _fmt_p(p) if math.isfinite(r) else "n/a"
+        ax.set_title(f"thought {t}: r={_fmt_r(r)}, p={p_text}", fontsize=10)
     fig.supxlabel(ATTENTION_LABEL, fontsize=10)
     fig.supylabel(f"{LOGP_LABEL}, {a.importance_kind} ablation", fontsize=10)
     fig.suptitle(
-        f"{_layer_label(a, layer)}: attention vs importance per thought (Pearson, uncorrected p)",
+        f"{_layer_label(a, layer)}: attention vs importance per thought\n"
+        "(Pearson r across problems, uncorrected p)",
         fontsize=11,
     )
     return fig
@@ -520,8 +543,8 @@ def head_correlation_map(a: StudyAnalysis) -> Figure:
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     fig = Figure(
         figsize=(
-            min(14.0, max(4.8, 0.32 * n_heads + 3.6)),
-            min(12.0, max(4.0, 0.3 * n_layers + 1.6)),
+            min(10.0, max(4.8, 0.22 * n_heads + 3.6)),
+            min(9.0, max(4.0, 0.25 * n_layers + 1.6)),
         ),
         layout="constrained",
     )
@@ -547,7 +570,7 @@ def head_correlation_map(a: StudyAnalysis) -> Figure:
     ax.set_ylabel("layer (block output; layer 0 at the bottom)")
     bar = fig.colorbar(image, ax=ax, shrink=0.9)
     bar.set_label("pooled Pearson r")
-    title = f"Per-head attention vs importance ({a.importance_kind})"
+    title = f"Per-head attention vs importance, {a.importance_kind} ablation"
     if not np.isfinite(corr).any():
         title += "\n(grey: r undefined, constant data)"
     ax.set_title(title, fontsize=11)

@@ -254,12 +254,27 @@ class CodiSession:
     _analyses: dict[str, Any] = field(default_factory=dict)
 
     def validate_inputs(self) -> None:
-        """Cheap checks of files named by options, as usage errors."""
+        """Cheap checks of every option before any test runs; problems become usage errors."""
+        from codi_fixtures.architecture import layer_roles
         from codi_fixtures.checkpoint import find_weights_file
+        from codi_fixtures.devices import resolve_device, resolve_dtype
+        from codi_fixtures.interventions import parse_site
 
+        settings = self.settings
         try:
-            find_weights_file(Path(self.settings.model.ckpt or BUNDLED_CHECKPOINT))
-            if self.settings.problems is not None:
+            resolve_dtype(settings.model.dtype, resolve_device(self._device()))
+            find_weights_file(Path(settings.model.ckpt or BUNDLED_CHECKPOINT))
+            _, n_layers = _collection_shape(settings)
+            if n_layers is not None:
+                try:
+                    layer_roles(n_layers, settings.layers)
+                except ValueError as err:
+                    raise CodiError(f"--layers: {err}") from None
+                try:
+                    parse_site(settings.run.site, n_layers)
+                except ValueError as err:
+                    raise CodiError(f"--ablation-site: {err}") from None
+            if settings.problems is not None:
                 self.problem_pool()
         except CodiError as err:
             raise pytest.UsageError(str(err)) from None

@@ -19,7 +19,7 @@ import numpy as np
 
 from codi_fixtures.analysis import StudyAnalysis
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.stats import StatResult
+from codi_fixtures.stats import StatResult, is_constant
 
 __all__ = [
     "ClaimRow",
@@ -105,7 +105,7 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
         centred = a.rq2("centred")[layer]
         x, y = a.attention(layer).ravel(), imp.ravel()
         keep = ~np.isnan(y)
-        if keep.sum() > 2 and np.ptp(x[keep]) > 0 and np.ptp(y[keep]) > 0:
+        if keep.sum() > 2 and not is_constant(x[keep]) and not is_constant(y[keep]):
             from scipy.stats import spearmanr
 
             rho, p_rho = spearmanr(x[keep], y[keep])

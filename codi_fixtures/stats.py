@@ -39,6 +39,8 @@ __all__ = [
     "cluster_bootstrap_ci",
     "flip_rate",
     "holm",
+    "inconclusive",
+    "is_constant",
     "mcnemar_accuracy_drop",
     "paired_shift_test",
     "pooled_correlation",
@@ -383,7 +385,7 @@ def apply_holm(results: Sequence[StatResult]) -> list[StatResult]:
 # --------------------------------------------------------------------------- RQ2
 
 
-def _is_constant(values: FloatArray, reference: FloatArray | None = None) -> bool:
+def is_constant(values: FloatArray, reference: FloatArray | None = None) -> bool:
     """True when ``values`` is (nearly) constant, judged against the size of ``reference``.
 
     This is scipy's near-constant criterion; ``reference`` (default ``values``)
@@ -394,7 +396,7 @@ def _is_constant(values: FloatArray, reference: FloatArray | None = None) -> boo
     return centred_norm <= _CONSTANT_RTOL * float(np.linalg.norm(ref))
 
 
-def _inconclusive(reason: str, n: int, alternative: str) -> StatResult:
+def inconclusive(reason: str, n: int, alternative: str) -> StatResult:
     """Result for a degenerate input: nan statistic, p = 1, the reason in ``method``."""
     return StatResult(
         statistic=math.nan,
@@ -412,7 +414,7 @@ def _degenerate_reason(x: FloatArray, y: FloatArray) -> str | None:
     if x.shape[0] < MIN_PROBLEMS:
         return f"fewer than {MIN_PROBLEMS} problems ({x.shape[0]})"
     for name, arr in (("attention", x), ("importance", y)):
-        if _is_constant(arr):
+        if is_constant(arr):
             return f"{name} is constant"
     return None
 
@@ -422,7 +424,7 @@ def _profile_only_reason(
 ) -> str | None:
     """Which variable is a pure per-thought profile (constant residuals), or None."""
     for name, resid, raw in (("attention", x_resid, x), ("importance", y_resid, y)):
-        if _is_constant(resid, raw):
+        if is_constant(resid, raw):
             return f"{name} is constant after removing the per-thought profile"
     return None
 
@@ -530,7 +532,7 @@ def pooled_correlation(
     x, y = _matrix_pair(attention, importance)
     reason = _degenerate_reason(x, y)
     if reason is not None:
-        return _inconclusive(reason, x.shape[0], alternative)
+        return inconclusive(reason, x.shape[0], alternative)
     correlate = stats.pearsonr if method == "pearson" else stats.spearmanr
     res = correlate(x.ravel(), y.ravel(), alternative=alternative)
     rng = np.random.default_rng(seed)
@@ -609,7 +611,7 @@ def within_problem_permutation_test(
     x, y = _matrix_pair(attention, importance)
     reason = _degenerate_reason(x, y)
     if reason is not None:
-        return _inconclusive(reason, x.shape[0], alternative)
+        return inconclusive(reason, x.shape[0], alternative)
     rng = np.random.default_rng(seed)
     r, p = _within_row_permutation(*_working_arrays(x, y, method), alternative, n_perm, rng)
     low, high = _cluster_bootstrap_r(
@@ -657,7 +659,7 @@ def position_centred_correlation(
     xr, yr = _centre_positions(x), _centre_positions(y)
     reason = _degenerate_reason(x, y) or _profile_only_reason(xr, yr, x, y)
     if reason is not None:
-        return _inconclusive(reason, x.shape[0], alternative)
+        return inconclusive(reason, x.shape[0], alternative)
     rng = np.random.default_rng(seed)
     n_problems = x.shape[0]
     r, p = _within_row_permutation(

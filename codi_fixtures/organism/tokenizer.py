@@ -16,8 +16,13 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 _PIECES = r"▁?(?:[A-Za-z]+|\d|<<|>>|[^\w\s▁])"
 
 
-def build_tokenizer(texts: Iterable[str], out_dir: Path | None = None) -> object:
-    """Train the word-level vocabulary on ``texts``; save to ``out_dir`` when given."""
+def build_tokenizer(
+    texts: Iterable[str], out_dir: Path | None = None, *, add_bos: bool = True
+) -> object:
+    """Train the word-level vocabulary on ``texts``; save to ``out_dir`` when given.
+
+    ``add_bos`` False gives a GPT-2-like tokenizer that adds no BOS token.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,10 +36,11 @@ def build_tokenizer(texts: Iterable[str], out_dir: Path | None = None) -> object
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     trainer = trainers.WordLevelTrainer(special_tokens=[UNK, BOS, EOS], min_frequency=1)
     tok.train_from_iterator(texts, trainer=trainer)
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
-    )
+    if add_bos:
+        bos_id = tok.token_to_id(BOS)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, padding_side="left"
     )

@@ -83,6 +83,8 @@ class TrainConfig:
     """Steps over which the distillation weight ramps from 1 to ``distill_factor``."""
     eval_every: int = 300
     """Monitor accuracy on 200 held-out problems every this many steps."""
+    checkpoint_every: int = 100
+    """Save the resumable training state every this many steps."""
     seed: int = 0
     """Seed for data, initialisation and batch order."""
 
@@ -294,7 +296,7 @@ def run_phase(
             model.eval()
             monitor(model, state)  # type: ignore[operator]
             model.train()
-        if on_checkpoint is not None and state.step % 100 == 0:
+        if on_checkpoint is not None and state.step % cfg.checkpoint_every == 0:
             on_checkpoint(state)  # type: ignore[operator]
     model.eval()
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random CODI models (LLaMA- and GPT-2-shaped) and their checkpoints.
+
+Session-scoped fixtures are shared by many tests: treat them as read-only
+(no hooks left behind, no parameter edits, no adapter toggling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from codi_fixtures.model import CodiModel
+
+ARCHS = ("llama", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> CodiModel:
+    """Tiny LLaMA-shaped CODI with LoRA (grouped-query attention, BOS tokenizer). Read-only."""
+    from codi_fixtures.testing import tiny_codi
+
+    return tiny_codi("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> CodiModel:
+    """Tiny GPT-2-shaped CODI with LoRA on Conv1D layers (no-BOS tokenizer). Read-only."""
+    from codi_fixtures.testing import tiny_codi
+
+    return tiny_codi("gpt2")
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_model(request: pytest.FixtureRequest) -> CodiModel:
+    """Each tiny architecture in turn (parametrised ``llama`` / ``gpt2``). Read-only."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama: CodiModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama`` saved in the published layout (safetensors). Do not modify the files."""
+    from codi_fixtures.testing import save_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("tiny_llama_ckpt")
+    save_tiny_checkpoint(tiny_llama, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tiny_gpt2: CodiModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_gpt2`` saved in the published layout (safetensors). Do not modify the files."""
+    from codi_fixtures.testing import save_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("tiny_gpt2_ckpt")
+    save_tiny_checkpoint(tiny_gpt2, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[str]:
+    """Organism questions of different lengths (2-5 steps), so batches need padding."""
+    from codi_fixtures.organism.task import make_splits
+
+    _, evals = make_splits(0, 3, seed=7)
+    return [p.question for p in evals]

@@ -1,0 +1,180 @@
+"""The codi pytest plugin, end to end through pytester (real pytest runs, real model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+pytestmark = pytest.mark.skipif(
+    not (BUNDLED_CHECKPOINT / "model.safetensors").exists(), reason="bundled model not built"
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+FAKE_CLAIMS = '''
+from codi_fixtures.stats import StatResult
+
+
+def _result(p, n=50):
+    return StatResult(statistic=0.3, p_value=p, ci_low=0.1, ci_high=0.5, n=n,
+                      method="planted", alternative="greater", p_corrected=p)
+
+
+def test_supported(analysis, claim, tier):
+    """A planted result with p=0.001 passes."""
+    claim.judge("supported", _result(0.001))
+
+
+def test_unsupported(analysis, claim, tier):
+    """A planted result with p=0.4 fails, with its numbers in the message."""
+    claim.judge("unsupported", _result(0.4))
+
+
+def test_too_few_problems(analysis, claim, tier):
+    """Two usable problems are inconclusive: skipped, not failed."""
+    claim.judge("few", _result(0.001, n=2))
+
+
+def test_known_failure(analysis, claim, tier):
+    """Declared as a known outcome for the bundled model: a strict xfail."""
+    claim.judge("known", _result(0.4))
+'''
+
+KNOWN = {"bundled": {"test_fake.py::test_known_failure[quick]": "planted failure"}}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One study cache for this module: the first run computes, later runs read."""
+    return tmp_path_factory.mktemp("codi-cache")
+
+
+def _fake_project(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    pytester.makefile(".json", known=json.dumps(KNOWN))
+    pytester.makeini("[pytest]\ncodi_known_outcomes = known.json\nxfail_strict = true\n")
+
+
+def _summary(path: Path) -> dict:
+    return json.loads((path / "summary_statistics.json").read_text())
+
+
+@pytest.mark.slow
+def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
+    _fake_project(pytester)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", "--codi-cache", str(shared_cache), "--report-dir", "out", "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*not supported at alpha=0.05: unsupported: statistic=0.3, p=0.4*n=50*",
+            "*inconclusive: only 2 usable problems for few*",
+        ]
+    )
+    out = pytester.path / "out"
+    verdicts = {v["test"].split("::")[1]: v["outcome"] for v in _summary(out)["verdicts"]}
+    assert verdicts == {
+        "test_known_failure[quick]": "xfailed",
+        "test_supported[quick]": "passed",
+        "test_too_few_problems[quick]": "skipped",
+        "test_unsupported[quick]": "failed",
+    }
+    html = (out / "report.html").read_text()
+    assert "codi-verdicts" in html and "data:image/png;base64," in html
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "quick-attention_vs_importance.png",
+        "quick-head_correlation_map.png",
+        "quick-importance_by_thought.png",
+        "quick-importance_heatmap.png",
+        "quick-per_thought_correlations.png",
+    ]
+
+
+@pytest.mark.slow
+def test_two_xdist_workers_give_the_same_verdicts_and_statistics(pytester, shared_cache):
+    _fake_project(pytester)
+    args = ["-m", "quick", "--codi-cache", str(shared_cache), "-p", "no:cacheprovider"]
+    single = pytester.runpytest_subprocess(*args, "--report-dir", "one")
+    double = pytester.runpytest_subprocess(*args, "--report-dir", "two", "-n", "2")
+    single.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    double.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1)
+    one, two = _summary(pytester.path / "one"), _summary(pytester.path / "two")
+    for content in (one, two):
+        content.pop("run")  # wall time and settings differ by design
+    assert one == two
+
+
+def test_tiers_parametrise_and_select_by_marker(pytester):
+    _fake_project(pytester)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "full", "--no-codi-report")
+    result.stdout.fnmatch_lines(["test_fake.py::test_supported[[]full[]]"])
+    assert "[quick]" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kinds", "zero,bogus"], "*unknown ablation kind 'bogus'; allowed: zero,mean,noise,resample*"),
+        (["--codi-ckpt", "/nonexistent/ckpt"], "*checkpoint directory /nonexistent/ckpt does not exist*"),
+        (["--problems", "missing.jsonl"], "*missing.jsonl*--problems*"),
+        (["--layers", "1,2,99"], "*layer 99 out of range*16 layers*"),
+        (["--layers", "1,2"], "*give exactly three layers*"),
+        (["--alpha", "2"], "*--alpha must be between 0 and 1*"),
+        (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
+        (["--ablation-site", "block99"], "*layer 99 out of range*"),
+        (["--device", "cuda:0"], "*CUDA*--device cpu*"),
+        (["--dtype", "float16", "--device", "cpu"], "*float16 is not supported on CPU*"),
+    ],
+    ids=[
+        "kind", "ckpt", "problems", "layer-range", "layer-count", "alpha", "importance-kind",
+        "site", "device", "dtype",
+    ],
+)
+def test_bad_options_are_usage_errors_that_name_the_fix(pytester, args, message):
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    result = pytester.runpytest_subprocess("-m", "quick", "--no-codi-report", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.slow
+def test_a_model_that_gets_everything_wrong_makes_claims_inconclusive(pytester, tmp_path):
+    from codi_fixtures.testing import save_tiny_checkpoint, tiny_codi
+
+    ckpt = tmp_path / "random-codi"
+    save_tiny_checkpoint(tiny_codi("llama"), ckpt)
+    (ckpt / "eval.jsonl").write_text((BUNDLED_CHECKPOINT / "eval.jsonl").read_text())
+    _fake_project(pytester)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", "--codi-ckpt", str(ckpt), "--no-codi-report", "-p", "no:cacheprovider",
+        "--codi-cache", str(tmp_path / "cache"),
+    )
+    result.assert_outcomes(skipped=4, deselected=4)
+    result.stdout.fnmatch_lines(["*inconclusive: the clean run answers only 0/10 problems*"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="../shared/data/gsm8k not present")
+def test_gsm8k_problems_build_a_stratified_set(pytester, tmp_path):
+    pytester.makepyfile(
+        test_gsm=(
+            "def test_set(codi_session, tier):\n"
+            "    problems = codi_session.problems(tier)\n"
+            "    bins = [p.difficulty for p in problems]\n"
+            "    assert len(problems) == 10\n"
+            "    assert bins == ['2-step'] * 3 + ['3-step'] * 3 + ['4-step'] * 2 + ['5+step'] * 2\n"
+            "    assert all(p.id.startswith('gsm8k-test-') for p in problems)\n"
+        )
+    )
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", "--problems", str(SHARED_GSM8K), "--no-codi-report"
+    )
+    result.assert_outcomes(passed=1, deselected=1)
