@@ -81,7 +81,9 @@ class StudyAnalysis:
         return ~bad
 
     def excluded_problems(self, columns: Sequence[int] | None = None) -> list[str]:
-        """Ids of problems dropped for NaN/inf."""
+        """Ids of problems with NaN/inf in the clean run or any (given) condition."""
+        if columns is None:
+            columns = range(len(self.results.conditions))
         keep = self.finite_rows(columns)
         return [pid for pid, ok in zip(self.results.problem_ids, keep, strict=True) if not ok]
 

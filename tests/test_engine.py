@@ -457,7 +457,10 @@ def test_ablation_leaves_earlier_positions_unchanged(
     clean_only = run_latent(model, prompt, rows=ROWS, capture_layers=layers, max_new_tokens=MAX_NEW)
     mask = torch.zeros((len(ROWS), n), dtype=torch.bool)
     mask[ABLATED, t] = True
-    values = torch.zeros((len(ROWS), n, d))  # zero ablation at the site
+    # As build_patch does: clean site values everywhere, the zero ablation at thought t.
+    clean_site = clean_only.thoughts if layer is None else clean_only.block_outputs[layer]
+    values = clean_site.clone()
+    values[ABLATED, t] = 0.0
     run = run_latent(
         model,
         prompt,

@@ -1,0 +1,215 @@
+"""Cached study runs: consistency with the engine, caching, resumption, sharing, faults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codi_fixtures import runs
+from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.config import ModelConfig, RunConfig
+from codi_fixtures.engine import ThoughtPatch, build_prompt, run_latent
+from codi_fixtures.model import load_codi
+from codi_fixtures.organism.task import make_splits
+
+KINDS = ("zero", "mean")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama_dir):
+    return load_codi(ModelConfig(ckpt=tiny_llama_dir, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return make_splits(10, 2, seed=5)[1]  # 8 problems, 2 per bin
+
+
+def _cfg(**kw):
+    return RunConfig(kinds=KINDS, batch_rows=30, **kw)  # 30 // 15 rows -> 2 problems per chunk
+
+
+def _assert_same(a: runs.StudyResults, b: runs.StudyResults) -> None:
+    for name in runs.StudyResults._ARRAYS:
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+    assert a.conditions == b.conditions and a.clean_text == b.clean_text
+
+
+def test_results_agree_with_direct_engine_runs(model, problems, tmp_path):
+    res = runs.compute_study(model, problems, _cfg(), tmp_path)
+    n, t = len(problems), model.spec.n_thoughts
+    assert res.answer.shape == (n, len(KINDS) * (t + 1))
+    assert res.attention.shape == (n, model.n_layers, 4, t)
+    assert res.conditions[: t + 1] == [f"t{i}-zero" for i in range(t)] + ["all-zero"]
+    prompt = build_prompt(model, [p.question for p in problems])
+    with torch.no_grad():
+        clean = run_latent(model, prompt, attention_layers=range(model.n_layers))
+        mask = torch.zeros(n, t, dtype=torch.bool)
+        mask[:, 3] = True
+        zeroed = run_latent(model, prompt, patch=ThoughtPatch(torch.zeros_like(clean.thoughts), mask))
+    assert res.clean_text == clean.answer_text
+    np.testing.assert_allclose(res.attention, clean.attentions.numpy(), atol=1e-5)
+    column = res.column("t3-zero")
+    got = [None if np.isnan(a) else a for a in res.answer[:, column]]
+    assert got == zeroed.answers
+    np.testing.assert_allclose(res.delta_logp[:, column], res.clean_logp - res.logp[:, column])
+
+
+def test_second_call_reads_the_cache_without_computing(model, problems, tmp_path, monkeypatch):
+    first = runs.compute_study(model, problems, _cfg(), tmp_path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(runs, "_clean_pass", forbidden)
+    monkeypatch.setattr(runs, "_ablation_pass", forbidden)
+    _assert_same(first, runs.compute_study(model, problems, _cfg(), tmp_path))
+
+
+def test_fingerprint_tracks_problems_and_config_but_not_batch_size(model, problems):
+    key = runs.study_fingerprint(model, problems, _cfg())
+    assert key == runs.study_fingerprint(model, problems, RunConfig(kinds=KINDS, batch_rows=7))
+    assert key != runs.study_fingerprint(model, problems[:-1], _cfg())
+    assert key != runs.study_fingerprint(model, problems, _cfg(seed=1))
+    assert key != runs.study_fingerprint(model, problems, _cfg(site="block1"))
+
+
+def test_an_interrupted_run_resumes_without_recomputing_finished_chunks(
+    model, problems, tmp_path, monkeypatch
+):
+    reference = runs.compute_study(model, problems, _cfg(), tmp_path / "reference")
+    real_ablation = runs._ablation_pass
+    calls = {"clean": 0, "ablate": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["ablate"] += 1
+        if calls["ablate"] == 3:
+            raise KeyboardInterrupt  # pre-empted after two finished chunks
+        return real_ablation(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "_ablation_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runs.compute_study(model, problems, _cfg(), tmp_path / "cache")
+
+    real_clean = runs._clean_pass
+
+    def counting_clean(*args, **kwargs):
+        calls["clean"] += 1
+        return real_clean(*args, **kwargs)
+
+    def counting_ablation(*args, **kwargs):
+        calls["ablate"] += 1
+        return real_ablation(*args, **kwargs)
+
+    calls.update(clean=0, ablate=0)
+    monkeypatch.setattr(runs, "_clean_pass", counting_clean)
+    monkeypatch.setattr(runs, "_ablation_pass", counting_ablation)
+    resumed = runs.compute_study(model, problems, _cfg(), tmp_path / "cache")
+    assert calls == {"clean": 0, "ablate": 2}  # 4 chunks: 2 were done, 2 remain
+    _assert_same(reference, resumed)
+
+
+def test_a_corrupted_cache_file_is_never_read_as_valid(model, problems, tmp_path, monkeypatch):
+    first = runs.compute_study(model, problems, _cfg(), tmp_path)
+    final = next(tmp_path.glob("study-*.npz"))
+    final.write_bytes(final.read_bytes()[:-100])  # torn write / disk trouble
+    again = runs.compute_study(model, problems, _cfg(), tmp_path)
+    _assert_same(first, again)
+    assert runs.load_cached_study(tmp_path, final.stem.removeprefix("study-")) is not None
+
+
+def test_a_truncated_shard_is_recomputed(model, problems, tmp_path, monkeypatch):
+    real = runs._ablation_pass
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "_ablation_pass", stop)
+    with pytest.raises(KeyboardInterrupt):
+        runs.compute_study(model, problems, _cfg(), tmp_path)
+    shard = sorted(tmp_path.glob("*.shards/clean-*.npz"))[0]
+    shard.write_bytes(shard.read_bytes()[:50])
+    monkeypatch.setattr(runs, "_ablation_pass", real)
+    reference = runs.compute_study(model, problems, _cfg(), tmp_path / "ref")
+    _assert_same(reference, runs.compute_study(model, problems, _cfg(), tmp_path))
+
+
+def test_out_of_memory_batches_are_split_and_give_identical_results(model, problems, tmp_path):
+    whole = runs.compute_study(model, problems, _cfg(), tmp_path / "a")
+    split = runs.compute_study(model, problems, _cfg(max_rows=4), tmp_path / "b")
+    _assert_same(whole, split)
+
+
+def test_a_single_row_over_budget_is_a_real_error(model, problems, tmp_path):
+    with pytest.raises(torch.OutOfMemoryError, match="exceed the budget"):
+        runs.compute_study(model, problems[:2], _cfg(max_rows=0), tmp_path)
+
+
+def test_non_finite_values_are_reported_per_problem(model, problems, tmp_path, monkeypatch):
+    real = runs.AblationRef.from_values
+
+    def poisoned(values, seed=0):
+        ref = real(values, seed)
+        ref.values[2] = float("inf")  # problem 2's site values blow up (as fp16 overflow would)
+        return ref
+
+    monkeypatch.setattr(runs.AblationRef, "from_values", staticmethod(poisoned))
+    res = runs.compute_study(model, problems, RunConfig(kinds=("resample",), batch_rows=30), tmp_path)
+    donor_rows = np.flatnonzero(res.nonfinite.any(axis=1))
+    assert len(donor_rows) == 1 and not res.clean_nonfinite.any()
+    analysis = StudyAnalysis(res, LayerRoles(0, 1, 2), importance_kind="resample", n_boot=50,
+                             n_perm=50)
+    assert analysis.excluded_problems() == [res.problem_ids[donor_rows[0]]]
+    assert np.isnan(analysis.importance()[donor_rows[0]]).all()
+    assert not np.isnan(np.delete(analysis.importance(), donor_rows[0], axis=0)).any()
+
+
+@pytest.mark.slow
+def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
+    tiny_llama_dir: Path, problems, tmp_path
+):
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from codi_fixtures import runs
+        from codi_fixtures.config import ModelConfig, RunConfig
+        from codi_fixtures.model import load_codi
+        from codi_fixtures.organism.task import make_splits
+
+        log = Path(sys.argv[1])
+        for name in ("_clean_pass", "_ablation_pass"):
+            real = getattr(runs, name)
+            def wrapped(model, chunk, *args, _real=real, _name=name):
+                with log.open("a") as handle:
+                    handle.write(f"{{_name}} {{chunk[0].id}} {{os.getpid()}}\\n")
+                return _real(model, chunk, *args)
+            setattr(runs, name, wrapped)
+        model = load_codi(ModelConfig(ckpt=Path({str(tiny_llama_dir)!r}), device="cpu"))
+        problems = make_splits(10, 2, seed=5)[1]
+        res = runs.compute_study(model, problems, RunConfig(kinds=("zero", "mean"), batch_rows=30),
+                                 Path({str(tmp_path / "cache")!r}))
+        print(res.answer.sum(), res.logp.sum())
+        """
+    )
+    log = tmp_path / "calls.log"
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(log)], stdout=subprocess.PIPE,
+                         text=True, env=env)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs[0] == outputs[1]
+    lines = log.read_text().split()
+    calls = [tuple(lines[i : i + 2]) for i in range(0, len(lines), 3)]
+    assert len(calls) == len(set(calls)) == 8  # 4 chunks x 2 passes, each exactly once
+    assert len(list((tmp_path / "cache").glob("study-*.npz"))) == 1
