@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -125,8 +126,12 @@ class StudyAnalysis:
             return apply_holm(
                 [
                     _guarded(
-                        lambda t=t: paired_shift_test(
-                            imp[keep, t], alternative="greater", n_boot=self.n_boot, seed=self.seed
+                        partial(
+                            paired_shift_test,
+                            imp[keep, t],
+                            alternative="greater",
+                            n_boot=self.n_boot,
+                            seed=self.seed,
                         ),
                         int(keep.sum()),
                         "greater",
@@ -147,8 +152,12 @@ class StudyAnalysis:
             return apply_holm(
                 [
                     _guarded(
-                        lambda c=c: mcnemar_accuracy_drop(
-                            clean, self.results.correct[keep, c], n_boot=self.n_boot, seed=self.seed
+                        partial(
+                            mcnemar_accuracy_drop,
+                            clean,
+                            self.results.correct[keep, c],
+                            n_boot=self.n_boot,
+                            seed=self.seed,
                         ),
                         int(keep.sum()),
                         "greater",
@@ -231,7 +240,7 @@ class StudyAnalysis:
             layers = list(dict.fromkeys(self.layers.as_dict().values()))
             raw = [
                 _guarded(
-                    lambda layer=layer: self._rq2_one(test, self.attention(layer)[rows], imp[rows]),
+                    partial(self._rq2_one, test, self.attention(layer)[rows], imp[rows]),
                     int(rows.sum()),
                     "greater",
                 )

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,11 +101,11 @@ class CodiSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"{source}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        kwargs = dict(data)
+        kwargs: dict[str, Any] = dict(data)
         for name in ("lora_targets", "stop_token_ids"):
             if name in kwargs:
-                kwargs[name] = tuple(kwargs[name])  # type: ignore[call-overload]
-        return cls(**kwargs)  # type: ignore[arg-type]
+                kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
 
 
 def read_spec(ckpt_dir: Path, model_type: str) -> CodiSpec:

@@ -100,7 +100,7 @@ def parse_layers(text: str | None) -> tuple[int, int, int] | None:
         raise ConfigError(f"--layers {text!r}: expected three integers like 4,8,14") from None
     if len(layers) != 3:
         raise ConfigError(f"--layers {text!r}: give exactly three layers (early,middle,late)")
-    return layers  # type: ignore[return-value]
+    return layers[0], layers[1], layers[2]
 
 
 def tier_of_markexpr(markexpr: str) -> str:

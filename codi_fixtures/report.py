@@ -155,18 +155,18 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
         }
         for kind in a.kinds
     }
-    res = a.results
+    study = a.results
     by_difficulty = {
         bin_: {f"layer_{layer}": _result_dict(r) for layer, r in a.rq2("within", bin_).items()}
-        for bin_ in sorted(set(res.difficulty))
+        for bin_ in sorted(set(study.difficulty))
     }
     return {
         "overall_correlation": overall,
         "per_token": per_token,
         "rq1": rq1,
         "rq2_by_difficulty": by_difficulty,
-        "clean_accuracy": float(res.clean_correct.mean()),
-        "n_problems": len(res.problem_ids),
+        "clean_accuracy": float(study.clean_correct.mean()),
+        "n_problems": len(study.problem_ids),
         "excluded_nonfinite": a.excluded_problems(),
         "importance_measure": f"delta log p(gold), {a.importance_kind} ablation",
         "layer_roles": roles,

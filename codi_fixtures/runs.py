@@ -166,7 +166,7 @@ def study_fingerprint(model: CodiModel, problems: Sequence[Problem], cfg: RunCon
 # --- shards ---------------------------------------------------------------------------------
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 

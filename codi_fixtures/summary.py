@@ -52,7 +52,7 @@ def claim_rows(reports: Sequence[pytest.TestReport]) -> list[ClaimRow]:
 
     rows = []
     for report in reports:
-        payload = json.loads(dict(report.user_properties)[CLAIM_PROPERTY])
+        payload = json.loads(str(dict(report.user_properties)[CLAIM_PROPERTY]))
         message = payload["message"]
         if report.skipped and not hasattr(report, "wasxfail"):
             message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else message
@@ -76,7 +76,7 @@ def _study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
     for report in reports:
         for key, value in report.user_properties:
             if key == STUDY_PROPERTY:
-                info = json.loads(value)
+                info = json.loads(str(value))
                 out[info["tier"]] = info["fingerprint"]
     return out
 
@@ -88,14 +88,14 @@ def build_summary(codi: CodiSession, reports: Sequence[pytest.TestReport]) -> st
     fig_dir = out_dir / "figures"
     rows = claim_rows(reports)
     tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
-    stats_by_tier: dict[str, object] = {}
+    stats_by_tier: dict[str, dict[str, object]] = {}
     for tier, fingerprint in sorted(_study_fingerprints(reports).items()):
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
         analysis = StudyAnalysis(
             results,
-            layers=layer_roles(int(results.meta["n_layers"]), settings.layers),
+            layers=layer_roles(int(str(results.meta["n_layers"])), settings.layers),
             importance_kind=settings.importance_kind,
             alpha=settings.alpha,
             seed=settings.run.seed,
@@ -148,11 +148,12 @@ def build_summary(codi: CodiSession, reports: Sequence[pytest.TestReport]) -> st
         "wall_time_s": round(time.monotonic() - codi.started, 1),
     }
     content: dict[str, object] = {}
-    if len(stats_by_tier) == 1:
-        content.update(next(iter(stats_by_tier.values())))  # type: ignore[arg-type]
-    elif stats_by_tier:
-        content.update(stats_by_tier.get("full", next(iter(stats_by_tier.values()))))  # type: ignore[arg-type]
-        content["tiers"] = stats_by_tier
+    if stats_by_tier:
+        # One tier: its statistics at the top level (the seed's layout); several: "full" there.
+        main = stats_by_tier.get("full", next(iter(stats_by_tier.values())))
+        content.update(main)
+        if len(stats_by_tier) > 1:
+            content["tiers"] = stats_by_tier
     content["verdicts"] = [
         {
             "test": r.nodeid,

@@ -110,8 +110,8 @@ def build_model(cfg: TrainConfig, tokenizer: object) -> CodiModel:
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,  # type: ignore[attr-defined]
         eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
-        attn_implementation="eager",
     )
+    config._attn_implementation = "eager"  # output_attentions needs eager attention
     backbone = LlamaForCausalLM(config)
     spec = CodiSpec(
         n_thoughts=cfg.n_thoughts, prj_dim=cfg.prj_dim, answer_prompt=ANSWER_PROMPT, task="organism"
@@ -284,7 +284,7 @@ def run_phase(
             loss, _ = teacher_loss(model, batch)
             parts = {"teacher_ce": loss.item()}
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         state.step = step + 1
