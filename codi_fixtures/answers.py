@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 __all__ = ["format_number", "numbers_equal", "parse_answer"]
 
@@ -35,12 +36,17 @@ def parse_answer(text: str, prompt: str = "The answer is:") -> float | None:
 
 
 def format_number(value: float) -> str:
-    """Canonical text of a gold answer: ``18`` not ``18.0``; ``2.5`` stays ``2.5``."""
+    """Canonical text of a gold answer: ``18`` not ``18.0``; ``2.5`` stays ``2.5``.
+
+    Never exponent notation (``5e-05`` is ``0.00005``): no model writes it, and
+    :func:`parse_answer` would read it as 5.
+    """
     if not math.isfinite(value):
         raise ValueError(f"cannot format non-finite answer {value}")
     if float(value).is_integer():
         return str(int(value))
-    return repr(float(value))
+    # repr is the shortest text that round-trips; Decimal writes it out positionally.
+    return format(Decimal(repr(float(value))), "f")
 
 
 def numbers_equal(pred: float | None, gold: float, tol: float = 1e-6) -> bool:

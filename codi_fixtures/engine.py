@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -79,7 +80,9 @@ class LoopState:
         """A new state holding copies of ``rows`` (repeats allowed): branching."""
         cache = DynamicCache()
         for idx, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), idx)
+            keys, values = layer.keys, layer.values  # type: ignore[union-attr]
+            assert keys is not None and values is not None, "branching needs a filled cache"
+            cache.update(keys.index_select(0, rows), values.index_select(0, rows), idx)
         return LoopState(
             cache, self.mask.index_select(0, rows), self.next_pos.index_select(0, rows)
         )
@@ -137,7 +140,7 @@ class LatentRun:
 def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
     """Tokenize questions (BOS as the tokenizer adds it), append [eos,] <bot>, left-pad."""
     tok = model.tokenizer
-    encoded = [list(tok(q)["input_ids"]) for q in questions]  # type: ignore[operator]
+    encoded = [list(tok(q)["input_ids"]) for q in questions]
     tail = [model.eos_id, model.bot_id] if model.spec.eos_before_bot else [model.bot_id]
     seqs = [ids + tail for ids in encoded]
     width = max(len(s) for s in seqs)
@@ -150,7 +153,7 @@ def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
     return Prompt(input_ids.to(model.device), mask.to(model.device), q_lens)
 
 
-def _decoder(model: CodiModel) -> torch.nn.Module:
+def _decoder(model: CodiModel) -> Any:
     """The transformer stack without the LM head (LlamaModel / GPT2Model)."""
     return unwrap_peft(model.codi).base_model
 
@@ -292,10 +295,10 @@ def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[in
     """
     tok = model.tokenizer
     prompt = model.spec.answer_prompt
-    prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
     targets, n_prompt = [], []
     for gold in golds:
-        ids = list(tok(f"{prompt} {gold}", add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+        ids = list(tok(f"{prompt} {gold}", add_special_tokens=False)["input_ids"])
         shared = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
         targets.append([*ids, model.eos_id])
         n_prompt.append(shared)
@@ -430,10 +433,7 @@ def run_latent(
         run.target_logp = _score(model, state, first_logits, *targets)
     if generate:
         ids, bad_gen = greedy_decode(model, state, first_logits, max_new_tokens)
-        texts = [
-            model.tokenizer.decode(seq, skip_special_tokens=True)  # type: ignore[attr-defined]
-            for seq in ids
-        ]
+        texts = [model.tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]
         run = replace(
             run,
             answer_ids=ids,

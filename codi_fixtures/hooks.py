@@ -43,5 +43,10 @@ def block_output_hook(model: nn.Module, layer: int, fn: BlockFn) -> Iterator[Non
 
 
 def count_forward_hooks(model: nn.Module) -> int:
-    """Number of forward hooks registered anywhere in ``model`` (tests assert 0 after use)."""
+    """Number of forward hooks registered anywhere in ``model``.
+
+    transformers 5 installs output-capturing hooks of its own on the first forward
+    that asks for attentions or hidden states and keeps them, so tests compare the
+    count before and after a run rather than expecting zero.
+    """
     return sum(len(m._forward_hooks) for m in model.modules())

@@ -16,6 +16,7 @@ Kinds: ``zero``; ``mean`` (per-thought dataset mean at that site); ``noise``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,9 +73,9 @@ def parse_site(text: str, n_layers: int) -> Site:
     """``embedding`` or ``blockL`` / ``block:L`` (0 <= L < n_layers)."""
     if text == "embedding":
         return EmbeddingSite()
-    digits = text.removeprefix("block").lstrip(":")
-    if text.startswith("block") and digits.isdigit():
-        layer = int(digits)
+    match = re.fullmatch(r"block:?(\d+)", text)
+    if match:
+        layer = int(match.group(1))
         if layer >= n_layers:
             raise ValueError(
                 f"site {text!r}: layer {layer} out of range, the model has {n_layers} blocks "

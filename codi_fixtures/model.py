@@ -12,6 +12,7 @@ import hashlib
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,10 @@ class CodiModel(nn.Module):
 
     Read-only during analysis: fixtures share one instance, so never mutate it.
     """
+
+    codi: Any  # a transformers causal LM, possibly peft-wrapped (dynamic attributes)
+    prj: nn.Sequential
+    tokenizer: Any
 
     def __init__(self, backbone: nn.Module, prj: nn.Sequential, spec: CodiSpec, tokenizer: object):
         super().__init__()
@@ -171,12 +176,12 @@ def _load_tokenizer(base: str, allow_download: bool) -> object:
     return tok
 
 
-def _build_backbone(base_config: object, spec: CodiSpec) -> nn.Module:
+def _build_backbone(base_config: Any, spec: CodiSpec) -> Any:
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    config = base_config.__class__.from_dict(base_config.to_dict())  # type: ignore[attr-defined]
-    config.vocab_size = base_config.vocab_size + N_SPECIAL  # type: ignore[attr-defined]
+    config = base_config.__class__.from_dict(base_config.to_dict())
+    config.vocab_size = base_config.vocab_size + N_SPECIAL
     with no_init_weights():
         backbone = AutoModelForCausalLM.from_config(
             config, dtype=torch.float32, attn_implementation="eager"
@@ -186,7 +191,7 @@ def _build_backbone(base_config: object, spec: CodiSpec) -> nn.Module:
     return backbone
 
 
-def wrap_lora(backbone: nn.Module, spec: CodiSpec) -> nn.Module:
+def wrap_lora(backbone: nn.Module, spec: CodiSpec) -> Any:
     """Wrap a causal LM in peft LoRA as the published CODI models are (dropout off)."""
     from peft import LoraConfig, get_peft_model
 

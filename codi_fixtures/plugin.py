@@ -187,8 +187,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             [pytest.param(t, marks=getattr(pytest.mark, t), id=t) for t in TIERS],
             scope="session",
         )
-    if not {"thought", "kind", "role", "difficulty"} & set(names):
-        return
+    if "analysis" not in names or not {"thought", "kind", "role", "difficulty"} & set(names):
+        return  # only claims get these; unit tests keep their own parametrisation
     from codi_fixtures.architecture import layer_roles
     from codi_fixtures.problems import DIFFICULTY_BINS
 

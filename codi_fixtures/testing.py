@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 
 from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.atomic import atomic_write_text
 from codi_fixtures.checkpoint import SPEC_FILE, WEIGHT_FILES, CodiSpec, write_checkpoint
 from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection, wrap_lora
+from codi_fixtures.problems import DIFFICULTY_BINS
+from codi_fixtures.runs import StudyResults
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -34,6 +37,7 @@ __all__ = [
     "LLAMA_LORA_TARGETS",
     "TINY_ANSWER_PROMPT",
     "save_tiny_checkpoint",
+    "synthetic_study",
     "tiny_codi",
     "tiny_tokenizer",
 ]
@@ -179,9 +183,75 @@ def save_tiny_checkpoint(
         atomic_write_text(directory / SPEC_FILE, model.spec.to_json())
     else:
         raise ValueError(f"unknown checkpoint format {fmt!r}; use 'safetensors' or 'bin'")
-    hf_config = unwrap_peft(model.codi).config  # type: ignore[union-attr]
+    hf_config: Any = unwrap_peft(model.codi).config
     base_config = hf_config.__class__.from_dict(hf_config.to_dict())
     base_config.vocab_size = model.base_vocab_size  # the published base vocabulary, without +3
     base_config.save_pretrained(str(directory))
-    model.tokenizer.save_pretrained(str(directory))  # type: ignore[attr-defined]
+    model.tokenizer.save_pretrained(str(directory))
     return weights
+
+
+def synthetic_study(
+    n: int,
+    *,
+    n_thoughts: int = 6,
+    n_layers: int = 16,
+    n_heads: int = 4,
+    planted_layer: int = 8,
+    zero_importance: bool = False,
+    bins: tuple[str, ...] = DIFFICULTY_BINS,
+    n_nonfinite: int = 0,
+    kinds: tuple[str, ...] = ("zero", "mean"),
+    seed: int = 0,
+) -> StudyResults:
+    """A synthetic study with planted effects, for tests of statistics, figures and reports.
+
+    The last thought matters most; attention tracks importance at ``planted_layer``.
+    """
+    rng = np.random.default_rng(seed)
+    conditions = [c for k in kinds for c in [*(f"t{t}-{k}" for t in range(n_thoughts)), f"all-{k}"]]
+    n_cond = len(conditions)
+    profile = np.full(n_thoughts, 0.2)
+    profile[-1] = 3.0
+    importance = profile + rng.normal(0.0, 0.5, (n, n_thoughts))
+    if zero_importance:
+        importance[:] = 0.0
+    clean_logp = -0.3 - rng.random(n)
+    clean_correct = rng.random(n) < 0.85
+    logp = np.empty((n, n_cond))
+    correct = np.empty((n, n_cond), dtype=bool)
+    for k in kinds:
+        for t in range(n_thoughts):
+            col = conditions.index(f"t{t}-{k}")
+            logp[:, col] = clean_logp - importance[:, t]
+            correct[:, col] = clean_correct & (importance[:, t] < 1.0)
+        col = conditions.index(f"all-{k}")
+        logp[:, col] = clean_logp - (0.0 if zero_importance else 6.0)
+        correct[:, col] = clean_correct & zero_importance
+    # The thoughts share the <eot> query's attention with the other positions (last column).
+    attention = rng.dirichlet(np.ones(n_thoughts + 1), (n, n_layers, n_heads))[..., :-1]
+    if n_layers > planted_layer:
+        signal = np.exp(importance - importance.max(axis=1, keepdims=True))
+        signal /= signal.sum(axis=1, keepdims=True)
+        attention[:, planted_layer] = 0.5 * signal[:, None] + 0.3 * attention[:, planted_layer]
+    nonfinite = np.zeros((n, n_cond), dtype=bool)
+    bad = conditions.index("t0-mean")  # the default importance kind: these rows turn grey
+    nonfinite[:n_nonfinite, bad] = True
+    logp[:n_nonfinite, bad] = np.nan
+    return StudyResults(
+        problem_ids=[f"synthetic-{i}" for i in range(n)],
+        difficulty=[bins[i % len(bins)] for i in range(n)],
+        gold=np.arange(n, dtype=np.float64),
+        conditions=conditions,
+        clean_answer=np.arange(n, dtype=np.float64),
+        clean_correct=clean_correct,
+        clean_logp=clean_logp,
+        clean_text=[str(i) for i in range(n)],
+        clean_nonfinite=np.zeros(n, dtype=bool),
+        answer=np.zeros((n, n_cond)),
+        correct=correct,
+        logp=logp,
+        kl=np.zeros((n, n_cond)),
+        nonfinite=nonfinite,
+        attention=attention,
+    )

@@ -21,6 +21,7 @@ from codi_fixtures.checkpoint import SPEC_FILE, WEIGHT_FILES
 from codi_fixtures.config import ModelConfig
 from codi_fixtures.engine import build_prompt, encode_prompt, forward_step
 from codi_fixtures.errors import CheckpointError
+from codi_fixtures.hooks import count_forward_hooks
 from codi_fixtures.model import N_SPECIAL, CodiModel, load_codi
 from codi_fixtures.testing import save_tiny_checkpoint, tiny_codi
 
@@ -112,6 +113,63 @@ def test_tiny_lora_changes_the_function(request: pytest.FixtureRequest, arch: st
     with_lora = request.getfixturevalue(f"tiny_{arch}")
     without = tiny_codi(arch, lora=False)  # same seed: same base weights, no adapters
     assert (_logits(with_lora) - _logits(without)).abs().max() > 0.1
+
+
+def test_tiny_models_are_shaped_as_requested(tiny_llama: CodiModel, tiny_gpt2: CodiModel) -> None:
+    """Grouped-query LLaMA, Conv1D GPT-2, V+3 rows, tied head, eval mode, non-zero LoRA B."""
+    from transformers.pytorch_utils import Conv1D
+
+    for model in (tiny_llama, tiny_gpt2):
+        config = unwrap_peft(model.codi).config
+        assert model.embeddings.weight.shape == (len(model.tokenizer) + N_SPECIAL, 32)
+        assert model.n_layers == 4 and model.spec.n_thoughts == 6 and model.spec.prj_dim == 48
+        assert config.tie_word_embeddings
+        head = model.codi.get_output_embeddings()
+        assert head.weight.data_ptr() == model.embeddings.weight.data_ptr()
+        assert config._attn_implementation == "eager"
+        assert not any(m.training for m in model.modules())
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    attn = tiny_llama.layers[0].self_attn
+    assert (attn.config.num_attention_heads, attn.config.num_key_value_heads) == (4, 2)
+    assert attn.k_proj.base_layer.weight.shape == (16, 32)  # 2 kv heads x head_dim 8
+    assert isinstance(tiny_gpt2.layers[0].attn.c_attn.base_layer, Conv1D)
+    assert tiny_llama.tokenizer("Tom")["input_ids"][0] == tiny_llama.tokenizer.bos_token_id
+    assert tiny_gpt2.tokenizer("Tom")["input_ids"][0] != tiny_gpt2.tokenizer.bos_token_id
+
+
+def test_tiny_codi_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = tiny_codi("gpt2", seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    second, other = tiny_codi("gpt2", seed=5), tiny_codi("gpt2", seed=6)
+    key = "codi.base_model.model.transformer.h.1.mlp.c_fc.lora_B.default.weight"
+    assert torch.equal(first.state_dict()[key], second.state_dict()[key])
+    assert not torch.equal(first.state_dict()[key], other.state_dict()[key])
+
+
+@pytest.mark.parametrize(("arch", "module"), [("llama", "q_proj"), ("gpt2", "c_attn")])
+def test_lora_layers_compute_the_published_function(
+    request: pytest.FixtureRequest, arch: str, module: str
+) -> None:
+    """A LoRA layer computes base(x) + (alpha / r) * B A x (GPT-2's Conv1D stores [in, out])."""
+    model = request.getfixturevalue(f"tiny_{arch}")
+    layer = next(m for name, m in model.codi.named_modules() if name.endswith(module))
+    weight, a, b = (
+        layer.base_layer.weight,
+        layer.lora_A["default"].weight,
+        layer.lora_B["default"].weight,
+    )
+    x = torch.randn(5, model.hidden_size, generator=torch.Generator().manual_seed(2))
+    base = x @ weight if arch == "gpt2" else x @ weight.T
+    if layer.base_layer.bias is not None:
+        base = base + layer.base_layer.bias
+    scaling = model.spec.lora_alpha / model.spec.lora_r
+    assert scaling == 2.0
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), base + scaling * (x @ a.T @ b.T), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -379,6 +437,23 @@ def test_sdpa_returns_no_attentions_so_loader_uses_eager(
     assert attentions[0].shape == (1, config.num_attention_heads, ids.shape[1], ids.shape[1])
     loaded = _load(tiny_llama_dir)
     assert unwrap_peft(loaded.codi).config._attn_implementation == "eager"
+
+
+def test_transformers_keeps_its_output_capturing_hooks() -> None:
+    """Transformers 5 keeps the capturing hooks it installs for ``output_attentions``.
+
+    A hook count is 0 only on a fresh model, so hook tests compare before/after.
+    """
+    model = tiny_codi("llama", lora=False)
+    ids = torch.tensor([model.tokenizer(PROMPT)["input_ids"]])
+    assert count_forward_hooks(model) == 0
+    with torch.no_grad():
+        model.codi(input_ids=ids, output_attentions=True)
+    installed = count_forward_hooks(model)
+    assert installed > 0
+    with torch.no_grad():
+        model.codi(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    assert count_forward_hooks(model) == installed  # installed once, not per call
 
 
 def test_hidden_states_index_is_block_output(tiny_model: CodiModel) -> None:

@@ -28,7 +28,7 @@ from codi_fixtures.engine import (
     build_prompt,
     run_latent,
 )
-from codi_fixtures.hooks import count_forward_hooks
+from codi_fixtures.hooks import block_output_hook, count_forward_hooks
 from codi_fixtures.model import CodiModel
 from codi_fixtures.testing import tiny_codi
 
@@ -170,6 +170,25 @@ def test_tokenizer_bos_follows_architecture(tiny_llama: CodiModel, tiny_gpt2: Co
     assert llama[0] == tiny_llama.tokenizer.bos_token_id
     assert gpt2[0] != tiny_gpt2.tokenizer.bos_token_id
     assert llama[1:] == gpt2
+
+
+def test_eos_before_bot_layout(questions: list[str]) -> None:
+    """With ``eos_before_bot`` (remove_eos=False) the eos is part of Q, right before <bot>."""
+    model = tiny_codi("gpt2")
+    model.spec = replace(model.spec, eos_before_bot=True)
+    chosen = questions[:3]
+    prompt = build_prompt(model, chosen)
+    run = run_latent(model, prompt, attention_layers=_all_layers(model), generate=False)
+    assert run.attentions is not None
+    for row, question in enumerate(chosen):
+        plain = model.tokenizer(question)["input_ids"]
+        assert int(prompt.q_lens[row]) == len(plain) + 1
+        assert prompt.input_ids[row, prompt.width - 2 :].tolist() == [model.eos_id, model.bot_id]
+        ref = reference_latent(model, question)
+        assert ref.q_len == len(plain) + 1
+        _close(run.thoughts[row], ref.thoughts)
+        _close(run.first_logits[row, : _vocab(model)], ref.first_logits)
+        _close(run.attentions[row], ref.attentions)
 
 
 # --- indexing, pinned by independent recomputation ----------------------------------------
@@ -354,27 +373,33 @@ def _run_all(
     )
 
 
+N_QUESTIONS = 12  # len(questions): the organism eval split with 3 per difficulty bin
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """(questions for the prompt: a subset in any order, run rows into it: repeats allowed)."""
+    chosen = draw(st.lists(st.integers(0, N_QUESTIONS - 1), min_size=1, max_size=4, unique=True))
+    rows = draw(st.lists(st.integers(0, len(chosen) - 1), min_size=1, max_size=5))
+    return chosen, rows
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @settings(
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(data=st.data())
+@given(batch=_batches())
 def test_batched_equals_batch_of_one(
-    request: pytest.FixtureRequest,
-    questions: list[str],
-    single_runs: dict[tuple[str, int], LatentRun],
-    arch: str,
-    data: st.DataObject,
+    request: pytest.FixtureRequest, arch: str, batch: tuple[list[int], list[int]]
 ) -> None:
     """Any subset and order of questions, with repeated rows, gives each row its solo result."""
+    # Fixtures are fetched here, not taken as arguments: hypothesis reprs its arguments
+    # when it reports a failure, and a dict of runs is too big for that.
     model: CodiModel = request.getfixturevalue(f"tiny_{arch}")
-    chosen = data.draw(
-        st.lists(st.integers(0, len(questions) - 1), min_size=1, max_size=4, unique=True),
-        label="questions",
-    )
-    rows = data.draw(
-        st.lists(st.integers(0, len(chosen) - 1), min_size=1, max_size=5), label="rows"
-    )
+    questions: list[str] = request.getfixturevalue("questions")
+    single_runs: dict[tuple[str, int], LatentRun] = request.getfixturevalue("single_runs")
+    chosen, rows = batch
+    assert len(questions) == N_QUESTIONS
     golds = [str(3 + 7 * i) for i in range(len(questions))]
     for index in chosen:
         if (arch, index) not in single_runs:
@@ -522,9 +547,20 @@ def _patch_for(
     return cls(torch.zeros((batch, n, d)), mask, layer=layer)
 
 
+def _hooks_after_warm_up(model: CodiModel, questions: list[str]) -> int:
+    """Hook count once transformers has installed its own (persistent) capturing hooks.
+
+    transformers 5 adds output-capturing forward hooks on the first forward that asks
+    for attentions or hidden states and keeps them (see test_checkpoint), so counts
+    are compared before/after a run that already had that first forward.
+    """
+    run_latent(model, build_prompt(model, questions[:1]), attention_layers=[0], generate=False)
+    return count_forward_hooks(model)
+
+
 def test_no_hooks_remain_after_run(tiny_model: CodiModel, questions: list[str]) -> None:
     model = tiny_model
-    before = count_forward_hooks(model)
+    before = _hooks_after_warm_up(model, questions)
     prompt = build_prompt(model, questions[:2])
     run_latent(
         model,
@@ -539,7 +575,7 @@ def test_no_hooks_remain_after_run(tiny_model: CodiModel, questions: list[str]) 
 
 def test_no_hooks_remain_when_the_hook_raises(tiny_model: CodiModel, questions: list[str]) -> None:
     model = tiny_model
-    before = count_forward_hooks(model)
+    before = _hooks_after_warm_up(model, questions)
     prompt = build_prompt(model, questions[:2])
     with pytest.raises(RuntimeError, match="boom inside the hook"):
         run_latent(
@@ -556,7 +592,7 @@ def test_no_hooks_remain_when_on_thought_raises(
     tiny_model: CodiModel, questions: list[str]
 ) -> None:
     model = tiny_model
-    before = count_forward_hooks(model)
+    before = _hooks_after_warm_up(model, questions)
 
     def on_thought(t: int, z: torch.Tensor) -> torch.Tensor:
         if t == 3:
@@ -590,6 +626,30 @@ def test_on_thought_rewrites_the_input(tiny_model: CodiModel, questions: list[st
     assert seen == list(range(model.spec.n_thoughts))
     for t in range(model.spec.n_thoughts):
         assert torch.equal(run.thoughts[:, t], torch.full_like(run.thoughts[:, t], float(t)))
+
+
+def test_block_output_hook_is_removed_when_fn_raises(tiny_model: CodiModel) -> None:
+    model = tiny_model
+    before = count_forward_hooks(model)
+
+    def explode(_out: torch.Tensor) -> None:
+        raise RuntimeError("fn failed")
+
+    ids = torch.tensor([model.tokenizer("Tom has 3 apples.")["input_ids"]])
+    with pytest.raises(RuntimeError, match="fn failed"), block_output_hook(model.codi, 1, explode):
+        assert count_forward_hooks(model) == before + 1
+        model.codi(input_ids=ids)
+    assert count_forward_hooks(model) == before
+
+
+def test_block_output_hook_rejects_unknown_layers(tiny_model: CodiModel) -> None:
+    before = count_forward_hooks(tiny_model)
+    with (
+        pytest.raises(ValueError, match="layer 4 out of range: the model has 4 blocks"),
+        block_output_hook(tiny_model.codi, 4, lambda out: None),
+    ):
+        pass
+    assert count_forward_hooks(tiny_model) == before
 
 
 # --- decoding and scoring ------------------------------------------------------------------

@@ -6,7 +6,6 @@ import base64
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -15,73 +14,11 @@ from codi_fixtures.analysis import StudyAnalysis
 from codi_fixtures.architecture import LayerRoles
 from codi_fixtures.problems import DIFFICULTY_BINS
 from codi_fixtures.runs import StudyResults
+from codi_fixtures.testing import synthetic_study
 
 KINDS = ("zero", "mean")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_BYTES = 300_000
-
-
-def make_results(
-    n: int,
-    *,
-    n_thoughts: int = 6,
-    n_layers: int = 16,
-    n_heads: int = 4,
-    planted_layer: int = 8,
-    zero_importance: bool = False,
-    bins: tuple[str, ...] = DIFFICULTY_BINS,
-    n_nonfinite: int = 0,
-    kinds: tuple[str, ...] = KINDS,
-    seed: int = 0,
-) -> StudyResults:
-    """A synthetic study: the last thought matters most; attention tracks it at one layer."""
-    rng = np.random.default_rng(seed)
-    conditions = [c for k in kinds for c in [*(f"t{t}-{k}" for t in range(n_thoughts)), f"all-{k}"]]
-    n_cond = len(conditions)
-    profile = np.full(n_thoughts, 0.2)
-    profile[-1] = 3.0
-    importance = profile + rng.normal(0.0, 0.5, (n, n_thoughts))
-    if zero_importance:
-        importance[:] = 0.0
-    clean_logp = -0.3 - rng.random(n)
-    clean_correct = rng.random(n) < 0.85
-    logp = np.empty((n, n_cond))
-    correct = np.empty((n, n_cond), dtype=bool)
-    for k in kinds:
-        for t in range(n_thoughts):
-            col = conditions.index(f"t{t}-{k}")
-            logp[:, col] = clean_logp - importance[:, t]
-            correct[:, col] = clean_correct & (importance[:, t] < 1.0)
-        col = conditions.index(f"all-{k}")
-        logp[:, col] = clean_logp - (0.0 if zero_importance else 6.0)
-        correct[:, col] = clean_correct & zero_importance
-    # The thoughts share the <eot> query's attention with the other positions (last column).
-    attention = rng.dirichlet(np.ones(n_thoughts + 1), (n, n_layers, n_heads))[..., :-1]
-    if n_layers > planted_layer:
-        signal = np.exp(importance - importance.max(axis=1, keepdims=True))
-        signal /= signal.sum(axis=1, keepdims=True)
-        attention[:, planted_layer] = 0.5 * signal[:, None] + 0.3 * attention[:, planted_layer]
-    nonfinite = np.zeros((n, n_cond), dtype=bool)
-    bad = conditions.index("t0-mean")  # the default importance kind: these rows turn grey
-    nonfinite[:n_nonfinite, bad] = True
-    logp[:n_nonfinite, bad] = np.nan
-    return StudyResults(
-        problem_ids=[f"synthetic-{i}" for i in range(n)],
-        difficulty=[bins[i % len(bins)] for i in range(n)],
-        gold=np.arange(n, dtype=np.float64),
-        conditions=conditions,
-        clean_answer=np.arange(n, dtype=np.float64),
-        clean_correct=clean_correct,
-        clean_logp=clean_logp,
-        clean_text=[str(i) for i in range(n)],
-        clean_nonfinite=np.zeros(n, dtype=bool),
-        answer=np.zeros((n, n_cond)),
-        correct=correct,
-        logp=logp,
-        kl=np.zeros((n, n_cond)),
-        nonfinite=nonfinite,
-        attention=attention,
-    )
 
 
 def analyse(results: StudyResults, layers: LayerRoles | None = None) -> StudyAnalysis:
@@ -107,9 +44,9 @@ ONE_PER_FUNCTION = [n for n in FIGURES if n not in {"rq2_centred", "rq1_accuracy
 def studies() -> dict[str, StudyAnalysis]:
     """Read-only analyses shared by the tests of this module (do not mutate)."""
     return {
-        "n12": analyse(make_results(12, seed=1)),
-        "n100": analyse(make_results(100, n_nonfinite=3, seed=2)),
-        "degenerate": analyse(make_results(10, zero_importance=True, bins=DIFFICULTY_BINS[:3])),
+        "n12": analyse(synthetic_study(12, seed=1)),
+        "n100": analyse(synthetic_study(100, n_nonfinite=3, seed=2)),
+        "degenerate": analyse(synthetic_study(10, zero_importance=True, bins=DIFFICULTY_BINS[:3])),
     }
 
 
@@ -146,7 +83,7 @@ def test_figure_renders_on_small_and_degenerate_studies(
 @pytest.mark.parametrize(("n_thoughts", "n_layers", "n_heads"), [(1, 4, 1), (8, 5, 3)])
 def test_figures_handle_any_shape(n_thoughts: int, n_layers: int, n_heads: int) -> None:
     """Any number of thoughts, layers and heads renders, also when roles share a layer."""
-    results = make_results(
+    results = synthetic_study(
         10, n_thoughts=n_thoughts, n_layers=n_layers, n_heads=n_heads, planted_layer=2
     )
     a = analyse(results, LayerRoles(1, 2, 2))

@@ -83,9 +83,20 @@ def test_tokenizer_splits_digits_and_round_trips(tokenizer, tmp_path):
 
 def _tiny_config(**kw):
     base = TrainConfig(
-        hidden=32, layers=2, heads=2, ffn=64, prj_dim=32, batch_size=16, n_train=300,
-        n_eval_per_bin=3, teacher_steps=12, codi_steps=6, warmup=2, distill_ramp=3,
-        eval_every=10_000, checkpoint_every=2,
+        hidden=32,
+        layers=2,
+        heads=2,
+        ffn=64,
+        prj_dim=32,
+        batch_size=16,
+        n_train=300,
+        n_eval_per_bin=3,
+        teacher_steps=12,
+        codi_steps=6,
+        warmup=2,
+        distill_ramp=3,
+        eval_every=10_000,
+        checkpoint_every=2,
     )
     return replace(base, **kw)
 

@@ -68,7 +68,13 @@ def _summary(path: Path) -> dict:
 def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
     _fake_project(pytester)
     result = pytester.runpytest_subprocess(
-        "-m", "quick", "--codi-cache", str(shared_cache), "--report-dir", "out", "-p",
+        "-m",
+        "quick",
+        "--codi-cache",
+        str(shared_cache),
+        "--report-dir",
+        "out",
+        "-p",
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
@@ -121,8 +127,14 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kinds", "zero,bogus"], "*unknown ablation kind 'bogus'; allowed: zero,mean,noise,resample*"),
-        (["--codi-ckpt", "/nonexistent/ckpt"], "*checkpoint directory /nonexistent/ckpt does not exist*"),
+        (
+            ["--kinds", "zero,bogus"],
+            "*unknown ablation kind 'bogus'; allowed: zero,mean,noise,resample*",
+        ),
+        (
+            ["--codi-ckpt", "/nonexistent/ckpt"],
+            "*checkpoint directory /nonexistent/ckpt does not exist*",
+        ),
         (["--problems", "missing.jsonl"], "*missing.jsonl*--problems*"),
         (["--layers", "1,2,99"], "*layer 99 out of range*16 layers*"),
         (["--layers", "1,2"], "*give exactly three layers*"),
@@ -133,8 +145,16 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--dtype", "float16", "--device", "cpu"], "*float16 is not supported on CPU*"),
     ],
     ids=[
-        "kind", "ckpt", "problems", "layer-range", "layer-count", "alpha", "importance-kind",
-        "site", "device", "dtype",
+        "kind",
+        "ckpt",
+        "problems",
+        "layer-range",
+        "layer-count",
+        "alpha",
+        "importance-kind",
+        "site",
+        "device",
+        "dtype",
     ],
 )
 def test_bad_options_are_usage_errors_that_name_the_fix(pytester, args, message):
@@ -154,8 +174,15 @@ def test_a_model_that_gets_everything_wrong_makes_claims_inconclusive(pytester, 
     (ckpt / "eval.jsonl").write_text((BUNDLED_CHECKPOINT / "eval.jsonl").read_text())
     _fake_project(pytester)
     result = pytester.runpytest_subprocess(
-        "-m", "quick", "--codi-ckpt", str(ckpt), "--no-codi-report", "-p", "no:cacheprovider",
-        "--codi-cache", str(tmp_path / "cache"),
+        "-m",
+        "quick",
+        "--codi-ckpt",
+        str(ckpt),
+        "--no-codi-report",
+        "-p",
+        "no:cacheprovider",
+        "--codi-cache",
+        str(tmp_path / "cache"),
     )
     result.assert_outcomes(skipped=4, deselected=4)
     result.stdout.fnmatch_lines(["*inconclusive: the clean run answers only 0/10 problems*"])

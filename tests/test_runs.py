@@ -53,7 +53,9 @@ def test_results_agree_with_direct_engine_runs(model, problems, tmp_path):
         clean = run_latent(model, prompt, attention_layers=range(model.n_layers))
         mask = torch.zeros(n, t, dtype=torch.bool)
         mask[:, 3] = True
-        zeroed = run_latent(model, prompt, patch=ThoughtPatch(torch.zeros_like(clean.thoughts), mask))
+        zeroed = run_latent(
+            model, prompt, patch=ThoughtPatch(torch.zeros_like(clean.thoughts), mask)
+        )
     assert res.clean_text == clean.answer_text
     np.testing.assert_allclose(res.attention, clean.attentions.numpy(), atol=1e-5)
     column = res.column("t3-zero")
@@ -161,11 +163,14 @@ def test_non_finite_values_are_reported_per_problem(model, problems, tmp_path, m
         return ref
 
     monkeypatch.setattr(runs.AblationRef, "from_values", staticmethod(poisoned))
-    res = runs.compute_study(model, problems, RunConfig(kinds=("resample",), batch_rows=30), tmp_path)
+    res = runs.compute_study(
+        model, problems, RunConfig(kinds=("resample",), batch_rows=30), tmp_path
+    )
     donor_rows = np.flatnonzero(res.nonfinite.any(axis=1))
     assert len(donor_rows) == 1 and not res.clean_nonfinite.any()
-    analysis = StudyAnalysis(res, LayerRoles(0, 1, 2), importance_kind="resample", n_boot=50,
-                             n_perm=50)
+    analysis = StudyAnalysis(
+        res, LayerRoles(0, 1, 2), importance_kind="resample", n_boot=50, n_perm=50
+    )
     assert analysis.excluded_problems() == [res.problem_ids[donor_rows[0]]]
     assert np.isnan(analysis.importance()[donor_rows[0]]).all()
     assert not np.isnan(np.delete(analysis.importance(), donor_rows[0], axis=0)).any()
@@ -202,8 +207,9 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
     log = tmp_path / "calls.log"
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(log)], stdout=subprocess.PIPE,
-                         text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(log)], stdout=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

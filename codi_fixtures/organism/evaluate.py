@@ -66,7 +66,7 @@ def cot_answers(
         assert out.logits is not None
         first = mask_specials(model, out.logits[:, -1])
         seqs, _ = greedy_decode(model, state, first, max_new_tokens)
-        texts = [model.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]  # type: ignore[attr-defined]
+        texts = [model.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
         answers.extend(parse_answer(t, model.spec.answer_prompt) for t in texts)
     return answers
 

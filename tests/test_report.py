@@ -1,0 +1,160 @@
+"""Report content (escaping, seed-compatible JSON) and the real report in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.config import BUNDLED_CHECKPOINT
+from codi_fixtures.report import ClaimRow, summary_html, summary_statistics
+from codi_fixtures.testing import synthetic_study
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> StudyAnalysis:
+    return StudyAnalysis(synthetic_study(40, seed=3), LayerRoles(4, 8, 14), n_boot=200, n_perm=1000)
+
+
+def test_planted_effects_are_recovered_by_the_analysis(synthetic):
+    assert synthetic.last_most_important("mean").p_value < 0.01
+    assert synthetic.rq1_logp("mean")[5].p_corrected < 0.01
+    within = synthetic.rq2("within")
+    assert within[8].p_corrected < 0.01 and within[8].statistic > 0.3
+    assert within[4].p_corrected > 0.05
+
+
+def test_summary_statistics_keep_the_seed_keys(synthetic):
+    content = summary_statistics(synthetic, {"tier": "quick"})
+    for layer in (4, 8, 14):
+        entry = content["overall_correlation"][f"layer_{layer}"]
+        assert {"r", "p", "within_problem", "beyond_position", "spearman_rho"} <= set(entry)
+    for t in range(6):
+        token = content["per_token"][f"token_{t}"]
+        assert {
+            "importance_mean",
+            "importance_std",
+            "attention_mean",
+            "attention_std",
+            "correlation",
+            "p",
+        } <= set(token)
+    assert set(content["rq1"]) == {"zero", "mean"}
+    json.dumps(content, allow_nan=False, default=float)  # serialisable once NaN is nulled
+
+
+def test_problem_text_and_messages_are_escaped(synthetic):
+    hostile = "<script>alert('x')</script> & <b>bold</b>"
+    row = ClaimRow("t.py::test[quick]", "failed", "quick", hostile, hostile, {})
+    questions = {synthetic.results.problem_ids[0]: hostile}
+    page = summary_html([row], {"quick": (synthetic, {}, questions)}, {"note": hostile})
+    assert "<script>" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in page
+
+
+CHECK_SCRIPT = """
+<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const imgs = [...document.images];
+  const out = document.createElement('pre');
+  out.textContent = 'CODICHECK' + JSON.stringify({
+    images: imgs.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+    verdicts: !!document.getElementById('codi-verdicts'),
+    results: document.querySelectorAll('#results-table tbody.results-table-row').length,
+  }) + 'END';
+  document.body.appendChild(out);
+}, 1000));
+</script>
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (BUNDLED_CHECKPOINT / "model.safetensors").exists(), reason="bundled model not built"
+)
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: chromium)")
+def test_quick_study_report_renders_in_headless_chromium(tmp_path):
+    """The README's main job on the bundled model; its report checked in a real browser."""
+    report_dir = tmp_path / "reports"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "experiments",
+            "-m",
+            "quick",
+            "-p",
+            "no:cacheprovider",
+            "--report-dir",
+            str(report_dir),
+            "--codi-cache",
+            str(tmp_path / "cache"),
+            "-q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((report_dir / "summary_statistics.json").read_text())
+    assert summary["n_problems"] == 10 and summary["verdicts"]
+    page = tmp_path / "checked.html"
+    page.write_text((report_dir / "report.html").read_text() + CHECK_SCRIPT)
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    found = re.search(r"CODICHECK(.*?)END", dom.replace("&quot;", '"'))
+    assert found, "the check script did not run"
+    check = json.loads(found.group(1))
+    n_claims = len(summary["verdicts"])
+    assert check["verdicts"] and check["results"] == n_claims
+    assert check["broken"] == 0
+    assert check["images"] >= 5 + n_claims  # five summary figures + one per claim row
+    subprocess.run(
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chrome2'}",
+            "--window-size=1300,2600",
+            f"--screenshot={report_dir / 'screenshot.png'}",
+            (report_dir / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
