@@ -87,10 +87,6 @@ class LoopState:
             cache, self.mask.index_select(0, rows), self.next_pos.index_select(0, rows)
         )
 
-    def fork(self) -> LoopState:
-        """A copy that can advance without touching this one."""
-        return self.select(torch.arange(self.mask.shape[0], device=self.mask.device))
-
 
 @dataclass(frozen=True)
 class ThoughtPatch:
@@ -282,8 +278,8 @@ def _recorder(store: list[torch.Tensor]) -> Callable[[torch.Tensor], None]:
 
 
 def mask_specials(model: CodiModel, logits: torch.Tensor) -> torch.Tensor:
-    """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored."""
-    logits = logits.float()
+    """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored (returns a new tensor)."""
+    logits = logits.float().clone()
     logits[..., model.base_vocab_size :] = float("-inf")
     return logits
 
@@ -322,12 +318,15 @@ def _score(
         ids[row, : len(seq)] = torch.tensor(seq, device=device)
         real[row, : len(seq)] = 1
         scored[row, skip : len(seq)] = True
-    branch = state.fork()
     logits = [first_logits[:, None, :]]
     if width > 1:
+        # Advance, then crop the cache back: no copy of the KV cache is needed.
+        length, mask, next_pos = state.length, state.mask, state.next_pos
         rest = forward_step(
-            model, branch, input_ids=ids[:, :-1], new_mask=real[:, :-1], logits=True
+            model, state, input_ids=ids[:, :-1], new_mask=real[:, :-1], logits=True
         ).logits
+        state.cache.crop(length - state.length)  # transformers 5: a negative count removes
+        state.mask, state.next_pos = mask, next_pos
         assert rest is not None
         logits.append(mask_specials(model, rest))
     logp = torch.log_softmax(torch.cat(logits, dim=1), dim=-1)
@@ -337,35 +336,48 @@ def _score(
 
 def greedy_decode(
     model: CodiModel, state: LoopState, first_logits: torch.Tensor, max_new_tokens: int
-) -> tuple[list[list[int]], torch.Tensor]:
-    """Greedy decode from ``<eot>`` until every row emitted a stop token."""
-    batch = first_logits.shape[0]
-    stops = torch.tensor(model.stop_ids, device=first_logits.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=first_logits.device)
+) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """Greedy decode from ``<eot>``; returns (ids per row, non-finite flags, truncated flags).
+
+    A row stops at its first stop token. Finished rows leave the batch (the state is
+    compacted once a quarter of the rows still decoding have finished), so one long
+    answer does not keep every row decoding. ``state`` is consumed.
+    """
+    batch, device = first_logits.shape[0], first_logits.device
+    stops = torch.tensor(model.stop_ids, device=device)
     bad = ~torch.isfinite(first_logits[:, : model.base_vocab_size]).all(dim=-1)
-    steps: list[torch.Tensor] = []
+    out = torch.full((batch, max_new_tokens), model.pad_id, dtype=torch.long, device=device)
+    truncated = torch.ones(batch, dtype=torch.bool, device=device)
+    alive = torch.arange(batch, device=device)  # original row of each state row
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # per state row
     logits = first_logits
     for step in range(max_new_tokens):
         next_ids = logits.argmax(dim=-1)
-        next_ids = torch.where(finished, torch.full_like(next_ids, model.pad_id), next_ids)
-        steps.append(next_ids)
-        finished |= torch.isin(next_ids, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        live = ~done
+        out[alive[live], step] = next_ids[live]
+        stopped = live & torch.isin(next_ids, stops)
+        truncated[alive[stopped]] = False
+        done |= stopped
+        if bool(done.all()) or step == max_new_tokens - 1:
             break
+        if int(done.sum()) * 4 >= len(done):  # compact: drop finished rows
+            keep = torch.nonzero(~done).squeeze(1)
+            state = state.select(keep)
+            alive, done, next_ids = alive[keep], done[keep], next_ids[keep]
         new_logits = forward_step(model, state, input_ids=next_ids[:, None], logits=True).logits
         assert new_logits is not None
-        bad |= ~torch.isfinite(new_logits[:, -1]).all(dim=-1)
+        finite = torch.isfinite(new_logits[:, -1]).all(dim=-1)
+        bad[alive[~finite & ~done]] = True
         logits = mask_specials(model, new_logits[:, -1])
-    table = torch.stack(steps, dim=1).tolist()
     answers = []
-    for row in table:
+    for row in out.tolist():
         ids: list[int] = []
         for token in row:
             if token == model.pad_id:
                 break
             ids.append(token)
         answers.append(ids)
-    return answers, bad
+    return answers, bad, truncated
 
 
 def run_latent(
@@ -432,13 +444,19 @@ def run_latent(
     if targets is not None:
         run.target_logp = _score(model, state, first_logits, *targets)
     if generate:
-        ids, bad_gen = greedy_decode(model, state, first_logits, max_new_tokens)
+        ids, bad_gen, truncated = greedy_decode(model, state, first_logits, max_new_tokens)
         texts = [model.tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]
+        prompt_text = model.spec.answer_prompt
         run = replace(
             run,
             answer_ids=ids,
             answer_text=texts,
-            answers=[parse_answer(t, model.spec.answer_prompt) for t in texts],
+            # An answer cut off before the answer prompt has no answer (its last number
+            # would be an intermediate value of an explicit chain of thought).
+            answers=[
+                None if cut and prompt_text not in text else parse_answer(text, prompt_text)
+                for text, cut in zip(texts, truncated.tolist(), strict=True)
+            ],
             nonfinite=bad | bad_gen,
         )
     return run

@@ -274,10 +274,19 @@ class CodiSession:
                     parse_site(settings.run.site, n_layers)
                 except ValueError as err:
                     raise CodiError(f"--ablation-site: {err}") from None
-            if settings.problems is not None:
-                self.problem_pool()
+            self._validate_tiers()
         except CodiError as err:
             raise pytest.UsageError(str(err)) from None
+
+    def _validate_tiers(self) -> None:
+        """Every selected tier can be sampled from the problem source."""
+        from codi_fixtures.data import stratified_sample
+
+        selected = tier_of_markexpr(self.config.option.markexpr or "")
+        for tier in [selected] if selected in TIERS else list(TIERS):
+            stratified_sample(
+                self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
+            )
 
     def _device(self) -> str:
         device = self.settings.model.device

@@ -381,14 +381,16 @@ def _compute(
     shard_dir: Path,
 ) -> StudyResults:
     start = time.monotonic()
-    size = max(1, cfg.batch_rows // (1 + len(conditions)))
+    size = max(1, cfg.batch_rows // (1 + len(conditions)))  # problems per ablation chunk
     chunks = [list(problems[i : i + size]) for i in range(0, len(problems), size)]
     offsets = [i * size for i in range(len(chunks))]
+    clean_size = max(1, cfg.batch_rows)  # one row per problem in the clean pass
+    clean_chunks = [list(problems[i : i + clean_size]) for i in range(0, len(problems), clean_size)]
     with torch.no_grad():
         clean = _claim_shards(
-            len(chunks),
+            len(clean_chunks),
             lambda i: shard_dir / f"clean-{i:05d}.npz",
-            lambda i: _clean_pass(model, chunks[i], cfg),
+            lambda i: _clean_pass(model, clean_chunks[i], cfg),
             "clean runs + attention",
         )
         ref = AblationRef.from_values(

@@ -712,6 +712,51 @@ def test_decoding_stops_at_eos(tiny_model: CodiModel, questions: list[str]) -> N
         assert eos not in ids[:-1]
 
 
+def test_finished_rows_leave_the_batch_without_changing_answers(
+    tiny_model: CodiModel, questions: list[str]
+) -> None:
+    """Rows that stopped are dropped from decoding; the others' answers are unaffected."""
+    model = tiny_model
+    eos = model.eos_id
+    prompt = build_prompt(model, questions[:4])
+    rows_seen: list[int] = []
+
+    def bias(call: int) -> dict[int, float]:
+        return {eos: -1e4}  # nobody stops on their own
+
+    with _steer_head(model, bias):
+        free = run_latent(model, prompt, max_new_tokens=6)
+
+    def stop_first_three(_module: object, _inputs: object, logits: torch.Tensor) -> torch.Tensor:
+        rows_seen.append(logits.shape[0])
+        logits = logits.clone()
+        logits[..., eos] = -1e4
+        if len(rows_seen) == 2:  # first decoding step: rows 0-2 emit eos
+            logits[:3, -1, eos] = 1e4
+        return logits
+
+    handle = model.codi.get_output_embeddings().register_forward_hook(stop_first_three)
+    try:
+        run = run_latent(model, prompt, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert rows_seen[:2] == [4, 4] and set(rows_seen[2:]) == {1}  # compacted to the live row
+    assert run.answer_ids[3] == free.answer_ids[3]
+    assert [len(ids) for ids in run.answer_ids[:3]] == [2, 2, 2]
+
+
+def test_an_answer_cut_off_before_the_answer_prompt_has_no_answer(
+    tiny_model: CodiModel, questions: list[str]
+) -> None:
+    """A truncated explicit chain of thought is not parsed as its last number."""
+    model = tiny_model
+    digit = model.tokenizer.convert_tokens_to_ids("7")
+    with _steer_head(model, lambda _call: {digit: 1e4}):
+        run = run_latent(model, build_prompt(model, questions[:2]), max_new_tokens=3)
+    assert all(text.replace(" ", "") == "777" for text in run.answer_text)
+    assert run.answers == [None, None]
+
+
 def test_decoding_stops_at_extra_stop_token(questions: list[str]) -> None:
     """``spec.stop_token_ids`` end an answer like eos (the Instruct LLaMA's <|eot_id|>)."""
     model = tiny_codi("gpt2")

@@ -143,6 +143,11 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--ablation-site", "block99"], "*layer 99 out of range*"),
         (["--device", "cuda:0"], "*CUDA*--device cpu*"),
         (["--dtype", "float16", "--device", "cpu"], "*float16 is not supported on CPU*"),
+        (["--quick-n", "1000"], "*cannot sample 1000 problems from a set of 400*"),
+        (
+            ["--quick-n", "10", "--problems", "small.json"],
+            "*bin '5+step' has 0 problem(s)*needs 2*",
+        ),
     ],
     ids=[
         "kind",
@@ -159,6 +164,11 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
 )
 def test_bad_options_are_usage_errors_that_name_the_fix(pytester, args, message):
     pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    records = [
+        {"question": f"q{i}", "answer": i, "difficulty": d, "gsm8k_id": i}
+        for i, d in enumerate(["2-step"] * 5 + ["3-step"] * 5 + ["4-step"] * 5)
+    ]
+    pytester.makefile(".json", small=json.dumps(records))
     result = pytester.runpytest_subprocess("-m", "quick", "--no-codi-report", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines([message])

@@ -217,5 +217,5 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
     assert outputs[0] == outputs[1]
     lines = log.read_text().split()
     calls = [tuple(lines[i : i + 2]) for i in range(0, len(lines), 3)]
-    assert len(calls) == len(set(calls)) == 8  # 4 chunks x 2 passes, each exactly once
+    assert len(calls) == len(set(calls)) == 5  # 1 clean + 4 ablation chunks, each once
     assert len(list((tmp_path / "cache").glob("study-*.npz"))) == 1

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thoughts", type=int, default=6, help="continuous thoughts (0 = control)")
     parser.add_argument("--teacher-steps", type=int, default=TrainConfig.teacher_steps)
     parser.add_argument("--codi-steps", type=int, default=TrainConfig.codi_steps)
+    parser.add_argument("--layers", type=int, default=TrainConfig.layers, help="decoder blocks")
+    parser.add_argument("--hidden", type=int, default=TrainConfig.hidden, help="residual width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--teacher-from",
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         n_thoughts=args.thoughts,
         teacher_steps=args.teacher_steps,
         codi_steps=args.codi_steps,
+        layers=args.layers,
+        hidden=args.hidden,
         seed=args.seed,
     )
     work = args.work or args.out.parent / f".work-{args.out.name}"

@@ -65,7 +65,7 @@ def cot_answers(
         out = forward_step(model, state, input_ids=ids, new_mask=mask, logits=True)
         assert out.logits is not None
         first = mask_specials(model, out.logits[:, -1])
-        seqs, _ = greedy_decode(model, state, first, max_new_tokens)
+        seqs, _, _ = greedy_decode(model, state, first, max_new_tokens)
         texts = [model.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
         answers.extend(parse_answer(t, model.spec.answer_prompt) for t in texts)
     return answers
