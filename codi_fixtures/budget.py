@@ -17,8 +17,9 @@ tokens, the final length S = Q + 1 + T + 1 + A for row tokens.
 
 Memory = weights + per-row bytes x rows, per row:
 
-- KV cache ``2 * L * kv_heads * hd * S * bytes``, twice (teacher-forced scoring
-  forks the cache, :func:`codi_fixtures.engine._score`);
+- KV cache ``2 * L * kv_heads * hd * S * bytes``, counted twice: greedy decoding
+  compacts finished rows by copying the live rows' cache
+  (:func:`codi_fixtures.engine.greedy_decode`), an upper bound on the transient;
 - logits of the K scored positions: ``V * K * (bytes + 3 * 4)`` (head output,
   float32 copy, concatenation and log-softmax), at least one float32 row of
   ``V * 4`` for the last-position logits;

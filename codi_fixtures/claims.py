@@ -103,7 +103,8 @@ class Claim:
         if reason is not None:
             pytest.skip(reason)
         if result.inconclusive:
-            pytest.skip(f"inconclusive: {result.method} ({label}, n={result.n})")
+            reason = result.method.removeprefix("inconclusive: ")
+            pytest.skip(f"inconclusive: {reason} ({label}, n={result.n})")
         if result.n < self.min_n:
             pytest.skip(
                 f"inconclusive: only {result.n} usable problems for {label} (need >= {self.min_n})"

@@ -10,10 +10,10 @@ built lazily and shared read-only.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,9 +234,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash[SESSION_KEY]
     session.validate_inputs()
     known = _known_outcomes(config, session.settings.model_label)
+    matchers = {
+        # A pattern is a test-id suffix; only '*' is a wildcard ('[' and ']' are literal).
+        re.compile(".*" + re.escape(pattern).replace(r"\*", ".*")): reason
+        for pattern, reason in known.items()
+    }
     for item in claims:
-        for pattern, reason in known.items():
-            if fnmatch.fnmatchcase(item.nodeid, f"*{pattern}"):
+        for matcher, reason in matchers.items():
+            if matcher.fullmatch(item.nodeid):
                 item.add_marker(pytest.mark.xfail(reason=f"known outcome: {reason}", strict=True))
 
 

@@ -53,7 +53,7 @@ def test_study_flops_by_hand() -> None:
 
 
 def test_memory_by_hand() -> None:
-    # KV twice (scoring forks the cache) + logits 10 vocab x 2 scored x (2 + 12) + activations
+    # KV twice (decoding compacts rows by copying) + logits 10 x 2 x (2 + 12) + activations
     kv = 2 * budget.kv_cache_bytes(TOY, 9, 2)
     assert kv == 288
     assert budget.logits_bytes_per_row(TOY, 2, 2) == 280

@@ -187,7 +187,7 @@ def test_bundled_checkpoint_loads_with_no_options_and_is_the_published_layout():
 
     model = load_codi(ModelConfig(device="cpu"))
     assert model.spec.task == "organism"
-    assert model.n_layers == 16
+    assert model.n_layers == 6
     assert model.spec.n_thoughts == 6
     with safe_open(str(BUNDLED_CHECKPOINT / "model.safetensors"), "pt") as handle:
         keys = list(handle.keys())

@@ -136,7 +136,7 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
             "*checkpoint directory /nonexistent/ckpt does not exist*",
         ),
         (["--problems", "missing.jsonl"], "*missing.jsonl*--problems*"),
-        (["--layers", "1,2,99"], "*layer 99 out of range*16 layers*"),
+        (["--layers", "1,2,99"], "*layer 99 out of range*6 layers*"),
         (["--layers", "1,2"], "*give exactly three layers*"),
         (["--alpha", "2"], "*--alpha must be between 0 and 1*"),
         (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
