@@ -117,7 +117,7 @@ def _settings(config: pytest.Config) -> Settings:
 
 
 def _is_experiment_run(config: pytest.Config) -> bool:
-    if config.getoption("no_codi_report"):
+    if config.getoption("no_codi_report") or config.option.collectonly:
         return False
     if config.getoption("report_dir"):
         return True
@@ -213,7 +213,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _known_outcomes(config: pytest.Config, label: str) -> dict[str, str]:
-    path = Path(config.rootpath) / str(config.getini("codi_known_outcomes"))
+    base = config.inipath.parent if config.inipath else Path(config.rootpath)
+    path = base / str(config.getini("codi_known_outcomes"))
     if not path.exists():
         return {}
     try:

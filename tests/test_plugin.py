@@ -57,7 +57,9 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fake_project(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_fake=FAKE_CLAIMS)
     pytester.makefile(".json", known=json.dumps(KNOWN))
-    pytester.makeini("[pytest]\ncodi_known_outcomes = known.json\nxfail_strict = true\n")
+    pytester.makefile(
+        ".ini", pytest="[pytest]\ncodi_known_outcomes = known.json\nxfail_strict = true\n"
+    )
 
 
 def _summary(path: Path) -> dict:
@@ -70,12 +72,11 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
     result = pytester.runpytest_subprocess(
         "-m",
         "quick",
-        "--codi-cache",
-        str(shared_cache),
-        "--report-dir",
-        "out",
+        f"--codi-cache={shared_cache}",
+        "--report-dir=out",
         "-p",
         "no:cacheprovider",
+        "-rfs",
     )
     result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
     result.stdout.fnmatch_lines(
@@ -106,7 +107,7 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
 @pytest.mark.slow
 def test_two_xdist_workers_give_the_same_verdicts_and_statistics(pytester, shared_cache):
     _fake_project(pytester)
-    args = ["-m", "quick", "--codi-cache", str(shared_cache), "-p", "no:cacheprovider"]
+    args = ["-m", "quick", f"--codi-cache={shared_cache}", "-p", "no:cacheprovider"]
     single = pytester.runpytest_subprocess(*args, "--report-dir", "one")
     double = pytester.runpytest_subprocess(*args, "--report-dir", "two", "-n", "2")
     single.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
@@ -132,10 +133,10 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
             "*unknown ablation kind 'bogus'; allowed: zero,mean,noise,resample*",
         ),
         (
-            ["--codi-ckpt", "/nonexistent/ckpt"],
+            ["--codi-ckpt=/nonexistent/ckpt"],
             "*checkpoint directory /nonexistent/ckpt does not exist*",
         ),
-        (["--problems", "missing.jsonl"], "*missing.jsonl*--problems*"),
+        (["--problems=missing.jsonl"], "*missing.jsonl*--problems*"),
         (["--layers", "1,2,99"], "*layer 99 out of range*6 layers*"),
         (["--layers", "1,2"], "*give exactly three layers*"),
         (["--alpha", "2"], "*--alpha must be between 0 and 1*"),
@@ -145,7 +146,7 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--dtype", "float16", "--device", "cpu"], "*float16 is not supported on CPU*"),
         (["--quick-n", "1000"], "*cannot sample 1000 problems from a set of 400*"),
         (
-            ["--quick-n", "10", "--problems", "small.json"],
+            ["--quick-n", "10", "--problems=small.json"],
             "*bin '5+step' has 0 problem(s)*needs 2*",
         ),
     ],
@@ -160,6 +161,8 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         "site",
         "device",
         "dtype",
+        "too-many",
+        "bin-too-small",
     ],
 )
 def test_bad_options_are_usage_errors_that_name_the_fix(pytester, args, message):
@@ -186,13 +189,12 @@ def test_a_model_that_gets_everything_wrong_makes_claims_inconclusive(pytester, 
     result = pytester.runpytest_subprocess(
         "-m",
         "quick",
-        "--codi-ckpt",
-        str(ckpt),
+        f"--codi-ckpt={ckpt}",
         "--no-codi-report",
         "-p",
         "no:cacheprovider",
-        "--codi-cache",
-        str(tmp_path / "cache"),
+        f"--codi-cache={tmp_path / 'cache'}",
+        "-rs",
     )
     result.assert_outcomes(skipped=4, deselected=4)
     result.stdout.fnmatch_lines(["*inconclusive: the clean run answers only 0/10 problems*"])
@@ -212,6 +214,6 @@ def test_gsm8k_problems_build_a_stratified_set(pytester, tmp_path):
         )
     )
     result = pytester.runpytest_subprocess(
-        "-m", "quick", "--problems", str(SHARED_GSM8K), "--no-codi-report"
+        "-m", "quick", f"--problems={SHARED_GSM8K}", "--no-codi-report"
     )
     result.assert_outcomes(passed=1, deselected=1)
