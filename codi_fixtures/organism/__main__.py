@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from codi_fixtures.organism.pipeline import train_organism
+from codi_fixtures.organism.report import add_control
 from codi_fixtures.organism.train import TrainConfig
 
 
@@ -33,8 +34,17 @@ def main(argv: list[str] | None = None) -> None:
         help="reuse a finished teacher phase (teacher.pt from another run's work dir)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="no training: add this 0-thought control checkpoint's accuracy to OUT's report",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.control is not None:
+        add_control(args.out, args.control)
+        return
     cfg = TrainConfig(
         n_thoughts=args.thoughts,
         teacher_steps=args.teacher_steps,

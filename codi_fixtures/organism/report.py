@@ -8,7 +8,7 @@ from pathlib import Path
 from codi_fixtures.atomic import atomic_write_text
 from codi_fixtures.organism.train import TrainConfig
 
-__all__ = ["write_training_report"]
+__all__ = ["add_control", "write_training_report"]
 
 _BINS = ("2-step", "3-step", "4-step", "5+step", "all")
 
@@ -48,8 +48,12 @@ def write_training_report(
     history: Sequence[Mapping[str, float]],
     teacher_wall: float,
     total_wall: float,
+    control: Mapping[str, object] | None = None,
 ) -> None:
-    """Write ``training_report.md`` and ``loss_curve.png`` into ``out``."""
+    """Write ``training_report.md`` and ``loss_curve.png`` into ``out``.
+
+    ``control`` holds the held-out metrics of the same recipe trained with 0 thoughts.
+    """
     _plot(out / "loss_curve.png", history)
     lines = [
         "# Training report: the bundled CODI organism",
@@ -77,6 +81,8 @@ def write_training_report(
     for key, label in labels.items():
         if key in metrics:
             lines.append(_row(label, metrics[key]))  # type: ignore[arg-type]
+    if control is not None:
+        lines.append(_row("control: same recipe, 0 thoughts", control["codi"]))  # type: ignore[arg-type]
     singles = metrics.get("mean_ablate_one")
     if isinstance(singles, Mapping):
         lines += [
@@ -90,3 +96,26 @@ def write_training_report(
             lines.append(f"| {name} | {vals['accuracy']:.1f} | {vals['answers_changed']:.1f} |")
     lines += ["", "![loss curves](loss_curve.png)", ""]
     atomic_write_text(out / "training_report.md", "\n".join(lines))
+
+
+def add_control(model_dir: Path, control_dir: Path) -> None:
+    """Rewrite ``model_dir``'s report (and codi.json) with the 0-thought control's numbers."""
+    import json
+
+    from codi_fixtures.checkpoint import SPEC_FILE
+
+    spec = json.loads((model_dir / SPEC_FILE).read_text())
+    control = json.loads((control_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
+    extra = spec["extra"]
+    recipe = {k: v for k, v in extra["recipe"].items() if k in TrainConfig.__dataclass_fields__}
+    extra["control_0_thoughts"] = {"codi": control["codi"]}
+    atomic_write_text(model_dir / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    write_training_report(
+        model_dir,
+        TrainConfig(**recipe),
+        extra["heldout_accuracy"],
+        json.loads((model_dir / "training_log.json").read_text()),
+        extra["wall_time_s"]["teacher_phase"],
+        extra["wall_time_s"]["total"],
+        control=control,
+    )
