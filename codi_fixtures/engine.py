@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from codi_fixtures.answers import parse_answer
 from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.hooks import block_output_hook
+from codi_fixtures.kvcache import new_cache
 from codi_fixtures.model import CodiModel
 
 __all__ = [
@@ -67,7 +68,7 @@ class Prompt:
 class LoopState:
     """Where a batch of sequences stands: KV cache, mask and next position id."""
 
-    cache: DynamicCache
+    cache: Cache
     mask: torch.Tensor  # (B, S) attention mask over cached columns
     next_pos: torch.Tensor  # (B,) position id of the next token
 
@@ -78,7 +79,7 @@ class LoopState:
 
     def select(self, rows: torch.Tensor) -> LoopState:
         """A new state holding copies of ``rows`` (repeats allowed): branching."""
-        cache = DynamicCache()
+        cache = new_cache()
         for idx, layer in enumerate(self.cache.layers):
             keys, values = layer.keys, layer.values  # type: ignore[union-attr]
             assert keys is not None and values is not None, "branching needs a filled cache"
@@ -212,7 +213,7 @@ def encode_prompt(model: CodiModel, prompt: Prompt) -> tuple[LoopState, torch.Te
     """Encode question + ``<bot>``; returns the state and the last hidden at ``<bot>`` (B, d)."""
     mask = prompt.attention_mask
     state = LoopState(
-        DynamicCache(),
+        new_cache(),
         mask[:, :0],
         torch.zeros(len(prompt), dtype=torch.long, device=mask.device),
     )
@@ -293,12 +294,26 @@ def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[in
     prompt = model.spec.answer_prompt
     prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
     targets, n_prompt = [], []
+    unique = sorted(set(golds))
+    encoded = tok([f"{prompt} {gold}" for gold in unique], add_special_tokens=False)["input_ids"]
+    by_gold = dict(zip(unique, encoded, strict=True))
     for gold in golds:
-        ids = list(tok(f"{prompt} {gold}", add_special_tokens=False)["input_ids"])
+        ids = list(by_gold[gold])
         shared = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
         targets.append([*ids, model.eos_id])
         n_prompt.append(shared)
     return targets, n_prompt
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Teacher-forced targets after :func:`_score` advanced the state through them."""
+
+    ids: torch.Tensor  # (B, W) target ids, padded with pad
+    real: torch.Tensor  # (B, W) 1 = a target token
+    logits: torch.Tensor  # (B, W, V+3) logits predicting each target token (specials -inf)
+    logp: torch.Tensor  # (B,) sum of log p over the scored tokens
+    nonfinite: torch.Tensor  # (B,) NaN/inf in those logits
 
 
 def _score(
@@ -307,8 +322,8 @@ def _score(
     first_logits: torch.Tensor,
     targets: list[list[int]],
     n_prompt: list[int],
-) -> torch.Tensor:
-    """Teacher-forced sum of log p over each row's scored target tokens; state unchanged."""
+) -> _Scored:
+    """Teacher-force each row's target (all but its last token are fed: ``state`` advances)."""
     batch, width = len(targets), max(len(t) for t in targets)
     device = first_logits.device
     ids = torch.full((batch, width), model.pad_id, dtype=torch.long, device=device)
@@ -320,45 +335,54 @@ def _score(
         scored[row, skip : len(seq)] = True
     logits = [first_logits[:, None, :]]
     if width > 1:
-        # Advance, then crop the cache back: no copy of the KV cache is needed.
-        length, mask, next_pos = state.length, state.mask, state.next_pos
         rest = forward_step(
             model, state, input_ids=ids[:, :-1], new_mask=real[:, :-1], logits=True
         ).logits
-        state.cache.crop(length - state.length)  # transformers 5: a negative count removes
-        state.mask, state.next_pos = mask, next_pos
         assert rest is not None
         logits.append(mask_specials(model, rest))
-    logp = torch.log_softmax(torch.cat(logits, dim=1), dim=-1)
-    token_logp = logp.gather(2, ids[:, :, None])[:, :, 0]
-    return torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(dim=1)
+    stacked = torch.cat(logits, dim=1)
+    token_logp = torch.log_softmax(stacked, dim=-1).gather(2, ids[:, :, None])[:, :, 0]
+    total = torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(dim=1)
+    finite = torch.isfinite(stacked[..., : model.base_vocab_size]).all(dim=-1) | (real == 0)
+    return _Scored(ids, real, stacked, total, ~finite.all(dim=1))
 
 
 def greedy_decode(
-    model: CodiModel, state: LoopState, first_logits: torch.Tensor, max_new_tokens: int
+    model: CodiModel,
+    state: LoopState,
+    first_logits: torch.Tensor,
+    max_new_tokens: int,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
-    """Greedy decode from ``<eot>``; returns (ids per row, non-finite flags, truncated flags).
+    """Greedy decode; returns (ids per row, non-finite flags, truncated flags).
 
-    A row stops at its first stop token. Finished rows leave the batch (the state is
-    compacted once a quarter of the rows still decoding have finished), so one long
-    answer does not keep every row decoding. ``state`` is consumed.
+    ``prefixes`` are tokens a row has already produced (their keys/values are in
+    ``state``; ``first_logits`` predict the next one). A row stops at its first stop
+    token, or at ``max_new_tokens`` in all (truncated). Finished rows leave the batch
+    (the state is compacted once a quarter of the live rows have finished), so one
+    long answer does not keep every row decoding. ``state`` is consumed.
     """
     batch, device = first_logits.shape[0], first_logits.device
     stops = torch.tensor(model.stop_ids, device=device)
     bad = ~torch.isfinite(first_logits[:, : model.base_vocab_size]).all(dim=-1)
     out = torch.full((batch, max_new_tokens), model.pad_id, dtype=torch.long, device=device)
+    length = torch.zeros(batch, dtype=torch.long, device=device)
+    for row, prefix in enumerate(prefixes or ()):
+        out[row, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
+        length[row] = len(prefix)
     truncated = torch.ones(batch, dtype=torch.bool, device=device)
     alive = torch.arange(batch, device=device)  # original row of each state row
-    done = torch.zeros(batch, dtype=torch.bool, device=device)  # per state row
+    done = length >= max_new_tokens  # per state row
     logits = first_logits
-    for step in range(max_new_tokens):
+    while not bool(done.all()):
         next_ids = logits.argmax(dim=-1)
-        live = ~done
-        out[alive[live], step] = next_ids[live]
-        stopped = live & torch.isin(next_ids, stops)
+        live = alive[~done]
+        out[live, length[live]] = next_ids[~done]
+        length[live] += 1
+        stopped = ~done & torch.isin(next_ids, stops)
         truncated[alive[stopped]] = False
-        done |= stopped
-        if bool(done.all()) or step == max_new_tokens - 1:
+        done |= stopped | (length[alive] >= max_new_tokens)
+        if bool(done.all()):
             break
         if int(done.sum()) * 4 >= len(done):  # compact: drop finished rows
             keep = torch.nonzero(~done).squeeze(1)
@@ -369,17 +393,61 @@ def greedy_decode(
         finite = torch.isfinite(new_logits[:, -1]).all(dim=-1)
         bad[alive[~finite & ~done]] = True
         logits = mask_specials(model, new_logits[:, -1])
-    answers = []
-    for row in out.tolist():
-        ids: list[int] = []
-        for token in row:
-            if token == model.pad_id:
-                break
-            ids.append(token)
-        answers.append(ids)
+    answers = [row[:n] for row, n in zip(out.tolist(), length.tolist(), strict=True)]
     return answers, bad, truncated
 
 
+def _decode_after_scoring(
+    model: CodiModel, state: LoopState, scored: _Scored, max_new_tokens: int
+) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """Greedy answers that reuse the teacher-forced pass (exact, not an approximation).
+
+    Greedy decoding would produce each row's target up to the first position ``j``
+    where the target token is not the argmax. Those ``j`` tokens' keys/values are
+    already in the cache; the later target columns are masked out and decoding
+    continues from the argmax at ``j``. A row whose whole target (through its stop
+    token) is its greedy path needs no decoding at all.
+    """
+    device = scored.ids.device
+    fed = scored.ids.shape[1] - 1  # target tokens fed to the model
+    on_path = (scored.logits.argmax(dim=-1) == scored.ids) & (scored.real == 1)
+    agree = on_path.long().cumprod(dim=1).sum(dim=1)  # greedy follows the target for j tokens
+    stops = set(model.stop_ids)
+    prefixes: list[list[int]] = []
+    for row, j in enumerate(agree.tolist()):
+        prefix = scored.ids[row, :j].tolist()
+        stop_at = next((k for k, tok in enumerate(prefix) if tok in stops), None)
+        prefixes.append(prefix if stop_at is None else prefix[: stop_at + 1])
+    finished = torch.tensor([bool(p) and p[-1] in stops for p in prefixes], device=device)
+    # Unfinished rows continue after the last target token that is in the cache.
+    resume = agree.clamp(max=fed)
+    if fed:  # forget the target columns the greedy path did not take
+        columns = torch.arange(fed, device=device)
+        keep = (columns[None, :] < resume[:, None]).to(state.mask.dtype)
+        state.mask = torch.cat([state.mask[:, : state.length - fed], keep], dim=1)
+        state.next_pos = state.next_pos - scored.real[:, :-1].sum(dim=1) + resume
+    ids = [list(p[:max_new_tokens]) for p in prefixes]
+    truncated = torch.tensor([len(p) > max_new_tokens for p in prefixes], device=device)
+    truncated |= ~finished & (resume >= max_new_tokens)
+    bad = torch.zeros(len(prefixes), dtype=torch.bool, device=device)
+    todo = torch.nonzero(~finished & (resume < max_new_tokens)).squeeze(1)
+    if len(todo):
+        first = scored.logits[todo, resume[todo]]
+        sub_state = state if len(todo) == len(prefixes) else state.select(todo)
+        sub_ids, sub_bad, sub_cut = greedy_decode(
+            model,
+            sub_state,
+            first,
+            max_new_tokens,
+            [prefixes[r][: int(resume[r])] for r in todo.tolist()],
+        )
+        bad[todo], truncated[todo] = sub_bad, sub_cut
+        for row, seq in zip(todo.tolist(), sub_ids, strict=True):
+            ids[row] = seq
+    return ids, bad, truncated
+
+
+@torch.no_grad()
 def run_latent(
     model: CodiModel,
     prompt: Prompt,
@@ -441,10 +509,16 @@ def run_latent(
         block_outputs=blocks,
         attentions=attentions,
     )
+    scored = None
     if targets is not None:
-        run.target_logp = _score(model, state, first_logits, *targets)
+        scored = _score(model, state, first_logits, *targets)
+        run.target_logp = scored.logp
     if generate:
-        ids, bad_gen, truncated = greedy_decode(model, state, first_logits, max_new_tokens)
+        if scored is None:
+            ids, bad_gen, truncated = greedy_decode(model, state, first_logits, max_new_tokens)
+        else:
+            ids, bad_gen, truncated = _decode_after_scoring(model, state, scored, max_new_tokens)
+            bad_gen |= scored.nonfinite
         texts = [model.tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]
         prompt_text = model.spec.answer_prompt
         run = replace(

@@ -826,3 +826,18 @@ def test_nan_patch_flags_only_its_row(
     assert run.nonfinite.tolist() == [False, True, False]
     assert torch.isfinite(run.first_logits[[0, 2], : _vocab(model)]).all()
     assert torch.equal(run.first_logits[[0, 2]], clean.first_logits[[0, 2]])
+
+
+def test_verified_targets_skip_decoding_without_changing_answers(
+    tiny_model: CodiModel, questions: list[str]
+) -> None:
+    """Rows whose greedy path equals their target get it without decoding; others decode."""
+    model = tiny_model
+    prompt = build_prompt(model, questions[:4])
+    free = run_latent(model, prompt, max_new_tokens=MAX_NEW)
+    own = free.answer_ids  # the model's own greedy paths (some cut off at MAX_NEW)
+    targets = ([*own[:2], [7, 7, model.eos_id], [8, model.eos_id]], [0, 0, 0, 0])
+    checked = run_latent(model, prompt, targets=targets, max_new_tokens=MAX_NEW)
+    assert checked.answer_ids == free.answer_ids
+    assert checked.answer_text == free.answer_text
+    assert checked.answers == free.answers

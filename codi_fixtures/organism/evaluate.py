@@ -6,7 +6,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from codi_fixtures.answers import numbers_equal, parse_answer
 from codi_fixtures.engine import (
@@ -18,6 +17,7 @@ from codi_fixtures.engine import (
     mask_specials,
     run_latent,
 )
+from codi_fixtures.kvcache import new_cache
 from codi_fixtures.model import CodiModel
 from codi_fixtures.problems import Problem
 
@@ -61,7 +61,7 @@ def cot_answers(
     for chunk in _chunks(problems, batch):
         prompt = build_prompt(model, [p.question for p in chunk])
         ids, mask = prompt.input_ids[:, :-1], prompt.attention_mask[:, :-1]  # drop <bot>
-        state = LoopState(DynamicCache(), mask[:, :0], torch.zeros(len(chunk), dtype=torch.long))
+        state = LoopState(new_cache(), mask[:, :0], torch.zeros(len(chunk), dtype=torch.long))
         out = forward_step(model, state, input_ids=ids, new_mask=mask, logits=True)
         assert out.logits is not None
         first = mask_specials(model, out.logits[:, -1])

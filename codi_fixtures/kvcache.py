@@ -1,0 +1,68 @@
+"""A KV cache whose storage grows by doubling, so appending a token copies only that token.
+
+transformers' ``DynamicLayer`` concatenates on every update, copying the whole
+cache each step: with many rows (problems x conditions) that copy dominated the
+engine's CPU time. Here keys/values are views into a larger buffer; everything
+else (``get_seq_length``, masks, ``crop``) works on those views unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+__all__ = ["GrowingLayer", "new_cache"]
+
+_MIN_CAPACITY = 64
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys/values as views of a buffer with spare capacity."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Start empty; the buffer is allocated on the first append."""
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def _grow(self, needed: int, like: torch.Tensor) -> None:
+        length = self.get_seq_length()
+        capacity = max(needed, 2 * (0 if self._key_buffer is None else self._key_buffer.shape[-2]))
+        capacity = max(capacity, _MIN_CAPACITY)
+        shape = (*like.shape[:-2], capacity, like.shape[-1])
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        if length:
+            keys[..., :length, :] = self.keys  # type: ignore[assignment]
+            values[..., :length, :] = self.values  # type: ignore[assignment]
+        self._key_buffer, self._value_buffer = keys, values
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new states in place and return views of the whole cache."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.get_seq_length()
+        end = start + key_states.shape[-2]
+        buffer = self._key_buffer
+        if buffer is None or end > buffer.shape[-2] or buffer.shape[0] != key_states.shape[0]:
+            self._grow(end, key_states)
+        assert self._key_buffer is not None and self._value_buffer is not None
+        self._key_buffer[..., start:end, :] = key_states
+        self._value_buffer[..., start:end, :] = value_states
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+
+def new_cache() -> Cache:
+    """An empty cache, created lazily per decoder layer.
+
+    In-place appends would invalidate tensors autograd saved for backward, so with
+    gradients enabled (training) this is transformers' concatenating cache.
+    """
+    if torch.is_grad_enabled():
+        return DynamicCache()
+    return Cache(layer_class_to_replicate=GrowingLayer)
