@@ -10,6 +10,7 @@ import html
 import json
 import math
 import platform
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -214,8 +215,17 @@ def _verdict_table(rows: Sequence[ClaimRow]) -> str:
         "</tr>"
         for r in rows
     )
+    counts = Counter(r.outcome for r in rows)
+    tally = ", ".join(
+        f"{counts[o]} {o}"
+        for o in ("passed", "failed", "xfailed", "xpassed", "skipped")
+        if counts[o]
+    )
     return (
-        "<h2>Verdicts</h2><table id='codi-verdicts' class='codi-verdicts'>"
+        f"<h2>Verdicts</h2><p class='codi-tally'>{html.escape(tally or 'no claims ran')}: "
+        "passed = supported at alpha after Holm; failed = not supported; xfailed = a known "
+        "outcome declared in experiments/known_outcomes.json; skipped = inconclusive.</p>"
+        "<table id='codi-verdicts' class='codi-verdicts'>"
         "<thead><tr><th>tier</th><th>verdict</th><th>claim</th><th>evidence</th></tr></thead>"
         f"<tbody>{body}</tbody></table>"
     )
