@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,19 @@ def test_gsm8k_problems_build_a_stratified_set(pytester, tmp_path):
         "-m", "quick", f"--problems={SHARED_GSM8K}", "--no-codi-report"
     )
     result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_a_corrupted_checkpoint_is_a_clear_error_without_a_traceback(pytester, tmp_path):
+    ckpt = tmp_path / "broken"
+    shutil.copytree(BUNDLED_CHECKPOINT, ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-ckpt={ckpt}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(errors=4, deselected=4)
+    out = result.stdout.str()
+    assert "cannot load the CODI model: cannot read weights from" in out
+    assert "truncated, corrupted, or a pickle" in out
+    assert "Traceback" not in out and "safetensors_rust" not in out
