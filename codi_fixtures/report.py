@@ -126,6 +126,7 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
     per_token: dict[str, object] = {}
     att_mid = a.attention(middle)
     per_thought = a.per_thought_correlation(middle)
+    by_layer = {layer: a.per_thought_correlation(layer) for layer in roles.values()}
     for t in range(a.n_thoughts):
         col = imp[:, t][~np.isnan(imp[:, t])]
         r, p = per_thought[t]
@@ -141,8 +142,8 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
             "by_layer": {
                 f"layer_{layer}": {
                     "attention_mean": float(a.attention(layer)[:, t].mean()),
-                    "correlation": _none_nan(a.per_thought_correlation(layer)[t][0]),
-                    "p": a.per_thought_correlation(layer)[t][1],
+                    "correlation": _none_nan(by_layer[layer][t][0]),
+                    "p": by_layer[layer][t][1],
                 }
                 for layer in roles.values()
             },

@@ -10,13 +10,13 @@ import torch
 from codi_fixtures.answers import numbers_equal, parse_answer
 from codi_fixtures.engine import (
     LoopState,
-    ThoughtPatch,
     build_prompt,
     forward_step,
     greedy_decode,
     mask_specials,
     run_latent,
 )
+from codi_fixtures.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.kvcache import new_cache
 from codi_fixtures.model import CodiModel
 from codi_fixtures.problems import Problem
@@ -46,10 +46,10 @@ def mean_ablation_answers(
     """Answers with the given thoughts' input embeddings set to their mean over ``problems``."""
     prompt = build_prompt(model, [p.question for p in problems])
     clean = run_latent(model, prompt, generate=False)
-    mean = clean.thoughts.mean(dim=0, keepdim=True).expand_as(clean.thoughts)
-    mask = torch.zeros(clean.thoughts.shape[:2], dtype=torch.bool)
-    mask[:, list(thoughts)] = True
-    return run_latent(model, prompt, patch=ThoughtPatch(mean, mask)).answers
+    ref = AblationRef.from_values(clean.thoughts)
+    ablation = Ablation(tuple(thoughts), "mean")
+    patch = build_patch([ablation] * len(problems), range(len(problems)), ref)
+    return run_latent(model, prompt, patch=patch).answers
 
 
 @torch.no_grad()
