@@ -28,6 +28,7 @@ from matplotlib.colors import Colormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import ColorType
 
 from codi_fixtures.analysis import Rq2Test, StudyAnalysis
@@ -263,6 +264,7 @@ def _scatter_by_thought(
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.any():
             ax.scatter(x[ok], y[ok], s=14, color=colours[t], alpha=0.75, linewidths=0, zorder=2)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # long tick labels must not collide
     _zero_line(ax)
     _ensure_span(ax)
 
