@@ -17,7 +17,8 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.architecture import LayerRoles, layer_roles
+from codi_fixtures.config import Settings
 from codi_fixtures.runs import StudyResults
 from codi_fixtures.stats import (
     StatResult,
@@ -57,6 +58,21 @@ class StudyAnalysis:
     n_boot: int = 2000
     n_perm: int = 5000
     _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_settings(cls, results: StudyResults, settings: Settings) -> StudyAnalysis:
+        """The analysis a run's settings ask for (layer roles, importance kind, alpha, seed).
+
+        Raises ``ValueError`` when ``settings.layers`` does not fit the model.
+        """
+        return cls(
+            results,
+            layers=layer_roles(int(str(results.meta["n_layers"])), settings.layers),
+            importance_kind=settings.importance_kind,
+            alpha=settings.alpha,
+            seed=settings.run.seed,
+            min_correct=settings.min_correct,
+        )
 
     # --- basic views ----------------------------------------------------------------------
     @property

@@ -362,21 +362,11 @@ class CodiSession:
         """Statistics over the tier's study."""
         if tier not in self._analyses:
             from codi_fixtures.analysis import StudyAnalysis
-            from codi_fixtures.architecture import layer_roles
 
-            study = self.study(tier)
             try:
-                roles = layer_roles(int(study.meta["n_layers"]), self.settings.layers)
+                self._analyses[tier] = StudyAnalysis.from_settings(self.study(tier), self.settings)
             except ValueError as err:
                 pytest.fail(f"--layers: {err}", pytrace=False)
-            self._analyses[tier] = StudyAnalysis(
-                study,
-                layers=roles,
-                importance_kind=self.settings.importance_kind,
-                alpha=self.settings.alpha,
-                seed=self.settings.run.seed,
-                min_correct=self.settings.min_correct,
-            )
         return self._analyses[tier]
 
 
@@ -397,9 +387,9 @@ def codi_model(codi_session: CodiSession) -> Any:
 def analysis(codi_session: CodiSession, tier: str, request: pytest.FixtureRequest) -> Any:
     """Statistics for this test's tier (read-only)."""
     result = codi_session.analysis(tier)
-    study = codi_session.study(tier)
+    fingerprint = result.results.meta["fingerprint"]
     request.node.user_properties.append(
-        (STUDY_PROPERTY, json.dumps({"tier": tier, "fingerprint": study.meta["fingerprint"]}))
+        (STUDY_PROPERTY, json.dumps({"tier": tier, "fingerprint": fingerprint}))
     )
     return result
 

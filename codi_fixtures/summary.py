@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.architecture import layer_roles
 from codi_fixtures.data import problem_set_fingerprint
 from codi_fixtures.figures import (
     attention_vs_importance,
@@ -93,14 +92,7 @@ def build_summary(codi: CodiSession, reports: Sequence[pytest.TestReport]) -> st
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
-        analysis = StudyAnalysis(
-            results,
-            layers=layer_roles(int(str(results.meta["n_layers"])), settings.layers),
-            importance_kind=settings.importance_kind,
-            alpha=settings.alpha,
-            seed=settings.run.seed,
-            min_correct=settings.min_correct,
-        )
+        analysis = StudyAnalysis.from_settings(results, settings)
         figures = {
             "RQ1: importance by thought (mean with 95% CI), per ablation kind": (
                 "importance_by_thought",
