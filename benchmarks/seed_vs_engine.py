@@ -62,6 +62,7 @@ from codi_fixtures.architecture import layer_roles, unwrap_peft
 from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.config import ABLATION_KINDS, BUNDLED_CHECKPOINT, ModelConfig, RunConfig
 from codi_fixtures.data import load_problems, stratified_sample
+from codi_fixtures.kvcache import cache_kwargs
 from codi_fixtures.model import CodiModel, load_codi
 from codi_fixtures.problems import DIFFICULTY_BINS, Problem
 
@@ -100,7 +101,7 @@ class SeedReference:
         return self.lm(
             input_ids=input_ids,
             inputs_embeds=embeds,
-            past_key_values=cache,
+            **cache_kwargs(self.lm, cache),
             use_cache=True,
             output_hidden_states=True,
             output_attentions=attentions,

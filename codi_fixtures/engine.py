@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache
 from codi_fixtures.answers import parse_answer
 from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.hooks import block_output_hook
-from codi_fixtures.kvcache import new_cache
+from codi_fixtures.kvcache import cache_kwargs, new_cache
 from codi_fixtures.model import CodiModel
 
 __all__ = [
@@ -187,12 +187,13 @@ def forward_step(
     mask = torch.cat([state.mask, new_mask], dim=1)
     offsets = torch.cumsum(new_mask, dim=1) - new_mask
     positions = state.next_pos[:, None] + offsets
-    out = _decoder(model)(
+    decoder = _decoder(model)
+    out = decoder(
         input_ids=input_ids,
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=state.cache,
+        **cache_kwargs(decoder, state.cache),
         use_cache=True,
         output_attentions=attentions,
         output_hidden_states=hidden_states,

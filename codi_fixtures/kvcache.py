@@ -8,12 +8,14 @@ else (``get_seq_length``, masks, ``crop``) works on those views unchanged.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-__all__ = ["GrowingLayer", "new_cache"]
+__all__ = ["GrowingLayer", "cache_kwargs", "new_cache"]
 
 _MIN_CAPACITY = 64
 
@@ -66,3 +68,19 @@ def new_cache() -> Cache:
     if torch.is_grad_enabled():
         return DynamicCache()
     return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+@functools.cache
+def _cache_keyword(forward: Any) -> str:
+    """The keyword ``forward`` takes its KV cache by: ``cache`` (transformers >= 5.24) or not."""
+    parameters = inspect.signature(forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(module: Any, cache: Cache | None) -> dict[str, Any]:
+    """``{keyword: cache}`` for ``module.forward``, the keyword feature-detected once per class.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns and
+    goes away in 5.40); older 5.x releases know only ``past_key_values``.
+    """
+    return {_cache_keyword(type(module).forward): cache}
