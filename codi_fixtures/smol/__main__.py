@@ -1,0 +1,74 @@
+"""``python -m codi_fixtures.smol``: train, assemble or export the SmolLM2 CODI organism.
+
+- ``train --out DIR [--work DIR] [--threads N] [--stop-by HH:MM]``: train (resumable) and
+  write the shipped adapter directory;
+- ``export --adapter DIR --out DIR``: write the full published-layout checkpoint
+  (base + adapter; ``load_codi`` reads it);
+- ``base``: dequantize the GGUF into the cache (once) and print the cache directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from codi_fixtures.smol.train import SmolConfig, train_smol
+
+
+def _stop_by(text: str | None) -> float | None:
+    """``HH:MM`` (UTC, today; tomorrow if already past) -> epoch seconds."""
+    if text is None:
+        return None
+    now = datetime.now(timezone.utc)
+    hour, minute = (int(x) for x in text.split(":"))
+    when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if when < now:
+        when += timedelta(days=1)
+    return when.timestamp()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run it."""
+    parser = argparse.ArgumentParser(prog="python -m codi_fixtures.smol", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train and write the shipped adapter directory")
+    train.add_argument("--out", type=Path, required=True, help="adapter directory to write")
+    train.add_argument("--work", type=Path, default=Path("/tmp/smol_work"), help="resumable state")
+    train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    train.add_argument(
+        "--stop-by", default=None, help="UTC HH:MM by which training, eval and export end"
+    )
+    for f in fields(SmolConfig):
+        train.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    export = sub.add_parser("export", help="write the full published-layout checkpoint")
+    export.add_argument("--adapter", type=Path, default=None, help="adapter dir (default: shipped)")
+    export.add_argument("--out", type=Path, required=True)
+    sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.command == "train":
+        overrides = {
+            f.name: getattr(args, f.name)
+            for f in fields(SmolConfig)
+            if getattr(args, f.name) is not None
+        }
+        cfg = SmolConfig(**overrides)
+        stop = _stop_by(args.stop_by)
+        if stop is not None:
+            stop -= cfg.eval_reserve_s
+        train_smol(cfg, out_dir=args.out, work_dir=args.work, threads=args.threads, stop_by=stop)
+    elif args.command == "export":
+        from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
+
+        print(write_published(args.adapter or SHIPPED_ADAPTER, args.out))
+    else:
+        from codi_fixtures.smol.base import ensure_base_dir
+
+        print(ensure_base_dir())
+
+
+if __name__ == "__main__":
+    main()

