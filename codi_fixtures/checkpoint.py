@@ -31,6 +31,7 @@ __all__ = [
     "KeyReport",
     "account_keys",
     "find_weights_file",
+    "probe_weights",
     "read_spec",
     "read_state_dict",
     "write_checkpoint",
@@ -142,6 +143,28 @@ def find_weights_file(ckpt_dir: Path) -> Path:
     )
 
 
+def probe_weights(path: Path) -> None:
+    """Check cheaply that a weights file can be read (safetensors header; weights-only pickle)."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:
+            raise _unreadable(path, err) from err
+        return
+    read_state_dict(path)  # memory-mapped: only the pickle's index is read
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read weights from {path}: {type(err).__name__}: {str(err)[:300]}. "
+        "The file is truncated, corrupted, or a pickle that holds more than tensors "
+        "(refused: only weights_only loading is allowed). Re-download or re-export it."
+    )
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load tensors safely: safetensors, or a weights-only torch pickle."""
     try:
@@ -151,11 +174,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # corrupted, truncated or code-carrying files all land here
-        raise CheckpointError(
-            f"cannot read weights from {path}: {type(err).__name__}: {str(err)[:300]}. "
-            "The file is truncated, corrupted, or a pickle that holds more than tensors "
-            "(refused: only weights_only loading is allowed). Re-download or re-export it."
-        ) from err
+        raise _unreadable(path, err) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return state

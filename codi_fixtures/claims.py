@@ -1,7 +1,8 @@
 """Turn a statistical result into a verdict, attaching its figure and numbers to the report.
 
 pass    = the (Holm-corrected) test supports the claim at alpha;
-fail    = it does not (the message carries the statistic, p, CI and n);
+fail    = it does not: :class:`~codi_fixtures.outcomes.ClaimNotSupported`, the only exception
+          a known outcome (strict xfail) matches; the message carries statistic, p, CI, n;
 skip    = inconclusive: too few usable problems, or degenerate data.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.outcomes import VERDICT_PROPERTY, ClaimNotSupported
 from codi_fixtures.plugin import CLAIM_PROPERTY
 from codi_fixtures.report import stats_table_html
 from codi_fixtures.stats import StatResult
@@ -112,7 +114,8 @@ class Claim:
         p = result.p_corrected if result.p_corrected is not None else result.p_value
         note = f"; excluded for NaN/inf: {', '.join(excluded)}" if excluded else ""
         if not p < self.analysis.alpha:
-            pytest.fail(
+            self.node.user_properties.append((VERDICT_PROPERTY, "refuted"))
+            raise ClaimNotSupported(
                 f"not supported at alpha={self.analysis.alpha}: {label}: {evidence(result)}{note}",
                 pytrace=False,
             )

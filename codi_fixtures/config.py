@@ -70,6 +70,14 @@ class RunConfig:
     max_rows: int | None = None
     """Simulated device budget: a batch above it raises OutOfMemoryError (then split)."""
 
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ConfigError(f"--batch-rows must be at least 1, got {self.batch_rows}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"--max-batch-rows must be at least 1, got {self.max_rows}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
     def fingerprint_dict(self) -> dict[str, object]:
         """Fields that change results (batch sizes do not)."""
         data = asdict(self)
@@ -100,6 +108,10 @@ def parse_layers(text: str | None) -> tuple[int, int, int] | None:
         raise ConfigError(f"--layers {text!r}: expected three integers like 4,8,14") from None
     if len(layers) != 3:
         raise ConfigError(f"--layers {text!r}: give exactly three layers (early,middle,late)")
+    if min(layers) < 0:
+        raise ConfigError(f"--layers {text!r}: layers are 0-based block indices, not negative")
+    if len(set(layers)) != 3:
+        raise ConfigError(f"--layers {text!r}: the three layers must differ, e.g. 1,3,5")
     return layers[0], layers[1], layers[2]
 
 
@@ -135,6 +147,9 @@ class Settings:
     """Where report.html, figures/ and summary_statistics.json go."""
 
     def __post_init__(self) -> None:
+        for tier, n in self.tiers.items():
+            if n < 1:
+                raise ConfigError(f"--{tier}-n must be at least 1 problem, got {n}")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.importance_kind not in self.run.kinds:

@@ -1,45 +1,101 @@
-"""Declare a model's known claim outcomes (strict xfails) from the verdicts of a run.
+"""Known claim outcomes (strict xfails), declared per model *and* problem set.
+
+``experiments/known_outcomes.json`` maps a model label to its declarations::
+
+    {"bundled": {"problem_sets": {"quick": "<fingerprint>", "full": "<fingerprint>"},
+                 "outcomes": {"test_rq1_importance.py::test_x[quick-t5-mean]": "reason", ...}}}
+
+A declaration applies only to a run of that model whose tier sample has the declared problem-set
+fingerprint (:func:`codi_fixtures.data.problem_set_fingerprint`): a ``--problems`` run on another
+set, or another sample size or seed, inherits nothing. It matches only the claim's own "not
+supported" outcome (``raises=ClaimNotSupported``), never a crash.
 
 ``python -m codi_fixtures.known_outcomes --model bundled reports/quick/summary_statistics.json
-reports/full/summary_statistics.json`` writes ``experiments/known_outcomes.json``: every claim
-that *failed* in those runs is recorded with its evidence, so later runs treat it as an
-expected outcome and fail if it starts passing (``xfail_strict``). Review the diff before
-committing it: it is a statement about the model.
+reports/full/summary_statistics.json`` writes the declarations from the refuted verdicts of those
+runs. Review the diff before committing it: it is a statement about the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.errors import ConfigError
 
-__all__ = ["known_from_summaries", "main"]
+__all__ = ["declarations_from_summaries", "known_for_run", "main", "matcher"]
 
 
-def known_from_summaries(summaries: Sequence[Path]) -> dict[str, str]:
-    """Test-id suffix -> reason, for every failed or already-xfailed verdict in the summaries."""
-    known: dict[str, str] = {}
+def _tier_stats(summary: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
+    tiers = summary.get("tiers")
+    if isinstance(tiers, dict):
+        return tiers
+    return {str(summary.get("tier")): summary}
+
+
+def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
+    """One model's declaration: problem-set fingerprints per tier and every refuted verdict."""
+    problem_sets: dict[str, str] = {}
+    outcomes: dict[str, str] = {}
     for path in summaries:
-        for verdict in json.loads(path.read_text())["verdicts"]:
-            if verdict["outcome"] in {"failed", "xfailed"}:
+        summary = json.loads(path.read_text())
+        for tier, stats in _tier_stats(summary).items():
+            problem_sets[tier] = str(stats["problem_set_fingerprint"])
+        for verdict in summary["verdicts"]:
+            if verdict["outcome"] in {"refuted", "known"}:
                 test_id = verdict["test"].split("/")[-1]
                 evidence = verdict["evidence"].split(": ", 1)[-1]
-                known[test_id] = f"not supported on this model: {evidence}"[:300]
-    return dict(sorted(known.items()))
+                outcomes[test_id] = f"not supported on this model: {evidence}"[:300]
+    return {
+        "problem_sets": dict(sorted(problem_sets.items())),
+        "outcomes": dict(sorted(outcomes.items())),
+    }
+
+
+def known_for_run(
+    path: Path, model_label: str, problem_sets: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """Tier -> {test-id pattern: reason} that apply to this model and these tier samples."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err}); fix or delete the file") from None
+    entry = data.get(model_label)
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict) or not isinstance(entry.get("outcomes"), dict):
+        raise ConfigError(
+            f"{path}: {model_label!r} must be {{'problem_sets': {{tier: fingerprint}}, "
+            "'outcomes': {test id: reason}}; regenerate it with python -m "
+            "codi_fixtures.known_outcomes"
+        )
+    declared = entry.get("problem_sets", {})
+    return {
+        tier: dict(entry["outcomes"])
+        for tier, fingerprint in problem_sets.items()
+        if declared.get(tier) == fingerprint
+    }
+
+
+def matcher(pattern: str) -> re.Pattern[str]:
+    """A test-id suffix pattern; only ``*`` is a wildcard (``[`` and ``]`` are literal)."""
+    return re.compile(".*" + re.escape(pattern).replace(r"\*", ".*"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Merge the known outcomes of ``--model`` into the JSON file."""
+    """Replace the declarations of ``--model`` in the JSON file."""
     parser = argparse.ArgumentParser(prog="python -m codi_fixtures.known_outcomes")
     parser.add_argument("summaries", nargs="+", type=Path, help="summary_statistics.json files")
     parser.add_argument("--model", default="bundled", help="model label (checkpoint dir name)")
     parser.add_argument("--out", type=Path, default=Path("experiments/known_outcomes.json"))
     args = parser.parse_args(argv)
     content = json.loads(args.out.read_text()) if args.out.exists() else {}
-    content[args.model] = known_from_summaries(args.summaries)
+    content[args.model] = declarations_from_summaries(args.summaries)
     atomic_write_text(args.out, json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 

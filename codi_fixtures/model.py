@@ -9,6 +9,7 @@ every key in the file.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -231,9 +232,38 @@ def _check_shapes(module: CodiModel, found: dict[str, torch.Tensor], spec: CodiS
         )
 
 
-def _fingerprint(weights: Path, spec: CodiSpec) -> str:
-    """Cheap, stable content hash: whole file when small, sampled blocks when large."""
+def _numerics(
+    cfg: ModelConfig, base: str, base_config: Any, tokenizer: Any, dtype: torch.dtype, device: Any
+) -> dict[str, object]:
+    """Everything besides the weights that changes a run's numbers (part of the cache key)."""
+    import transformers
+
+    base_path = Path(base)
+    return {
+        "dtype": str(dtype),
+        "device_type": torch.device(device).type,
+        "base": str(base_path.resolve()) if base_path.exists() else base,
+        "base_config": hashlib.sha256(base_config.to_json_string().encode()).hexdigest()[:16],
+        "tokenizer": [
+            type(tokenizer).__name__,
+            len(tokenizer),
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        ],
+        "merge_lora": cfg.merge_lora,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _fingerprint(weights: Path, spec: CodiSpec, numerics: dict[str, object]) -> str:
+    """Cheap, stable content hash: whole file when small, sampled blocks when large.
+
+    ``numerics`` (dtype, device type, base and tokenizer, LoRA merging, library versions)
+    is hashed too, so a run that would compute other numbers never reuses a cached study.
+    """
     digest = hashlib.sha256(spec.to_json().encode())
+    digest.update(json.dumps(numerics, sort_keys=True, default=str).encode())
     size = weights.stat().st_size
     digest.update(str(size).encode())
     block = 1 << 20
@@ -275,7 +305,9 @@ def load_codi(cfg: ModelConfig | None = None) -> CodiModel:
         module.codi.tie_weights()
     if spec.lora_r and cfg.merge_lora:
         module.codi = module.codi.merge_and_unload()
-    module.fingerprint = _fingerprint(weights, spec)
+    module.fingerprint = _fingerprint(
+        weights, spec, _numerics(cfg, base, base_config, tokenizer, dtype, device)
+    )
     module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     log.info("loaded CODI %s (%s, %s on %s)", ckpt_dir, base, dtype, device)
     return module

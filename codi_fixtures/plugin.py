@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,23 +116,33 @@ def _settings(config: pytest.Config) -> Settings:
     )
 
 
-def _is_experiment_run(config: pytest.Config) -> bool:
-    if config.getoption("no_codi_report") or config.option.collectonly:
-        return False
+def _runs_claims(config: pytest.Config) -> bool:
+    """True when this run selects research claims (a tier mark, experiments/ or --report-dir)."""
     if config.getoption("report_dir"):
         return True
     if (config.option.markexpr or "").strip() in TIERS:
         return True
-    return any(
-        Path(str(a).split("::")[0]).resolve().name == "experiments"
-        or "experiments" in Path(str(a).split("::")[0]).resolve().parts
-        for a in config.args
+    return any("experiments" in Path(str(a).split("::")[0]).resolve().parts for a in config.args)
+
+
+def _writes_report(config: pytest.Config) -> bool:
+    return (
+        _runs_claims(config)
+        and not config.getoption("no_codi_report")
+        and not config.option.collectonly
     )
+
+
+def _selects_every_claim(config: pytest.Config) -> bool:
+    """True unless the run narrows the claims (-k, --deselect, a file or a test id)."""
+    if config.option.keyword or getattr(config.option, "deselect", None):
+        return False
+    return all(Path(str(a)).is_dir() and "::" not in str(a) for a in config.args)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Markers, the session object, and the default HTML report location."""
+    """Markers, the session object, input validation, and the staged HTML report location."""
     config.addinivalue_line("markers", "quick: the ten-problem smoke tier of a research claim")
     config.addinivalue_line("markers", "full: the 100-problem study tier of a research claim")
     try:
@@ -141,12 +151,21 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     session = CodiSession(config, settings)
     config.stash[SESSION_KEY] = session
-    if _is_experiment_run(config) and not config.getoption("htmlpath", None):
-        # Must run before pytest-html's own pytest_configure reads the option.
-        config.option.htmlpath = str(settings.report_dir / "report.html")
-        config.option.self_contained_html = True
-    if _is_experiment_run(config) and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(CodiReporter(session), "codi-reporter")
+    if _runs_claims(config):
+        session.validate_inputs()  # every bad option is a usage error before anything runs
+    if _writes_report(config) and not hasattr(config, "workerinput"):
+        from codi_fixtures.publish import ReportTarget
+
+        target = ReportTarget.for_run(
+            settings.report_dir,
+            explicit=bool(config.getoption("report_dir")),
+            complete=_selects_every_claim(config),
+        )
+        if not config.getoption("htmlpath", None):
+            # Must run before pytest-html's own pytest_configure reads the option.
+            config.option.htmlpath = str(target.staging / "report.html")
+            config.option.self_contained_html = True
+        config.pluginmanager.register(CodiReporter(session, target), "codi-reporter")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -212,38 +231,92 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("difficulty", DIFFICULTY_BINS)
 
 
-def _known_outcomes(config: pytest.Config, label: str) -> dict[str, str]:
+def _known_outcomes(config: pytest.Config, session: CodiSession) -> dict[str, dict[str, str]]:
+    """Tier -> {pattern: reason} declared for this model and these tier samples."""
+    from codi_fixtures.data import problem_set_fingerprint
+    from codi_fixtures.known_outcomes import known_for_run
+
     base = config.inipath.parent if config.inipath else Path(config.rootpath)
     path = base / str(config.getini("codi_known_outcomes"))
     if not path.exists():
         return {}
+    fingerprints = {t: problem_set_fingerprint(session.problems(t)) for t in session.tiers()}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise pytest.UsageError(f"{path}: invalid JSON ({err})") from None
-    entries = data.get(label, {})
-    if not isinstance(entries, dict):
-        raise pytest.UsageError(f"{path}: {label!r} must map test ids to reasons")
-    return entries
+        return known_for_run(path, session.settings.model_label, fingerprints)
+    except CodiError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _role_labels(settings: Settings) -> dict[str, str]:
+    """``early`` -> ``early-L1`` where the depth is known cheaply."""
+    from codi_fixtures.architecture import layer_roles
+
+    _, n_layers = _collection_shape(settings)
+    if n_layers is None:
+        return {}
+    return {
+        role: f"{role}-L{layer}"
+        for role, layer in layer_roles(n_layers, settings.layers).as_dict().items()
+    }
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate inputs early (clean usage errors) and mark known outcomes as strict xfails."""
+    """Mark known outcomes as strict xfails that match only a refuted claim."""
+    from codi_fixtures.known_outcomes import matcher
+    from codi_fixtures.outcomes import ClaimNotSupported
+
     claims = [i for i in items if "analysis" in getattr(i, "fixturenames", ())]
     if not claims:
         return
     session = config.stash[SESSION_KEY]
     session.validate_inputs()
-    known = _known_outcomes(config, session.settings.model_label)
-    matchers = {
-        # A pattern is a test-id suffix; only '*' is a wildcard ('[' and ']' are literal).
-        re.compile(".*" + re.escape(pattern).replace(r"\*", ".*")): reason
-        for pattern, reason in known.items()
+    known = {
+        tier: {matcher(pattern): reason for pattern, reason in entries.items()}
+        for tier, entries in _known_outcomes(config, session).items()
     }
+    from codi_fixtures.console import PARAMS_PROPERTY
+
+    roles = _role_labels(session.settings)
     for item in claims:
-        for matcher, reason in matchers.items():
-            if matcher.fullmatch(item.nodeid):
-                item.add_marker(pytest.mark.xfail(reason=f"known outcome: {reason}", strict=True))
+        callspec = getattr(item, "callspec", None)
+        params = dict(callspec.params) if callspec is not None else {}
+        tier = params.get("tier")
+        if "role" in params:
+            params["role"] = roles.get(params["role"], params["role"])
+        if "thought" in params:
+            params["thought"] = f"t{params['thought']}"
+        item.user_properties.append((PARAMS_PROPERTY, json.dumps(params, default=str)))
+        for pattern, reason in known.get(str(tier), {}).items():
+            if pattern.fullmatch(item.nodeid):
+                item.add_marker(
+                    pytest.mark.xfail(
+                        reason=f"known outcome: {reason}", strict=True, raises=ClaimNotSupported
+                    )
+                )
+                break
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A claim whose study is unavailable shows one line, not the fixture's traceback."""
+    from codi_fixtures.outcomes import StudyUnavailable
+
+    report = yield
+    if call.excinfo is not None and isinstance(call.excinfo.value, StudyUnavailable):
+        report.longrepr = str(call.excinfo.value)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    """Innermost wrapper: once every plain hook (pytest-html's writer too) ran, publish."""
+    result = yield
+    reporter = session.config.pluginmanager.get_plugin("codi-reporter")
+    if reporter is not None:
+        reporter.publish(session)
+    return result
 
 
 # --- the session object -----------------------------------------------------------------
@@ -258,18 +331,30 @@ class CodiSession:
     _pool: Any = None
     _studies: dict[str, Any] = field(default_factory=dict)
     _analyses: dict[str, Any] = field(default_factory=dict)
+    _failures: dict[str, Any] = field(default_factory=dict)
+    _validated: bool = False
+
+    def tiers(self) -> list[str]:
+        """The tiers this run selects (both when the mark expression names neither)."""
+        selected = tier_of_markexpr(self.config.option.markexpr or "")
+        return [selected] if selected in TIERS else list(TIERS)
 
     def validate_inputs(self) -> None:
-        """Cheap checks of every option before any test runs; problems become usage errors."""
+        """Cheap checks of every option before any test runs; problems become usage errors.
+
+        The checkpoint is checked (readable weights) before the problem set is considered.
+        """
         from codi_fixtures.architecture import layer_roles
-        from codi_fixtures.checkpoint import find_weights_file
+        from codi_fixtures.checkpoint import find_weights_file, probe_weights
         from codi_fixtures.devices import resolve_device, resolve_dtype
         from codi_fixtures.interventions import parse_site
 
+        if self._validated:
+            return
         settings = self.settings
         try:
             resolve_dtype(settings.model.dtype, resolve_device(self._device()))
-            find_weights_file(Path(settings.model.ckpt or BUNDLED_CHECKPOINT))
+            probe_weights(find_weights_file(Path(settings.model.ckpt or BUNDLED_CHECKPOINT)))
             _, n_layers = _collection_shape(settings)
             if n_layers is not None:
                 try:
@@ -280,19 +365,11 @@ class CodiSession:
                     parse_site(settings.run.site, n_layers)
                 except ValueError as err:
                     raise CodiError(f"--ablation-site: {err}") from None
-            self._validate_tiers()
+            for tier in self.tiers():  # every selected tier can be sampled from the source
+                self.problems(tier)
         except CodiError as err:
             raise pytest.UsageError(str(err)) from None
-
-    def _validate_tiers(self) -> None:
-        """Every selected tier can be sampled from the problem source."""
-        from codi_fixtures.data import stratified_sample
-
-        selected = tier_of_markexpr(self.config.option.markexpr or "")
-        for tier in [selected] if selected in TIERS else list(TIERS):
-            stratified_sample(
-                self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
-            )
+        self._validated = True
 
     def _device(self) -> str:
         device = self.settings.model.device
@@ -311,10 +388,7 @@ class CodiSession:
 
             from codi_fixtures.model import load_codi
 
-            try:
-                self._model = load_codi(replace(self.settings.model, device=self._device()))
-            except CodiError as err:
-                pytest.fail(f"cannot load the CODI model: {err}", pytrace=False)
+            self._model = load_codi(replace(self.settings.model, device=self._device()))
         return self._model
 
     def problem_pool(self) -> list[Any]:
@@ -335,39 +409,53 @@ class CodiSession:
         return self._pool
 
     def problems(self, tier: str) -> list[Any]:
-        """The tier's stratified sample."""
+        """The tier's stratified sample (a :class:`CodiError` names the problem and the fix)."""
         from codi_fixtures.data import stratified_sample
 
-        try:
-            return stratified_sample(
-                self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
-            )
-        except CodiError as err:
-            pytest.fail(f"problem set for tier {tier!r}: {err}", pytrace=False)
+        return stratified_sample(
+            self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
+        )
 
     def study(self, tier: str) -> Any:
         """Cached study results for the tier (computed once across processes)."""
         if tier not in self._studies:
             from codi_fixtures.runs import compute_study
 
-            try:
-                self._studies[tier] = compute_study(
-                    self.model(), self.problems(tier), self.settings.run, self.settings.cache_dir
-                )
-            except CodiError as err:
-                pytest.fail(str(err), pytrace=False)
+            self._studies[tier] = compute_study(
+                self.model(), self.problems(tier), self.settings.run, self.settings.cache_dir
+            )
         return self._studies[tier]
 
     def analysis(self, tier: str) -> Any:
-        """Statistics over the tier's study."""
-        if tier not in self._analyses:
+        """Statistics over the tier's study; if it cannot be computed, :class:`StudyFailure`.
+
+        The failure is recorded once (full traceback in a log file) and every later call
+        returns it at once, so a broken study costs one attempt, not one per claim.
+        """
+        if tier not in self._analyses and tier not in self._failures:
             from codi_fixtures.analysis import StudyAnalysis
 
             try:
                 self._analyses[tier] = StudyAnalysis.from_settings(self.study(tier), self.settings)
-            except ValueError as err:
-                pytest.fail(f"--layers: {err}", pytrace=False)
-        return self._analyses[tier]
+            except Exception as err:
+                self._failures[tier] = self._record_failure(tier, err)
+        return self._analyses[tier] if tier in self._analyses else self._failures[tier]
+
+    def _record_failure(self, tier: str, err: Exception) -> Any:
+        import traceback
+
+        from codi_fixtures.atomic import atomic_write_text
+        from codi_fixtures.outcomes import StudyFailure
+
+        frames = traceback.extract_tb(err.__traceback__)
+        own = [f for f in frames if "codi_fixtures" in f.filename] or frames
+        where = f"{own[-1].filename}:{own[-1].lineno} in {own[-1].name}" if own else "?"
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        log_path = self.settings.cache_dir / "errors" / f"study-{tier}-{worker}.log"
+        atomic_write_text(log_path, "".join(traceback.format_exception(err)))
+        message = " ".join(str(err).split())
+        cause = message if isinstance(err, CodiError) else f"{type(err).__name__}: {message}"
+        return StudyFailure(tier, cause[:300], where, str(log_path))
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -385,8 +473,13 @@ def codi_model(codi_session: CodiSession) -> Any:
 
 @pytest.fixture
 def analysis(codi_session: CodiSession, tier: str, request: pytest.FixtureRequest) -> Any:
-    """Statistics for this test's tier (read-only)."""
+    """Statistics for this test's tier (read-only); a study that failed is an ERROR here."""
+    from codi_fixtures.outcomes import STUDY_ERROR_PROPERTY, StudyFailure, StudyUnavailable
+
     result = codi_session.analysis(tier)
+    if isinstance(result, StudyFailure):
+        request.node.user_properties.append((STUDY_ERROR_PROPERTY, result.to_json()))
+        raise StudyUnavailable(result.short())
     fingerprint = result.results.meta["fingerprint"]
     request.node.user_properties.append(
         (STUDY_PROPERTY, json.dumps({"tier": tier, "fingerprint": fingerprint}))
@@ -403,31 +496,66 @@ def claim(analysis: Any, tier: str, request: pytest.FixtureRequest, extras: list
 
 
 # --- report (controller only) ------------------------------------------------------------
+def _html_plugin(config: pytest.Config) -> Any:
+    """pytest-html's report writer (registered without a name), if active."""
+    from pytest_html.basereport import BaseReport
+
+    return next((p for p in config.pluginmanager.get_plugins() if isinstance(p, BaseReport)), None)
+
+
 class CodiReporter:
     """Collects verdicts from every worker's reports and writes the session-level report.
 
-    Registered only in the controller (never in an xdist worker), so exactly one
-    process writes ``summary_statistics.json`` and the figures.
+    Registered only in the controller (never in an xdist worker), so exactly one process
+    writes the report; it writes to a staging folder and publishes only a run that judged
+    at least one claim (:mod:`codi_fixtures.publish`).
     """
 
-    def __init__(self, codi: CodiSession) -> None:
+    def __init__(self, codi: CodiSession, target: Any) -> None:
         self.codi = codi
+        self.target = target
         self.reports: list[pytest.TestReport] = []
+        self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.outcomes)
+        self.failures: dict[str, Any] = {}  # tier -> StudyFailure
+        self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
         self.summary_html = ""
+        self.published = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Keep call-phase reports of claims."""
-        if report.when == "call" and any(k == CLAIM_PROPERTY for k, _ in report.user_properties):
+        """Classify every claim report; keep call-phase reports that carry a judged claim."""
+        from codi_fixtures.console import PARAMS_PROPERTY
+        from codi_fixtures.outcomes import STUDY_ERROR_PROPERTY, StudyFailure, outcome_of
+
+        props = dict(report.user_properties)
+        is_claim = PARAMS_PROPERTY in props
+        if is_claim:
+            self.params[report.nodeid] = json.loads(str(props[PARAMS_PROPERTY]))
+        if STUDY_ERROR_PROPERTY in props:
+            failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
+            self.failures.setdefault(failure.tier, failure)
+            is_claim = True
+        if not is_claim:
+            return
+        outcome = outcome_of(report)
+        if outcome is not None and (outcome == "error" or report.when != "teardown"):
+            self.outcomes[report.nodeid] = outcome
+        if report.when == "call" and CLAIM_PROPERTY in props:
             self.reports.append(report)
+
+    def judged(self) -> bool:
+        """True when at least one claim reached a verdict (anything but an error)."""
+        return any(o != "error" for o in self.outcomes.values())
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Write figures and summary_statistics.json; prepare the HTML summary block."""
-        if not self.reports:
+        """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
+        if not self.reports or not self.judged():
             return
         from codi_fixtures.summary import build_summary
 
-        self.summary_html = build_summary(self.codi, self.reports)
+        self.summary_html = build_summary(
+            self.codi, self.reports, self.outcomes, self.target.staging
+        )
 
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
@@ -435,3 +563,38 @@ class CodiReporter:
         """Put the verdict table, figures and run metadata at the top of report.html."""
         if self.summary_html:
             prefix.append(self.summary_html)
+
+    def publish(self, session: pytest.Session) -> None:
+        """After pytest-html wrote the staged report: publish it, or leave the old one."""
+        if self.judged() and session.exitstatus not in (
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.USAGE_ERROR,
+            pytest.ExitCode.INTERNAL_ERROR,
+        ):
+            self.target.publish()
+            self.published = True
+            html_plugin = _html_plugin(self.codi.config)
+            if html_plugin is not None and hasattr(html_plugin, "_report_path"):
+                # pytest-html prints the path it wrote; it wrote to the staging folder.
+                html_plugin._report_path = self.target.final / "report.html"
+        else:
+            self.target.discard()
+            html_plugin = _html_plugin(self.codi.config)
+            if html_plugin is not None:  # it would announce the discarded staging file
+                self.codi.config.pluginmanager.unregister(html_plugin)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """The findings in the console: verdict grids, counts, paths; study failures once."""
+        from codi_fixtures.console import summary_lines
+
+        lines = summary_lines(
+            self.outcomes,
+            self.params,
+            self.failures,
+            model=self.codi.settings.model_label,
+            report_dir=self.target.final if self.published else None,
+        )
+        if lines:
+            terminalreporter.write_sep("=", "CODI findings")
+            for line in lines:
+                terminalreporter.write_line(line)

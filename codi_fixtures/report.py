@@ -20,6 +20,7 @@ import numpy as np
 
 from codi_fixtures.analysis import StudyAnalysis
 from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.outcomes import OUTCOMES
 from codi_fixtures.stats import StatResult, is_constant
 
 __all__ = [
@@ -39,7 +40,7 @@ class ClaimRow:
     """One verdict as the controller saw it."""
 
     nodeid: str
-    outcome: str  # passed / failed / skipped / xfailed / xpassed
+    outcome: str  # one of codi_fixtures.outcomes.OUTCOMES
     tier: str
     label: str
     message: str
@@ -200,11 +201,12 @@ def _clean(value: object) -> object:
 
 def _verdict_table(rows: Sequence[ClaimRow]) -> str:
     colour = {
-        "passed": "#009E73",
-        "failed": "#D55E00",
-        "skipped": "#999999",
-        "xfailed": "#E69F00",
-        "xpassed": "#CC79A7",
+        "supported": "#009E73",
+        "refuted": "#D55E00",
+        "inconclusive": "#999999",
+        "known": "#E69F00",
+        "unexpected": "#CC79A7",
+        "error": "#000000",
     }
     body = "".join(
         "<tr>"
@@ -217,15 +219,13 @@ def _verdict_table(rows: Sequence[ClaimRow]) -> str:
         for r in rows
     )
     counts = Counter(r.outcome for r in rows)
-    tally = ", ".join(
-        f"{counts[o]} {o}"
-        for o in ("passed", "failed", "xfailed", "xpassed", "skipped")
-        if counts[o]
-    )
+    tally = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o])
     return (
         f"<h2>Verdicts</h2><p class='codi-tally'>{html.escape(tally or 'no claims ran')}: "
-        "passed = supported at alpha after Holm; failed = not supported; xfailed = a known "
-        "outcome declared in experiments/known_outcomes.json; skipped = inconclusive.</p>"
+        "supported = passed at alpha after Holm; refuted = not supported (failed); known = a "
+        "refutation declared in experiments/known_outcomes.json for this model and problem set "
+        "(strict xfail); unexpected = a known outcome that no longer holds; inconclusive = "
+        "skipped; error = a crash, never a verdict.</p>"
         "<table id='codi-verdicts' class='codi-verdicts'>"
         "<thead><tr><th>tier</th><th>verdict</th><th>claim</th><th>evidence</th></tr></thead>"
         f"<tbody>{body}</tbody></table>"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -39,14 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["build_summary", "claim_rows"]
 
 
-def _outcome(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return "xfailed" if report.skipped else "xpassed"
-    return report.outcome
+def claim_rows(reports: Sequence[pytest.TestReport], outcomes: Mapping[str, str]) -> list[ClaimRow]:
+    """One row per judged claim, in a stable order (tier, then test id).
 
-
-def claim_rows(reports: Sequence[pytest.TestReport]) -> list[ClaimRow]:
-    """One row per claim report, in a stable order (tier, then test id)."""
+    ``outcomes`` (test id -> outcome, :mod:`codi_fixtures.outcomes`) is what the controller
+    classified from every phase of every claim's reports.
+    """
     from codi_fixtures.plugin import CLAIM_PROPERTY
 
     rows = []
@@ -58,7 +57,7 @@ def claim_rows(reports: Sequence[pytest.TestReport]) -> list[ClaimRow]:
         rows.append(
             ClaimRow(
                 nodeid=report.nodeid,
-                outcome=_outcome(report),
+                outcome=outcomes.get(report.nodeid, "error"),
                 tier=payload["tier"],
                 label=payload["label"],
                 message=message,
@@ -80,12 +79,16 @@ def _study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
     return out
 
 
-def build_summary(codi: CodiSession, reports: Sequence[pytest.TestReport]) -> str:
-    """Write figures + JSON for every tier that ran; return the HTML summary block."""
+def build_summary(
+    codi: CodiSession,
+    reports: Sequence[pytest.TestReport],
+    outcomes: Mapping[str, str],
+    out_dir: Path,
+) -> str:
+    """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block."""
     settings = codi.settings
-    out_dir = settings.report_dir
     fig_dir = out_dir / "figures"
-    rows = claim_rows(reports)
+    rows = claim_rows(reports, outcomes)
     tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
     stats_by_tier: dict[str, dict[str, object]] = {}
     for tier, fingerprint in sorted(_study_fingerprints(reports).items()):

@@ -16,6 +16,27 @@ if TYPE_CHECKING:
 
 ARCHS = ("llama", "gpt2")
 
+# Warnings are errors in the project's own tests (not in research runs: see pyproject.toml).
+PROJECT_WARNING_FILTERS = (
+    "error",
+    # third-party deprecations we cannot act on
+    "ignore::DeprecationWarning:matplotlib.*",
+    "ignore::DeprecationWarning:pytest_html.*",
+    "ignore::DeprecationWarning:jinja2.*",
+)
+_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/ runs with warnings as errors.
+
+    Filters applied later win; a test's own ``filterwarnings`` marks stay after these.
+    """
+    for item in items:
+        if _TESTS in Path(str(item.path)).parents:
+            for spec in reversed(PROJECT_WARNING_FILTERS):
+                item.add_marker(pytest.mark.filterwarnings(spec), append=False)
+
 
 @pytest.fixture(scope="session")
 def tiny_llama() -> CodiModel:

@@ -46,7 +46,21 @@ def test_known_failure(analysis, claim, tier):
     claim.judge("known", _result(0.4))
 '''
 
-KNOWN = {"bundled": {"test_fake.py::test_known_failure[quick]": "planted failure"}}
+
+def _bundled_quick_fingerprint() -> str:
+    from codi_fixtures.data import load_problems, problem_set_fingerprint, stratified_sample
+
+    pool = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
+    return problem_set_fingerprint(stratified_sample(pool, 10, seed=0))
+
+
+def _known() -> dict:
+    return {
+        "bundled": {
+            "problem_sets": {"quick": _bundled_quick_fingerprint()},
+            "outcomes": {"test_fake.py::test_known_failure[quick]": "planted failure"},
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +71,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fake_project(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_fake=FAKE_CLAIMS)
-    pytester.makefile(".json", known=json.dumps(KNOWN))
+    pytester.makefile(".json", known=json.dumps(_known()))
     pytester.makefile(
         ".ini", pytest="[pytest]\ncodi_known_outcomes = known.json\nxfail_strict = true\n"
     )
@@ -89,11 +103,19 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
     out = pytester.path / "out"
     verdicts = {v["test"].split("::")[1]: v["outcome"] for v in _summary(out)["verdicts"]}
     assert verdicts == {
-        "test_known_failure[quick]": "xfailed",
-        "test_supported[quick]": "passed",
-        "test_too_few_problems[quick]": "skipped",
-        "test_unsupported[quick]": "failed",
+        "test_known_failure[quick]": "known",
+        "test_supported[quick]": "supported",
+        "test_too_few_problems[quick]": "inconclusive",
+        "test_unsupported[quick]": "refuted",
     }
+    result.stdout.fnmatch_lines(
+        [
+            "*= CODI findings =*",
+            "model bundled · quick tier",
+            "1 supported, 1 refuted, 1 inconclusive, 1 known",
+            f"report: {out / 'report.html'}",
+        ]
+    )
     html = (out / "report.html").read_text()
     assert "codi-verdicts" in html and "data:image/png;base64," in html
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
@@ -140,6 +162,11 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--problems=missing.jsonl"], "*missing.jsonl*--problems*"),
         (["--layers", "1,2,99"], "*layer 99 out of range*6 layers*"),
         (["--layers", "1,2"], "*give exactly three layers*"),
+        (["--layers=1,3,99"], "*layer 99 out of range*6 layers*"),
+        (["--layers=-1,2,3"], "*not negative*"),
+        (["--layers=1,1,3"], "*the three layers must differ*"),
+        (["--quick-n=0"], "*--quick-n must be at least 1*"),
+        (["--batch-rows=0"], "*--batch-rows must be at least 1*"),
         (["--alpha", "2"], "*--alpha must be between 0 and 1*"),
         (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
         (["--ablation-site", "block99"], "*layer 99 out of range*"),
@@ -157,6 +184,11 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         "problems",
         "layer-range",
         "layer-count",
+        "layer-range-eq",
+        "layer-negative",
+        "layer-duplicate",
+        "quick-n-zero",
+        "batch-rows-zero",
         "alpha",
         "importance-kind",
         "site",
@@ -176,7 +208,8 @@ def test_bad_options_are_usage_errors_that_name_the_fix(pytester, args, message)
     result = pytester.runpytest_subprocess("-m", "quick", "--no-codi-report", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines([message])
-    assert "Traceback" not in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert len(result.stderr.str().strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -220,17 +253,117 @@ def test_gsm8k_problems_build_a_stratified_set(pytester, tmp_path):
     result.assert_outcomes(passed=1, deselected=1)
 
 
-def test_a_corrupted_checkpoint_is_a_clear_error_without_a_traceback(pytester, tmp_path):
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_an_unreadable_checkpoint_is_a_usage_error_before_the_problem_set(
+    pytester, tmp_path, weights
+):
     ckpt = tmp_path / "broken"
-    shutil.copytree(BUNDLED_CHECKPOINT, ckpt)
-    weights = ckpt / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    ckpt.mkdir()
+    for name in ("config.json", "codi.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(BUNDLED_CHECKPOINT / name, ckpt / name)
+    original = (BUNDLED_CHECKPOINT / "model.safetensors").read_bytes()
+    # a truncated download, or garbage under the pickle's name; and no eval.jsonl beside it
+    (ckpt / weights).write_bytes(original[:1000] if weights.endswith("safetensors") else b"junk")
     pytester.makepyfile(test_fake=FAKE_CLAIMS)
     result = pytester.runpytest_subprocess(
         "-m", "quick", f"--codi-ckpt={ckpt}", "--no-codi-report", "-p", "no:cacheprovider"
     )
-    result.assert_outcomes(errors=4, deselected=4)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "cannot read weights from" in err and "truncated, corrupted, or a pickle" in err
+    assert "eval.jsonl" not in err
+    assert "Traceback" not in err + result.stdout.str()
+
+
+BROKEN_ENGINE = """
+import codi_fixtures.engine as engine
+
+
+def _explode(*args, **kwargs):
+    raise RuntimeError("forward exploded on purpose")
+
+
+engine.forward_step = _explode
+"""
+
+
+@pytest.mark.slow
+def test_a_study_that_crashes_is_one_paragraph_and_errors_never_expected_failures(
+    pytester, tmp_path
+):
+    _fake_project(pytester)
+    pytester.makeconftest(BROKEN_ENGINE)
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "quick",
+        f"--codi-cache={tmp_path / 'cache'}",
+        "--report-dir=out",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    )
+    result.assert_outcomes(errors=4, deselected=4)  # the known outcome is an ERROR too
     out = result.stdout.str()
-    assert "cannot load the CODI model: cannot read weights from" in out
-    assert "truncated, corrupted, or a pickle" in out
-    assert "Traceback" not in out and "safetensors_rust" not in out
+    assert out.count("CODI study failed:") == 1
+    result.stdout.fnmatch_lines(
+        [
+            "CODI study failed: the quick tier's study could not be computed, so none of its 4 "
+            "claims was judged*",
+            "  cause: RuntimeError: forward exploded on purpose",
+            "  full traceback: *study-quick-*.log",
+            "no report written: no claim reached a verdict*",
+        ]
+    )
+    assert "Traceback" not in out and "XFAIL" not in out
+    assert not (pytester.path / "out").exists()
+    log = next((tmp_path / "cache" / "errors").glob("study-quick-*.log")).read_text()
+    assert "Traceback" in log and "forward exploded on purpose" in log
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_no_run_destroys_an_earlier_report(pytester, shared_cache):
+    _fake_project(pytester)
+    args = ["-m", "quick", f"--codi-cache={shared_cache}", "-p", "no:cacheprovider"]
+    pytester.runpytest_subprocess(*args).assert_outcomes(
+        passed=1, failed=1, skipped=1, xfailed=1, deselected=4
+    )
+    report = pytester.path / "reports" / "quick"
+    before = _tree(report)
+    assert {"report.html", "summary_statistics.json"} <= set(before)
+    for bad in (["--codi-ckpt=/nonexistent"], ["--device=cuda:0"], ["--layers=1,3,99"]):
+        assert pytester.runpytest_subprocess(*args, *bad).ret == pytest.ExitCode.USAGE_ERROR
+    assert pytester.runpytest_subprocess(*args, "-k", "no_such_claim").ret == 5
+    assert _tree(report) == before
+    # a run over some claims publishes beside the complete report, never over it
+    partial = pytester.runpytest_subprocess(*args, "-k", "test_supported")
+    partial.assert_outcomes(passed=1, deselected=7)
+    assert _tree(report) == before
+    verdicts = _summary(pytester.path / "reports" / "quick-partial")["verdicts"]
+    assert [v["test"].split("::")[1] for v in verdicts] == ["test_supported[quick]"]
+    assert not list(pytester.path.glob("reports/.*"))  # no staging folder is left behind
+
+
+@pytest.mark.slow
+def test_known_outcomes_apply_only_to_the_problem_set_they_were_declared_on(
+    pytester, shared_cache, tmp_path
+):
+    _fake_project(pytester)
+    other = tmp_path / "other.jsonl"
+    lines = (BUNDLED_CHECKPOINT / "eval.jsonl").read_text().splitlines()
+    other.write_text("\n".join(reversed(lines)) + "\n")  # same problems, another sample
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "quick",
+        f"--codi-cache={shared_cache}",
+        f"--problems={other}",
+        "--no-codi-report",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1, failed=2, skipped=1, deselected=4)

@@ -1,0 +1,99 @@
+"""The findings in the console at the end of an experiments run: verdict grids, counts, paths.
+
+Pure functions of the controller's outcomes; each claim's parameters come from the
+``codi_params`` user property the plugin attaches at collection (so xdist workers' reports
+carry them too). One grid per claim function: columns are its first parameter (thought,
+layer role), rows its second (ablation kind, difficulty).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from codi_fixtures.outcomes import OUTCOMES
+
+__all__ = ["PARAMS_PROPERTY", "SYMBOLS", "summary_lines"]
+
+PARAMS_PROPERTY = "codi_params"
+SYMBOLS = {
+    "supported": "S",
+    "refuted": "R",
+    "inconclusive": "?",
+    "known": "K",
+    "unexpected": "U",
+    "error": "E",
+}
+LEGEND = (
+    "S supported · R refuted · K known outcome (declared refutation) · ? inconclusive · "
+    "U known outcome no longer holds · E error"
+)
+_NAME_WIDTH = 46
+
+
+def _grid(name: str, cells: Mapping[tuple[str, ...], str]) -> list[str]:
+    """Lines of one claim function's grid (one line when it has a single row)."""
+    first = list(dict.fromkeys(k[0] if k else "" for k in cells))
+    second = list(dict.fromkeys(k[1] if len(k) > 1 else "" for k in cells))
+    width = max(3, *(len(c) for c in first)) + 1
+    label = name.removeprefix("test_")[:_NAME_WIDTH].ljust(_NAME_WIDTH)
+
+    def row(key2: str) -> str:
+        out = []
+        for key1 in first:
+            key = (key1, key2) if key2 else ((key1,) if key1 else ())
+            out.append(SYMBOLS.get(cells.get(key, ""), ".").ljust(width))
+        return "".join(out).rstrip()
+
+    header = "".join(c.ljust(width) for c in first).rstrip()
+    if first == [""]:
+        return [f"  {label} {SYMBOLS.get(cells.get((), ''), '.')}"]
+    if second == [""]:
+        return [f"  {label} {header}", f"  {'':{_NAME_WIDTH}} {row('')}"]
+    lines = [f"  {label} {header}"]
+    lines += [f"    {k2[: _NAME_WIDTH - 2]:{_NAME_WIDTH - 2}} {row(k2)}" for k2 in second]
+    return lines
+
+
+def summary_lines(
+    outcomes: Mapping[str, str],
+    params: Mapping[str, Mapping[str, Any]],
+    failures: Mapping[str, Any],
+    *,
+    model: str,
+    report_dir: Path | None,
+) -> list[str]:
+    """Everything printed under "CODI findings" (about 30 lines for one tier)."""
+    if not outcomes:
+        return []
+    lines: list[str] = []
+    for tier, failure in sorted(failures.items()):
+        n = sum(1 for nodeid in outcomes if params.get(nodeid, {}).get("tier") == tier)
+        lines += [*failure.paragraph(n).splitlines(), ""]
+    by_tier: dict[str, dict[str, dict[str, dict[tuple[str, ...], str]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict))
+    )
+    for nodeid, outcome in outcomes.items():
+        p = dict(params.get(nodeid, {}))
+        tier = str(p.pop("tier", "?"))
+        path, _, function = nodeid.partition("::")
+        function = function.split("[")[0]
+        by_tier[tier][Path(path).stem][function][tuple(str(v) for v in p.values())] = outcome
+    for tier, files in sorted(by_tier.items()):
+        lines.append(f"model {model} · {tier} tier")
+        for stem, functions in files.items():
+            lines.append(stem.removeprefix("test_").split("_")[0].upper() + f" ({stem}.py)")
+            for function, cells in functions.items():
+                lines += _grid(function, cells)
+    counts = Counter(outcomes.values())
+    lines.append(LEGEND)
+    lines.append(", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o]))
+    if report_dir is not None:
+        lines.append(f"report: {report_dir / 'report.html'}")
+        lines.append(f"figures: {report_dir / 'figures'}/")
+        lines.append(f"statistics: {report_dir / 'summary_statistics.json'}")
+    else:
+        lines.append("no report written: no claim reached a verdict (an earlier report is kept)")
+    return lines

@@ -1,0 +1,54 @@
+"""Where a run's report goes, and how it replaces the previous one without ever mixing two runs.
+
+Everything a run writes (``report.html``, ``figures/``, ``summary_statistics.json``) goes to a
+staging folder beside the target first. Only a run that judged at least one claim publishes:
+the old folder is renamed away, the staging folder renamed into place, the old one deleted. A
+reader sees the old report or the new one, never a mix; a run that computes no verdicts (a
+usage error, a broken study, ``-k`` matching nothing) leaves the previous report untouched.
+
+A run that selects only some claims (``-k``, a file, a test id) does not replace the complete
+report of its tier: it publishes to ``<tier>-partial/`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ReportTarget"]
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """The folder a run publishes to, and the staging folder it writes into meanwhile."""
+
+    final: Path
+    staging: Path
+
+    @classmethod
+    def for_run(cls, report_dir: Path, *, explicit: bool, complete: bool) -> ReportTarget:
+        """``report_dir`` itself for a complete run or an explicit ``--report-dir``."""
+        report_dir = report_dir.absolute()
+        final = (
+            report_dir
+            if explicit or complete
+            else report_dir.with_name(f"{report_dir.name}-partial")
+        )
+        staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+        return cls(final, staging)
+
+    def publish(self) -> None:
+        """Swap the staging folder into place (the previous report is removed)."""
+        if not self.staging.is_dir():
+            return
+        old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+        if self.final.exists():
+            os.replace(self.final, old)
+        os.replace(self.staging, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drop what this run staged; the previous report stays as it was."""
+        shutil.rmtree(self.staging, ignore_errors=True)
