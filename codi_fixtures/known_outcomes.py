@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from codi_fixtures.atomic import atomic_write_text
 from codi_fixtures.errors import ConfigError
@@ -29,11 +30,11 @@ from codi_fixtures.errors import ConfigError
 __all__ = ["declarations_from_summaries", "known_for_run", "main", "matcher"]
 
 
-def _tier_stats(summary: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
+def _tier_meta(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Each tier's ``meta`` block (one tier at the top level, several under ``tiers``)."""
     tiers = summary.get("tiers")
-    if isinstance(tiers, dict):
-        return tiers
-    return {str(summary.get("tier")): summary}
+    blocks = list(tiers.values()) if isinstance(tiers, dict) else [summary]
+    return [block["meta"] for block in blocks]
 
 
 def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
@@ -42,8 +43,8 @@ def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
     outcomes: dict[str, str] = {}
     for path in summaries:
         summary = json.loads(path.read_text())
-        for tier, stats in _tier_stats(summary).items():
-            problem_sets[tier] = str(stats["problem_set_fingerprint"])
+        for meta in _tier_meta(summary):
+            problem_sets[str(meta["tier"])] = str(meta["problem_set_fingerprint"])
         for verdict in summary["verdicts"]:
             if verdict["outcome"] in {"refuted", "known"}:
                 test_id = verdict["test"].split("/")[-1]
