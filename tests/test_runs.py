@@ -83,6 +83,42 @@ def test_fingerprint_tracks_problems_and_config_but_not_batch_size(model, proble
     assert key != runs.study_fingerprint(model, problems, _cfg(site="block1"))
 
 
+@pytest.mark.parametrize(
+    "change",
+    ["dtype", "merge_lora", "base", "tokenizer", "torch_version", "transformers_version"],
+)
+def test_the_cache_key_covers_everything_that_changes_numbers(
+    change, model, problems, tiny_llama_dir, tmp_path, monkeypatch
+):
+    """A bfloat16 run, an unmerged LoRA, another base/tokenizer or library must miss the cache."""
+    import shutil
+
+    import transformers
+
+    cfg = ModelConfig(ckpt=tiny_llama_dir, device="cpu")
+    if change == "dtype":
+        cfg = ModelConfig(ckpt=tiny_llama_dir, device="cpu", dtype="bfloat16")
+    elif change == "merge_lora":
+        cfg = ModelConfig(ckpt=tiny_llama_dir, device="cpu", merge_lora=False)
+    elif change in ("base", "tokenizer"):
+        base = tmp_path / "base"
+        shutil.copytree(tiny_llama_dir, base)
+        if change == "tokenizer":  # same weights and config, another eos id
+            config = base / "tokenizer_config.json"
+            config.write_text(
+                config.read_text().replace('"eos_token": "</s>"', '"eos_token": "<s>"')
+            )
+        cfg = ModelConfig(ckpt=tiny_llama_dir, base=str(base), device="cpu")
+    elif change == "torch_version":
+        monkeypatch.setattr(torch, "__version__", "9.9.9")
+    else:
+        monkeypatch.setattr(transformers, "__version__", "9.9.9")
+    other = load_codi(cfg)
+    assert runs.study_fingerprint(other, problems, _cfg()) != runs.study_fingerprint(
+        model, problems, _cfg()
+    )
+
+
 def test_an_interrupted_run_resumes_without_recomputing_finished_chunks(
     model, problems, tmp_path, monkeypatch
 ):
