@@ -186,16 +186,17 @@ def test_adapter_with_missing_keys_is_refused(tiny_parts):
 @pytest.mark.slow
 def test_shipped_adapter_reproduces_its_recorded_answers_merged_and_unmerged():
     from codi_fixtures.data import load_problem_jsonl
-    from codi_fixtures.organism.evaluate import latent_answers
+    from codi_fixtures.organism.evaluate import accuracy_by_bin, latent_answers
     from codi_fixtures.smol.load import SHIPPED_ADAPTER, load_smol
 
     if not (SHIPPED_ADAPTER / "adapter.safetensors").exists():
         pytest.skip("no shipped adapter yet (python -m codi_fixtures.smol train)")
     spec = json.loads((SHIPPED_ADAPTER / "codi.json").read_text())
-    recorded = spec["extra"]["metrics"]["codi_answers"]
-    problems = load_problem_jsonl(SHIPPED_ADAPTER / "eval.jsonl")[::4]  # 50, every bin
-    assert len(problems) == 50
+    check = spec["extra"]["metrics"]["check_subset"]
+    problems = load_problem_jsonl(SHIPPED_ADAPTER / "eval.jsonl")[:: check["every"]]
+    assert len(problems) == 50 and set(check["answers"]) == {p.id for p in problems}
     merged = latent_answers(load_smol(merge_lora=True, device="cpu", dtype="float32"), problems)
-    assert merged == [recorded[p.id] for p in problems]
+    assert merged == [check["answers"][p.id] for p in problems]
+    assert accuracy_by_bin(problems, merged) == check["accuracy"]
     unmerged = latent_answers(load_smol(merge_lora=False, device="cpu", dtype="float32"), problems)
     assert unmerged == merged

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument(
         "--stop-by", default=None, help="UTC HH:MM by which training, eval and export end"
     )
+    train.add_argument(
+        "--gsm8k", type=Path, default=None, help="GSM8K test.jsonl: report CODI accuracy on 100"
+    )
     for f in fields(SmolConfig):
         train.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     export = sub.add_parser("export", help="write the full published-layout checkpoint")
@@ -59,7 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         stop = _stop_by(args.stop_by)
         if stop is not None:
             stop -= cfg.eval_reserve_s
-        train_smol(cfg, out_dir=args.out, work_dir=args.work, threads=args.threads, stop_by=stop)
+        train_smol(
+            cfg,
+            out_dir=args.out,
+            work_dir=args.work,
+            threads=args.threads,
+            stop_by=stop,
+            gsm8k=args.gsm8k,
+        )
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

@@ -97,6 +97,14 @@ def build_codi(
     add_special_rows(backbone, seed)
     hidden = int(backbone.config.hidden_size)
     prj = build_projection(hidden, spec.prj_dim)
+    if trainable:
+        # Start thoughts at the scale of token embeddings (norm ~3 here, not LayerNorm's ~24):
+        # an initialisation only; the LayerNorm affine parameters train as usual.
+        base_rows = backbone.get_input_embeddings().weight.detach()[:-N_SPECIAL]
+        norm: Any = prj.ln
+        with torch.no_grad():
+            norm.weight.copy_(base_rows.std(dim=0))
+            norm.bias.copy_(base_rows.mean(dim=0))
     peft_model = wrap_lora(backbone, spec)
     if trainable:
         inner: Any = unwrap_peft(peft_model)

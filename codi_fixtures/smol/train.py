@@ -30,8 +30,10 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,6 +58,7 @@ __all__ = ["SmolConfig", "evaluate_smol", "train_smol"]
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
+CHECK_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -154,18 +157,24 @@ def _optimizer(model: CodiModel, lr: float) -> torch.optim.Optimizer:
 
 
 def evaluate_smol(
-    model: CodiModel, problems: list[Problem], *, deadline: float | None = None
+    model: CodiModel,
+    problems: list[Problem],
+    *,
+    deadline: float | None = None,
+    gsm8k: Path | None = None,
 ) -> dict[str, object]:
     """Held-out accuracy: 6 thoughts, explicit CoT, all thoughts mean-ablated, 0 thoughts.
 
     ``zero_thoughts`` runs the same weights with no thoughts at inference (not a trained
-    0-thought control). Single-thought mean ablations follow while ``deadline`` allows.
+    0-thought control). Then, while ``deadline`` allows: CODI accuracy on 100 GSM8K test
+    problems (``gsm8k``, stratified by bin; reported, never trained on) and single-thought
+    mean ablations.
     """
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: object) -> list[float | None]:
+    def timed(name: str, fn: Callable[[], list[float | None]]) -> list[float | None]:
         start = time.monotonic()
-        out = fn()  # type: ignore[operator]
+        out = fn()
         timings[name] = round(time.monotonic() - start, 1)
         log.info("eval %s: %.1f s", name, timings[name])
         return out
@@ -186,22 +195,46 @@ def evaluate_smol(
     metrics["zero_thoughts_inference"] = accuracy_by_bin(problems, zero)
     cot = timed("explicit_cot", lambda: cot_answers(model, problems, batch=100))
     metrics["explicit_cot"] = accuracy_by_bin(problems, cot)
+    try:
+        _optional_evals(model, problems, clean, metrics, timings, timed, deadline, gsm8k)
+    except Exception:  # optional extras never cost the core results
+        log.exception("optional evaluation failed; core metrics kept")
+    metrics["eval_seconds"] = timings
+    return metrics
+
+
+def _optional_evals(
+    model: CodiModel,
+    problems: list[Problem],
+    clean: list[float | None],
+    metrics: dict[str, object],
+    timings: dict[str, float],
+    timed: Callable[[str, Callable[[], list[float | None]]], list[float | None]],
+    deadline: float | None,
+    gsm8k: Path | None,
+) -> None:
+    n = model.spec.n_thoughts
+    if gsm8k is not None and gsm8k.is_file():
+        if deadline is not None and time.time() + 3 * timings["codi"] > deadline:
+            log.warning("skipping the GSM8K evaluation (deadline)")
+        else:
+            from codi_fixtures.data import load_gsm8k_jsonl, stratified_sample
+
+            sample = stratified_sample(load_gsm8k_jsonl(gsm8k), 100, seed=0)
+            answers = timed("gsm8k_codi", lambda: latent_answers(model, sample, batch=50))
+            metrics["gsm8k_test_100"] = accuracy_by_bin(sample, answers)
     singles: dict[str, object] = {}
     for t in range(n):
         if deadline is not None and time.time() + 2 * timings["mean_ablate_all"] > deadline:
             log.warning("skipping single-thought ablations t>=%d (deadline)", t)
             break
-        answers = timed(
-            f"mean_ablate_t{t}", lambda t=t: mean_ablation_answers(model, problems, [t])
-        )
+        answers = timed(f"mean_ablate_t{t}", partial(mean_ablation_answers, model, problems, [t]))
         changed = sum(a != c for a, c in zip(answers, clean, strict=True)) / len(problems)
         singles[f"t{t}"] = {
             "accuracy": accuracy_by_bin(problems, answers)["all"],
             "answers_changed": 100.0 * changed,
         }
     metrics["mean_ablate_one"] = singles
-    metrics["eval_seconds"] = timings
-    return metrics
 
 
 def _plan_codi_steps(
@@ -231,6 +264,7 @@ def train_smol(
     work_dir: Path,
     threads: int = 1,
     stop_by: float | None = None,
+    gsm8k: Path | None = None,
 ) -> dict[str, object]:
     """Train (resuming from ``work_dir``), then evaluate and write the shipped ``out_dir``."""
     from codi_fixtures.smol.load import ADAPTER_FILE, adapter_state, load_smol
@@ -325,7 +359,15 @@ def train_smol(
 
     shipped = load_smol(stage, merge_lora=True, device="cpu", dtype="float32")
     deadline = None if stop_by is None else stop_by + cfg.eval_reserve_s
-    metrics = evaluate_smol(shipped, evals, deadline=deadline)
+    metrics = evaluate_smol(shipped, evals, deadline=deadline, gsm8k=gsm8k)
+    # What tests/test_smol.py re-runs: every 4th held-out problem, one batch, merged LoRA.
+    subset = evals[::CHECK_EVERY]
+    check = latent_answers(shipped, subset)
+    metrics["check_subset"] = {
+        "every": CHECK_EVERY,
+        "answers": {p.id: a for p, a in zip(subset, check, strict=True)},
+        "accuracy": accuracy_by_bin(subset, check),
+    }
     log.info("held-out metrics: %s", json.dumps(metrics))
     extra: dict[str, object] = {
         "recipe": {**asdict(cfg), "codi_steps_run": state.step, "codi_steps_planned": codi_steps},
@@ -357,7 +399,9 @@ def _singles(metrics: dict[str, object]) -> dict[str, dict[str, float]]:
 
 
 def _row(label: str, acc: object) -> str:
-    values = acc if isinstance(acc, dict) else {}
+    if not isinstance(acc, dict):
+        return f"| {label} | not run | | | | |"
+    values = acc
     return f"| {label} | " + " | ".join(f"{values.get(b, float('nan')):.1f}" for b in _BINS) + " |"
 
 
@@ -402,6 +446,7 @@ def _write_report(
         _row("explicit CoT (same weights)", metrics.get("explicit_cot")),
         _row("all 6 thoughts mean-ablated", metrics.get("mean_ablate_all")),
         _row("0 thoughts at inference (same weights)", metrics.get("zero_thoughts_inference")),
+        _row("GSM8K test, 100 problems, CODI", metrics.get("gsm8k_test_100")),
         "",
         "The 0-thought row runs the trained weights with no thoughts; it is *not* a 0-thought "
         "control trained by the same recipe (none was trained: no time in the session).",
@@ -418,7 +463,7 @@ def _write_report(
         "Monitor (10 held-out problems per bin; teacher phase: explicit CoT, CODI: latent):",
         "",
         *(
-            f"- step {int(h['monitor_step'])}: "
+            f"- {'CODI' if h.get('phase') else 'teacher'} step {int(h['monitor_step'])}: "
             + ", ".join(f"{b} {h.get(b, 0):.0f}" for b in _BINS)
             for h in monitors
         ),
