@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
+from dataclasses import replace
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -15,15 +18,23 @@ from scipy import stats as sps
 from codi_fixtures.stats import (
     MIN_PROBLEMS,
     StatResult,
+    Verdict,
+    _tango_z,
+    accuracy_drop_effect,
     apply_holm,
+    apply_holm_verdicts,
     bootstrap_ci,
     cluster_bootstrap_ci,
+    decide,
     flip_rate,
     holm,
+    holm_rq2,
     mcnemar_accuracy_drop,
+    mean_effect,
     paired_shift_test,
     pooled_correlation,
     position_centred_correlation,
+    rq2_tests,
     within_problem_permutation_test,
 )
 
@@ -425,3 +436,375 @@ def test_bad_input_raises_value_error(call: Callable[[], object], message: str) 
     """Malformed input raises ValueError naming the problem."""
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+class TestDecide:
+    def test_supported_needs_test_and_ci_above_sesoi(self) -> None:
+        """Supported: p < alpha, p_sesoi < alpha and the CI above the SESOI."""
+        verdict, reason = decide(0.3, 0.15, 0.45, p_value=0.001, p_sesoi=0.01, sesoi=0.1)
+        assert verdict == "supported"
+        assert "SESOI 0.1" in reason
+
+    @pytest.mark.parametrize(
+        ("low", "p_value", "p_sesoi"),
+        [(0.05, 0.001, None), (0.15, 0.06, None), (0.15, 0.001, 0.06)],
+        ids=["ci-below-sesoi", "p-not-significant", "p-sesoi-not-significant"],
+    )
+    def test_one_failing_condition_is_inconclusive(
+        self, low: float, p_value: float, p_sesoi: float | None
+    ) -> None:
+        """Significance alone, a CI alone, or a corrected p_sesoi above alpha do not support."""
+        verdict, _ = decide(0.3, low, 0.45, p_value=p_value, p_sesoi=p_sesoi, sesoi=0.1)
+        assert verdict == "inconclusive"
+
+    def test_significant_but_trivial_effect_is_refuted(self) -> None:
+        """An r of 0.05 with a tight CI is significant but below the SESOI: refuted."""
+        verdict, reason = decide(0.05, 0.02, 0.08, p_value=1e-4, p_equivalence=0.001, sesoi=0.1)
+        assert verdict == "refuted"
+        assert "equivalent to zero" in reason
+
+    def test_wrong_sign_is_refuted(self) -> None:
+        """A CI entirely below -SESOI refutes a positive claim (wrong sign)."""
+        verdict, reason = decide(-0.4, -0.5, -0.3, p_value=0.99, sesoi=0.1)
+        assert verdict == "refuted"
+        assert "wrong sign" in reason
+
+    def test_refuted_needs_the_equivalence_test(self) -> None:
+        """A CI below the SESOI with a (corrected) equivalence p above alpha is inconclusive."""
+        verdict, _ = decide(0.0, -0.05, 0.05, p_value=0.5, p_equivalence=0.2, sesoi=0.1)
+        assert verdict == "inconclusive"
+
+    def test_ci_containing_sesoi_is_inconclusive(self) -> None:
+        """A CI that straddles the SESOI decides nothing."""
+        verdict, reason = decide(0.1, -0.2, 0.4, p_value=0.3, sesoi=0.1)
+        assert verdict == "inconclusive"
+        assert "contains SESOI" in reason
+
+    def test_nan_is_inconclusive(self) -> None:
+        """A degenerate statistic is inconclusive, never supported or refuted."""
+        assert decide(math.nan, math.nan, math.nan, p_value=1.0, sesoi=0.1)[0] == "inconclusive"
+
+    def test_less_mirrors_greater(self) -> None:
+        """alternative='less' judges 'effect < -SESOI' by mirroring."""
+        assert decide(-0.3, -0.45, -0.15, p_value=0.001, sesoi=0.1, alternative="less")[0] == (
+            "supported"
+        )
+        assert decide(0.3, 0.15, 0.45, p_value=0.99, sesoi=0.1, alternative="less")[0] == "refuted"
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [({"sesoi": -0.1}, "sesoi"), ({"alpha": 0.6}, "alpha"), ({"alternative": "x"}, "altern")],
+    )
+    def test_rejects_bad_arguments(self, kwargs: dict[str, object], message: str) -> None:
+        """A negative SESOI, alpha >= 0.5 or an unknown alternative is refused."""
+        args: dict[str, object] = {"p_value": 0.1, "sesoi": 0.1} | kwargs
+        with pytest.raises(ValueError, match=message):
+            decide(0.1, 0.0, 0.2, **args)  # type: ignore[arg-type]
+
+
+class TestVerdictFields:
+    def test_old_positional_construction_still_works(self) -> None:
+        """Existing callers build StatResult positionally; the new fields default to None."""
+        result = StatResult(0.1, 0.02, 0.0, 0.2, 10, "m", "greater", 0.04)
+        assert result.sesoi is None
+        assert result.verdict is None
+        assert result.ci_level == 0.95
+        assert result.with_verdict() is result  # no SESOI: nothing to decide
+
+    def test_as_dict_carries_verdict_fields_only_when_set(self) -> None:
+        """New optional fields appear in as_dict once set; ci_level always does."""
+        plain = StatResult(0.1, 0.02, 0.0, 0.2, 10, "m").as_dict()
+        assert plain["ci_level"] == 0.95
+        assert not {"sesoi", "verdict", "p_sesoi", "p_equivalence"} & set(plain)
+        decided = mean_effect(np.full(10, 1.0) + np.linspace(0, 0.1, 10), sesoi=0.1).as_dict()
+        assert decided["verdict"] == "supported"
+        assert {"sesoi", "p_sesoi", "p_equivalence", "verdict_reason"} <= set(decided)
+
+    def test_apply_holm_verdicts_corrects_each_p_and_redecides(self) -> None:
+        """Holm adjusts p, p_sesoi and p_equivalence per family and recomputes the verdict."""
+        base = StatResult(0.3, 0.01, 0.15, 0.45, 50, "m", "greater", ci_level=0.9, sesoi=0.1)
+        family = [
+            replace(base, p_sesoi=0.03, p_equivalence=0.97),
+            replace(base, p_value=0.02, p_sesoi=0.2, p_equivalence=0.8),
+            replace(base, p_value=0.04, p_sesoi=0.3, p_equivalence=0.7),
+        ]
+        assert family[0].with_verdict().verdict == "supported"  # alone: supported
+        out = apply_holm_verdicts(family)
+        assert [r.p_corrected for r in out] == pytest.approx([0.03, 0.04, 0.04])
+        assert out[0].p_sesoi_corrected == pytest.approx(0.09)
+        assert out[0].verdict == "inconclusive"  # Holm p_sesoi 0.09 >= 0.05
+        assert "p_sesoi=0.09" in (out[0].verdict_reason or "")
+        assert apply_holm_verdicts([]) == []
+
+
+class TestMeanEffect:
+    def test_strong_effect_is_supported_and_dual(self) -> None:
+        """A clear effect is supported; CI bound and p_sesoi agree (one bootstrap)."""
+        deltas = np.random.default_rng(0).normal(1.0, 1.0, 40)
+        result = mean_effect(deltas, sesoi=0.1)
+        assert result.verdict == "supported"
+        assert result.statistic == pytest.approx(deltas.mean())
+        assert result.ci_level == pytest.approx(0.9)
+        assert result.ci_low > 0.1
+        assert result.p_sesoi is not None
+        assert result.p_sesoi < 0.05
+
+    def test_duality_of_ci_and_sesoi_test(self) -> None:
+        """p_sesoi < alpha exactly when the (1 - 2 alpha) lower bound exceeds the SESOI."""
+        rng = np.random.default_rng(1)
+        for _ in range(60):
+            result = mean_effect(rng.normal(0.3, 1.0, 20), sesoi=0.1, n_boot=999, seed=rng)
+            assert result.p_sesoi is not None
+            assert result.p_equivalence is not None
+            assert (result.p_sesoi < 0.05) == (result.ci_low > 0.1)
+            assert (result.p_equivalence < 0.05) == (result.ci_high < 0.1)
+
+    def test_no_effect_at_all_is_refuted(self) -> None:
+        """Zero delta on every problem: refuted (the effect is certainly below the SESOI)."""
+        result = mean_effect(np.zeros(12), sesoi=0.1)
+        assert result.verdict == "refuted"
+        assert result.ci_low == result.ci_high == 0.0
+        assert result.p_value == 1.0
+
+    def test_studentized_ci_matches_t_interval_for_normal_data(self) -> None:
+        """For Normal data and large n the bootstrap-t CI is close to the t interval."""
+        deltas = np.random.default_rng(2).normal(0.5, 1.0, 400)
+        result = mean_effect(deltas, ci_level=0.95, n_boot=9999)
+        low, high = sps.t.interval(0.95, 399, deltas.mean(), sps.sem(deltas))
+        assert result.ci_low == pytest.approx(low, abs=0.02)
+        assert result.ci_high == pytest.approx(high, abs=0.02)
+
+
+class TestAccuracyDropEffect:
+    def test_tango_score_is_mcnemar_at_zero_and_decreasing(self) -> None:
+        """Tango's statistic equals McNemar's z at delta = 0 and decreases in delta."""
+        b, c, n = 9, 3, 40
+        assert _tango_z(b, c, n, 0.0) == pytest.approx((b - c) / math.sqrt(b + c))
+        grid = [_tango_z(b, c, n, d) for d in np.linspace(-0.99, 0.99, 199)]
+        assert np.all(np.diff(grid) < 0)
+
+    def test_ci_inverts_the_score_test(self) -> None:
+        """The CI ends are where the score statistic crosses the normal quantile."""
+        clean = [1] * 12 + [0] * 3 + [1] * 20 + [0] * 5
+        ablated = [0] * 12 + [1] * 3 + [1] * 20 + [0] * 5
+        result = accuracy_drop_effect(clean, ablated, ci_level=0.95)
+        z = sps.norm.ppf(0.975)
+        assert _tango_z(12, 3, 40, result.ci_low) == pytest.approx(z, abs=1e-6)
+        assert _tango_z(12, 3, 40, result.ci_high) == pytest.approx(-z, abs=1e-6)
+        assert result.statistic == pytest.approx(9 / 40)
+        assert result.p_value == pytest.approx(sps.norm.sf((12 - 3) / math.sqrt(15)))
+
+    def test_verdicts(self) -> None:
+        """A 40-point drop is supported; identical runs on 200 problems refute a 5-point drop."""
+        big = accuracy_drop_effect([1] * 60 + [0] * 40, [0] * 40 + [1] * 20 + [0] * 40)
+        assert big.verdict == "supported"
+        same = accuracy_drop_effect([1] * 150 + [0] * 50, [1] * 150 + [0] * 50)
+        assert same.verdict == "refuted"
+        small = accuracy_drop_effect([1] * 8 + [0] * 2, [1] * 8 + [0] * 2)
+        assert small.verdict == "inconclusive"  # 10 problems cannot exclude a 5-point drop
+
+
+# --------------------------------------------------------------------------- RQ2, decomposed
+
+
+def _fe_slope_standardised(x: np.ndarray, y: np.ndarray) -> float:
+    """Slope of y on x with problem and position fixed effects, times sd(x_res) / sd(y_res)."""
+    n, t = x.shape
+    rows = np.repeat(np.eye(n), t, axis=0)
+    cols = np.tile(np.eye(t), (n, 1))[:, 1:]
+    design = np.column_stack([x.ravel(), rows, cols])
+    coef = np.linalg.lstsq(design, y.ravel(), rcond=None)[0]
+    xr = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0) + x.mean()
+    yr = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0) + y.mean()
+    return float(coef[0] * np.sqrt(np.sum(xr**2) / np.sum(yr**2)))
+
+
+def _jackknife_ci(stat: Callable[[np.ndarray, np.ndarray], float], x, y, level: float):
+    """Brute-force delete-one-problem jackknife t-interval on Fisher z."""
+    n = x.shape[0]
+    z = np.arctanh(stat(x, y))
+    loo = np.arctanh([stat(np.delete(x, i, 0), np.delete(y, i, 0)) for i in range(n)])
+    se = np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+    q = sps.t.ppf((1 + level) / 2, n - 1)
+    return np.tanh(z - q * se), np.tanh(z + q * se)
+
+
+def _position_r(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(x.mean(axis=0), y.mean(axis=0))[0, 1])
+
+
+def _beyond_r(x: np.ndarray, y: np.ndarray) -> float:
+    xr = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0) + x.mean()
+    yr = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0) + y.mean()
+    return float(np.corrcoef(xr.ravel(), yr.ravel())[0, 1])
+
+
+def _pooled_r(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(x.ravel(), y.ravel())[0, 1])
+
+
+class TestRq2Tests:
+    @staticmethod
+    def _data(n: int = 25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        x = np.linspace(1.0, 2.0, N_THOUGHTS) + rng.normal(size=(n, 1)) + rng.normal(size=(n, 6))
+        y = 0.4 * x + rng.normal(0, 0.5, (n, 1)) * np.linspace(1, 2, 6) + rng.normal(size=(n, 6))
+        return x, y
+
+    def test_statistics_are_the_documented_quantities(self) -> None:
+        """Position r of column means, r of two-way residuals (= FE slope), pooled r."""
+        x, y = self._data()
+        tests = rq2_tests(x, y, n_perm=99)
+        assert tests.position.statistic == pytest.approx(_position_r(x, y))
+        assert tests.beyond_position.statistic == pytest.approx(_beyond_r(x, y))
+        assert tests.beyond_position.statistic == pytest.approx(_fe_slope_standardised(x, y))
+        assert tests.pooled.statistic == pytest.approx(_pooled_r(x, y))
+        naive = sps.pearsonr(x.ravel(), y.ravel(), alternative="greater").pvalue
+        assert tests.pooled.p_value == pytest.approx(naive, rel=1e-8)
+
+    @pytest.mark.parametrize(
+        ("question", "stat"),
+        [("position", _position_r), ("beyond_position", _beyond_r), ("pooled", _pooled_r)],
+    )
+    def test_ci_is_the_cluster_jackknife_of_the_same_statistic(
+        self, question: str, stat: Callable[[np.ndarray, np.ndarray], float]
+    ) -> None:
+        """Each CI equals a brute-force delete-one-problem jackknife of its own statistic."""
+        x, y = self._data(n=12, seed=3)
+        result = getattr(rq2_tests(x, y, n_perm=9, ci_level=0.95), question)
+        low, high = _jackknife_ci(stat, x, y, 0.95)
+        assert (result.ci_low, result.ci_high) == pytest.approx((low, high), rel=1e-9)
+        assert result.ci_level == 0.95
+
+    def test_permutation_p_matches_full_enumeration(self) -> None:
+        """With 6 problems the Monte Carlo p is close to the exact one over all 720 pairings."""
+        x, y = self._data(n=6, seed=4)
+        observed = _beyond_r(x, y)
+        exact = np.mean(
+            [_beyond_r(x[list(p)], y) >= observed - 1e-12 for p in itertools.permutations(range(6))]
+        )
+        result = rq2_tests(x, y, n_perm=20000, seed=1).beyond_position
+        assert result.p_value == pytest.approx(exact, abs=0.01)
+
+    def test_verdict_fields_and_labels(self) -> None:
+        """Deciding questions carry a verdict; pooled is descriptive with a naive-p label."""
+        tests = rq2_tests(*self._data(n=60), n_perm=499)
+        for result in (tests.position, tests.beyond_position):
+            assert result.verdict in ("supported", "refuted", "inconclusive")
+            assert result.sesoi == 0.1
+            assert result.ci_level == pytest.approx(0.9)
+        assert tests.pooled.verdict == "descriptive"
+        assert tests.pooled.sesoi is None
+        assert tests.pooled.p_sesoi is None
+        assert "naive (treats pairs as independent)" in tests.pooled.method
+        assert "permutation of whole problems" in tests.beyond_position.method
+        assert set(tests.as_dict()) == {"position", "beyond_position", "pooled", "n_dropped"}
+
+    def test_planted_problem_level_signal_is_supported(self) -> None:
+        """A strong within-problem link beyond position is supported."""
+        rng = np.random.default_rng(5)
+        signal = rng.normal(size=(80, N_THOUGHTS))
+        x = np.linspace(3, 0, 6) + rng.normal(size=(80, 1)) + signal
+        y = np.linspace(0, 3, 6) + rng.normal(size=(80, 1)) + signal + rng.normal(size=signal.shape)
+        tests = rq2_tests(x, y, n_perm=999)
+        assert tests.beyond_position.verdict == "supported"
+        assert tests.position.verdict == "refuted"  # opposite position profiles
+
+    def test_nan_rows_are_dropped_and_counted(self) -> None:
+        """Problems with a nan anywhere are left out and counted; the rest is analysed."""
+        x, y = self._data(n=20)
+        y_nan = y.copy()
+        y_nan[[2, 7], 3] = np.nan
+        keep = np.ones(20, bool)
+        keep[[2, 7]] = False
+        tests = rq2_tests(x, y_nan, n_perm=99)
+        assert tests.n_dropped == 2
+        assert tests.beyond_position.n == 18
+        assert tests.beyond_position.statistic == pytest.approx(_beyond_r(x[keep], y[keep]))
+
+    def test_reproducible(self) -> None:
+        """The same seed gives the same result."""
+        x, y = self._data()
+        assert rq2_tests(x, y, n_perm=200, seed=3) == rq2_tests(x, y, n_perm=200, seed=3)
+
+    def test_holm_rq2_corrects_within_each_question(self) -> None:
+        """holm_rq2 adjusts each question across the family and recomputes verdicts."""
+        family = [rq2_tests(*self._data(n=30, seed=s), n_perm=199) for s in range(3)]
+        corrected = holm_rq2(family)
+        raw = [t.beyond_position.p_sesoi for t in family]
+        expected = holm([p for p in raw if p is not None])
+        assert [t.beyond_position.p_sesoi_corrected for t in corrected] == pytest.approx(expected)
+        for t in corrected:
+            assert t.position.p_corrected is not None
+            assert t.pooled.p_corrected is not None
+            assert t.pooled.verdict == "descriptive"
+            assert t.pooled.p_sesoi_corrected is None
+
+    def test_degenerate_inputs_are_inconclusive(self) -> None:
+        """Too few problems, constant data, no profile or nothing beyond baselines: inconclusive."""
+        rng = np.random.default_rng(0)
+        y = rng.normal(size=(10, N_THOUGHTS))
+        few = rq2_tests(y[:2], y[:2])
+        assert all(r.inconclusive for r in few.questions().values())
+        assert few.position.verdict == "inconclusive"
+        assert few.pooled.verdict == "descriptive"
+        const = rq2_tests(np.full((10, 6), 0.3), y)
+        assert "attention is constant" in const.beyond_position.method
+        additive = np.linspace(0, 1, 6) + rng.normal(size=(10, 1))  # problem + position only
+        tests = rq2_tests(additive, y)
+        assert tests.beyond_position.verdict == "inconclusive"
+        assert "beyond the problem and position baselines" in tests.beyond_position.method
+        assert not tests.position.inconclusive
+        flat = rng.normal(size=(10, 6))
+        flat -= flat.mean(axis=0)  # equal column means
+        assert "no position profile" in rq2_tests(flat, y).position.method
+
+    def test_perfect_correlation_is_clipped(self) -> None:
+        """Identical arrays give r = 1 exactly (never 1.0000000000000004) and no warning."""
+        x = np.random.default_rng(6).random((15, N_THOUGHTS)) * 1e-3 + 0.1
+        for result in rq2_tests(x, x.copy(), n_perm=50).questions().values():
+            assert result.statistic <= 1.0
+            assert result.ci_high <= 1.0
+
+    @settings(deadline=None, max_examples=60)
+    @given(
+        hnp.arrays(
+            np.float64,
+            st.tuples(st.integers(1, 8), st.integers(3, N_THOUGHTS)),
+            elements=st.floats(-1e6, 1e6, allow_subnormal=False),
+        ),
+        st.data(),
+    )
+    def test_any_finite_input_gives_a_valid_result(
+        self, x: np.ndarray, data: st.DataObject
+    ) -> None:
+        """Any finite input: p in [0, 1], r and CI in [-1, 1] or nan, a verdict, no warning."""
+        y = data.draw(
+            hnp.arrays(np.float64, x.shape, elements=st.floats(-1e6, 1e6, allow_subnormal=False))
+        )
+        for name, result in rq2_tests(x, y, n_perm=20).questions().items():
+            deciding = name != "pooled"
+            for p in (result.p_value, result.p_sesoi, result.p_equivalence):
+                assert (p is not None) == deciding or p is result.p_value
+                assert p is None or 0.0 <= p <= 1.0
+            for value in (result.statistic, result.ci_low, result.ci_high):
+                assert math.isnan(value) or -1.0 <= value <= 1.0
+            expected = {"descriptive"} if name == "pooled" else set(get_args(Verdict))
+            assert result.verdict in expected
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            ((np.ones(6), np.ones(6)), "must be 2-D"),
+            ((np.ones((4, 6)), np.ones((4, 5))), "differ in shape"),
+            ((np.ones((4, 2)), np.ones((4, 2))), "at least 3 thoughts"),
+            ((np.full((4, 6), np.inf), np.ones((4, 6))), "inf"),
+        ],
+    )
+    def test_bad_input_raises(self, args: tuple[np.ndarray, np.ndarray], message: str) -> None:
+        """Malformed arrays raise ValueError naming the problem."""
+        with pytest.raises(ValueError, match=message):
+            rq2_tests(*args)
