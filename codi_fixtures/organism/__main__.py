@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
+        "--planted-weight",
+        type=float,
+        default=TrainConfig.planted_weight,
+        help="weight of the planted-map loss (thought t names step t+1's value); "
+        "0 = the bundled recipe, > 0 = the planted organism",
+    )
+    parser.add_argument(
         "--control",
         type=Path,
         default=None,
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         layers=args.layers,
         hidden=args.hidden,
         seed=args.seed,
+        planted_weight=args.planted_weight,
     )
     work = args.work or args.out.parent / f".work-{args.out.name}"
     train_organism(

@@ -19,9 +19,17 @@ from codi_fixtures.engine import (
 from codi_fixtures.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.kvcache import new_cache
 from codi_fixtures.model import CodiModel
+from codi_fixtures.organism.task import MAX_VALUE
+from codi_fixtures.organism.train import thought_lens_logits, value_target
 from codi_fixtures.problems import Problem
 
-__all__ = ["accuracy_by_bin", "cot_answers", "latent_answers", "mean_ablation_answers"]
+__all__ = [
+    "accuracy_by_bin",
+    "cot_answers",
+    "latent_answers",
+    "mean_ablation_answers",
+    "planted_lens_rates",
+]
 
 
 def _chunks(items: Sequence[Problem], size: int) -> list[list[Problem]]:
@@ -69,6 +77,51 @@ def cot_answers(
         texts = [model.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
         answers.extend(parse_answer(t, model.spec.answer_prompt) for t in texts)
     return answers
+
+
+@torch.no_grad()
+def planted_lens_rates(
+    model: CodiModel, problems: Sequence[Problem]
+) -> dict[str, dict[str, float]]:
+    """Per thought t: how often the logit lens on its input embedding names step t+1's value.
+
+    ``first_token``: % of problems with a step t+1 whose lens argmax (over the vocabulary,
+    specials excluded) is the value's first token. ``value``: % whose decoded value is the
+    value, decoding as the value 0..MAX_VALUE whose planted target distribution
+    (:func:`value_target`) is closest in KL to the lens distribution. ``n``: problems with
+    a step t+1. On a model trained without the planted loss this measures the same readout
+    where nothing was planted (the control).
+    """
+    clean = run_latent(model, build_prompt(model, [p.question for p in problems]), generate=False)
+    logp = torch.log_softmax(
+        mask_specials(model, thought_lens_logits(model, clean.thoughts)).float(), dim=-1
+    )  # (B, T, V+3)
+    values = list(range(MAX_VALUE + 1))
+    table = torch.zeros((len(values), logp.shape[-1]))
+    for i, v in enumerate(values):
+        for token, w in value_target(model, v).items():
+            table[i, token] = w
+    entropy = torch.special.xlogy(table, table).sum(dim=-1)  # sum t log t, per value
+    # KL(target_v || p) = sum t log t - sum t log p; -inf logp only on specials, where t = 0
+    cross = torch.einsum("vk,btk->btv", table, logp.clamp_min(-1e4))
+    decoded = torch.tensor(values)[(entropy - cross).argmin(dim=-1)]  # (B, T)
+    first = logp.argmax(dim=-1)  # (B, T)
+    rates: dict[str, dict[str, float]] = {}
+    for t in range(logp.shape[1]):
+        rows = [(b, p) for b, p in enumerate(problems) if len(p.intermediates) > t]
+        if not rows:
+            continue
+        # the target's first key is the value's first token (insertion order)
+        hits_first = sum(
+            int(first[b, t]) == next(iter(value_target(model, p.intermediates[t]))) for b, p in rows
+        )
+        hits_value = sum(int(decoded[b, t]) == int(p.intermediates[t]) for b, p in rows)
+        rates[f"t{t}"] = {
+            "n": float(len(rows)),
+            "first_token": 100.0 * hits_first / len(rows),
+            "value": 100.0 * hits_value / len(rows),
+        }
+    return rates
 
 
 def accuracy_by_bin(

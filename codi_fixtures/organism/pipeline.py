@@ -20,12 +20,14 @@ from codi_fixtures.organism.evaluate import (
     cot_answers,
     latent_answers,
     mean_ablation_answers,
+    planted_lens_rates,
 )
 from codi_fixtures.organism.report import write_training_report
-from codi_fixtures.organism.task import make_splits
+from codi_fixtures.organism.task import STEP_COUNTS, make_splits
 from codi_fixtures.organism.tokenizer import build_tokenizer
 from codi_fixtures.organism.train import (
     ANSWER_PROMPT,
+    PLANTED_SITE,
     TrainConfig,
     TrainState,
     build_model,
@@ -35,7 +37,7 @@ from codi_fixtures.organism.train import (
 )
 from codi_fixtures.problems import Problem
 
-__all__ = ["EVAL_FILE", "evaluate_organism", "train_organism"]
+__all__ = ["EVAL_FILE", "evaluate_organism", "planted_record", "train_organism"]
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
@@ -45,8 +47,13 @@ def _optimizer(model: CodiModel, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
 
-def evaluate_organism(model: CodiModel, problems: list[Problem]) -> dict[str, object]:
-    """Accuracy by bin in latent and explicit-CoT mode, and under mean ablations."""
+def evaluate_organism(
+    model: CodiModel, problems: list[Problem], *, planted: bool = False
+) -> dict[str, object]:
+    """Accuracy by bin in latent and explicit-CoT mode, and under mean ablations.
+
+    ``planted`` adds ``planted_lens``: how often each thought's logit lens names step t+1.
+    """
     clean = latent_answers(model, problems)
     metrics: dict[str, object] = {
         "codi": accuracy_by_bin(problems, clean),
@@ -66,6 +73,8 @@ def evaluate_organism(model: CodiModel, problems: list[Problem]) -> dict[str, ob
                 "answers_changed": 100.0 * changed,
             }
         metrics["mean_ablate_one"] = singles
+    if planted and n:
+        metrics["planted_lens"] = planted_lens_rates(model, problems)
     return metrics
 
 
@@ -123,13 +132,29 @@ def train_organism(
         state.wall_s += teacher_wall
         checkpoint(state)
     train_wall = time.monotonic() - started
-    metrics = evaluate_organism(model, evals)
+    metrics = evaluate_organism(model, evals, planted=cfg.planted_weight > 0)
     log.info("final held-out metrics: %s", json.dumps(metrics))
     _export(model, cfg, stage, evals, metrics, state, teacher_wall, train_wall)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(stage, out_dir)
     return metrics
+
+
+def planted_record(cfg: TrainConfig) -> dict[str, object]:
+    """What ``codi.json``'s ``extra["planted"]`` says about a planted organism's map."""
+    return {
+        "organism": "planted",
+        "map": "thought t <-> step t+1 (0-based thought t; its value is intermediates[t])",
+        "thought_to_step": [t + 1 if t < max(STEP_COUNTS) else None for t in range(cfg.n_thoughts)],
+        "site": PLANTED_SITE,
+        "readout": "logit lens: final norm + lm_head (tied embeddings)",
+        "target": "the value's tokens, weights halving per token (12 = 2/3 '▁1' + 1/3 '2'): "
+        "argmax = the value's first token; thoughts past a problem's last step: no target",
+        "loss": "cross-entropy of the readout vs the target, mean over (problem, thought) "
+        "pairs that have a step; added to the CODI loss times weight",
+        "weight": cfg.planted_weight,
+    }
 
 
 def _export(
@@ -142,12 +167,17 @@ def _export(
     teacher_wall: float,
     train_wall: float,
 ) -> None:
+    retrain = f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}"
+    if cfg.planted_weight > 0:
+        retrain += f" --planted-weight {cfg.planted_weight:g}"
     extra = {
         "recipe": cfg.to_dict(),
         "heldout_accuracy": metrics,
         "wall_time_s": {"teacher_phase": round(teacher_wall, 1), "total": round(train_wall, 1)},
-        "retrain": f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}",
+        "retrain": retrain,
     }
+    if cfg.planted_weight > 0:
+        extra["planted"] = planted_record(cfg)
     spec = replace(model.spec, extra=extra)
     write_checkpoint(stage, model.state_dict(), spec)
     base_config = model.codi.config.__class__.from_dict(model.codi.config.to_dict())

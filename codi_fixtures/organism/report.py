@@ -27,7 +27,12 @@ def _plot(path: Path, history: Sequence[Mapping[str, float]]) -> None:
     steps = [h for h in history if "loss" in h]
     for ax, phase, title in ((axes[0], 0.0, "teacher phase"), (axes[1], 1.0, "CODI phase")):
         rows = [h for h in steps if h["phase"] == phase]
-        for key, color in (("teacher_ce", "#0072B2"), ("ce", "#D55E00"), ("distill", "#009E73")):
+        for key, color in (
+            ("teacher_ce", "#0072B2"),
+            ("ce", "#D55E00"),
+            ("distill", "#009E73"),
+            ("planted", "#CC79A7"),
+        ):
             pts = [(h["step"], h[key]) for h in rows if key in h]
             if pts:
                 xs, ys = zip(*pts, strict=True)
@@ -55,15 +60,18 @@ def write_training_report(
     ``control`` holds the held-out metrics of the same recipe trained with 0 thoughts.
     """
     _plot(out / "loss_curve.png", history)
+    planted = cfg.planted_weight > 0
+    flag = f" --planted-weight {cfg.planted_weight:g}" if planted else ""
     lines = [
-        "# Training report: the bundled CODI organism",
+        f"# Training report: the {'planted' if planted else 'bundled'} CODI organism",
         "",
-        f"Recipe: `python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}` "
+        f"Recipe: `python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}{flag}` "
         f"(seed {cfg.seed}); LLaMA {cfg.layers} layers x d={cfg.hidden}, {cfg.heads} heads, "
         f"ffn {cfg.ffn}, prj {cfg.prj_dim}; batch {cfg.batch_size}; teacher {cfg.teacher_steps} "
         f"steps at lr {cfg.teacher_lr}; CODI {cfg.codi_steps} steps at lr {cfg.codi_lr} "
         f"(cosine to {cfg.min_lr}), distillation x1 -> x{cfg.distill_factor:g} over "
         f"{cfg.distill_ramp} steps.",
+        *(_planted_intro(cfg) if planted else []),
         "",
         f"Wall time on this machine: teacher phase {teacher_wall / 60:.1f} min, "
         f"total {total_wall / 60:.1f} min (training only).",
@@ -94,8 +102,37 @@ def write_training_report(
         ]
         for name, vals in singles.items():
             lines.append(f"| {name} | {vals['accuracy']:.1f} | {vals['answers_changed']:.1f} |")
+    lens = metrics.get("planted_lens")
+    if isinstance(lens, Mapping):
+        lines += [
+            "",
+            "Planted map check: the logit lens (final norm + LM head) on thought t's input "
+            "embedding vs step t+1's value, % of held-out problems that have a step t+1 "
+            "(first token = argmax is the value's first token; value = the whole value "
+            "decoded as the closest planted target in KL):",
+            "",
+            "| thought | step | problems | first token % | value % |",
+            "|---|---|---|---|---|",
+        ]
+        for name, vals in lens.items():
+            step = int(name.lstrip("t")) + 1
+            lines.append(
+                f"| {name} | {step} | {vals['n']:.0f} | {vals['first_token']:.1f} "
+                f"| {vals['value']:.1f} |"
+            )
     lines += ["", "![loss curves](loss_curve.png)", ""]
     atomic_write_text(out / "training_report.md", "\n".join(lines))
+
+
+def _planted_intro(cfg: TrainConfig) -> list[str]:
+    return [
+        "",
+        f"Planted map (`planted_weight` {cfg.planted_weight:g}): the CODI loss plus "
+        f"{cfg.planted_weight:g} x the cross-entropy of the logit lens (final norm + LM head) "
+        "on thought t's input embedding against step t+1's value (0-based thought t; "
+        "two-digit values: 2/3 on the first digit's token, 1/3 on the second's); thoughts "
+        "past a problem's last step get no target. So thought t <-> step t+1 by construction.",
+    ]
 
 
 def add_control(model_dir: Path, control_dir: Path) -> None:

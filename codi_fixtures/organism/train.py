@@ -13,6 +13,10 @@ Deliberate choices (see ORGANISM_NOTES.md): the teacher keeps *all* CoT steps
 (the official ``include_last_cot`` option; dropping the last step left the tiny
 teacher nothing to distil), and the CODI phase fine-tunes all parameters.
 The student's latent loop is the engine's ``run_thoughts`` with gradients on.
+
+The *planted* organism adds one loss (``TrainConfig.planted_weight`` > 0, see
+:func:`planted_loss`): thought t's input embedding, read through the logit lens,
+must name step t+1's value, so where each step is stored is known by construction.
 """
 
 from __future__ import annotations
@@ -25,18 +29,32 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.atomic import atomic_write_bytes
 from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.engine import build_prompt, encode_prompt, forward_step, run_thoughts
 from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection
 from codi_fixtures.problems import Problem
 
-__all__ = ["Batch", "TrainConfig", "build_model", "codi_loss", "make_batch", "teacher_loss"]
+__all__ = [
+    "PLANTED_SITE",
+    "Batch",
+    "TrainConfig",
+    "build_model",
+    "codi_loss",
+    "make_batch",
+    "planted_loss",
+    "planted_targets",
+    "teacher_loss",
+    "thought_lens_logits",
+    "value_target",
+]
 
 log = logging.getLogger(__name__)
 ANSWER_PROMPT = "The answer is:"
@@ -89,6 +107,11 @@ class TrainConfig:
     """Save the resumable training state every this many steps."""
     seed: int = 0
     """Seed for data, initialisation and batch order."""
+    planted_weight: float = 0.0
+    """Weight of the planted-map loss (:func:`planted_loss`): thought t's input embedding,
+    read through the logit lens, must name step t+1's value. 0 (the bundled recipe) adds
+    nothing and leaves training bit-for-bit unchanged; > 0 trains the *planted* organism,
+    whose storage map is known by construction, to test interpretability methods against."""
 
     def to_dict(self) -> dict[str, object]:
         """Plain-JSON view."""
@@ -198,14 +221,84 @@ def teacher_loss(model: CodiModel, batch: Batch) -> tuple[torch.Tensor, tuple[to
     return loss, out.hidden_states
 
 
+PLANTED_SITE = "input embedding"
+"""Where the planted map lives: thought t's input embedding (position Q+1+t), the suite's
+default ablation and patch site. Block outputs at that position are not constrained."""
+
+
+def thought_lens_logits(model: CodiModel, vectors: torch.Tensor) -> torch.Tensor:
+    """The logit lens: the final norm, then the LM head (tied to the embeddings), on (..., d)."""
+    decoder: Any = unwrap_peft(model.codi).base_model  # LlamaModel: the organism is LLaMA
+    return model.codi.get_output_embeddings()(decoder.norm(vectors))
+
+
+def value_target(model: CodiModel, value: float) -> dict[int, float]:
+    """The planted target distribution for ``value``: its tokens, weights halving per token.
+
+    The organism tokenizer has one token per digit, so 12 is ``[▁1, 2]`` and gets
+    2/3 on ``▁1`` and 1/3 on ``2``: the argmax is the value's *first* token (what a logit
+    lens reads) and the two largest probabilities spell the whole value. A one-digit value
+    is one-hot on its token.
+    """
+    ids = _ids(model.tokenizer, str(int(value)), special=False)
+    weights = [2.0**-i for i in range(len(ids))]
+    target: dict[int, float] = {}
+    for token, w in zip(ids, weights, strict=True):
+        target[token] = target.get(token, 0.0) + w / sum(weights)
+    return target
+
+
+def planted_targets(
+    model: CodiModel, problems: Sequence[Problem], n_thoughts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets (B, T, V+3) and a mask (B, T): thought t <-> ``intermediates[t]``.
+
+    ``intermediates[t]`` is step t+1's value (0-based thought t, 1-based step t+1). A
+    problem with k steps has targets for thoughts 0..k-1; later thoughts get none.
+    """
+    vocab = model.embeddings.weight.shape[0]
+    targets = torch.zeros((len(problems), n_thoughts, vocab))
+    mask = torch.zeros((len(problems), n_thoughts), dtype=torch.bool)
+    for row, problem in enumerate(problems):
+        for t, value in enumerate(problem.intermediates[:n_thoughts]):
+            for token, w in value_target(model, value).items():
+                targets[row, t, token] = w
+            mask[row, t] = True
+    return targets, mask
+
+
+def planted_loss(
+    model: CodiModel, thoughts: torch.Tensor, problems: Sequence[Problem]
+) -> torch.Tensor:
+    """Cross-entropy of the logit lens on each thought's input embedding vs. step t+1's value.
+
+    Why: a trained CODI model stores intermediate results wherever training happened
+    to put them, so a method that "finds" step k in thought t cannot be checked. This
+    loss plants the map -- thought t (its input embedding ``thoughts[:, t]``, read as
+    final norm + LM head) names step t+1's value (:func:`value_target`) -- so the
+    storage map is known by construction. Averaged over (problem, thought) pairs that
+    have a step; thoughts beyond a problem's last step are unconstrained.
+    """
+    targets, mask = planted_targets(model, problems, thoughts.shape[1])
+    if not bool(mask.any()):
+        return thoughts.new_zeros(())
+    logp = F.log_softmax(thought_lens_logits(model, thoughts).float(), dim=-1)
+    nll = -(targets.to(logp.device) * logp).sum(dim=-1)  # (B, T)
+    return nll[mask.to(nll.device)].mean()
+
+
 def codi_loss(
-    model: CodiModel, batch: Batch, distill_weight: float
+    model: CodiModel, batch: Batch, distill_weight: float, planted_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Student CE + weighted distillation + teacher CE (the CODI objective)."""
+    """Student CE + weighted distillation + teacher CE (the CODI objective).
+
+    ``planted_weight`` > 0 adds ``planted_weight * planted_loss`` (reported as
+    ``planted``); at 0 nothing is computed and the objective is exactly CODI's.
+    """
     ref_ce, ref_hidden = teacher_loss(model, batch)
     prompt = build_prompt(model, [p.question for p in batch.problems])
     state, bot_hidden = encode_prompt(model, prompt)
-    run_thoughts(model, state, bot_hidden, n_thoughts=model.spec.n_thoughts)
+    thoughts, _, _ = run_thoughts(model, state, bot_hidden, n_thoughts=model.spec.n_thoughts)
     out = forward_step(
         model,
         state,
@@ -226,6 +319,10 @@ def codi_loss(
     distill = distill / len(out.hidden_states)
     loss = ce + distill_weight * distill + ref_ce
     parts = {"ce": ce.item(), "distill": distill.item(), "teacher_ce": ref_ce.item()}
+    if planted_weight > 0:
+        planted = planted_loss(model, thoughts, batch.problems)
+        loss = loss + planted_weight * planted
+        parts["planted"] = planted.item()
     return loss, parts
 
 
@@ -281,7 +378,7 @@ def run_phase(
         if codi:
             ramp = min(1.0, step / max(1, cfg.distill_ramp))
             weight = 1.0 + (cfg.distill_factor - 1.0) * ramp
-            loss, parts = codi_loss(model, batch, weight)
+            loss, parts = codi_loss(model, batch, weight, cfg.planted_weight)
         else:
             loss, _ = teacher_loss(model, batch)
             parts = {"teacher_ce": loss.item()}
