@@ -187,16 +187,16 @@ class SeedReference:
             cached.append(per_thought[0])
         values = torch.stack(cached)  # (N, T, d)
         if kind == "zero":
-            ablate = torch.zeros_like(values[0])
-        elif kind == "mean":
-            ablate = values.mean(dim=0)
+            ablate = torch.zeros_like(values)
+        elif kind == "mean":  # leave-one-out, as the engine's DESIGN defines it
+            ablate = (values.sum(dim=0, keepdim=True) - values) / max(len(values) - 1, 1)
         else:
             raise ValueError(f"the reference implements zero and mean ablation, not {kind!r}")
         ablated = np.full((n, n_thoughts), np.nan)
         kl = np.full((n, n_thoughts), np.nan)
         for i, problem in enumerate(tqdm(problems, desc="reference: ablations", unit="pb")):
             for t in range(n_thoughts):
-                text, logits = self.generate(problem.question, (t, ablate[t]))
+                text, logits = self.generate(problem.question, (t, ablate[i, t]))
                 ablated[i, t] = _number(parse_answer(text, prompt))
                 kl[i, t] = _kl(clean_logits[i], logits)
         attn = [

@@ -10,7 +10,7 @@ listed, never averaged in silently.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -19,22 +19,25 @@ from scipy import stats as sps
 
 from codi_fixtures.architecture import LayerRoles, layer_roles
 from codi_fixtures.config import Settings
+from codi_fixtures.equivalence import SESOI_ACCURACY, SESOI_LOGP, SESOI_R, Outcome
 from codi_fixtures.runs import StudyResults
 from codi_fixtures.stats import (
+    Rq2Tests,
     StatResult,
-    apply_holm,
+    accuracy_drop_effect,
+    apply_holm_verdicts,
+    holm,
+    holm_rq2,
     inconclusive,
     is_constant,
-    mcnemar_accuracy_drop,
-    paired_shift_test,
-    pooled_correlation,
-    position_centred_correlation,
-    within_problem_permutation_test,
+    mean_effect,
+    rq2_tests,
 )
 
 __all__ = ["Rq2Test", "StudyAnalysis"]
 
-Rq2Test = Literal["pooled", "within", "centred"]
+Rq2Test = Literal["position", "beyond_position", "pooled"]
+"""RQ2's questions (:func:`codi_fixtures.stats.rq2_tests`); ``pooled`` decides no verdict."""
 
 
 def _guarded(compute: Callable[[], StatResult], n: int, alternative: str) -> StatResult:
@@ -42,7 +45,8 @@ def _guarded(compute: Callable[[], StatResult], n: int, alternative: str) -> Sta
     try:
         return compute()
     except ValueError as err:
-        return inconclusive(str(err), n, alternative)
+        result = inconclusive(str(err), n, alternative)
+        return replace(result, verdict="inconclusive", verdict_reason=str(err))
 
 
 @dataclass
@@ -55,7 +59,10 @@ class StudyAnalysis:
     alpha: float = 0.05
     seed: int = 0
     min_correct: int = 3
-    n_boot: int = 2000
+    sesoi_logp: float = SESOI_LOGP
+    sesoi_accuracy: float = SESOI_ACCURACY
+    sesoi_r: float = SESOI_R
+    n_boot: int = 4999
     n_perm: int = 5000
     _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
 
@@ -72,6 +79,9 @@ class StudyAnalysis:
             alpha=settings.alpha,
             seed=settings.run.seed,
             min_correct=settings.min_correct,
+            sesoi_logp=settings.min_effect_logp,
+            sesoi_accuracy=settings.min_effect_acc,
+            sesoi_r=settings.min_effect_r,
         )
 
     # --- basic views ----------------------------------------------------------------------
@@ -133,153 +143,139 @@ class StudyAnalysis:
         return self._memo[key]
 
     # --- RQ1 --------------------------------------------------------------------------------
+    def _mean_effect(self, deltas: np.ndarray) -> StatResult:
+        return _guarded(
+            partial(
+                mean_effect,
+                deltas,
+                sesoi=self.sesoi_logp,
+                alpha=self.alpha,
+                n_boot=self.n_boot,
+                seed=self.seed,
+            ),
+            int(deltas.size),
+            "greater",
+        )
+
+    def _accuracy_drop(self, clean: np.ndarray, ablated: np.ndarray) -> StatResult:
+        return _guarded(
+            partial(
+                accuracy_drop_effect, clean, ablated, sesoi=self.sesoi_accuracy, alpha=self.alpha
+            ),
+            int(clean.size),
+            "greater",
+        )
+
     def rq1_logp(self, kind: str) -> list[StatResult]:
-        """Per thought: does ablation lower log p(gold)? Wilcoxon, Holm across thoughts."""
+        """Per thought: does ablation lower log p(gold) by more than the SESOI? Holm over T."""
 
         def compute() -> list[StatResult]:
             imp = self.importance(kind)
             keep = ~np.isnan(imp).any(axis=1)
-            return apply_holm(
-                [
-                    _guarded(
-                        partial(
-                            paired_shift_test,
-                            imp[keep, t],
-                            alternative="greater",
-                            n_boot=self.n_boot,
-                            seed=self.seed,
-                        ),
-                        int(keep.sum()),
-                        "greater",
-                    )
-                    for t in range(self.n_thoughts)
-                ]
-            )
+            tests = [self._mean_effect(imp[keep, t]) for t in range(self.n_thoughts)]
+            return apply_holm_verdicts(tests, alpha=self.alpha)
 
         return self._memoised(("rq1_logp", kind), compute)  # type: ignore[return-value]
 
     def rq1_accuracy(self, kind: str) -> list[StatResult]:
-        """Per thought: does ablation lower accuracy? Exact McNemar, Holm across thoughts."""
+        """Per thought: does ablation lower accuracy by more than the SESOI? Holm over thoughts."""
 
         def compute() -> list[StatResult]:
             cols = self.thought_columns(kind)
             keep = self.finite_rows(cols)
             clean = self.results.clean_correct[keep]
-            return apply_holm(
-                [
-                    _guarded(
-                        partial(
-                            mcnemar_accuracy_drop,
-                            clean,
-                            self.results.correct[keep, c],
-                            n_boot=self.n_boot,
-                            seed=self.seed,
-                        ),
-                        int(keep.sum()),
-                        "greater",
-                    )
-                    for c in cols
-                ]
-            )
+            tests = [self._accuracy_drop(clean, self.results.correct[keep, c]) for c in cols]
+            return apply_holm_verdicts(tests, alpha=self.alpha)
 
         return self._memoised(("rq1_acc", kind), compute)  # type: ignore[return-value]
 
     def all_thoughts(self, kind: str) -> StatResult:
-        """Control: ablating every thought at once lowers accuracy (exact McNemar)."""
+        """Control: ablating every thought at once lowers accuracy by more than the SESOI."""
 
         def compute() -> StatResult:
             col = self.results.column(f"all-{kind}")
             keep = self.finite_rows([col])
-            return _guarded(
-                lambda: mcnemar_accuracy_drop(
-                    self.results.clean_correct[keep],
-                    self.results.correct[keep, col],
-                    n_boot=self.n_boot,
-                    seed=self.seed,
-                ),
-                int(keep.sum()),
-                "greater",
+            return self._accuracy_drop(
+                self.results.clean_correct[keep], self.results.correct[keep, col]
             )
 
         return self._memoised(("all", kind), compute)  # type: ignore[return-value]
 
     def last_most_important(self, kind: str) -> StatResult:
-        """The last thought's delta log p exceeds every other thought's (intersection-union).
+        """The last thought's delta log p exceeds every other thought's by more than the SESOI.
 
-        Each comparison is a one-sided paired Wilcoxon of ``imp[last] - imp[t]``;
-        the claim holds when all do, so its p-value is the largest of them (no
-        multiplicity correction is needed for an intersection-union test). The
-        statistic is the smallest mean difference.
+        One paired comparison per rival (``imp[last] - imp[t]``, :func:`mean_effect`).
+        Supported when every comparison is (intersection-union: no correction needed);
+        refuted when some comparison is refuted after Holm over the rivals' equivalence
+        p-values (any one rival that is as important suffices). The result shown is the
+        closest rival's comparison.
         """
 
         def compute() -> StatResult:
             imp = self.importance(kind)
             imp = imp[~np.isnan(imp).any(axis=1)]
             last = self.n_thoughts - 1
-            tests = [
-                paired_shift_test(
-                    imp[:, last] - imp[:, t],
-                    alternative="greater",
-                    n_boot=self.n_boot,
-                    seed=self.seed,
-                )
-                for t in range(last)
+            tests = [self._mean_effect(imp[:, last] - imp[:, t]) for t in range(last)]
+            if any(t.inconclusive for t in tests):
+                return next(t for t in tests if t.inconclusive)
+            p_equiv = holm([float(t.p_equivalence or 1.0) for t in tests])
+            rivals = [
+                replace(t, p_equivalence_corrected=p).with_verdict(self.alpha)
+                for t, p in zip(tests, p_equiv, strict=True)
             ]
-            worst = min(range(last), key=lambda i: tests[i].statistic)
-            p = max(t.p_value for t in tests)
-            base = tests[worst]
-            return StatResult(
-                statistic=base.statistic,
-                p_value=p,
-                ci_low=base.ci_low,
-                ci_high=base.ci_high,
-                n=base.n,
+            closest = min(range(last), key=lambda i: rivals[i].statistic)
+            verdict: Outcome = "inconclusive"
+            if all(r.verdict == "supported" for r in rivals):
+                verdict = "supported"
+            elif any(r.verdict == "refuted" for r in rivals):
+                verdict = "refuted"
+                closest = next(i for i, r in enumerate(rivals) if r.verdict == "refuted")
+            base = rivals[closest]
+            return replace(
+                base,
+                p_value=max(r.p_value for r in rivals),
+                p_corrected=max(r.p_value for r in rivals),
+                p_sesoi=max(float(r.p_sesoi or 1.0) for r in rivals),
                 method=(
-                    f"intersection-union of {last} one-sided Wilcoxon tests "
-                    f"(closest rival: thought {worst})"
+                    f"intersection-union over {last} paired comparisons "
+                    f"(shown: thought {closest}); {base.method}"
                 ),
-                alternative="greater",
-                p_corrected=p,
+                verdict=verdict,
+                verdict_reason=f"thought {last} vs thought {closest}: {base.verdict_reason}",
             )
 
         return self._memoised(("last", kind), compute)  # type: ignore[return-value]
 
     # --- RQ2 --------------------------------------------------------------------------------
-    def rq2(self, test: Rq2Test, difficulty: str | None = None) -> dict[int, StatResult]:
-        """Per role layer: does attention predict importance? Holm across the role layers."""
+    def rq2_all(self, difficulty: str | None = None) -> dict[int, Rq2Tests]:
+        """Per role layer, the three RQ2 questions; Holm across the role layers per question."""
 
-        def compute() -> dict[int, StatResult]:
+        def compute() -> dict[int, Rq2Tests]:
             imp = self.importance()
             rows = ~np.isnan(imp).any(axis=1)
             if difficulty is not None:
                 rows &= np.array([d == difficulty for d in self.results.difficulty])
             layers = list(dict.fromkeys(self.layers.as_dict().values()))
-            raw = [
-                _guarded(
-                    partial(self._rq2_one, test, self.attention(layer)[rows], imp[rows]),
-                    int(rows.sum()),
-                    "greater",
+            tests = [
+                rq2_tests(
+                    self.attention(layer)[rows],
+                    imp[rows],
+                    alpha=self.alpha,
+                    seed=self.seed,
+                    sesoi_r=self.sesoi_r,
+                    n_perm=self.n_perm,
                 )
                 for layer in layers
             ]
-            return dict(zip(layers, apply_holm(raw), strict=True))
+            return dict(zip(layers, holm_rq2(tests, alpha=self.alpha), strict=True))
 
-        return self._memoised(("rq2", test, difficulty), compute)  # type: ignore[return-value]
+        return self._memoised(("rq2", difficulty), compute)  # type: ignore[return-value]
 
-    def _rq2_one(self, test: Rq2Test, attention: np.ndarray, importance: np.ndarray) -> StatResult:
-        if test == "pooled":
-            return pooled_correlation(
-                attention, importance, alternative="greater", n_boot=self.n_boot, seed=self.seed
-            )
-        if test == "within":
-            return within_problem_permutation_test(
-                attention, importance, n_perm=self.n_perm, n_boot=self.n_boot, seed=self.seed
-            )
-        if test == "centred":
-            return position_centred_correlation(
-                attention, importance, n_perm=self.n_perm, n_boot=self.n_boot, seed=self.seed
-            )
-        raise ValueError(f"unknown RQ2 test {test!r}; use pooled, within or centred")
+    def rq2(self, test: Rq2Test, difficulty: str | None = None) -> dict[int, StatResult]:
+        """Per role layer, one RQ2 question's result (``position``, ``beyond_position``, ...)."""
+        if test not in Rq2Tests.QUESTIONS:
+            raise ValueError(f"unknown RQ2 question {test!r}; use one of {Rq2Tests.QUESTIONS}")
+        return {layer: getattr(t, test) for layer, t in self.rq2_all(difficulty).items()}
 
     def per_thought_correlation(self, layer: int) -> list[tuple[float, float]]:
         """Per thought, across problems: Pearson (r, p) of attention vs importance."""

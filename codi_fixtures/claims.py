@@ -1,9 +1,13 @@
 """Turn a statistical result into a verdict, attaching its figure and numbers to the report.
 
-pass    = the (Holm-corrected) test supports the claim at alpha;
-fail    = it does not: :class:`~codi_fixtures.outcomes.ClaimNotSupported`, the only exception
-          a known outcome (strict xfail) matches; the message carries statistic, p, CI, n;
-skip    = inconclusive: too few usable problems, or degenerate data.
+Every claim is judged against a smallest effect size of interest (SESOI) and ends in one of
+three outcomes, decided by :func:`codi_fixtures.equivalence.decide` (the result's ``verdict``):
+
+pass    = supported: the effect exceeds the SESOI (corrected tests and CI agree);
+fail    = refuted: an equivalence test shows any effect is below the SESOI (or of the wrong
+          sign). Raised as :class:`~codi_fixtures.outcomes.ClaimNotSupported`, the only
+          exception a known outcome (strict xfail) matches; the message carries the numbers;
+skip    = inconclusive: the data cannot tell, too few usable problems, or degenerate data.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ def evidence(result: StatResult) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
+    sesoi = "" if result.sesoi is None else f", SESOI={f(result.sesoi)}"
     return (
-        f"statistic={f(result.statistic)}, p={f(result.p_value)}, "
-        f"p_holm={f(result.p_corrected)}, CI=[{f(result.ci_low)}, {f(result.ci_high)}], "
-        f"n={result.n} ({result.method})"
+        f"statistic={f(result.statistic)}{sesoi}, p={f(result.p_value)}, "
+        f"p_holm={f(result.p_corrected)}, {100 * result.ci_level:.0f}% CI="
+        f"[{f(result.ci_low)}, {f(result.ci_high)}], n={result.n} ({result.method})"
     )
 
 
@@ -95,7 +100,13 @@ class Claim:
         context: Mapping[str, object] | None = None,
         figure: tuple[str, FigureFactory] | None = None,
     ) -> None:
-        """Pass when the corrected p is below alpha; otherwise fail, or skip if inconclusive."""
+        """Pass when the result's verdict is supported, fail when refuted, else skip."""
+        if result.verdict not in ("supported", "refuted", "inconclusive"):
+            raise TypeError(
+                f"claim.judge needs a result with a verdict (supported / refuted / "
+                f"inconclusive), got {result.verdict!r}: build it with a test that takes a "
+                "SESOI (codi_fixtures.stats.mean_effect, accuracy_drop_effect, rq2_tests)"
+            )
         context = dict(context or {})
         excluded = self.analysis.excluded_problems()
         if excluded:
@@ -104,18 +115,19 @@ class Claim:
         reason = self.analysis.inconclusive_reason()
         if reason is not None:
             pytest.skip(reason)
-        if result.inconclusive:
-            reason = result.method.removeprefix("inconclusive: ")
-            pytest.skip(f"inconclusive: {reason} ({label}, n={result.n})")
         if result.n < self.min_n:
             pytest.skip(
                 f"inconclusive: only {result.n} usable problems for {label} (need >= {self.min_n})"
             )
-        p = result.p_corrected if result.p_corrected is not None else result.p_value
+        if result.verdict == "inconclusive":
+            why = result.method if result.inconclusive else str(result.verdict_reason)
+            pytest.skip(
+                f"inconclusive: {label}: {why.removeprefix('inconclusive: ')} (n={result.n})"
+            )
         note = f"; excluded for NaN/inf: {', '.join(excluded)}" if excluded else ""
-        if not p < self.analysis.alpha:
+        if result.verdict == "refuted":
             self.node.user_properties.append((VERDICT_PROPERTY, "refuted"))
             raise ClaimNotSupported(
-                f"not supported at alpha={self.analysis.alpha}: {label}: {evidence(result)}{note}",
+                f"refuted: {label}: {result.verdict_reason}; {evidence(result)}{note}",
                 pytrace=False,
             )

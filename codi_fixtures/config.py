@@ -73,8 +73,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
             raise ConfigError(f"--batch-rows must be at least 1, got {self.batch_rows}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"--max-batch-rows must be at least 1, got {self.max_rows}")
+        if self.max_rows is not None and self.max_rows < 0:  # 0: not even one row fits
+            raise ConfigError(f"--max-batch-rows must be >= 0, got {self.max_rows}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
@@ -139,6 +139,12 @@ class Settings:
     """Significance level for every claim (after Holm correction)."""
     min_correct: int = 3
     """Fewest correct clean answers for a claim to be judged (else it is skipped)."""
+    min_effect_logp: float = 0.1
+    """SESOI for a mean delta log p(gold), in nats (RQ1)."""
+    min_effect_acc: float = 0.05
+    """SESOI for an accuracy drop, as a fraction of problems (RQ1)."""
+    min_effect_r: float = 0.1
+    """SESOI for a correlation (RQ2)."""
     tiers: dict[str, int] = field(default_factory=lambda: dict(TIERS))
     """Problems per tier."""
     cache_dir: Path = Path(".codi_cache")
@@ -150,8 +156,17 @@ class Settings:
         for tier, n in self.tiers.items():
             if n < 1:
                 raise ConfigError(f"--{tier}-n must be at least 1 problem, got {n}")
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError(
+                f"--alpha must be between 0 and 0.5 (verdicts use 1-2*alpha CIs), got {self.alpha}"
+            )
+        for name, value, top in (
+            ("--min-effect-logp", self.min_effect_logp, float("inf")),
+            ("--min-effect-acc", self.min_effect_acc, 1.0),
+            ("--min-effect-r", self.min_effect_r, 1.0),
+        ):
+            if not 0 <= value < top:
+                raise ConfigError(f"{name} must be >= 0 (and < {top}), got {value}")
         if self.importance_kind not in self.run.kinds:
             raise ConfigError(
                 f"--importance-kind {self.importance_kind!r} is not among the ablation kinds "

@@ -132,6 +132,10 @@ class LatentRun:
     block_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, T, d)
     attentions: torch.Tensor | None = None  # (B, layers, heads, T): <eot> query -> thoughts
     target_logp: torch.Tensor | None = None  # (B,) teacher-forced log p of the scored tokens
+    # (B, V+3) logits predicting the first scored token (the answer number's first token),
+    # teacher-forced through the answer prompt; specials -inf
+    answer_logits: torch.Tensor | None = None
+    target_first_logp: torch.Tensor | None = None  # (B,) log p of that first scored token
 
 
 def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
@@ -315,6 +319,8 @@ class _Scored:
     logits: torch.Tensor  # (B, W, V+3) logits predicting each target token (specials -inf)
     logp: torch.Tensor  # (B,) sum of log p over the scored tokens
     nonfinite: torch.Tensor  # (B,) NaN/inf in those logits
+    first: torch.Tensor  # (B,) column of the first scored token (the number's first token)
+    first_logp: torch.Tensor  # (B,) log p of that token
 
 
 def _score(
@@ -345,7 +351,9 @@ def _score(
     token_logp = torch.log_softmax(stacked, dim=-1).gather(2, ids[:, :, None])[:, :, 0]
     total = torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(dim=1)
     finite = torch.isfinite(stacked[..., : model.base_vocab_size]).all(dim=-1) | (real == 0)
-    return _Scored(ids, real, stacked, total, ~finite.all(dim=1))
+    first = torch.tensor(n_prompt, dtype=torch.long, device=device)
+    first_logp = token_logp.gather(1, first[:, None])[:, 0]
+    return _Scored(ids, real, stacked, total, ~finite.all(dim=1), first, first_logp)
 
 
 def greedy_decode(
@@ -514,6 +522,9 @@ def run_latent(
     if targets is not None:
         scored = _score(model, state, first_logits, *targets)
         run.target_logp = scored.logp
+        run.target_first_logp = scored.first_logp
+        rows_ = torch.arange(len(scored.first), device=scored.first.device)
+        run.answer_logits = scored.logits[rows_, scored.first]
     if generate:
         if scored is None:
             ids, bad_gen, truncated = greedy_decode(model, state, first_logits, max_new_tokens)

@@ -61,9 +61,9 @@ ATTENTION_LABEL = "attention weight from <eot> (head mean)"
 _BAD_COLOUR = "#BBBBBB"  # NaN cells (excluded problems) in heatmaps
 _DASHES = ("--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))
 _RQ2_TEST_NAMES = {
-    "pooled": "pooled Pearson",
-    "within": "within-problem permutation",
-    "centred": "position-centred",
+    "position": "position level (r of the per-thought means)",
+    "beyond_position": "beyond position (two-way demeaned r)",
+    "pooled": "pooled Pearson (descriptive)",
 }
 
 _R = TypeVar("_R")
@@ -460,10 +460,13 @@ def attention_vs_importance(a: StudyAnalysis) -> Figure:
     for ax, (role, layer) in zip(axes, roles.items(), strict=True):
         _scatter_by_thought(ax, a.attention(layer)[keep], imp[keep], colours)
         pooled = _rq2_result(a, "pooled", layer)
-        within = _rq2_result(a, "within", layer)
+        beyond = _rq2_result(a, "beyond_position", layer)
         r = math.nan if pooled is None else pooled.statistic
-        p = None if within is None or within.inconclusive else within.p_value
-        ax.set_title(f"{role} · L{layer}: r={_fmt_r(r)}, within-problem p={_fmt_p(p)}", fontsize=10)
+        rb = math.nan if beyond is None else beyond.statistic
+        ax.set_title(
+            f"{role} · L{layer}: pooled r={_fmt_r(r)}, beyond-position r={_fmt_r(rb)}",
+            fontsize=10,
+        )
         ax.set_xlabel(ATTENTION_LABEL)
     axes[0].set_ylabel(f"{LOGP_LABEL}, {a.importance_kind} ablation")
     fig.suptitle("RQ2: attention to a thought vs its importance (one point per problem × thought)")
@@ -474,7 +477,7 @@ def attention_vs_importance(a: StudyAnalysis) -> Figure:
 def rq2_layer_scatter(a: StudyAnalysis, layer: int, test: str) -> Figure:
     """Per-claim RQ2 figure: attention vs importance at one role layer, with one test's p."""
     if test not in _RQ2_TEST_NAMES:
-        raise ValueError(f"unknown RQ2 test {test!r}; use pooled, within or centred")
+        raise ValueError(f"unknown RQ2 test {test!r}; use one of {sorted(_RQ2_TEST_NAMES)}")
     if layer not in a.layers.as_dict().values():
         raise ValueError(
             f"layer {layer} is not a role layer; RQ2 tests ran at {a.layers.as_dict()}"
@@ -483,10 +486,16 @@ def rq2_layer_scatter(a: StudyAnalysis, layer: int, test: str) -> Figure:
     keep = _complete_rows(a)
     x, y = a.attention(layer)[keep], imp[keep]
     xlabel, ylabel = ATTENTION_LABEL, f"{LOGP_LABEL}, {a.importance_kind} ablation"
-    if test == "centred" and y.shape[0]:
-        # Show what the centred test correlates: values minus each thought's mean.
-        x, y = x - x.mean(axis=0), y - y.mean(axis=0)
-        xlabel, ylabel = f"{xlabel}\nminus thought mean", f"{ylabel}\nminus thought mean"
+    if test == "beyond_position" and y.shape[0]:
+        # Show what the test correlates: values minus each problem's and each thought's mean.
+        x = x - x.mean(axis=0) - x.mean(axis=1, keepdims=True) + x.mean()
+        y = y - y.mean(axis=0) - y.mean(axis=1, keepdims=True) + y.mean()
+        xlabel = f"{xlabel}\nminus problem and thought means"
+        ylabel = f"{ylabel}\nminus problem and thought means"
+    elif test == "position" and y.shape[0]:
+        # One point per thought: the per-thought means the test correlates.
+        x, y = x.mean(axis=0, keepdims=True), y.mean(axis=0, keepdims=True)
+        xlabel, ylabel = f"mean {xlabel}", f"mean {ylabel}"
     colours = _colours(a.n_thoughts)
     fig = Figure(figsize=(5.6, 4.0), layout="constrained")
     ax = fig.subplots()
@@ -499,7 +508,7 @@ def rq2_layer_scatter(a: StudyAnalysis, layer: int, test: str) -> Figure:
     else:
         stats_line = (
             f"r={_fmt_r(res.statistic)}, p={_fmt_p(res.p_value)}, "
-            f"Holm p={_fmt_p(res.p_corrected)} (n={res.n})"
+            f"Holm p={_fmt_p(res.p_corrected)} (n={res.n}), {res.verdict or ''}"
         )
     ax.set_title(f"{_layer_label(a, layer)} · {_RQ2_TEST_NAMES[test]}\n{stats_line}", fontsize=10)
     ax.set_xlabel(xlabel)

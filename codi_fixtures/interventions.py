@@ -124,18 +124,24 @@ class AblationRef:
     """Dataset statistics an ablation draws from, for one site. N problems, T thoughts."""
 
     values: torch.Tensor  # (N, T, d) clean site values of every problem
-    mean: torch.Tensor  # (T, d)
-    noise: torch.Tensor  # (N, T, d) Gaussian draws with per-dimension std = site RMS
+    mean: torch.Tensor  # (N, T, d) leave-one-out: mean over the *other* problems
+    noise: torch.Tensor  # (N, T, d) Gaussian draws, per-dimension std = the others' RMS
     donors: torch.Tensor  # (N,) problem whose values a resample takes (never itself)
 
     @classmethod
     def from_values(cls, values: torch.Tensor, seed: int = 0) -> AblationRef:
-        """Statistics of clean site values ``(N, T, d)``; noise and donors seeded."""
+        """Statistics of clean site values ``(N, T, d)``; noise and donors seeded.
+
+        Problem i's mean and noise scale come from the other N-1 problems of the set
+        (leave-one-out), so an ablated problem never contributes to its own reference.
+        """
         values = values.detach().float().cpu()
         n = values.shape[0]
         gen = torch.Generator().manual_seed(seed)
-        rms = values.pow(2).mean(dim=0).sqrt()  # (T, d)
-        noise = torch.randn(values.shape, generator=gen) * rms
+        others = max(n - 1, 1)  # with one problem there is no reference (apply refuses)
+        mean = (values.double().sum(dim=0) - values.double()) / others
+        rms = ((values.double().pow(2).sum(dim=0) - values.double().pow(2)) / others).sqrt()
+        noise = torch.randn(values.shape, generator=gen) * rms.float()
         if n >= 2:
             # A random cyclic shift of a random order: a derangement, uniform enough here.
             order = torch.randperm(n, generator=gen)
@@ -143,7 +149,7 @@ class AblationRef:
             donors[order] = order.roll(1)
         else:
             donors = torch.full((n,), -1, dtype=torch.long)
-        return cls(values=values, mean=values.mean(dim=0), noise=noise, donors=donors)
+        return cls(values=values, mean=mean.float(), noise=noise, donors=donors)
 
 
 def apply(ablation: Ablation, value: torch.Tensor, ref: AblationRef, problem: int) -> torch.Tensor:
@@ -151,17 +157,16 @@ def apply(ablation: Ablation, value: torch.Tensor, ref: AblationRef, problem: in
     out = value.detach().clone()
     ablation.check(value.shape[0])
     idx = list(ablation.thoughts)
+    if ablation.kind != "zero" and ref.values.shape[0] < 2:
+        raise ValueError(f"{ablation.kind} ablation needs at least 2 problems in the set")
     if ablation.kind == "zero":
         out[idx] = 0.0
     elif ablation.kind == "mean":
-        out[idx] = ref.mean[idx].to(out)
+        out[idx] = ref.mean[problem, idx].to(out)
     elif ablation.kind == "noise":
         out[idx] = ref.noise[problem, idx].to(out)
     elif ablation.kind == "resample":
-        donor = int(ref.donors[problem])
-        if donor < 0:
-            raise ValueError("resample ablation needs at least 2 problems in the set")
-        out[idx] = ref.values[donor, idx].to(out)
+        out[idx] = ref.values[int(ref.donors[problem]), idx].to(out)
     else:  # unreachable: validated in Ablation
         raise ValueError(f"unknown ablation kind {ablation.kind!r}")
     return out

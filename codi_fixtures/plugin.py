@@ -65,6 +65,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--layers", default=None, help="early,middle,late layers (default n/4,n/2,7n/8)"
     )
     group.addoption("--alpha", type=float, default=0.05, help="significance level (after Holm)")
+    group.addoption(
+        "--min-effect-logp",
+        type=float,
+        default=0.1,
+        help="SESOI for a mean delta log p(gold), nats (default 0.1)",
+    )
+    group.addoption(
+        "--min-effect-acc",
+        type=float,
+        default=0.05,
+        help="SESOI for an accuracy drop, fraction of problems (default 0.05)",
+    )
+    group.addoption(
+        "--min-effect-r", type=float, default=0.1, help="SESOI for a correlation (default 0.1)"
+    )
     group.addoption("--codi-seed", type=int, default=0, help="seed for sampling and ablations")
     group.addoption("--quick-n", type=int, default=TIERS["quick"], help="problems in quick tier")
     group.addoption("--full-n", type=int, default=TIERS["full"], help="problems in full tier")
@@ -110,6 +125,9 @@ def _settings(config: pytest.Config) -> Settings:
         importance_kind=opt("importance_kind"),
         layers=parse_layers(opt("layers")),
         alpha=opt("alpha"),
+        min_effect_logp=opt("min_effect_logp"),
+        min_effect_acc=opt("min_effect_acc"),
+        min_effect_r=opt("min_effect_r"),
         tiers={"quick": opt("quick_n"), "full": opt("full_n")},
         cache_dir=Path(opt("codi_cache")) if opt("codi_cache") else root / ".codi_cache",
         report_dir=Path(report) if report else root / "reports" / tier,

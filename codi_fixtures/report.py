@@ -58,10 +58,21 @@ def _fmt(value: object) -> str:
 def stats_table_html(result: StatResult, context: Mapping[str, object]) -> str:
     """A small table: statistic, p, corrected p, CI, n, method, plus context (kind, layer)."""
     rows: list[tuple[str, object]] = [
+        ("verdict", result.verdict or "n/a"),
+        ("why", result.verdict_reason or "n/a"),
         ("statistic (effect size)", result.statistic),
-        ("p", result.p_value),
+        ("SESOI", result.sesoi if result.sesoi is not None else "n/a"),
+        ("p (H0: no effect)", result.p_value),
         ("corrected p (Holm)", result.p_corrected if result.p_corrected is not None else "n/a"),
-        ("95% CI", f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}]"),
+        (
+            "p (H0: effect <= SESOI), Holm",
+            result.p_sesoi_corrected if result.p_sesoi_corrected is not None else "n/a",
+        ),
+        (
+            "p (H0: effect >= SESOI), Holm",
+            result.p_equivalence_corrected if result.p_equivalence_corrected is not None else "n/a",
+        ),
+        (f"{100 * result.ci_level:.0f}% CI", f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}]"),
         ("n (problems)", result.n),
         ("alternative", result.alternative),
         ("method", result.method),
@@ -103,8 +114,8 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
     overall: dict[str, object] = {}
     for role, layer in roles.items():
         res = pooled[layer]
-        within = a.rq2("within")[layer]
-        centred = a.rq2("centred")[layer]
+        position = a.rq2("position")[layer]
+        beyond = a.rq2("beyond_position")[layer]
         x, y = a.attention(layer).ravel(), imp.ravel()
         keep = ~np.isnan(y)
         if keep.sum() > 2 and not is_constant(x[keep]) and not is_constant(y[keep]):
@@ -120,9 +131,10 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
             "n_problems": res.n,
             "spearman_rho": spearman.get(layer, (None, None))[0],
             "spearman_p": spearman.get(layer, (None, None))[1],
+            "p_note": "naive: treats the pairs of a problem as independent; decides nothing",
             "pooled": _result_dict(res),
-            "within_problem": _result_dict(within),
-            "beyond_position": _result_dict(centred),
+            "position": _result_dict(position),
+            "beyond_position": _result_dict(beyond),
         }
     per_token: dict[str, object] = {}
     att_mid = a.attention(middle)
@@ -160,7 +172,9 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
     }
     study = a.results
     by_difficulty = {
-        bin_: {f"layer_{layer}": _result_dict(r) for layer, r in a.rq2("within", bin_).items()}
+        bin_: {
+            f"layer_{layer}": _result_dict(r) for layer, r in a.rq2("beyond_position", bin_).items()
+        }
         for bin_ in sorted(set(study.difficulty))
     }
     return {
@@ -174,6 +188,18 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
         "importance_measure": f"delta log p(gold), {a.importance_kind} ablation",
         "layer_roles": roles,
         "alpha": a.alpha,
+        "sesoi": {
+            "delta_logp_nats": a.sesoi_logp,
+            "accuracy_drop": a.sesoi_accuracy,
+            "correlation_r": a.sesoi_r,
+        },
+        "verdict_rule": (
+            "supported: the Holm-corrected test against 0 and the minimal-effect test "
+            "(H0: effect <= SESOI) reject and the (1-2 alpha) CI lies above the SESOI; "
+            "refuted: the equivalence test (H0: effect >= SESOI) rejects and the CI lies "
+            "below the SESOI; inconclusive otherwise. Each result's 'method' names its test; "
+            "RQ2 'pooled' is descriptive (its p is naive) and decides nothing."
+        ),
         "meta": dict(meta),
     }
 

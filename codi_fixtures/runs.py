@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: leave-one-out mean / noise references; KL and logp at the number
 
 
 @dataclass
@@ -77,8 +77,12 @@ class StudyResults:
     clean_nonfinite: np.ndarray  # (N,) bool
     answer: np.ndarray  # (N, C)
     correct: np.ndarray  # (N, C) bool
-    logp: np.ndarray  # (N, C)
-    kl: np.ndarray  # (N, C) KL(clean || ablated) of the first answer token
+    logp: np.ndarray  # (N, C) log p(gold answer | ablated): the number's tokens and eos
+    clean_logp_first: np.ndarray  # (N,) log p(first token of the gold number | clean)
+    logp_first: np.ndarray  # (N, C) the same under each condition
+    # (N, C) KL(clean || ablated) at the first token of the answer number, teacher-forced
+    # through the answer prompt (the token after <eot> is the fixed word "The": no signal)
+    kl: np.ndarray
     nonfinite: np.ndarray  # (N, C) bool
     attention: np.ndarray  # (N, L, H, T) <eot> query -> thought keys
     meta: dict[str, object] = field(default_factory=dict)
@@ -87,6 +91,11 @@ class StudyResults:
     def delta_logp(self) -> np.ndarray:
         """(N, C) log p(gold | clean) - log p(gold | ablated)."""
         return self.clean_logp[:, None] - self.logp
+
+    @property
+    def delta_logp_first(self) -> np.ndarray:
+        """(N, C) the same for the first token of the gold number alone."""
+        return self.clean_logp_first[:, None] - self.logp_first
 
     def column(self, condition: str) -> int:
         """Index of a condition such as ``t5-mean``."""
@@ -99,8 +108,8 @@ class StudyResults:
 
     # --- persistence --------------------------------------------------------------------
     _ARRAYS = (
-        "gold clean_answer clean_correct clean_logp clean_nonfinite answer correct logp kl "
-        "nonfinite attention"
+        "gold clean_answer clean_correct clean_logp clean_nonfinite answer correct logp "
+        "clean_logp_first logp_first kl nonfinite attention"
     ).split()
 
     def to_bytes(self) -> bytes:
@@ -221,8 +230,9 @@ def _claim_shards(
 # --- running rows ---------------------------------------------------------------------------
 @dataclass
 class _Rows:
-    first_logits: torch.Tensor  # (R, V+3)
+    answer_logits: torch.Tensor  # (R, V+3) at the answer number's first token
     logp: torch.Tensor  # (R,)
+    logp_first: torch.Tensor  # (R,)
     answers: list[float | None]
     texts: list[str]
     nonfinite: torch.Tensor  # (R,)
@@ -230,8 +240,9 @@ class _Rows:
     @classmethod
     def concat(cls, parts: Sequence[_Rows]) -> _Rows:
         return cls(
-            torch.cat([p.first_logits for p in parts]),
+            torch.cat([p.answer_logits for p in parts]),
             torch.cat([p.logp for p in parts]),
+            torch.cat([p.logp_first for p in parts]),
             [a for p in parts for a in p.answers],
             [t for p in parts for t in p.texts],
             torch.cat([p.nonfinite for p in parts]),
@@ -275,7 +286,15 @@ def _run_rows(
             )
         return _Rows.concat(parts)
     assert run.target_logp is not None
-    return _Rows(run.first_logits, run.target_logp, run.answers, run.answer_text, run.nonfinite)
+    assert run.answer_logits is not None and run.target_first_logp is not None
+    return _Rows(
+        run.answer_logits,
+        run.target_logp,
+        run.target_first_logp,
+        run.answers,
+        run.answer_text,
+        run.nonfinite,
+    )
 
 
 def _kl(clean: torch.Tensor, ablated: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -332,13 +351,14 @@ def _ablation_pass(
             for a, g in zip(answers.ravel(), gold.repeat(per), strict=True)
         ]
     ).reshape(len(chunk), per)
-    logits = out.first_logits.reshape(len(chunk), per, -1)
+    logits = out.answer_logits.reshape(len(chunk), per, -1)
     clean_logits = logits[:, :1].expand_as(logits).reshape(-1, logits.shape[-1])
-    kl = _kl(clean_logits, out.first_logits, model.base_vocab_size).reshape(len(chunk), per)
+    kl = _kl(clean_logits, out.answer_logits, model.base_vocab_size).reshape(len(chunk), per)
     return {
         "answer": answers,
         "correct": correct,
         "logp": out.logp.double().cpu().numpy().reshape(len(chunk), per),
+        "logp_first": out.logp_first.double().cpu().numpy().reshape(len(chunk), per),
         "kl": kl.cpu().numpy(),
         "nonfinite": out.nonfinite.cpu().numpy().reshape(len(chunk), per),
         "clean_text": np.array(out.texts[::per]),
@@ -416,6 +436,8 @@ def _compute(
         answer=joined["answer"][:, 1:],
         correct=joined["correct"][:, 1:],
         logp=joined["logp"][:, 1:],
+        clean_logp_first=joined["logp_first"][:, 0],
+        logp_first=joined["logp_first"][:, 1:],
         kl=joined["kl"][:, 1:],
         nonfinite=joined["nonfinite"][:, 1:],
         attention=np.concatenate([s["attention"] for s in clean]),

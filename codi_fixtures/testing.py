@@ -251,6 +251,8 @@ def synthetic_study(
         answer=np.zeros((n, n_cond)),
         correct=correct,
         logp=logp,
+        clean_logp_first=clean_logp / 2,
+        logp_first=logp / 2,
         kl=np.zeros((n, n_cond)),
         nonfinite=nonfinite,
         attention=attention,

@@ -9,7 +9,7 @@ from codi_fixtures.figures import importance_by_thought, rq1_kind_bars
 
 
 def test_ablating_thought_lowers_gold_logp(analysis, claim, thought, kind):
-    """Ablating thought t lowers the log-probability of the gold answer."""
+    """Ablating thought t lowers log p(gold answer) by more than the SESOI (mean over problems)."""
     claim.judge(
         f"ablating thought {thought} ({kind}) lowers log p(gold)",
         analysis.rq1_logp(kind)[thought],
@@ -19,7 +19,7 @@ def test_ablating_thought_lowers_gold_logp(analysis, claim, thought, kind):
 
 
 def test_ablating_thought_lowers_accuracy(analysis, claim, thought, kind):
-    """Ablating thought t lowers accuracy (exact paired McNemar test)."""
+    """Ablating thought t lowers accuracy by more than the SESOI (paired score test)."""
     claim.judge(
         f"ablating thought {thought} ({kind}) lowers accuracy",
         analysis.rq1_accuracy(kind)[thought],
@@ -39,7 +39,7 @@ def test_ablating_all_thoughts_lowers_accuracy(analysis, claim, kind):
 
 
 def test_last_thought_is_most_important(analysis, claim, kind):
-    """The last thought matters most: its delta log p exceeds every other thought's."""
+    """The last thought matters most: its delta log p exceeds every other's by the SESOI."""
     claim.judge(
         f"the last thought is the most important ({kind})",
         analysis.last_most_important(kind),

@@ -32,12 +32,12 @@ FIGURES: dict[str, Callable[[StudyAnalysis], Figure]] = {
     "attention_vs_importance": figures.attention_vs_importance,
     "per_thought_correlations": lambda a: figures.per_thought_correlations(a, a.layers.middle),
     "head_correlation_map": figures.head_correlation_map,
-    "rq2_within": lambda a: figures.rq2_layer_scatter(a, a.layers.middle, "within"),
-    "rq2_centred": lambda a: figures.rq2_layer_scatter(a, a.layers.late, "centred"),
+    "rq2_position": lambda a: figures.rq2_layer_scatter(a, a.layers.middle, "position"),
+    "rq2_beyond": lambda a: figures.rq2_layer_scatter(a, a.layers.late, "beyond_position"),
     "rq1_logp": lambda a: figures.rq1_kind_bars(a, "mean", "logp"),
     "rq1_accuracy": lambda a: figures.rq1_kind_bars(a, "zero", "accuracy"),
 }
-ONE_PER_FUNCTION = [n for n in FIGURES if n not in {"rq2_centred", "rq1_accuracy"}]
+ONE_PER_FUNCTION = [n for n in FIGURES if n not in {"rq2_beyond", "rq1_accuracy"}]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_bad_arguments_raise(studies: dict[str, StudyAnalysis]) -> None:
     with pytest.raises(ValueError, match="was not run"):
         figures.rq1_kind_bars(a, "noise", "logp")
     with pytest.raises(ValueError, match="not a role layer"):
-        figures.rq2_layer_scatter(a, 3, "within")
+        figures.rq2_layer_scatter(a, 3, "position")
     with pytest.raises(ValueError, match="unknown RQ2 test"):
         figures.rq2_layer_scatter(a, 8, "spearman")
 

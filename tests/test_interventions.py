@@ -96,11 +96,33 @@ def test_zero(ref: AblationRef) -> None:
     assert torch.equal(out[2], torch.zeros(DIM))
 
 
-def test_mean_is_the_per_thought_dataset_mean(ref: AblationRef) -> None:
+def test_mean_is_the_per_thought_mean_of_the_other_problems(ref: AblationRef) -> None:
     out = apply(Ablation((0, 5), "mean"), ref.values[4], ref, 4)
+    others = [i for i in range(N_PROBLEMS) if i != 4]
     for t in (0, 5):
-        torch.testing.assert_close(out[t], ref.values[:, t].mean(dim=0))
-    assert not torch.allclose(ref.mean[0], ref.mean[5])  # per thought, not pooled
+        torch.testing.assert_close(out[t], ref.values[others, t].mean(dim=0))
+    assert not torch.allclose(ref.mean[4, 0], ref.mean[4, 5])  # per thought, not pooled
+
+
+@pytest.mark.parametrize("kind", ["mean", "noise"])
+def test_a_problem_never_contributes_to_its_own_reference(kind: str) -> None:
+    """Changing problem 3's values leaves its mean and noise scale unchanged (leave-one-out)."""
+    gen = torch.Generator().manual_seed(2)
+    values = torch.randn((N_PROBLEMS, N_THOUGHTS, DIM), generator=gen)
+    changed = values.clone()
+    changed[3] *= 100.0
+    a, b = AblationRef.from_values(values, seed=0), AblationRef.from_values(changed, seed=0)
+    out_a = apply(Ablation((1,), kind), values[3], a, 3)  # type: ignore[arg-type]
+    out_b = apply(Ablation((1,), kind), changed[3], b, 3)  # type: ignore[arg-type]
+    torch.testing.assert_close(out_a[1], out_b[1])
+    assert not torch.allclose(a.mean[0], b.mean[0])  # problem 3 does enter the others' means
+
+
+@pytest.mark.parametrize("kind", ["mean", "noise", "resample"])
+def test_a_reference_of_one_problem_is_refused(kind: str) -> None:
+    ref = AblationRef.from_values(torch.ones((1, N_THOUGHTS, DIM)))
+    with pytest.raises(ValueError, match="at least 2 problems"):
+        apply(Ablation((0,), kind), ref.values[0], ref, 0)  # type: ignore[arg-type]
 
 
 def test_noise_uses_the_problem_s_seeded_draw(ref: AblationRef) -> None:

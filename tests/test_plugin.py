@@ -21,29 +21,30 @@ FAKE_CLAIMS = '''
 from codi_fixtures.stats import StatResult
 
 
-def _result(p, n=50):
+def _result(p, verdict, n=50):
     return StatResult(statistic=0.3, p_value=p, ci_low=0.1, ci_high=0.5, n=n,
-                      method="planted", alternative="greater", p_corrected=p)
+                      method="planted", alternative="greater", p_corrected=p, ci_level=0.9,
+                      sesoi=0.1, verdict=verdict, verdict_reason=f"planted {verdict}")
 
 
 def test_supported(analysis, claim, tier):
-    """A planted result with p=0.001 passes."""
-    claim.judge("supported", _result(0.001))
+    """A planted supported result passes."""
+    claim.judge("supported", _result(0.001, "supported"))
 
 
 def test_unsupported(analysis, claim, tier):
-    """A planted result with p=0.4 fails, with its numbers in the message."""
-    claim.judge("unsupported", _result(0.4))
+    """A planted refuted result fails, with its numbers in the message."""
+    claim.judge("unsupported", _result(0.4, "refuted"))
 
 
 def test_too_few_problems(analysis, claim, tier):
     """Two usable problems are inconclusive: skipped, not failed."""
-    claim.judge("few", _result(0.001, n=2))
+    claim.judge("few", _result(0.001, "supported", n=2))
 
 
 def test_known_failure(analysis, claim, tier):
     """Declared as a known outcome for the bundled model: a strict xfail."""
-    claim.judge("known", _result(0.4))
+    claim.judge("known", _result(0.4, "refuted"))
 '''
 
 
@@ -96,7 +97,7 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
     result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
     result.stdout.fnmatch_lines(
         [
-            "*not supported at alpha=0.05: unsupported: statistic=0.3, p=0.4*n=50*",
+            "*refuted: unsupported: planted refuted; statistic=0.3, SESOI=0.1, p=0.4*n=50*",
             "*inconclusive: only 2 usable problems for few*",
         ]
     )
@@ -167,7 +168,7 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--layers=1,1,3"], "*the three layers must differ*"),
         (["--quick-n=0"], "*--quick-n must be at least 1*"),
         (["--batch-rows=0"], "*--batch-rows must be at least 1*"),
-        (["--alpha", "2"], "*--alpha must be between 0 and 1*"),
+        (["--alpha", "2"], "*--alpha must be between 0 and 0.5*"),
         (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
         (["--ablation-site", "block99"], "*layer 99 out of range*"),
         (["--device", "cuda:0"], "*CUDA*--device cpu*"),

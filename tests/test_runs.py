@@ -109,10 +109,19 @@ def test_the_cache_key_covers_everything_that_changes_numbers(
                 config.read_text().replace('"eos_token": "</s>"', '"eos_token": "<s>"')
             )
         cfg = ModelConfig(ckpt=tiny_llama_dir, base=str(base), device="cpu")
-    elif change == "torch_version":
-        monkeypatch.setattr(torch, "__version__", "9.9.9")
-    else:
-        monkeypatch.setattr(transformers, "__version__", "9.9.9")
+    else:  # another library release: the fingerprint of the same load must change
+        from codi_fixtures.model import _numerics
+
+        def numerics() -> dict[str, object]:
+            return _numerics(
+                cfg, str(tiny_llama_dir), model.codi.config, model.tokenizer, torch.float32, "cpu"
+            )
+
+        before = numerics()
+        library = torch if change == "torch_version" else transformers
+        monkeypatch.setattr(library, "__version__", "9.9.9")
+        assert numerics() != before
+        return
     other = load_codi(cfg)
     assert runs.study_fingerprint(other, problems, _cfg()) != runs.study_fingerprint(
         model, problems, _cfg()
