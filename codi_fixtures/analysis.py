@@ -241,7 +241,10 @@ class StudyAnalysis:
                     f"(shown: thought {closest}); {base.method}"
                 ),
                 verdict=verdict,
-                verdict_reason=f"thought {last} vs thought {closest}: {base.verdict_reason}",
+                verdict_reason=(
+                    f"thought {last} vs thought {closest}: "
+                    + str(base.verdict_reason).removeprefix(f"{base.verdict}: ")
+                ),
             )
 
         return self._memoised(("last", kind), compute)  # type: ignore[return-value]
