@@ -121,7 +121,7 @@ def reference_latent(
         assert seq.shape[0] - 1 == eot_position(q, n)
         for layer in range(model.n_layers):  # registered last: sees the overridden output
             stack.enter_context(
-                _forward_hook(model, layer, lambda _m, _i, o: captured.append(o[0]))
+                _forward_hook(model, layer, lambda _m, _i, o: captured.append(_block_output(o)[0]))
             )
         out = _full_forward(model, seq)
     eot = eot_position(q, n)
@@ -133,6 +133,13 @@ def reference_latent(
         attentions=torch.stack([a[0, :, eot, columns] for a in out.attentions]),
         blocks=torch.stack([c[columns] for c in captured]),
     )
+
+
+def _block_output(output: object) -> torch.Tensor:
+    """A decoder block's hidden output: a tensor (transformers >= 5.x late) or a tuple's first."""
+    hidden = output[0] if isinstance(output, tuple) else output
+    assert isinstance(hidden, torch.Tensor)
+    return hidden
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
