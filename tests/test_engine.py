@@ -99,12 +99,13 @@ def reference_latent(
             layer, thought, value = residual
             position = thought_position(thought, q)
 
-            def override(_m: object, _i: object, out: torch.Tensor) -> torch.Tensor | None:
+            def override(_m: object, _i: object, output: object) -> object:
+                out = _block_output(output)
                 if out.shape[1] <= position:
                     return None
                 out = out.clone()
                 out[:, position] = value
-                return out
+                return (out, *output[1:]) if isinstance(output, tuple) else out
 
             stack.enter_context(_forward_hook(model, layer, override))
         out = _full_forward(model, seq)
