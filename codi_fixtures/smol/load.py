@@ -57,11 +57,11 @@ def adapter_state(model: CodiModel, dtype: torch.dtype = torch.float16) -> dict[
     extra = getattr(emb, "extra", None)
     rows = extra if extra is not None else emb.weight[model.base_vocab_size :]
     state = {
-        k: v.detach().to(dtype).contiguous().clone()
+        k: v.detach().to(device="cpu", dtype=dtype).contiguous().clone()
         for k, v in model.state_dict().items()
         if ".lora_A." in k or ".lora_B." in k or k.startswith("prj.")
     }
-    state[NEW_ROWS_KEY] = rows.detach().to(dtype).contiguous().clone()
+    state[NEW_ROWS_KEY] = rows.detach().to(device="cpu", dtype=dtype).contiguous().clone()
     return state
 
 
