@@ -10,6 +10,7 @@ built lazily and shared read-only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from codi_fixtures.config import (
     parse_layers,
     tier_of_markexpr,
 )
-from codi_fixtures.errors import CodiError
+from codi_fixtures.errors import CodiError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the ``codi`` option group and ini keys."""
     group = parser.getgroup("codi", "CODI interpretability study")
     group.addoption(
-        "--codi-ckpt", default=None, help="CODI checkpoint directory (default: bundled)"
+        "--codi-ckpt", default=None, help="CODI checkpoint or adapter directory (default: bundled)"
     )
-    group.addoption("--codi-base", default=None, help="base model dir or cached HF name")
+    group.addoption(
+        "--codi-model",
+        default=None,
+        help="a shipped model instead of --codi-ckpt: bundled, planted or smol",
+    )
+    group.addoption(
+        "--codi-base", default=None, help="base model dir or cached HF name; a .gguf for an adapter"
+    )
     group.addoption(
         "--codi-allow-download", action="store_true", help="allow fetching the base from the hub"
     )
@@ -103,10 +111,16 @@ def _settings(config: pytest.Config) -> Settings:
     opt = config.getoption
     root = Path(config.rootpath)
     ckpt = opt("codi_ckpt")
+    if opt("codi_model") is not None:
+        from codi_fixtures.models import model_dir
+
+        if ckpt is not None:
+            raise ConfigError("give --codi-model or --codi-ckpt, not both")
+        ckpt = model_dir(opt("codi_model"))
     problems = opt("problems")
     tier = tier_of_markexpr(config.option.markexpr or "")
     report = opt("report_dir")
-    return Settings(
+    settings = Settings(
         model=ModelConfig(
             ckpt=Path(ckpt) if ckpt else None,
             base=opt("codi_base"),
@@ -132,6 +146,10 @@ def _settings(config: pytest.Config) -> Settings:
         cache_dir=Path(opt("codi_cache")) if opt("codi_cache") else root / ".codi_cache",
         report_dir=Path(report) if report else root / "reports" / tier,
     )
+    if not report and settings.model_label != "bundled":  # never over the bundled report
+        folder = f"{settings.model_label}-{tier}"
+        settings = dataclasses.replace(settings, report_dir=root / "reports" / folder)
+    return settings
 
 
 def _runs_claims(config: pytest.Config) -> bool:
@@ -197,22 +215,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def _collection_shape(settings: Settings) -> tuple[int, int | None]:
     """(thoughts, layers) read cheaply from codi.json / config.json, for test ids."""
     ckpt = Path(settings.model.ckpt or BUNDLED_CHECKPOINT)
-    n_thoughts, n_layers = 6, None
+    n_thoughts = 6
     spec = ckpt / "codi.json"
     if spec.is_file():
         try:
             n_thoughts = int(json.loads(spec.read_text()).get("n_thoughts", 6))
         except (ValueError, AttributeError):
             pass  # reported properly when the model loads
-    base = Path(settings.model.base) if settings.model.base else ckpt
-    config_file = base / "config.json"
-    if config_file.is_file():
-        try:
-            cfg = json.loads(config_file.read_text())
-            n_layers = int(cfg.get("num_hidden_layers", cfg.get("n_layer")))
-        except (ValueError, TypeError):
-            pass
-    return n_thoughts, n_layers
+    from codi_fixtures.models import n_layers as depth
+
+    return n_thoughts, depth(settings.model)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -363,16 +375,16 @@ class CodiSession:
         The checkpoint is checked (readable weights) before the problem set is considered.
         """
         from codi_fixtures.architecture import layer_roles
-        from codi_fixtures.checkpoint import find_weights_file, probe_weights
         from codi_fixtures.devices import resolve_device, resolve_dtype
         from codi_fixtures.interventions import parse_site
+        from codi_fixtures.models import probe_model
 
         if self._validated:
             return
         settings = self.settings
         try:
             resolve_dtype(settings.model.dtype, resolve_device(self._device()))
-            probe_weights(find_weights_file(Path(settings.model.ckpt or BUNDLED_CHECKPOINT)))
+            probe_model(settings.model)
             _, n_layers = _collection_shape(settings)
             if n_layers is not None:
                 try:
@@ -404,9 +416,9 @@ class CodiSession:
         if self._model is None:
             from dataclasses import replace
 
-            from codi_fixtures.model import load_codi
+            from codi_fixtures.models import load_model
 
-            self._model = load_codi(replace(self.settings.model, device=self._device()))
+            self._model = load_model(replace(self.settings.model, device=self._device()))
         return self._model
 
     def problem_pool(self) -> list[Any]:

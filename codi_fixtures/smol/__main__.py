@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import fields
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument(
         "--gsm8k", type=Path, default=None, help="GSM8K test.jsonl: report CODI accuracy on 100"
     )
+    evaluate.add_argument(
+        "--control",
+        default=None,
+        help="SUMMARY.json:NAME, a 0-thought control's record from a GPU run (pick_smol.py)",
+    )
     sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -97,7 +103,17 @@ def main(argv: list[str] | None = None) -> None:
         from codi_fixtures.smol.train import evaluate_adapter
 
         torch.set_num_threads(args.threads)
-        evaluate_adapter(args.adapter, gsm8k=args.gsm8k)
+        control = None
+        if args.control:
+            path, name = args.control.rsplit(":", 1)
+            record = json.loads(Path(path).read_text())[name]
+            control = {
+                "codi": record["device_metrics"]["codi"],
+                "recipe": record["recipe"],
+                "note": f"run {Path(path).name}:{name}, n_thoughts 0, measured on "
+                f"{record['machine']}",
+            }
+        evaluate_adapter(args.adapter, gsm8k=args.gsm8k, control=control)
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

