@@ -1,4 +1,4 @@
-"""Tests of codi_fixtures.figures on synthetic studies: every figure renders to PNG and PDF."""
+"""Tests of codi_fixtures.report.figures on synthetic studies: every figure renders (PNG, PDF)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from codi_fixtures import figures
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.architecture import LayerRoles
-from codi_fixtures.problems import DIFFICULTY_BINS
-from codi_fixtures.runs import StudyResults
+from codi_fixtures.analyses import StudyAnalysis
+from codi_fixtures.model.architecture import LayerRoles
+from codi_fixtures.report import figures
+from codi_fixtures.study.problems import DIFFICULTY_BINS
+from codi_fixtures.study.runs import StudyResults
 from codi_fixtures.testing import synthetic_study
 
 KINDS = ("zero", "mean")

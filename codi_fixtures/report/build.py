@@ -1,22 +1,19 @@
 """Session-level report: figures, ``summary_statistics.json`` and the HTML summary block.
 
-Runs in the controller only. It reads each tier's study from the on-disk cache
-(named by the fingerprint the workers reported), so it needs no model.
+The plugin's controller calls :func:`build_summary` once at the end of a run. It reads each
+tier's study from the on-disk cache (named by the fingerprint the workers reported), so it
+needs no model, and it knows nothing of pytest: its inputs are settings, study fingerprints,
+problem sets and the verdict rows.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import pytest
-
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.data import problem_set_fingerprint
-from codi_fixtures.figures import (
+from codi_fixtures.analyses import StudyAnalysis
+from codi_fixtures.config import Settings
+from codi_fixtures.report.figures import (
     attention_vs_importance,
     head_correlation_map,
     importance_by_thought,
@@ -25,73 +22,37 @@ from codi_fixtures.figures import (
     png_base64,
     save_figure,
 )
-from codi_fixtures.report import (
+from codi_fixtures.report.summary import (
     ClaimRow,
     package_versions,
     summary_html,
     summary_statistics,
     write_summary_statistics,
 )
-from codi_fixtures.runs import load_cached_study
+from codi_fixtures.study.data import problem_set_fingerprint
+from codi_fixtures.study.problems import Problem
+from codi_fixtures.study.runs import load_cached_study
 
-if TYPE_CHECKING:
-    from codi_fixtures.plugin import CodiSession
-
-__all__ = ["build_summary", "claim_rows"]
-
-
-def claim_rows(reports: Sequence[pytest.TestReport], outcomes: Mapping[str, str]) -> list[ClaimRow]:
-    """One row per judged claim, in a stable order (tier, then test id).
-
-    ``outcomes`` (test id -> outcome, :mod:`codi_fixtures.outcomes`) is what the controller
-    classified from every phase of every claim's reports.
-    """
-    from codi_fixtures.plugin import CLAIM_PROPERTY
-
-    rows = []
-    for report in reports:
-        payload = json.loads(str(dict(report.user_properties)[CLAIM_PROPERTY]))
-        message = payload["message"]
-        if report.skipped and not hasattr(report, "wasxfail"):
-            message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else message
-        rows.append(
-            ClaimRow(
-                nodeid=report.nodeid,
-                outcome=outcomes.get(report.nodeid, "error"),
-                tier=payload["tier"],
-                label=payload["label"],
-                message=message,
-                stats=payload["stats"],
-            )
-        )
-    return sorted(rows, key=lambda r: (r.tier, r.nodeid))
-
-
-def _study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
-    from codi_fixtures.plugin import STUDY_PROPERTY
-
-    out: dict[str, str] = {}
-    for report in reports:
-        for key, value in report.user_properties:
-            if key == STUDY_PROPERTY:
-                info = json.loads(str(value))
-                out[info["tier"]] = info["fingerprint"]
-    return out
+__all__ = ["build_summary"]
 
 
 def build_summary(
-    codi: CodiSession,
-    reports: Sequence[pytest.TestReport],
-    outcomes: Mapping[str, str],
+    settings: Settings,
+    fingerprints: Mapping[str, str],
+    problems_of: Callable[[str], Sequence[Problem]],
+    rows: Sequence[ClaimRow],
     out_dir: Path,
+    wall_time_s: float,
 ) -> str:
-    """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block."""
-    settings = codi.settings
+    """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block.
+
+    ``fingerprints`` maps each tier to the study the claims read; ``problems_of(tier)`` is the
+    tier's problem set; ``rows`` are the verdicts, in the order they are shown.
+    """
     fig_dir = out_dir / "figures"
-    rows = claim_rows(reports, outcomes)
     tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
     stats_by_tier: dict[str, dict[str, object]] = {}
-    for tier, fingerprint in sorted(_study_fingerprints(reports).items()):
+    for tier, fingerprint in sorted(fingerprints.items()):
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
@@ -122,7 +83,7 @@ def build_summary(
         for title, (name, fig) in figures.items():
             save_figure(fig, fig_dir, f"{tier}-{name}")
             encoded[title] = png_base64(fig)
-        problems = codi.problems(tier)
+        problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {
             "tier": tier,
@@ -140,7 +101,7 @@ def build_summary(
         "problems": str(settings.problems or "bundled held-out set"),
         "settings": settings.describe(),
         "versions": package_versions(),
-        "wall_time_s": round(time.monotonic() - codi.started, 1),
+        "wall_time_s": round(wall_time_s, 1),
     }
     content: dict[str, object] = {}
     if stats_by_tier:

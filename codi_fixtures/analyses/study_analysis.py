@@ -17,10 +17,8 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-from codi_fixtures.architecture import LayerRoles, layer_roles
 from codi_fixtures.config import Settings
-from codi_fixtures.equivalence import SESOI_ACCURACY, SESOI_LOGP, SESOI_R, Outcome
-from codi_fixtures.runs import StudyResults
+from codi_fixtures.model.architecture import LayerRoles, layer_roles
 from codi_fixtures.stats import (
     Rq2Tests,
     StatResult,
@@ -33,6 +31,8 @@ from codi_fixtures.stats import (
     mean_effect,
     rq2_tests,
 )
+from codi_fixtures.stats.equivalence import SESOI_ACCURACY, SESOI_LOGP, SESOI_R, Outcome
+from codi_fixtures.study.runs import StudyResults
 
 __all__ = ["Rq2Test", "StudyAnalysis"]
 

@@ -31,10 +31,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import ColorType
 
-from codi_fixtures.analysis import Rq2Test, StudyAnalysis
+from codi_fixtures.analyses import Rq2Test, StudyAnalysis
 from codi_fixtures.atomic import atomic_write_bytes
-from codi_fixtures.problems import DIFFICULTY_BINS
 from codi_fixtures.stats import StatResult
+from codi_fixtures.study.problems import DIFFICULTY_BINS
 
 __all__ = [
     "OKABE_ITO",

@@ -36,18 +36,18 @@ from tqdm import tqdm
 from codi_fixtures.answers import format_number, numbers_equal
 from codi_fixtures.atomic import atomic_write_bytes, atomic_write_text
 from codi_fixtures.config import ABLATION_KINDS, RunConfig
-from codi_fixtures.data import problem_set_fingerprint
 from codi_fixtures.engine import Prompt, ThoughtPatch, answer_targets, build_prompt, run_latent
 from codi_fixtures.errors import ConfigError
-from codi_fixtures.interventions import (
+from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.study.data import problem_set_fingerprint
+from codi_fixtures.study.interventions import (
     Ablation,
     AblationRef,
     EmbeddingSite,
     build_patch,
     parse_site,
 )
-from codi_fixtures.model import CodiModel
-from codi_fixtures.problems import Problem
+from codi_fixtures.study.problems import Problem
 
 __all__ = [
     "CACHE_VERSION",
