@@ -5,7 +5,7 @@ input once; everything after it is recomputed. Importance is measured as the
 drop in log p(gold answer) (teacher-forced) and as the drop in accuracy.
 """
 
-from codi_fixtures.report.figures import importance_by_thought, rq1_kind_bars
+from codi_fixtures.analyses.rq1 import importance_by_thought, rq1_kind_bars
 
 
 def test_ablating_thought_lowers_gold_logp(analysis, claim, thought, kind):

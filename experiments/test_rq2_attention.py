@@ -8,7 +8,7 @@ report and the JSON; its p treats the six pairs of a problem as independent, so 
 no verdict.
 """
 
-from codi_fixtures.report.figures import rq2_layer_scatter
+from codi_fixtures.analyses.rq2 import rq2_layer_scatter
 
 
 def _judge(analysis, claim, role, test, label, difficulty=None):

@@ -9,12 +9,13 @@ Modules: :mod:`~codi_fixtures.plugin.hooks` (options, markers, parametrisation, 
 :mod:`~codi_fixtures.plugin.fixtures`, :mod:`~codi_fixtures.plugin.claims` (verdicts),
 :mod:`~codi_fixtures.plugin.reporter` (the controller's report),
 :mod:`~codi_fixtures.plugin.console`, :mod:`~codi_fixtures.plugin.outcomes`,
-:mod:`~codi_fixtures.plugin.known_outcomes`. This module only gathers the hooks and
-fixtures, so that pytest finds them on the registered plugin.
+:mod:`~codi_fixtures.plugin.known_outcomes`, :mod:`~codi_fixtures.plugin.newhooks`. This
+module only gathers the hooks and fixtures, so that pytest finds them on the registered plugin.
 """
 
 from codi_fixtures.plugin.fixtures import analysis, claim, codi_model, codi_session
 from codi_fixtures.plugin.hooks import (
+    pytest_addhooks,
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
@@ -29,6 +30,7 @@ __all__ = [
     "claim",
     "codi_model",
     "codi_session",
+    "pytest_addhooks",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",

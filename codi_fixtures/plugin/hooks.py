@@ -27,6 +27,7 @@ from codi_fixtures.errors import CodiError
 from codi_fixtures.plugin.session import SESSION_KEY, CodiSession, collection_shape
 
 __all__ = [
+    "pytest_addhooks",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 
 
 # --- options ------------------------------------------------------------------------------
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Add the plugin's own hooks (``pytest_codi_analyses``)."""
+    from codi_fixtures.plugin import newhooks
+
+    pluginmanager.add_hookspecs(newhooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the ``codi`` option group and ini keys."""
     group = parser.getgroup("codi", "CODI interpretability study")

@@ -120,6 +120,7 @@ class CodiReporter:
             claim_rows(self.reports, self.outcomes),
             self.target.staging,
             time.monotonic() - self.codi.started,
+            self.codi.selected_analyses(),
         )
 
     def pytest_html_results_summary(

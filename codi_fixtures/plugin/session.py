@@ -51,6 +51,7 @@ class CodiSession:
     _pool: Any = None
     _studies: dict[str, Any] = field(default_factory=dict)
     _analyses: dict[str, Any] = field(default_factory=dict)
+    _selected: tuple[Any, ...] | None = None
     _failures: dict[str, Any] = field(default_factory=dict)
     _validated: bool = False
 
@@ -136,13 +137,30 @@ class CodiSession:
             self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
         )
 
+    def selected_analyses(self) -> tuple[Any, ...]:
+        """RQ1, RQ2 and every analysis a ``pytest_codi_analyses`` hook adds (names unique)."""
+        if self._selected is None:
+            from codi_fixtures.analyses import BUILTIN_ANALYSES
+
+            extra = self.config.hook.pytest_codi_analyses(config=self.config)
+            selected = (*BUILTIN_ANALYSES, *(a for batch in extra for a in batch))
+            names = [a.name for a in selected]
+            duplicate = next((n for n in names if names.count(n) > 1), None)
+            if duplicate is not None:
+                raise CodiError(f"two analyses are named {duplicate!r}; names must be unique")
+            self._selected = selected
+        return self._selected
+
     def study(self, tier: str) -> Any:
         """Cached study results for the tier (computed once across processes)."""
         if tier not in self._studies:
-            from codi_fixtures.study.runs import compute_study
+            from codi_fixtures.analyses import requirements_of
+            from codi_fixtures.study.runs import compute_study, dimensions_of
 
+            model = self.model()
+            needs = requirements_of(self.selected_analyses(), self.settings, dimensions_of(model))
             self._studies[tier] = compute_study(
-                self.model(), self.problems(tier), self.settings.run, self.settings.cache_dir
+                model, self.problems(tier), self.settings.run, self.settings.cache_dir, needs
             )
         return self._studies[tier]
 
@@ -156,7 +174,9 @@ class CodiSession:
             from codi_fixtures.analyses import StudyAnalysis
 
             try:
-                self._analyses[tier] = StudyAnalysis.from_settings(self.study(tier), self.settings)
+                self._analyses[tier] = StudyAnalysis.for_run(
+                    self.study(tier), self.settings, self.selected_analyses()
+                )
             except Exception as err:
                 self._failures[tier] = self._record_failure(tier, err)
         return self._analyses[tier] if tier in self._analyses else self._failures[tier]

@@ -11,17 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from codi_fixtures.analyses import StudyAnalysis
+from codi_fixtures.analyses import BUILTIN_ANALYSES, Analysis, StudyAnalysis
 from codi_fixtures.config import Settings
-from codi_fixtures.report.figures import (
-    attention_vs_importance,
-    head_correlation_map,
-    importance_by_thought,
-    importance_heatmap,
-    per_thought_correlations,
-    png_base64,
-    save_figure,
-)
+from codi_fixtures.report.figures import png_base64, save_figure
 from codi_fixtures.report.summary import (
     ClaimRow,
     package_versions,
@@ -31,7 +23,7 @@ from codi_fixtures.report.summary import (
 )
 from codi_fixtures.study.data import problem_set_fingerprint
 from codi_fixtures.study.problems import Problem
-from codi_fixtures.study.runs import load_cached_study
+from codi_fixtures.study.results import load_cached_study
 
 __all__ = ["build_summary"]
 
@@ -43,11 +35,13 @@ def build_summary(
     rows: Sequence[ClaimRow],
     out_dir: Path,
     wall_time_s: float,
+    analyses: Sequence[Analysis] = BUILTIN_ANALYSES,
 ) -> str:
     """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block.
 
     ``fingerprints`` maps each tier to the study the claims read; ``problems_of(tier)`` is the
-    tier's problem set; ``rows`` are the verdicts, in the order they are shown.
+    tier's problem set; ``rows`` are the verdicts, in the order they are shown; the figures are
+    those of the selected ``analyses``, in their order.
     """
     fig_dir = out_dir / "figures"
     tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
@@ -56,33 +50,12 @@ def build_summary(
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
-        analysis = StudyAnalysis.from_settings(results, settings)
-        figures = {
-            "RQ1: importance by thought (mean with 95% CI), per ablation kind": (
-                "importance_by_thought",
-                importance_by_thought(analysis),
-            ),
-            "RQ1: problems x thoughts importance, grouped by difficulty": (
-                "importance_heatmap",
-                importance_heatmap(analysis),
-            ),
-            "RQ2: attention vs importance at the early / middle / late layers": (
-                "attention_vs_importance",
-                attention_vs_importance(analysis),
-            ),
-            f"RQ2: per-thought correlations at layer {analysis.layers.middle}": (
-                "per_thought_correlations",
-                per_thought_correlations(analysis, analysis.layers.middle),
-            ),
-            "RQ2: attention-importance correlation per layer and head": (
-                "head_correlation_map",
-                head_correlation_map(analysis),
-            ),
-        }
+        analysis = StudyAnalysis.for_run(results, settings, analyses)
         encoded = {}
-        for title, (name, fig) in figures.items():
-            save_figure(fig, fig_dir, f"{tier}-{name}")
-            encoded[title] = png_base64(fig)
+        for spec in analysis.figures():
+            fig = spec.draw()
+            save_figure(fig, fig_dir, f"{tier}-{spec.name}")
+            encoded[spec.title] = png_base64(fig)
         problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {
