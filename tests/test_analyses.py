@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,54 +180,13 @@ def test_an_analysis_statistics_are_memoised_per_study():
     assert replace(analysis).analyses == analysis.analyses
 
 
-TOY_CONFTEST = '''
-"""A toy research question, added through the public extension point only."""
-
-import numpy as np
-from matplotlib.figure import Figure
-
-from codi_fixtures.analyses import Ablation, FigureSpec, HiddenReadout, Requirements
-from codi_fixtures.stats import mean_effect
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-class FirstTwoThoughts:
-    """Zero thoughts 0 and 1 together; read block 2's output at every thought."""
-
-    name = "toy"
-
-    def requirements(self, settings, dims):
-        return Requirements(
-            conditions=(Ablation((0, 1), "zero", label="t0+t1-zero"),),
-            readouts=(HiddenReadout(layer=2),),
-        )
-
-    def compute(self, view):
-        results = view.results
-        drop = results.delta_logp[:, results.column("t0+t1-zero")]
-        norms = np.linalg.norm(results.readouts["hidden-block2"], axis=-1)  # (N, T)
-        return {
-            "logp": mean_effect(drop, sesoi=view.sesoi_logp, alpha=view.alpha, seed=view.seed),
-            "norms": norms.mean(axis=0),
-        }
-
-    def figures(self, view):
-        def draw():
-            fig = Figure()
-            fig.subplots().bar(range(view.n_thoughts), view.of("toy")["norms"])
-            return fig
-
-        return [FigureSpec("Toy: block-2 norm per thought", "toy_norms", draw)]
-
-
-def pytest_codi_analyses(config):
-    return [FirstTwoThoughts()]
-'''
-
-TOY_CLAIMS = '''
-def test_zeroing_two_thoughts_lowers_gold_logp(analysis, claim, tier):
-    """Zeroing thoughts 0 and 1 together lowers log p(gold) by more than the SESOI."""
-    claim.judge("zeroing thoughts 0 and 1 lowers log p(gold)", analysis.of("toy")["logp"])
-'''
+def _readme_files() -> dict[str, str]:
+    """README's Python examples that start with a ``# <path>`` line, by path."""
+    blocks = re.findall(r"```python\n# (\S+\.py)\n(.*?)```", README.read_text(), flags=re.S)
+    return dict(blocks)
 
 
 @pytest.mark.slow
@@ -236,8 +196,9 @@ def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytes
 
     if not (BUNDLED_CHECKPOINT / "model.safetensors").exists():
         pytest.skip("bundled model not built")
-    pytester.makeconftest(TOY_CONFTEST)
-    pytester.makepyfile(test_toy=TOY_CLAIMS)
+    examples = _readme_files()  # README "Adding an analysis": conftest.py + experiments file
+    pytester.makeconftest(examples["conftest.py"])
+    pytester.makepyfile(test_toy=examples["experiments/test_toy.py"])
     cache = tmp_path / "cache"
     result = pytester.runpytest_subprocess(
         "-m", "quick", f"--codi-cache={cache}", "--report-dir=out", "-p", "no:cacheprovider"
@@ -259,3 +220,20 @@ def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytes
         "attention:eot->thoughts:all-layers",
         "hidden-block2",
     ]
+
+
+@pytest.mark.slow
+def test_the_readme_hypothesis_example_is_judged_by_the_plugin(pytester, tmp_path):
+    """README "Adding a hypothesis": one file in experiments/, every claim gets a verdict."""
+    from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+    if not (BUNDLED_CHECKPOINT / "model.safetensors").exists():
+        pytest.skip("bundled model not built")
+    pytester.makepyfile(test_answer_shift=_readme_files()["experiments/test_answer_shift.py"])
+    args = ["-m", "quick", f"--codi-cache={tmp_path / 'cache'}", "--report-dir=out"]
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert "errors" not in outcomes and "error" not in outcomes, outcomes
+    summary = json.loads((pytester.path / "out" / "summary_statistics.json").read_text())
+    assert len(summary["verdicts"]) == 24  # 6 thoughts x 4 kinds
+    assert {v["outcome"] for v in summary["verdicts"]} <= {"supported", "refuted", "inconclusive"}

@@ -6,7 +6,7 @@ statistics, figures). An analysis reads :class:`~codi_fixtures.study.results.Stu
 model. The building blocks of requirements are re-exported here.
 """
 
-from codi_fixtures.analyses.base import Analysis, FigureSpec
+from codi_fixtures.analyses.base import Analysis, Evidence, FigureSpec
 from codi_fixtures.analyses.study_analysis import (
     BUILTIN_ANALYSES,
     Rq2Test,
@@ -31,6 +31,7 @@ __all__ = [
     "AttentionReadout",
     "Dimensions",
     "EmbeddingSite",
+    "Evidence",
     "FigureSpec",
     "HiddenReadout",
     "Requirements",

@@ -19,11 +19,12 @@ Claims reach an analysis's statistics through the ``analysis`` fixture:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from codi_fixtures.config import Settings
+from codi_fixtures.stats import StatResult
 from codi_fixtures.study.conditions import Dimensions, Requirements
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from codi_fixtures.analyses.view import StudyView
 
-__all__ = ["Analysis", "FigureSpec"]
+__all__ = ["Analysis", "Evidence", "FigureSpec"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,20 @@ class FigureSpec:
     title: str
     name: str  # file stem: figures/<tier>-<name>.png|pdf
     draw: Callable[[], Figure]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one claim judges: ``claim.judge(evidence)`` in an experiments file.
+
+    An analysis module offers one function per kind of claim that returns this, so a claim
+    in ``experiments/`` is a docstring and one call.
+    """
+
+    label: str  # the claim in words, shown beside its verdict
+    result: StatResult  # a result that carries a verdict (built with a SESOI)
+    context: Mapping[str, object] = field(default_factory=dict)  # rows of the stats table
+    figure: tuple[str, Callable[[], Figure]] | None = None  # (cache key, draw) for the report
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from codi_fixtures.analyses.base import FigureSpec
+from codi_fixtures.analyses.base import Evidence, FigureSpec
 from codi_fixtures.analyses.plotting import (
     _DASHES,
     ACC_LABEL,
@@ -53,9 +53,13 @@ from codi_fixtures.study.conditions import Dimensions, Requirements, conditions_
 __all__ = [
     "Rq1",
     "all_thoughts",
+    "all_thoughts_lower_accuracy",
     "importance_by_thought",
     "importance_heatmap",
+    "last_is_most_important",
     "last_most_important",
+    "lowers_accuracy",
+    "lowers_logp",
     "rq1_accuracy",
     "rq1_kind_bars",
     "rq1_logp",
@@ -334,3 +338,44 @@ def importance_heatmap(a: StudyView) -> Figure:
         title += "\n(grey rows: excluded for NaN/inf)"
     ax.set_title(title, fontsize=11)
     return fig
+
+
+# --- claims (experiments/test_rq1_importance.py) ---------------------------------------------
+def lowers_logp(a: StudyView, thought: int, kind: str) -> Evidence:
+    """Ablating ``thought`` lowers log p(gold) by more than the SESOI (Holm over thoughts)."""
+    return Evidence(
+        f"ablating thought {thought} ({kind}) lowers log p(gold)",
+        rq1_logp(a, kind)[thought],
+        {"thought": thought, "ablation kind": kind, "measure": "delta log p [nats]"},
+        (f"rq1-logp-{kind}", lambda: rq1_kind_bars(a, kind, "logp")),
+    )
+
+
+def lowers_accuracy(a: StudyView, thought: int, kind: str) -> Evidence:
+    """Ablating ``thought`` lowers accuracy by more than the SESOI (paired score test)."""
+    return Evidence(
+        f"ablating thought {thought} ({kind}) lowers accuracy",
+        rq1_accuracy(a, kind)[thought],
+        {"thought": thought, "ablation kind": kind, "measure": "accuracy drop"},
+        (f"rq1-acc-{kind}", lambda: rq1_kind_bars(a, kind, "accuracy")),
+    )
+
+
+def all_thoughts_lower_accuracy(a: StudyView, kind: str) -> Evidence:
+    """Control: ablating every thought at once lowers accuracy by more than the SESOI."""
+    return Evidence(
+        f"ablating all thoughts ({kind}) lowers accuracy",
+        all_thoughts(a, kind),
+        {"thoughts": "all", "ablation kind": kind, "measure": "accuracy drop"},
+        ("rq1-overview", lambda: importance_by_thought(a)),
+    )
+
+
+def last_is_most_important(a: StudyView, kind: str) -> Evidence:
+    """The last thought's delta log p exceeds every other thought's by the SESOI."""
+    return Evidence(
+        f"the last thought is the most important ({kind})",
+        last_most_important(a, kind),
+        {"ablation kind": kind, "measure": "delta log p, last minus rival [nats]"},
+        (f"rq1-logp-{kind}", lambda: rq1_kind_bars(a, kind, "logp")),
+    )

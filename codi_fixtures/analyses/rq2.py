@@ -18,7 +18,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
-from codi_fixtures.analyses.base import FigureSpec
+from codi_fixtures.analyses.base import Evidence, FigureSpec
 from codi_fixtures.analyses.plotting import (
     ATTENTION_LABEL,
     LOGP_LABEL,
@@ -47,6 +47,7 @@ from codi_fixtures.study.conditions import (
 __all__ = [
     "Rq2",
     "Rq2Test",
+    "attention_claim",
     "attention_vs_importance",
     "head_correlation_map",
     "head_correlations",
@@ -325,3 +326,26 @@ def head_correlation_map(a: StudyView) -> Figure:
         title += "\n(grey: r undefined, constant data)"
     ax.set_title(title, fontsize=11)
     return fig
+
+
+# --- claims (experiments/test_rq2_attention.py) ----------------------------------------------
+_CLAIMS = {
+    "position": "{role} layer L{layer}: position-level r > SESOI",
+    "beyond_position": "{role} layer L{layer}: beyond-position r > SESOI",
+}
+
+
+def attention_claim(
+    a: StudyView, role: str, test: Rq2Test, difficulty: str | None = None
+) -> Evidence:
+    """At the ``role`` layer, RQ2 question ``test`` (position / beyond_position) > SESOI."""
+    layer = a.layers.as_dict()[role]
+    label = _CLAIMS[test].format(role=role, layer=layer)
+    if difficulty is not None:
+        label = label.replace(":", f", {difficulty}:", 1)
+    return Evidence(
+        label,
+        rq2(a, test, difficulty)[layer],
+        {"layer": layer, "role": role, "test": test, "difficulty": difficulty or "all"},
+        (f"rq2-{test}-L{layer}", lambda: rq2_layer_scatter(a, layer, test)),
+    )

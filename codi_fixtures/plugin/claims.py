@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from codi_fixtures.analyses import StudyAnalysis
+from codi_fixtures.analyses import Evidence, StudyAnalysis
 from codi_fixtures.plugin.outcomes import VERDICT_PROPERTY, ClaimNotSupported
 from codi_fixtures.plugin.properties import CLAIM_PROPERTY
 from codi_fixtures.report.summary import stats_table_html
@@ -95,13 +95,23 @@ class Claim:
 
     def judge(
         self,
-        label: str,
-        result: StatResult,
+        label: str | Evidence,
+        result: StatResult | None = None,
         *,
         context: Mapping[str, object] | None = None,
         figure: tuple[str, FigureFactory] | None = None,
     ) -> None:
-        """Pass when the result's verdict is supported, fail when refuted, else skip."""
+        """Pass when the result's verdict is supported, fail when refuted, else skip.
+
+        Either ``judge(evidence)`` (an analysis's :class:`~codi_fixtures.analyses.Evidence`)
+        or ``judge(label, result, context=..., figure=...)``.
+        """
+        if isinstance(label, Evidence):
+            given = label
+            label, result = given.label, given.result
+            context, figure = dict(given.context), given.figure
+        if result is None:
+            raise TypeError("claim.judge needs a result (or an Evidence)")
         if result.verdict not in ("supported", "refuted", "inconclusive"):
             raise TypeError(
                 f"claim.judge needs a result with a verdict (supported / refuted / "
