@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codi_fixtures.analyses import rq1, rq2
-from codi_fixtures.analyses.base import Analysis, FigureSpec
+from codi_fixtures.analyses.base import Analysis
 from codi_fixtures.analyses.rq2 import Rq2Test
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
@@ -43,6 +43,7 @@ class StudyAnalysis(StudyView):
     """Statistics over one study, by analysis; results are memoised (the object is read-only)."""
 
     analyses: tuple[Analysis, ...] = field(default=BUILTIN_ANALYSES, repr=False)
+    """The selected analyses: RQ1 and RQ2 unless the run adds more (``for_run``)."""
 
     @classmethod
     def for_run(
@@ -52,24 +53,6 @@ class StudyAnalysis(StudyView):
         view = cls.from_settings(results, settings)
         view.analyses = tuple(analyses)
         return view
-
-    def analysis(self, name: str) -> Analysis:
-        """The selected analysis called ``name``."""
-        for analysis in self.analyses:
-            if analysis.name == name:
-                return analysis
-        raise KeyError(
-            f"no analysis {name!r} is selected; selected: {[a.name for a in self.analyses]}"
-        )
-
-    def of(self, name: str) -> object:
-        """The statistics of analysis ``name`` (its ``compute``, once per study)."""
-        analysis = self.analysis(name)
-        return self.memoised(("analysis", name), lambda: analysis.compute(self))
-
-    def figures(self) -> list[FigureSpec]:
-        """Every selected analysis's report figures, in selection order."""
-        return [spec for analysis in self.analyses for spec in analysis.figures(self)]
 
     # --- RQ1 (codi_fixtures.analyses.rq1) ---------------------------------------------------
     def rq1_logp(self, kind: str) -> list[StatResult]:

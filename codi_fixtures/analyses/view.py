@@ -9,10 +9,9 @@ listed, never averaged in silently.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,14 +20,10 @@ from codi_fixtures.model.architecture import LayerRoles, layer_roles
 from codi_fixtures.stats import SESOI_ACCURACY, SESOI_LOGP, SESOI_R, StatResult, inconclusive
 from codi_fixtures.study.results import StudyResults
 
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:  # pragma: no cover
-    from typing_extensions import Self
-
 __all__ = ["StudyView", "guarded"]
 
 _T = TypeVar("_T")
+_V = TypeVar("_V", bound="StudyView")
 
 
 def guarded(compute: Callable[[], StatResult], n: int, alternative: str) -> StatResult:
@@ -60,9 +55,12 @@ class StudyView:
     n_boot: int = 4999
     n_perm: int = 5000
     _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
+    # The selected analyses (codi_fixtures.analyses.base.Analysis; typed Any here because the
+    # protocol's methods take this class: base imports view, not the other way round).
+    analyses: tuple[Any, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_settings(cls, results: StudyResults, settings: Settings) -> Self:
+    def from_settings(cls: type[_V], results: StudyResults, settings: Settings) -> _V:
         """The analysis a run's settings ask for (layer roles, importance kind, alpha, seed).
 
         Raises ``ValueError`` when ``settings.layers`` does not fit the model.
@@ -137,3 +135,22 @@ class StudyView:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]
+
+    # --- the selected analyses --------------------------------------------------------------
+    def analysis(self, name: str) -> Any:
+        """The selected analysis called ``name``."""
+        for analysis in self.analyses:
+            if analysis.name == name:
+                return analysis
+        raise KeyError(
+            f"no analysis {name!r} is selected; selected: {[a.name for a in self.analyses]}"
+        )
+
+    def of(self, name: str) -> Any:
+        """The statistics of analysis ``name`` (its ``compute``, once per study)."""
+        analysis = self.analysis(name)
+        return self.memoised(("analysis", name), lambda: analysis.compute(self))
+
+    def figures(self) -> list[Any]:
+        """Every selected analysis's report figures, in selection order."""
+        return [spec for analysis in self.analyses for spec in analysis.figures(self)]
