@@ -208,6 +208,8 @@ def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytes
     [verdict] = summary["verdicts"]
     assert verdict["outcome"] == "supported"
     assert verdict["claim"] == "zeroing thoughts 0 and 1 lowers log p(gold)"
+    assert len(summary["analyses"]["toy"]["block2_norm_per_thought"]) == 6
+    assert "rq1" not in summary["analyses"]  # RQ1 / RQ2 keep the seed's layout
     figures = sorted(p.name for p in (pytester.path / "out" / "figures").glob("*.png"))
     assert "quick-toy_norms.png" in figures and "quick-importance_by_thought.png" in figures
     # one study served RQ1, RQ2 and the toy: its own condition and read-out are in it

@@ -9,7 +9,9 @@ An analysis declares
     every selected analysis's requirements in shared batched passes and caches it;
 (b) how it turns the cached results into statistics: :meth:`Analysis.compute` (numpy / scipy
     through :mod:`codi_fixtures.stats`; no model, no torch), memoised per study;
-(c) its figures: :meth:`Analysis.figures`, drawn into the report.
+(c) its figures: :meth:`Analysis.figures`, drawn into the report; and, optionally, numbers for
+    ``summary_statistics.json``: a ``summary(view) -> Mapping`` method (under
+    ``analyses.<name>``; values JSON-able or numpy arrays).
 
 Claims reach an analysis's statistics through the ``analysis`` fixture:
 ``analysis.of("name")``. RQ1 and RQ2 (:mod:`~codi_fixtures.analyses.rq1`,

@@ -25,7 +25,20 @@ from codi_fixtures.study.data import problem_set_fingerprint
 from codi_fixtures.study.problems import Problem
 from codi_fixtures.study.results import load_cached_study
 
-__all__ = ["build_summary"]
+__all__ = ["analysis_summaries", "build_summary"]
+
+
+def analysis_summaries(analysis: StudyAnalysis) -> dict[str, object]:
+    """Numbers of the selected analyses that offer a ``summary(view)`` (optional), by name.
+
+    RQ1 and RQ2 have none: their numbers keep the seed's layout (:func:`summary_statistics`).
+    """
+    out: dict[str, object] = {}
+    for selected in analysis.analyses:
+        summary = getattr(selected, "summary", None)
+        if callable(summary):
+            out[selected.name] = dict(summary(analysis))
+    return out
 
 
 def build_summary(
@@ -65,6 +78,9 @@ def build_summary(
             "problem_set_fingerprint": problem_set_fingerprint(problems),
         }
         stats_by_tier[tier] = summary_statistics(analysis, meta)
+        extra = analysis_summaries(analysis)
+        if extra:
+            stats_by_tier[tier]["analyses"] = extra
         tiers[tier] = (analysis, encoded, questions)
     run_meta = {
         "model": settings.model_label,

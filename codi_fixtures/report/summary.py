@@ -222,6 +222,8 @@ def _clean(value: object) -> object:
         return [_clean(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return _clean(value.item())
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
     return value
 
 
