@@ -239,3 +239,17 @@ def test_the_readme_hypothesis_example_is_judged_by_the_plugin(pytester, tmp_pat
     summary = json.loads((pytester.path / "out" / "summary_statistics.json").read_text())
     assert len(summary["verdicts"]) == 24  # 6 thoughts x 4 kinds
     assert {v["outcome"] for v in summary["verdicts"]} <= {"supported", "refuted", "inconclusive"}
+
+
+def test_analyses_and_report_load_no_torch():
+    """At run time too (import-linter reads import statements, not package __init__ chains)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import codi_fixtures.analyses, codi_fixtures.report.build, "
+        "codi_fixtures.stats; print(sorted(m for m in ('torch', 'transformers', 'pytest') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
