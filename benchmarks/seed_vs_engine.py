@@ -61,8 +61,9 @@ from codi_fixtures.config import ABLATION_KINDS, BUNDLED_CHECKPOINT, ModelConfig
 from codi_fixtures.model import budget
 from codi_fixtures.model.architecture import layer_roles, unwrap_peft
 from codi_fixtures.model.checkpoint import CodiSpec
-from codi_fixtures.model.codi import CodiModel, load_codi
+from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.model.kvcache import cache_kwargs
+from codi_fixtures.models import load_model
 from codi_fixtures.study.data import load_problems, stratified_sample
 from codi_fixtures.study.problems import DIFFICULTY_BINS, Problem
 
@@ -273,7 +274,7 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=job["log_level"], format="%(levelname)s %(name)s: %(message)s")
     if job["threads"]:
         torch.set_num_threads(job["threads"])
-    model = load_codi(ModelConfig(ckpt=job["ckpt"], device=job["device"], dtype=job["dtype"]))
+    model = load_model(ModelConfig(ckpt=job["ckpt"], device=job["device"], dtype=job["dtype"]))
     counter = _CallCounter()
     decoder = unwrap_peft(model.codi).base_model
     handle = decoder.register_forward_pre_hook(counter, with_kwargs=True)
@@ -516,7 +517,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, ... (default float32)")
     p.add_argument("--batch-rows", type=int, default=512, help="engine rows per batch (512)")
     p.add_argument("--kind", choices=("zero", "mean"), default="mean", help="ablation kind")
-    p.add_argument("--ckpt", type=Path, default=BUNDLED_CHECKPOINT, help="checkpoint directory")
+    p.add_argument(
+        "--ckpt", type=Path, default=BUNDLED_CHECKPOINT, help="checkpoint or adapter directory"
+    )
     p.add_argument(
         "--problems", type=Path, default=None, help="problem file (default <ckpt>/eval.jsonl)"
     )
@@ -558,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    probe = load_codi(ModelConfig(ckpt=args.ckpt, device="cpu", dtype="float32"))
+    probe = load_model(ModelConfig(ckpt=args.ckpt, device="cpu", dtype="float32"))
     spec, tok, shape = probe.spec, probe.tokenizer, budget.shape_of(probe)
     roles = layer_roles(probe.n_layers)
     del probe  # the phases load their own copy

@@ -69,7 +69,9 @@ def cot_answers(
     for chunk in _chunks(problems, batch):
         prompt = build_prompt(model, [p.question for p in chunk])
         ids, mask = prompt.input_ids[:, :-1], prompt.attention_mask[:, :-1]  # drop <bot>
-        state = LoopState(new_cache(), mask[:, :0], torch.zeros(len(chunk), dtype=torch.long))
+        state = LoopState(
+            new_cache(), mask[:, :0], torch.zeros(len(chunk), dtype=torch.long, device=mask.device)
+        )
         out = forward_step(model, state, input_ids=ids, new_mask=mask, logits=True)
         assert out.logits is not None
         first = mask_specials(model, out.logits[:, -1])

@@ -189,17 +189,18 @@ def make_batch(model: CodiModel, problems: list[Problem]) -> Batch:
         answers.append(
             [model.eot_id, *_ids(tok, f"{ANSWER_PROMPT} {number}", special=False), model.eos_id]
         )
+    device = model.device
     teacher_ids, teacher_mask = _right_pad(teacher, model.pad_id)
     label_ids, _ = _right_pad(labels, IGNORE)
     answer_ids, answer_mask = _right_pad(answers, model.pad_id)
     return Batch(
         problems=problems,
-        teacher_ids=teacher_ids,
-        teacher_mask=teacher_mask,
-        teacher_labels=label_ids,
-        teacher_colon=torch.tensor(colons),
-        answer_ids=answer_ids,
-        answer_mask=answer_mask,
+        teacher_ids=teacher_ids.to(device),
+        teacher_mask=teacher_mask.to(device),
+        teacher_labels=label_ids.to(device),
+        teacher_colon=torch.tensor(colons, device=device),
+        answer_ids=answer_ids.to(device),
+        answer_mask=answer_mask.to(device),
         answer_colon=len(prompt_ids),  # [<eot>, The, answer, is, :] -> ':' at len(prompt)
     )
 
@@ -310,8 +311,8 @@ def codi_loss(
     assert out.logits is not None and out.hidden_states is not None
     targets = batch.answer_ids[:, 1:].masked_fill(batch.answer_mask[:, 1:] == 0, IGNORE)
     ce = _ce(out.logits[:, :-1], targets)
-    rows = torch.arange(len(batch.problems))
-    distill = torch.zeros(())
+    rows = torch.arange(len(batch.problems), device=out.logits.device)
+    distill = torch.zeros((), device=out.logits.device)
     for student, teacher in zip(out.hidden_states, ref_hidden, strict=True):
         target = teacher[rows, batch.teacher_colon].detach()
         pred = student[:, batch.answer_colon]

@@ -7,6 +7,7 @@ Expensive objects (model, problems, study) live in one session object
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Generator
@@ -23,7 +24,7 @@ from codi_fixtures.config import (
     parse_layers,
     tier_of_markexpr,
 )
-from codi_fixtures.errors import CodiError
+from codi_fixtures.errors import CodiError, ConfigError
 from codi_fixtures.plugin.session import SESSION_KEY, CodiSession, collection_shape
 
 __all__ = [
@@ -52,9 +53,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the ``codi`` option group and ini keys."""
     group = parser.getgroup("codi", "CODI interpretability study")
     group.addoption(
-        "--codi-ckpt", default=None, help="CODI checkpoint directory (default: bundled)"
+        "--codi-ckpt", default=None, help="CODI checkpoint or adapter directory (default: bundled)"
     )
-    group.addoption("--codi-base", default=None, help="base model dir or cached HF name")
+    group.addoption(
+        "--codi-model",
+        default=None,
+        help="a shipped model instead of --codi-ckpt: bundled, planted or smol",
+    )
+    group.addoption(
+        "--codi-base", default=None, help="base model dir or cached HF name; a .gguf for an adapter"
+    )
     group.addoption(
         "--codi-allow-download", action="store_true", help="allow fetching the base from the hub"
     )
@@ -110,10 +118,16 @@ def _settings(config: pytest.Config) -> Settings:
     opt = config.getoption
     root = Path(config.rootpath)
     ckpt = opt("codi_ckpt")
+    if opt("codi_model") is not None:
+        from codi_fixtures.models import model_dir
+
+        if ckpt is not None:
+            raise ConfigError("give --codi-model or --codi-ckpt, not both")
+        ckpt = model_dir(opt("codi_model"))
     problems = opt("problems")
     tier = tier_of_markexpr(config.option.markexpr or "")
     report = opt("report_dir")
-    return Settings(
+    settings = Settings(
         model=ModelConfig(
             ckpt=Path(ckpt) if ckpt else None,
             base=opt("codi_base"),
@@ -139,6 +153,10 @@ def _settings(config: pytest.Config) -> Settings:
         cache_dir=Path(opt("codi_cache")) if opt("codi_cache") else root / ".codi_cache",
         report_dir=Path(report) if report else root / "reports" / tier,
     )
+    if not report and settings.model_label != "bundled":  # never over the bundled report
+        folder = f"{settings.model_label}-{tier}"
+        settings = dataclasses.replace(settings, report_dir=root / "reports" / folder)
+    return settings
 
 
 def _runs_claims(config: pytest.Config) -> bool:

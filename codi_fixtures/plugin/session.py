@@ -22,22 +22,16 @@ SESSION_KEY = pytest.StashKey["CodiSession"]()
 def collection_shape(settings: Settings) -> tuple[int, int | None]:
     """(thoughts, layers) read cheaply from codi.json / config.json, for test ids."""
     ckpt = Path(settings.model.ckpt or BUNDLED_CHECKPOINT)
-    n_thoughts, n_layers = 6, None
+    n_thoughts = 6
     spec = ckpt / "codi.json"
     if spec.is_file():
         try:
             n_thoughts = int(json.loads(spec.read_text()).get("n_thoughts", 6))
         except (ValueError, AttributeError):
             pass  # reported properly when the model loads
-    base = Path(settings.model.base) if settings.model.base else ckpt
-    config_file = base / "config.json"
-    if config_file.is_file():
-        try:
-            cfg = json.loads(config_file.read_text())
-            n_layers = int(cfg.get("num_hidden_layers", cfg.get("n_layer")))
-        except (ValueError, TypeError):
-            pass
-    return n_thoughts, n_layers
+    from codi_fixtures.models import n_layers as depth
+
+    return n_thoughts, depth(settings.model)
 
 
 @dataclass
@@ -66,8 +60,8 @@ class CodiSession:
         The checkpoint is checked (readable weights) before the problem set is considered.
         """
         from codi_fixtures.model.architecture import layer_roles
-        from codi_fixtures.model.checkpoint import find_weights_file, probe_weights
         from codi_fixtures.model.devices import resolve_device, resolve_dtype
+        from codi_fixtures.models import probe_model
         from codi_fixtures.study.interventions import parse_site
 
         if self._validated:
@@ -75,7 +69,7 @@ class CodiSession:
         settings = self.settings
         try:
             resolve_dtype(settings.model.dtype, resolve_device(self._device()))
-            probe_weights(find_weights_file(Path(settings.model.ckpt or BUNDLED_CHECKPOINT)))
+            probe_model(settings.model)
             _, n_layers = collection_shape(settings)
             if n_layers is not None:
                 try:
@@ -107,9 +101,9 @@ class CodiSession:
         if self._model is None:
             from dataclasses import replace
 
-            from codi_fixtures.model.codi import load_codi
+            from codi_fixtures.models import load_model
 
-            self._model = load_codi(replace(self.settings.model, device=self._device()))
+            self._model = load_model(replace(self.settings.model, device=self._device()))
         return self._model
 
     def problem_pool(self) -> list[Any]:

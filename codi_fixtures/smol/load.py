@@ -3,7 +3,7 @@
 An adapter directory holds ``adapter.safetensors`` (LoRA A/B under their published keys
 ``codi.base_model.model.<HF key>.lora_A/B.default.weight``, ``prj.*``, and
 ``new_token_rows``: the pad / ``<bot>`` / ``<eot>`` embedding rows, tied to the LM head) and
-``codi.json`` (a :class:`~codi_fixtures.checkpoint.CodiSpec` whose ``extra["base"]`` names the
+``codi.json`` (a :class:`~codi_fixtures.model.checkpoint.CodiSpec` whose ``extra["base"]`` names the
 GGUF). :func:`load_smol` gives the same :class:`CodiModel` that ``load_codi`` gives for a
 full checkpoint; :func:`write_published` writes that full checkpoint (published layout,
 vocabulary + 3, config and tokenizer beside it) so ``load_codi`` can read it directly.
@@ -57,17 +57,19 @@ def adapter_state(model: CodiModel, dtype: torch.dtype = torch.float16) -> dict[
     extra = getattr(emb, "extra", None)
     rows = extra if extra is not None else emb.weight[model.base_vocab_size :]
     state = {
-        k: v.detach().to(dtype).contiguous().clone()
+        k: v.detach().to(device="cpu", dtype=dtype).contiguous().clone()
         for k, v in model.state_dict().items()
         if ".lora_A." in k or ".lora_B." in k or k.startswith("prj.")
     }
-    state[NEW_ROWS_KEY] = rows.detach().to(dtype).contiguous().clone()
+    state[NEW_ROWS_KEY] = rows.detach().to(device="cpu", dtype=dtype).contiguous().clone()
     return state
 
 
-def _fingerprint(adapter: Path, spec: CodiSpec, base_sha: str) -> str:
+def _fingerprint(adapter: Path, spec: CodiSpec, base_sha: str, numerics: dict[str, object]) -> str:
+    """Adapter bytes, spec, base GGUF and everything else that changes a run's numbers."""
     digest = hashlib.sha256(spec.to_json().encode())
     digest.update(base_sha.encode())
+    digest.update(json.dumps(numerics, sort_keys=True).encode())
     digest.update(adapter.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -143,9 +145,19 @@ def load_smol(
     model, spec, base_sha = _assemble(adapter_dir, gguf)
     if merge_lora:
         model.codi = model.codi.merge_and_unload()
-    model.fingerprint = _fingerprint(adapter_dir / ADAPTER_FILE, spec, base_sha)
     dev = resolve_device(device)
-    model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval().requires_grad_(False)
+    torch_dtype = resolve_dtype(dtype, dev)
+    import transformers
+
+    numerics: dict[str, object] = {
+        "dtype": str(torch_dtype),
+        "device_type": torch.device(dev).type,
+        "merge_lora": merge_lora,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    model.fingerprint = _fingerprint(adapter_dir / ADAPTER_FILE, spec, base_sha, numerics)
+    model.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
     log.info("assembled SmolLM2 CODI from %s (merge_lora=%s)", adapter_dir, merge_lora)
     return model
 

@@ -24,6 +24,7 @@ __all__ = [
     "generate_problem",
     "legal_steps",
     "make_splits",
+    "make_validation",
     "render",
 ]
 
@@ -184,3 +185,24 @@ def make_splits(
             train.append(problem)
     evals.sort(key=lambda p: (p.steps, int(p.id.rsplit("-", 1)[1])))
     return train, evals
+
+
+def make_validation(n_per_bin: int, seed: int, exclude: Sequence[Problem]) -> list[Problem]:
+    """A validation set for monitoring and recipe choice, disjoint from ``exclude``.
+
+    Drawn from its own stream, balanced over 2-5 steps; no question of ``exclude`` (the
+    train and held-out sets) appears in it, so choosing a recipe by validation accuracy
+    leaves the held-out numbers untouched.
+    """
+    seen = {p.question for p in exclude}
+    per_bin = dict.fromkeys(STEP_COUNTS, 0)
+    out: list[Problem] = []
+    for problem in _stream(seed + 2_000_003, "val", STEP_COUNTS):
+        if all(v >= n_per_bin for v in per_bin.values()):
+            break
+        if problem.question in seen or per_bin[problem.steps] >= n_per_bin:
+            continue
+        seen.add(problem.question)
+        per_bin[problem.steps] += 1
+        out.append(problem)
+    return out

