@@ -66,7 +66,7 @@ lock:
 	grep -vE '^(torch|triton|nvidia-.*)==' $(LATEST)/versions.txt > $(LOCK)
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports
 
 clean:
 	rm -rf .codi_cache reports/quick reports/full reports/all reports/*-partial

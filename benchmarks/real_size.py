@@ -73,10 +73,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from codi_fixtures import budget
-from codi_fixtures.checkpoint import WEIGHT_FILES, CodiSpec
 from codi_fixtures.config import BUNDLED_CHECKPOINT, TIERS, ModelConfig, RunConfig, Settings
-from codi_fixtures.model import CodiModel
+from codi_fixtures.model import budget
+from codi_fixtures.model.checkpoint import WEIGHT_FILES, CodiSpec
+from codi_fixtures.model.codi import CodiModel
 
 log = logging.getLogger("real_size")
 
@@ -301,7 +301,7 @@ def codi_skeleton(replica: Replica) -> CodiModel:
     """The CODI module ``load_codi`` builds for this base, on the meta device (no memory)."""
     from transformers import AutoConfig
 
-    from codi_fixtures.model import _build_backbone, build_projection
+    from codi_fixtures.model.codi import _build_backbone, build_projection
 
     config_class = type(AutoConfig.for_model(replica.model_type))
     base_config = config_class.from_dict(dict(replica.base_config))
@@ -500,7 +500,7 @@ class ForwardCounter:
     @contextmanager
     def attached(self, model: CodiModel) -> Iterator[ForwardCounter]:
         """Hooks on ``model``'s decoder and head while the context is open."""
-        from codi_fixtures.architecture import unwrap_peft
+        from codi_fixtures.model.architecture import unwrap_peft
 
         handles = [
             unwrap_peft(model.codi).base_model.register_forward_pre_hook(
@@ -560,13 +560,14 @@ def _replica_name(ckpt: Path) -> str:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Load the replica, run the study through the project's runner, measure and predict."""
-    from codi_fixtures.analysis import StudyAnalysis
+    from codi_fixtures.analyses import StudyAnalysis
     from codi_fixtures.answers import format_number
     from codi_fixtures.config import parse_kinds
-    from codi_fixtures.data import load_problems, stratified_sample
     from codi_fixtures.engine import answer_targets
-    from codi_fixtures.model import load_codi
-    from codi_fixtures.runs import compute_study, conditions_for
+    from codi_fixtures.model.codi import load_codi
+    from codi_fixtures.study.conditions import default_requirements
+    from codi_fixtures.study.data import load_problems, stratified_sample
+    from codi_fixtures.study.runs import compute_study, dimensions_of
 
     t_start = time.perf_counter()
     kinds = parse_kinds(args.kinds)
@@ -623,7 +624,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     # The cost model for exactly this study (token counts taken from this run).
     n = len(problems)
-    conditions = len(conditions_for(settings.run, model))
+    conditions = len(default_requirements(settings.run, dimensions_of(model)).conditions)
     rows = 1 + conditions
     q_lens = [int(q) for q in results.meta["q_len"]]  # type: ignore[union-attr]
     tok = model.tokenizer

@@ -19,7 +19,7 @@ shared between passes; it never calls ``codi_fixtures.engine``):
 The seed interleaved steps 1 and 3 per problem; the mean needs every problem's
 activations first, so the loops are split. The work done is the same.
 
-The *engine* side is ``codi_fixtures.runs.compute_study`` with one ablation kind
+The *engine* side is ``codi_fixtures.study.runs.compute_study`` with one ablation kind
 (it also runs the all-thoughts condition, teacher-forced scoring and attention at
 every layer: extra work on its side). Each phase runs in a fresh ``spawn`` child
 process, one after the other, so its peak RSS (``ru_maxrss``) is its own.
@@ -56,16 +56,16 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from codi_fixtures import budget
 from codi_fixtures.answers import format_number, parse_answer
-from codi_fixtures.architecture import layer_roles, unwrap_peft
-from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.config import ABLATION_KINDS, BUNDLED_CHECKPOINT, ModelConfig, RunConfig
-from codi_fixtures.data import load_problems, stratified_sample
-from codi_fixtures.kvcache import cache_kwargs
-from codi_fixtures.model import CodiModel
+from codi_fixtures.model import budget
+from codi_fixtures.model.architecture import layer_roles, unwrap_peft
+from codi_fixtures.model.checkpoint import CodiSpec
+from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.model.kvcache import cache_kwargs
 from codi_fixtures.models import load_model
-from codi_fixtures.problems import DIFFICULTY_BINS, Problem
+from codi_fixtures.study.data import load_problems, stratified_sample
+from codi_fixtures.study.problems import DIFFICULTY_BINS, Problem
 
 log = logging.getLogger("seed_vs_engine")
 
@@ -229,7 +229,7 @@ def run_engine(
     model: CodiModel, problems: Sequence[Problem], kinds: tuple[str, ...], cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """``compute_study`` into a fresh cache directory; per-problem outputs for comparison."""
-    from codi_fixtures.runs import compute_study
+    from codi_fixtures.study.runs import compute_study
 
     run_cfg = RunConfig(
         kinds=kinds, batch_rows=cfg["batch_rows"], max_new_tokens=cfg["engine_max_new_tokens"]

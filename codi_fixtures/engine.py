@@ -24,10 +24,10 @@ import torch
 from transformers.cache_utils import Cache
 
 from codi_fixtures.answers import parse_answer
-from codi_fixtures.architecture import unwrap_peft
-from codi_fixtures.hooks import block_output_hook
-from codi_fixtures.kvcache import cache_kwargs, new_cache
-from codi_fixtures.model import CodiModel
+from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.model.hooks import block_output_hook
+from codi_fixtures.model.kvcache import cache_kwargs, new_cache
 
 __all__ = [
     "LatentRun",

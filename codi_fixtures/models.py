@@ -66,7 +66,7 @@ def _gguf(cfg: ModelConfig) -> Path | None:
 
 def probe_model(cfg: ModelConfig) -> None:
     """Cheap checks before anything runs: readable weights (and, for an adapter, its base)."""
-    from codi_fixtures.checkpoint import find_weights_file, probe_weights
+    from codi_fixtures.model.checkpoint import find_weights_file, probe_weights
 
     ckpt = _ckpt(cfg)
     if is_adapter_dir(ckpt):
@@ -108,6 +108,6 @@ def load_model(cfg: ModelConfig) -> Any:
         return load_smol(
             ckpt, gguf=_gguf(cfg), merge_lora=cfg.merge_lora, device=cfg.device, dtype=cfg.dtype
         )
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
 
     return load_codi(cfg)

@@ -2,7 +2,7 @@
 
 Everything here builds *real* transformers models (``LlamaForCausalLM`` /
 ``GPT2LMHeadModel``) from small configs and stores them in exactly the
-published checkpoint layout (see :mod:`codi_fixtures.checkpoint`), so the same
+published checkpoint layout (see :mod:`codi_fixtures.model.checkpoint`), so the same
 loader, engine and interventions run on them as on the published checkpoints:
 
 >>> model = tiny_codi("gpt2")  # doctest: +SKIP
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.checkpoint import SPEC_FILE, WEIGHT_FILES, CodiSpec, write_checkpoint
-from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection, wrap_lora
-from codi_fixtures.problems import DIFFICULTY_BINS
-from codi_fixtures.runs import StudyResults
+from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.checkpoint import SPEC_FILE, WEIGHT_FILES, CodiSpec, write_checkpoint
+from codi_fixtures.model.codi import N_SPECIAL, CodiModel, build_projection, wrap_lora
+from codi_fixtures.study.problems import DIFFICULTY_BINS
+from codi_fixtures.study.runs import StudyResults
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -167,7 +167,7 @@ def save_tiny_checkpoint(
     """Write ``model`` as a published-layout CODI checkpoint that ``load_codi`` reads.
 
     The directory gets the weights (``model.safetensors`` via
-    :func:`~codi_fixtures.checkpoint.write_checkpoint`, or a ``torch.save``d state
+    :func:`~codi_fixtures.model.checkpoint.write_checkpoint`, or a ``torch.save``d state
     dict in ``pytorch_model.bin``), ``codi.json``, the *base* ``config.json``
     (``vocab_size`` = rows - 3, as a published base config has) and the tokenizer
     files. Returns the weights file.

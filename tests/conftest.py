@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from codi_fixtures.model import CodiModel
+    from codi_fixtures.model.codi import CodiModel
 
 ARCHS = ("llama", "gpt2")
 

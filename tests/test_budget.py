@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from codi_fixtures import budget
-from codi_fixtures.budget import ModelShape, StudyShape
 from codi_fixtures.engine import build_prompt, encode_prompt
-from codi_fixtures.model import CodiModel, build_projection
+from codi_fixtures.model import budget
+from codi_fixtures.model.budget import ModelShape, StudyShape
+from codi_fixtures.model.codi import CodiModel, build_projection
 
 TOY = ModelShape(
     name="toy",
@@ -129,7 +129,7 @@ def _meta_codi(config: object, prj_dim: int) -> CodiModel:
     """A weightless (meta-device) CODI module with a published model's shape."""
     from transformers import AutoModelForCausalLM
 
-    from codi_fixtures.checkpoint import CodiSpec
+    from codi_fixtures.model.checkpoint import CodiSpec
 
     with torch.device("meta"):
         backbone = AutoModelForCausalLM.from_config(config)

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from codi_fixtures.architecture import hidden_state_index, unwrap_peft
-from codi_fixtures.checkpoint import SPEC_FILE, WEIGHT_FILES
 from codi_fixtures.config import ModelConfig
 from codi_fixtures.engine import build_prompt, encode_prompt, forward_step
 from codi_fixtures.errors import CheckpointError
-from codi_fixtures.hooks import count_forward_hooks
-from codi_fixtures.model import N_SPECIAL, CodiModel, load_codi
+from codi_fixtures.model.architecture import hidden_state_index, unwrap_peft
+from codi_fixtures.model.checkpoint import SPEC_FILE, WEIGHT_FILES
+from codi_fixtures.model.codi import N_SPECIAL, CodiModel, load_codi
+from codi_fixtures.model.hooks import count_forward_hooks
 from codi_fixtures.testing import save_tiny_checkpoint, tiny_codi
 
 PROMPT = "Tom has 3 apples. Then Tom gets 4 more. How many apples does Tom have?"

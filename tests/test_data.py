@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codi_fixtures.data import (
+from codi_fixtures.errors import DataError
+from codi_fixtures.study.data import (
     load_gsm8k_jsonl,
     load_problem_jsonl,
     load_problems,
@@ -20,8 +21,7 @@ from codi_fixtures.data import (
     stratified_sample,
     write_problem_jsonl,
 )
-from codi_fixtures.errors import DataError
-from codi_fixtures.problems import DIFFICULTY_BINS, Problem, difficulty_bin
+from codi_fixtures.study.problems import DIFFICULTY_BINS, Problem, difficulty_bin
 
 GSM8K_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
 
@@ -139,7 +139,7 @@ class TestGsm8kJsonl:
             tmp_path / "t.jsonl",
             [_line("none", "#### 3"), _line("one", "<<1+2=3>>\n#### 3"), _line("two", GOOD_ANSWER)],
         )
-        with caplog.at_level(logging.INFO, logger="codi_fixtures.data"):
+        with caplog.at_level(logging.INFO, logger="codi_fixtures.study.data"):
             problems = load_gsm8k_jsonl(path)
         assert [p.question for p in problems] == ["two"]
         assert "dropped 2 problem(s)" in caplog.text

@@ -3,7 +3,7 @@
 The reference for indexing is an independent re-implementation of the latent
 loop without KV cache, batching or padding: every step is one full forward
 over the literal sequence ``question, <bot>, thought 0..t, ...``, and positions
-come from :mod:`codi_fixtures.architecture` (``thought_position`` /
+come from :mod:`codi_fixtures.model.architecture` (``thought_position`` /
 ``eot_position``), never from the engine's own bookkeeping.
 """
 
@@ -19,7 +19,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codi_fixtures.architecture import eot_position, thought_position, unwrap_peft
 from codi_fixtures.engine import (
     LatentRun,
     Prompt,
@@ -28,8 +27,9 @@ from codi_fixtures.engine import (
     build_prompt,
     run_latent,
 )
-from codi_fixtures.hooks import block_output_hook, count_forward_hooks
-from codi_fixtures.model import CodiModel
+from codi_fixtures.model.architecture import eot_position, thought_position, unwrap_peft
+from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.model.hooks import block_output_hook, count_forward_hooks
 from codi_fixtures.testing import tiny_codi
 
 ATOL = 1e-5

@@ -1,4 +1,4 @@
-"""Tests of codi_fixtures.figures on synthetic studies: every figure renders to PNG and PDF."""
+"""The analyses' figures on synthetic studies: every figure renders (PNG and PDF)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from codi_fixtures import figures
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.architecture import LayerRoles
-from codi_fixtures.problems import DIFFICULTY_BINS
-from codi_fixtures.runs import StudyResults
+from codi_fixtures.analyses import StudyAnalysis, rq1, rq2
+from codi_fixtures.model.architecture import LayerRoles
+from codi_fixtures.report import figures
+from codi_fixtures.study.problems import DIFFICULTY_BINS
+from codi_fixtures.study.results import StudyResults
 from codi_fixtures.testing import synthetic_study
 
 KINDS = ("zero", "mean")
@@ -27,15 +27,15 @@ def analyse(results: StudyResults, layers: LayerRoles | None = None) -> StudyAna
 
 
 FIGURES: dict[str, Callable[[StudyAnalysis], Figure]] = {
-    "importance_by_thought": figures.importance_by_thought,
-    "importance_heatmap": figures.importance_heatmap,
-    "attention_vs_importance": figures.attention_vs_importance,
-    "per_thought_correlations": lambda a: figures.per_thought_correlations(a, a.layers.middle),
-    "head_correlation_map": figures.head_correlation_map,
-    "rq2_position": lambda a: figures.rq2_layer_scatter(a, a.layers.middle, "position"),
-    "rq2_beyond": lambda a: figures.rq2_layer_scatter(a, a.layers.late, "beyond_position"),
-    "rq1_logp": lambda a: figures.rq1_kind_bars(a, "mean", "logp"),
-    "rq1_accuracy": lambda a: figures.rq1_kind_bars(a, "zero", "accuracy"),
+    "importance_by_thought": rq1.importance_by_thought,
+    "importance_heatmap": rq1.importance_heatmap,
+    "attention_vs_importance": rq2.attention_vs_importance,
+    "per_thought_correlations": lambda a: rq2.per_thought_correlations(a, a.layers.middle),
+    "head_correlation_map": rq2.head_correlation_map,
+    "rq2_position": lambda a: rq2.rq2_layer_scatter(a, a.layers.middle, "position"),
+    "rq2_beyond": lambda a: rq2.rq2_layer_scatter(a, a.layers.late, "beyond_position"),
+    "rq1_logp": lambda a: rq1.rq1_kind_bars(a, "mean", "logp"),
+    "rq1_accuracy": lambda a: rq1.rq1_kind_bars(a, "zero", "accuracy"),
 }
 ONE_PER_FUNCTION = [n for n in FIGURES if n not in {"rq2_beyond", "rq1_accuracy"}]
 
@@ -94,14 +94,14 @@ def test_figures_handle_any_shape(n_thoughts: int, n_layers: int, n_heads: int) 
 
 def test_degenerate_heatmap_groups_only_nonempty_bins(studies: dict[str, StudyAnalysis]) -> None:
     """An empty difficulty bin gets no row group and no label."""
-    fig = figures.importance_heatmap(studies["degenerate"])
+    fig = rq1.importance_heatmap(studies["degenerate"])
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["2-step (n=4)", "3-step (n=3)", "4-step (n=3)"]
 
 
 def test_thoughts_are_labelled_zero_based(studies: dict[str, StudyAnalysis]) -> None:
     """Scatter legends name 'thought 0' .. 'thought T-1', never 1-based tokens."""
-    fig = figures.attention_vs_importance(studies["n12"])
+    fig = rq2.attention_vs_importance(studies["n12"])
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert texts == [f"thought {t}" for t in range(6)]
 
@@ -114,22 +114,18 @@ def test_save_figure_rejects_paths_as_names(tmp_path: Path) -> None:
 def test_bad_arguments_raise(studies: dict[str, StudyAnalysis]) -> None:
     a = studies["n12"]
     with pytest.raises(ValueError, match="unknown measure"):
-        figures.rq1_kind_bars(a, "mean", "flips")
+        rq1.rq1_kind_bars(a, "mean", "flips")
     with pytest.raises(ValueError, match="was not run"):
-        figures.rq1_kind_bars(a, "noise", "logp")
+        rq1.rq1_kind_bars(a, "noise", "logp")
     with pytest.raises(ValueError, match="not a role layer"):
-        figures.rq2_layer_scatter(a, 3, "position")
+        rq2.rq2_layer_scatter(a, 3, "position")
     with pytest.raises(ValueError, match="unknown RQ2 test"):
-        figures.rq2_layer_scatter(a, 8, "spearman")
+        rq2.rq2_layer_scatter(a, 8, "spearman")
 
 
 def test_saved_files_are_reproducible(studies: dict[str, StudyAnalysis], tmp_path: Path) -> None:
     """The same figure saved twice gives identical PNG and PDF bytes (no timestamps)."""
-    first = figures.save_figure(
-        figures.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "a"
-    )
-    again = figures.save_figure(
-        figures.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "b"
-    )
+    first = figures.save_figure(rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "a")
+    again = figures.save_figure(rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "b")
     for fmt in ("png", "pdf"):
         assert first[fmt].read_bytes() == again[fmt].read_bytes()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codi_fixtures.interventions import (
+from codi_fixtures.study.interventions import (
     ABLATION_KINDS,
     Ablation,
     AblationRef,

@@ -77,9 +77,9 @@ def test_codi_model_and_codi_ckpt_together_is_a_usage_error(pytester):
 @pytest.mark.slow
 def test_adapter_and_exported_full_checkpoint_give_identical_runs(tmp_path):
     """Base + adapter loaded directly, and the published-layout checkpoint written from them."""
-    from codi_fixtures.data import load_problem_jsonl
     from codi_fixtures.engine import build_prompt, run_latent
     from codi_fixtures.smol.load import write_published
+    from codi_fixtures.study.data import load_problem_jsonl
 
     problems = load_problem_jsonl(SMOL / "eval.jsonl")[::20]
     prompt_questions = [p.question for p in problems]

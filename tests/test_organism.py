@@ -183,7 +183,7 @@ bundled = pytest.mark.skipif(
 def test_bundled_checkpoint_loads_with_no_options_and_is_the_published_layout():
     from safetensors import safe_open
 
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
 
     model = load_codi(ModelConfig(device="cpu"))
     assert model.spec.task == "organism"
@@ -200,9 +200,9 @@ def test_bundled_checkpoint_loads_with_no_options_and_is_the_published_layout():
 @bundled
 @pytest.mark.slow
 def test_bundled_checkpoint_reproduces_its_recorded_accuracy():
-    from codi_fixtures.data import load_problem_jsonl
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
     from codi_fixtures.organism.evaluate import accuracy_by_bin, latent_answers
+    from codi_fixtures.study.data import load_problem_jsonl
 
     model = load_codi(ModelConfig(device="cpu", dtype="float32"))
     problems = load_problem_jsonl(BUNDLED_CHECKPOINT / "eval.jsonl")

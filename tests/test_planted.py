@@ -129,13 +129,13 @@ def test_planted_checkpoint_records_its_map_and_is_small():
 
 @planted_built
 def test_planted_checkpoint_reproduces_its_recorded_accuracy_and_lens_rates():
-    from codi_fixtures.data import load_problem_jsonl
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
     from codi_fixtures.organism.evaluate import (
         accuracy_by_bin,
         latent_answers,
         planted_lens_rates,
     )
+    from codi_fixtures.study.data import load_problem_jsonl
 
     model = load_codi(ModelConfig(ckpt=PLANTED_CHECKPOINT, device="cpu", dtype="float32"))
     assert model.spec.task == "organism"

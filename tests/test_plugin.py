@@ -49,7 +49,7 @@ def test_known_failure(analysis, claim, tier):
 
 
 def _bundled_quick_fingerprint() -> str:
-    from codi_fixtures.data import load_problems, problem_set_fingerprint, stratified_sample
+    from codi_fixtures.study.data import load_problems, problem_set_fingerprint, stratified_sample
 
     pool = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
     return problem_set_fingerprint(stratified_sample(pool, 10, seed=0))

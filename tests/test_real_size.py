@@ -17,10 +17,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig
 from codi_fixtures.engine import build_prompt, run_latent
-from codi_fixtures.model import load_codi
+from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.codi import load_codi
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_size.py"
 

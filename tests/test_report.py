@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.config import BUNDLED_CHECKPOINT
-from codi_fixtures.report import ClaimRow, summary_html, summary_statistics
+from codi_fixtures.model.architecture import LayerRoles
+from codi_fixtures.report.summary import ClaimRow, summary_html, summary_statistics
 from codi_fixtures.testing import synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]

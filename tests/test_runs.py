@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from codi_fixtures import runs
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.architecture import LayerRoles
+from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.config import ModelConfig, RunConfig
 from codi_fixtures.engine import ThoughtPatch, build_prompt, run_latent
-from codi_fixtures.model import load_codi
+from codi_fixtures.model.architecture import LayerRoles
+from codi_fixtures.model.codi import load_codi
 from codi_fixtures.organism.task import make_splits
+from codi_fixtures.study import runs
 
 KINDS = ("zero", "mean")
 
@@ -110,7 +110,7 @@ def test_the_cache_key_covers_everything_that_changes_numbers(
             )
         cfg = ModelConfig(ckpt=tiny_llama_dir, base=str(base), device="cpu")
     else:  # another library release: the fingerprint of the same load must change
-        from codi_fixtures.model import _numerics
+        from codi_fixtures.model.codi import _numerics
 
         def numerics() -> dict[str, object]:
             return _numerics(
@@ -229,9 +229,9 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
         f"""
         import os, sys
         from pathlib import Path
-        from codi_fixtures import runs
+        from codi_fixtures.study import runs
         from codi_fixtures.config import ModelConfig, RunConfig
-        from codi_fixtures.model import load_codi
+        from codi_fixtures.model.codi import load_codi
         from codi_fixtures.organism.task import make_splits
 
         log = Path(sys.argv[1])

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.errors import CheckpointError
-from codi_fixtures.model import N_SPECIAL
+from codi_fixtures.model.checkpoint import CodiSpec
+from codi_fixtures.model.codi import N_SPECIAL
 from codi_fixtures.organism.tokenizer import build_tokenizer
 from codi_fixtures.organism.train import codi_loss, make_batch, teacher_loss
 from codi_fixtures.smol import base as base_mod
@@ -185,9 +185,9 @@ def test_adapter_with_missing_keys_is_refused(tiny_parts):
 @needs_smol
 @pytest.mark.slow
 def test_shipped_adapter_reproduces_its_recorded_answers_merged_and_unmerged():
-    from codi_fixtures.data import load_problem_jsonl
     from codi_fixtures.organism.evaluate import accuracy_by_bin, latent_answers
     from codi_fixtures.smol.load import SHIPPED_ADAPTER, load_smol
+    from codi_fixtures.study.data import load_problem_jsonl
 
     if not (SHIPPED_ADAPTER / "adapter.safetensors").exists():
         pytest.skip("no shipped adapter yet (python -m codi_fixtures.smol train)")

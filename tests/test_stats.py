@@ -19,7 +19,6 @@ from codi_fixtures.stats import (
     MIN_PROBLEMS,
     StatResult,
     Verdict,
-    _tango_z,
     accuracy_drop_effect,
     apply_holm,
     apply_holm_verdicts,
@@ -37,6 +36,7 @@ from codi_fixtures.stats import (
     rq2_tests,
     within_problem_permutation_test,
 )
+from codi_fixtures.stats.inference import _tango_z
 
 ALPHA = 0.05
 MAX_FALSE_POSITIVE = 0.08  # 0.05 plus about three binomial SDs at 300-500 simulations

@@ -150,9 +150,9 @@ def bundled_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray,
     import torch
 
     from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, RunConfig
-    from codi_fixtures.data import load_problems
-    from codi_fixtures.model import load_codi
-    from codi_fixtures.runs import compute_study
+    from codi_fixtures.model.codi import load_codi
+    from codi_fixtures.study.data import load_problems
+    from codi_fixtures.study.runs import compute_study
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

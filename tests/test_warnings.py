@@ -34,7 +34,7 @@ def no_deprecations() -> Iterator[None]:
 
 
 def test_the_engine_on_the_bundled_model_raises_no_deprecation(questions: list[str]) -> None:
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
 
     with no_deprecations():
         model = load_codi(ModelConfig(device="cpu"))
@@ -49,7 +49,7 @@ def test_the_engine_on_the_bundled_model_raises_no_deprecation(questions: list[s
 def test_loading_and_running_lora_checkpoints_raises_no_deprecation(
     arch: str, merge: bool, request: pytest.FixtureRequest, questions: list[str]
 ) -> None:
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
 
     ckpt: Path = request.getfixturevalue(f"tiny_{arch}_dir")
     with no_deprecations():
@@ -58,10 +58,10 @@ def test_loading_and_running_lora_checkpoints_raises_no_deprecation(
 
 
 def test_a_training_step_and_a_cached_study_raise_no_deprecation(tmp_path: Path) -> None:
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
     from codi_fixtures.organism.task import make_splits
     from codi_fixtures.organism.train import codi_loss, make_batch
-    from codi_fixtures.runs import compute_study
+    from codi_fixtures.study.runs import compute_study
 
     model = load_codi(ModelConfig(device="cpu"))
     _, problems = make_splits(0, 2, seed=3)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from codi_fixtures.checkpoint import CodiSpec
+from codi_fixtures.model.checkpoint import CodiSpec
 from codi_fixtures.organism.evaluate import latent_answers
 from codi_fixtures.organism.tokenizer import build_tokenizer
 from codi_fixtures.organism.train import TrainConfig, TrainState, run_phase
@@ -75,8 +75,8 @@ def main() -> None:
         device, 6, state.history[-1]["loss"], time.monotonic() - start, answers,
     )  # fmt: skip
     from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig
-    from codi_fixtures.data import load_problem_jsonl
-    from codi_fixtures.model import load_codi
+    from codi_fixtures.model.codi import load_codi
+    from codi_fixtures.study.data import load_problem_jsonl
 
     bundled = load_codi(ModelConfig(ckpt=None, device="cpu", dtype="float32"))
     problems = load_problem_jsonl(BUNDLED_CHECKPOINT / "eval.jsonl")[:100]

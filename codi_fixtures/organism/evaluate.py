@@ -16,12 +16,12 @@ from codi_fixtures.engine import (
     mask_specials,
     run_latent,
 )
-from codi_fixtures.interventions import Ablation, AblationRef, build_patch
-from codi_fixtures.kvcache import new_cache
 from codi_fixtures.model import CodiModel
+from codi_fixtures.model.kvcache import new_cache
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import thought_lens_logits, value_target
-from codi_fixtures.problems import Problem
+from codi_fixtures.study.interventions import Ablation, AblationRef, build_patch
+from codi_fixtures.study.problems import Problem
 
 __all__ = [
     "accuracy_by_bin",

@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.checkpoint import write_checkpoint
-from codi_fixtures.data import write_problem_jsonl
 from codi_fixtures.model import N_SPECIAL, CodiModel
+from codi_fixtures.model.checkpoint import write_checkpoint
 from codi_fixtures.organism.evaluate import (
     accuracy_by_bin,
     cot_answers,
@@ -35,7 +34,8 @@ from codi_fixtures.organism.train import (
     run_phase,
     save_train_state,
 )
-from codi_fixtures.problems import Problem
+from codi_fixtures.study.data import write_problem_jsonl
+from codi_fixtures.study.problems import Problem
 
 __all__ = ["EVAL_FILE", "evaluate_organism", "planted_record", "train_organism"]
 

@@ -139,7 +139,7 @@ def add_control(model_dir: Path, control_dir: Path) -> None:
     """Rewrite ``model_dir``'s report (and codi.json) with the 0-thought control's numbers."""
     import json
 
-    from codi_fixtures.checkpoint import SPEC_FILE
+    from codi_fixtures.model.checkpoint import SPEC_FILE
 
     spec = json.loads((model_dir / SPEC_FILE).read_text())
     control = json.loads((control_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]

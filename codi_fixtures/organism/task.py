@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from codi_fixtures.problems import Problem, difficulty_bin
+from codi_fixtures.study.problems import Problem, difficulty_bin
 
 __all__ = ["MAX_VALUE", "STEP_COUNTS", "Step", "generate_problem", "make_splits", "render"]
 

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from codi_fixtures.architecture import unwrap_peft
 from codi_fixtures.atomic import atomic_write_bytes
-from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.engine import build_prompt, encode_prompt, forward_step, run_thoughts
 from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection
-from codi_fixtures.problems import Problem
+from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.checkpoint import CodiSpec
+from codi_fixtures.study.problems import Problem
 
 __all__ = [
     "PLANTED_SITE",

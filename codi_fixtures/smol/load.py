@@ -3,7 +3,7 @@
 An adapter directory holds ``adapter.safetensors`` (LoRA A/B under their published keys
 ``codi.base_model.model.<HF key>.lora_A/B.default.weight``, ``prj.*``, and
 ``new_token_rows``: the pad / ``<bot>`` / ``<eot>`` embedding rows, tied to the LM head) and
-``codi.json`` (a :class:`~codi_fixtures.checkpoint.CodiSpec` whose ``extra["base"]`` names the
+``codi.json`` (a :class:`~codi_fixtures.model.checkpoint.CodiSpec` whose ``extra["base"]`` names the
 GGUF). :func:`load_smol` gives the same :class:`CodiModel` that ``load_codi`` gives for a
 full checkpoint; :func:`write_published` writes that full checkpoint (published layout,
 vocabulary + 3, config and tokenizer beside it) so ``load_codi`` can read it directly.
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from codi_fixtures.checkpoint import SPEC_FILE, CodiSpec, read_spec, read_state_dict
-from codi_fixtures.devices import resolve_device, resolve_dtype
 from codi_fixtures.errors import CheckpointError
 from codi_fixtures.model import CodiModel
+from codi_fixtures.model.checkpoint import SPEC_FILE, CodiSpec, read_spec, read_state_dict
+from codi_fixtures.model.devices import resolve_device, resolve_dtype
 from codi_fixtures.smol.base import ensure_base_dir, load_base
 from codi_fixtures.smol.lora import build_codi
 
@@ -167,7 +167,7 @@ def write_published(adapter_dir: Path, out_dir: Path, gguf: Path | None = None) 
 
     ``load_codi(ModelConfig(ckpt=out_dir))`` then loads it with no ``--codi-base``.
     """
-    from codi_fixtures.checkpoint import write_checkpoint
+    from codi_fixtures.model.checkpoint import write_checkpoint
 
     model, spec, _ = _assemble(Path(adapter_dir), gguf)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codi_fixtures.architecture import unwrap_peft
-from codi_fixtures.checkpoint import CodiSpec
 from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection, wrap_lora
+from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.checkpoint import CodiSpec
 
 __all__ = [
     "LORA_TARGETS",

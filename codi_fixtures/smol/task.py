@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from codi_fixtures.organism.task import STEP_COUNTS, Step
-from codi_fixtures.problems import Problem, difficulty_bin
+from codi_fixtures.study.problems import Problem, difficulty_bin
 
 __all__ = [
     "MAX_VALUE",

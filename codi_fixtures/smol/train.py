@@ -44,9 +44,8 @@ from pathlib import Path
 import torch
 
 from codi_fixtures.atomic import atomic_write_bytes, atomic_write_text
-from codi_fixtures.checkpoint import CodiSpec
-from codi_fixtures.data import load_problem_jsonl, write_problem_jsonl
 from codi_fixtures.model import CodiModel
+from codi_fixtures.model.checkpoint import CodiSpec
 from codi_fixtures.organism.evaluate import (
     accuracy_by_bin,
     cot_answers,
@@ -54,10 +53,11 @@ from codi_fixtures.organism.evaluate import (
     mean_ablation_answers,
 )
 from codi_fixtures.organism.train import ANSWER_PROMPT, TrainConfig, TrainState, run_phase
-from codi_fixtures.problems import Problem
 from codi_fixtures.smol.base import GGUF_NAME, GGUF_SHA256, load_base
 from codi_fixtures.smol.lora import LORA_TARGETS, build_codi, fold_new_rows, trainable_state
 from codi_fixtures.smol.task import make_splits, make_validation
+from codi_fixtures.study.data import load_problem_jsonl, write_problem_jsonl
+from codi_fixtures.study.problems import Problem
 
 __all__ = ["SmolConfig", "evaluate_adapter", "evaluate_smol", "train_smol"]
 
@@ -230,7 +230,7 @@ def _optional_evals(
         if deadline is not None and time.time() + 3 * timings["codi"] > deadline:
             log.warning("skipping the GSM8K evaluation (deadline)")
         else:
-            from codi_fixtures.data import load_gsm8k_jsonl, stratified_sample
+            from codi_fixtures.study.data import load_gsm8k_jsonl, stratified_sample
 
             sample = stratified_sample(load_gsm8k_jsonl(gsm8k), 100, seed=0)
             answers = timed("gsm8k_codi", lambda: latent_answers(model, sample, batch=50))

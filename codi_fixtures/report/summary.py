@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from codi_fixtures.analysis import StudyAnalysis
+from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.outcomes import OUTCOMES
+from codi_fixtures.report.vocabulary import OUTCOMES
 from codi_fixtures.stats import StatResult, is_constant
 
 __all__ = [
@@ -40,7 +40,7 @@ class ClaimRow:
     """One verdict as the controller saw it."""
 
     nodeid: str
-    outcome: str  # one of codi_fixtures.outcomes.OUTCOMES
+    outcome: str  # one of OUTCOMES
     tier: str
     label: str
     message: str
@@ -222,6 +222,8 @@ def _clean(value: object) -> object:
         return [_clean(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return _clean(value.item())
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
     return value
 
 

@@ -2,7 +2,7 @@
 
 Estimates, not measurements. For one problem with ``Q`` question tokens (``<bot>``
 adds one), ``T`` thoughts, ``A`` generated answer tokens, ``K`` teacher-forced
-(scored) tokens and ``C`` conditions, the engine (:mod:`codi_fixtures.runs`)
+(scored) tokens and ``C`` conditions, the engine (:mod:`codi_fixtures.study.runs`)
 does:
 
 - prefix: the question + ``<bot>`` encoded twice (clean pass, ablation pass);
@@ -301,8 +301,8 @@ def suggest_batch_rows(
 
 def shape_of(model: object) -> ModelShape:
     """The :class:`ModelShape` of a loaded :class:`~codi_fixtures.model.CodiModel`."""
-    from codi_fixtures.architecture import unwrap_peft
-    from codi_fixtures.model import CodiModel
+    from codi_fixtures.model.architecture import unwrap_peft
+    from codi_fixtures.model.codi import CodiModel
 
     if not isinstance(model, CodiModel):
         raise TypeError(f"shape_of needs a CodiModel, got {type(model).__name__}")
@@ -342,8 +342,8 @@ def format_published_estimates(
     """
     study = study or StudyShape()
     lines = [
-        f"ESTIMATES (analytic, codi_fixtures.budget), bf16: Q={study.question_tokens} question "
-        f"tokens, A={study.answer_tokens} answer, K={study.scored_tokens} scored, "
+        f"ESTIMATES (analytic, codi_fixtures.model.budget), bf16: Q={study.question_tokens} "
+        f"question tokens, A={study.answer_tokens} answer, K={study.scored_tokens} scored, "
         f"{study.rows} rows/problem (clean + {study.conditions} conditions), S={study.seq_len}.",
         f"Time ASSUMES an H100: {throughput / 1e12:.0f} TFLOP/s sustained "
         f"({SUSTAINED_FRACTION:.0%} of {H100_BF16_PEAK / 1e12:.0f} dense bf16) and "

@@ -1,22 +1,14 @@
-"""What an ablation is (data), and the one pure function that computes its replacement.
+"""The one pure function that computes an ablation's replacement, and per-row patches.
 
-An ablation replaces the value at a *site* of one or more thoughts, once, at the
-thought's position ``Q+1+t``; everything downstream (later thoughts, ``<eot>``,
-the answer) is recomputed from it by the engine. Sites:
-
-- ``EmbeddingSite()``: the thought's input embedding (so its keys/values change
-  at every layer);
-- ``ResidualSite(layer=L)``: the output of decoder block ``L`` at the thought's
-  position.
-
-Kinds: ``zero``; ``mean`` (per-thought dataset mean at that site); ``noise``
-(Gaussian with the site's per-dimension RMS over the dataset, seeded); and
-``resample`` (the same site of another problem, a seeded derangement).
+What an ablation is (data: thoughts, site, kind) is defined in
+:mod:`codi_fixtures.study.conditions` and re-exported here. Kinds: ``zero``; ``mean``
+(per-thought dataset mean at that site); ``noise`` (Gaussian with the site's per-dimension RMS
+over the dataset, seeded); and ``resample`` (the same site of another problem, a seeded
+derangement).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +16,13 @@ import torch
 
 from codi_fixtures.config import ABLATION_KINDS, AblationKind
 from codi_fixtures.engine import ThoughtPatch
+from codi_fixtures.study.conditions import (
+    Ablation,
+    EmbeddingSite,
+    ResidualSite,
+    Site,
+    parse_site,
+)
 
 __all__ = [
     "ABLATION_KINDS",
@@ -37,86 +36,6 @@ __all__ = [
     "build_patch",
     "parse_site",
 ]
-
-
-@dataclass(frozen=True)
-class EmbeddingSite:
-    """The input embedding of a thought."""
-
-    @property
-    def layer(self) -> None:
-        """No decoder block: the patch applies before block 0."""
-        return None
-
-    def __str__(self) -> str:
-        return "embedding"
-
-
-@dataclass(frozen=True)
-class ResidualSite:
-    """The output of decoder block ``layer`` at a thought's position."""
-
-    layer: int
-
-    def __post_init__(self) -> None:
-        if self.layer < 0:
-            raise ValueError(f"residual site layer must be >= 0, got {self.layer}")
-
-    def __str__(self) -> str:
-        return f"block{self.layer}"
-
-
-Site = EmbeddingSite | ResidualSite
-
-
-def parse_site(text: str, n_layers: int) -> Site:
-    """``embedding`` or ``blockL`` / ``block:L`` (0 <= L < n_layers)."""
-    if text == "embedding":
-        return EmbeddingSite()
-    match = re.fullmatch(r"block:?(\d+)", text)
-    if match:
-        layer = int(match.group(1))
-        if layer >= n_layers:
-            raise ValueError(
-                f"site {text!r}: layer {layer} out of range, the model has {n_layers} blocks "
-                f"(0..{n_layers - 1})"
-            )
-        return ResidualSite(layer)
-    raise ValueError(f"unknown ablation site {text!r}; use 'embedding' or 'block<L>' (e.g. block8)")
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """Ablate ``thoughts`` (0-based) at ``site`` with ``kind``."""
-
-    thoughts: tuple[int, ...]
-    kind: AblationKind
-    site: Site = EmbeddingSite()
-
-    def __post_init__(self) -> None:
-        if self.kind not in ABLATION_KINDS:
-            raise ValueError(
-                f"unknown ablation kind {self.kind!r}; allowed: {', '.join(ABLATION_KINDS)}"
-            )
-        if not self.thoughts:
-            raise ValueError("an ablation needs at least one thought")
-        if any(t < 0 for t in self.thoughts):
-            raise ValueError(f"thought indices must be >= 0, got {self.thoughts}")
-
-    @property
-    def name(self) -> str:
-        """Readable id: ``t3-mean``, or ``all-mean`` for every thought of a 6-thought model."""
-        who = f"t{self.thoughts[0]}" if len(self.thoughts) == 1 else "all"
-        return f"{who}-{self.kind}"
-
-    def check(self, n_thoughts: int) -> None:
-        """Raise when a thought index does not exist in an ``n_thoughts`` model."""
-        bad = [t for t in self.thoughts if t >= n_thoughts]
-        if bad:
-            raise ValueError(
-                f"thought index {bad[0]} out of range: the model has {n_thoughts} thoughts "
-                f"(0..{n_thoughts - 1})"
-            )
 
 
 @dataclass(frozen=True)

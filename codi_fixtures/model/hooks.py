@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from codi_fixtures.architecture import decoder_layers
+from codi_fixtures.model.architecture import decoder_layers
 
 __all__ = ["BlockFn", "block_output_hook", "count_forward_hooks"]
 

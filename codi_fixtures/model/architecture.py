@@ -8,13 +8,18 @@ Positions follow DESIGN.md (``remove_eos`` layout)::
     Q+1+n      <eot>   (its logits predict the first answer token)
 
 Layer ``L`` (0-based) is the output of decoder block ``L``.
+
+Importing this module does not import torch (only :func:`decoder_layers` needs it), so the
+analyses can use the layer roles and positions without loading a model stack.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "LayerRoles",
@@ -59,6 +64,8 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks of a GPT-2 or LLaMA causal LM (peft-wrapped or not)."""
+    from torch import nn
+
     inner = unwrap_peft(model)
     # Known layouts: LLaMA-like (model.layers) and GPT-2 (transformer.h).
     for path in (("model", "layers"), ("transformer", "h")):

@@ -3,7 +3,7 @@
 Pure numpy/scipy. Every random procedure takes ``seed`` (an ``int`` or a
 ``numpy.random.Generator``, used as is), so results are reproducible.
 
-Verdicts (see :mod:`codi_fixtures.equivalence`): a claim is *supported* when
+Verdicts (see :mod:`codi_fixtures.stats.equivalence`): a claim is *supported* when
 the effect exceeds a smallest effect size of interest (SESOI), *refuted* when
 the effect is shown to be smaller than the SESOI, *inconclusive* otherwise.
 The functions that decide return a :class:`StatResult` whose statistic, CI and
@@ -51,7 +51,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
 
-from codi_fixtures.equivalence import (
+from codi_fixtures.stats.equivalence import (
     SESOI_ACCURACY,
     SESOI_LOGP,
     SESOI_R,

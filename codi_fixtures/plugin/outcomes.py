@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from codi_fixtures.report.vocabulary import OUTCOMES
+
 __all__ = [
     "OUTCOMES",
     "STUDY_ERROR_PROPERTY",
@@ -32,7 +34,6 @@ __all__ = [
     "outcome_of",
 ]
 
-OUTCOMES = ("supported", "refuted", "inconclusive", "known", "unexpected", "error")
 VERDICT_PROPERTY = "codi_verdict"
 STUDY_ERROR_PROPERTY = "codi_study_error"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from codi_fixtures.atomic import atomic_write_text
 from codi_fixtures.errors import DataError
-from codi_fixtures.problems import DIFFICULTY_BINS, Problem, difficulty_bin
+from codi_fixtures.study.problems import DIFFICULTY_BINS, Problem, difficulty_bin
 
 __all__ = [
     "load_gsm8k_jsonl",

@@ -1,9 +1,12 @@
 """Run the study over a problem set once, cache it on disk, and let every test read it.
 
-Two passes, each over chunks of problems:
+What is computed is the union of the selected analyses' :class:`Requirements` (conditions and
+read-outs; :mod:`codi_fixtures.study.conditions`). No analysis runs its own loop: two passes,
+each over chunks of problems, serve them all:
 
 1. *clean pass*: per problem, the clean site values (refs for mean / noise /
-   resample) and the per-layer, per-head attention from ``<eot>`` to each thought;
+   resample) and the requested read-outs (the per-layer, per-head attention from ``<eot>``
+   to each thought; hidden states at the thoughts' positions);
 2. *ablation pass*: per problem, one clean row and one row per condition, all
    branching from the problem's once-encoded question prefix.
 
@@ -11,7 +14,8 @@ Every chunk is written atomically as a shard; an interrupted run resumes from th
 finished shards. Chunks are claimed with non-blocking file locks, so pytest-xdist
 workers share the work (each on its own device) and merge into one result,
 identical to a single-process run. The merged result carries a checksum and is
-stored under a fingerprint of (weights, problems, config).
+stored under a fingerprint of (weights, problems, config, and the requirements when they are
+not the default ones of RQ1 + RQ2, whose studies keep the key they always had).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,141 +38,77 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from codi_fixtures.answers import format_number, numbers_equal
-from codi_fixtures.atomic import atomic_write_bytes, atomic_write_text
-from codi_fixtures.config import ABLATION_KINDS, RunConfig
-from codi_fixtures.data import problem_set_fingerprint
+from codi_fixtures.atomic import atomic_write_bytes
+from codi_fixtures.config import RunConfig
 from codi_fixtures.engine import Prompt, ThoughtPatch, answer_targets, build_prompt, run_latent
 from codi_fixtures.errors import ConfigError
-from codi_fixtures.interventions import (
+from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.study.conditions import (
+    AttentionReadout,
+    Dimensions,
+    HiddenReadout,
+    Requirements,
+    conditions_for,
+    default_requirements,
+)
+from codi_fixtures.study.data import problem_set_fingerprint
+from codi_fixtures.study.interventions import (
     Ablation,
     AblationRef,
     EmbeddingSite,
     build_patch,
     parse_site,
 )
-from codi_fixtures.model import CodiModel
-from codi_fixtures.problems import Problem
+from codi_fixtures.study.problems import Problem
+from codi_fixtures.study.results import (
+    StudyResults,
+    _load_verified,
+    _save_verified,
+    load_cached_study,
+)
 
 __all__ = [
     "CACHE_VERSION",
     "StudyResults",
     "compute_study",
     "conditions_for",
+    "default_requirements",
+    "dimensions_of",
     "load_cached_study",
     "study_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
+_READOUT = "readout__"  # clean-pass shard keys of the hidden-state read-outs
 CACHE_VERSION = "2"  # 2: leave-one-out mean / noise references; KL and logp at the number
 
 
-@dataclass
-class StudyResults:
-    """Per problem x condition outcomes. N problems, C conditions, L layers, H heads, T thoughts."""
-
-    problem_ids: list[str]
-    difficulty: list[str]
-    gold: np.ndarray  # (N,)
-    conditions: list[str]  # e.g. "t3-mean", "all-zero"
-    clean_answer: np.ndarray  # (N,) nan where unparseable
-    clean_correct: np.ndarray  # (N,) bool
-    clean_logp: np.ndarray  # (N,) log p(gold answer | clean), teacher-forced
-    clean_text: list[str]
-    clean_nonfinite: np.ndarray  # (N,) bool
-    answer: np.ndarray  # (N, C)
-    correct: np.ndarray  # (N, C) bool
-    logp: np.ndarray  # (N, C) log p(gold answer | ablated): the number's tokens and eos
-    clean_logp_first: np.ndarray  # (N,) log p(first token of the gold number | clean)
-    logp_first: np.ndarray  # (N, C) the same under each condition
-    # (N, C) KL(clean || ablated) at the first token of the answer number, teacher-forced
-    # through the answer prompt (the token after <eot> is the fixed word "The": no signal)
-    kl: np.ndarray
-    nonfinite: np.ndarray  # (N, C) bool
-    attention: np.ndarray  # (N, L, H, T) <eot> query -> thought keys
-    meta: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def delta_logp(self) -> np.ndarray:
-        """(N, C) log p(gold | clean) - log p(gold | ablated)."""
-        return self.clean_logp[:, None] - self.logp
-
-    @property
-    def delta_logp_first(self) -> np.ndarray:
-        """(N, C) the same for the first token of the gold number alone."""
-        return self.clean_logp_first[:, None] - self.logp_first
-
-    def column(self, condition: str) -> int:
-        """Index of a condition such as ``t5-mean``."""
-        try:
-            return self.conditions.index(condition)
-        except ValueError:
-            raise KeyError(
-                f"condition {condition!r} was not run; available: {self.conditions}"
-            ) from None
-
-    # --- persistence --------------------------------------------------------------------
-    _ARRAYS = (
-        "gold clean_answer clean_correct clean_logp clean_nonfinite answer correct logp "
-        "clean_logp_first logp_first kl nonfinite attention"
-    ).split()
-
-    def to_bytes(self) -> bytes:
-        """Serialise as an ``.npz`` (no pickles)."""
-        buffer = io.BytesIO()
-        arrays = {name: getattr(self, name) for name in self._ARRAYS}
-        arrays["problem_ids"] = np.array(self.problem_ids)
-        arrays["difficulty"] = np.array(self.difficulty)
-        arrays["conditions"] = np.array(self.conditions)
-        arrays["clean_text"] = np.array(self.clean_text)
-        arrays["meta"] = np.array(json.dumps(self.meta))
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> StudyResults:
-        """Inverse of :meth:`to_bytes`."""
-        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            arrays = {name: data[name] for name in cls._ARRAYS}
-            return cls(
-                problem_ids=data["problem_ids"].tolist(),
-                difficulty=data["difficulty"].tolist(),
-                conditions=data["conditions"].tolist(),
-                clean_text=data["clean_text"].tolist(),
-                meta=json.loads(str(data["meta"])),
-                **arrays,
-            )
+def dimensions_of(model: CodiModel) -> Dimensions:
+    """The model's depth and number of thoughts (what requirements may depend on)."""
+    return Dimensions(n_layers=model.n_layers, n_thoughts=model.spec.n_thoughts)
 
 
-def conditions_for(cfg: RunConfig, model: CodiModel) -> list[Ablation]:
-    """Ablations per problem: each thought alone, then all thoughts, for every kind."""
-    unknown = [k for k in cfg.kinds if k not in ABLATION_KINDS]
-    if unknown:
-        raise ConfigError(
-            f"unknown ablation kind {unknown[0]!r}; allowed: {', '.join(ABLATION_KINDS)}"
-        )
-    try:
-        site = parse_site(cfg.site, model.n_layers)
-    except ValueError as err:
-        raise ConfigError(f"--ablation-site: {err}") from err
-    n = model.spec.n_thoughts
-    out: list[Ablation] = []
-    for kind in cfg.kinds:
-        out += [Ablation((t,), kind, site) for t in range(n)]  # type: ignore[arg-type]
-        out.append(Ablation(tuple(range(n)), kind, site))  # type: ignore[arg-type]
-    return out
+def study_fingerprint(
+    model: CodiModel,
+    problems: Sequence[Problem],
+    cfg: RunConfig,
+    requirements: Requirements | None = None,
+) -> str:
+    """Cache key over weights, problems, run config, requirements and cache format version.
 
-
-def study_fingerprint(model: CodiModel, problems: Sequence[Problem], cfg: RunConfig) -> str:
-    """Cache key over weights, problems, run config and cache format version."""
-    payload = json.dumps(
-        {
-            "model": model.fingerprint,
-            "problems": problem_set_fingerprint(problems),
-            "config": cfg.fingerprint_dict(),
-            "version": CACHE_VERSION,
-        },
-        sort_keys=True,
-    )
+    The default requirements (:func:`default_requirements`) add nothing to the key, so a study
+    cached before analyses were modules is still found; any other set of conditions and
+    read-outs is part of the key.
+    """
+    content: dict[str, object] = {
+        "model": model.fingerprint,
+        "problems": problem_set_fingerprint(problems),
+        "config": cfg.fingerprint_dict(),
+        "version": CACHE_VERSION,
+    }
+    if requirements is not None and requirements != default_requirements(cfg, dimensions_of(model)):
+        content["requirements"] = requirements.describe()
+    payload = json.dumps(content, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -306,25 +246,36 @@ def _kl(clean: torch.Tensor, ablated: torch.Tensor, vocab: int) -> torch.Tensor:
 
 # --- the two passes -------------------------------------------------------------------------
 def _clean_pass(
-    model: CodiModel, chunk: Sequence[Problem], cfg: RunConfig
+    model: CodiModel, chunk: Sequence[Problem], cfg: RunConfig, needs: Requirements
 ) -> dict[str, np.ndarray]:
     site = parse_site(cfg.site, model.n_layers)
     prompt = build_prompt(model, [p.question for p in chunk])
+    hidden = [r for r in needs.readouts if isinstance(r, HiddenReadout)]
     capture = [] if isinstance(site, EmbeddingSite) else [site.layer]
+    capture += [r.layer for r in hidden if r.layer is not None and r.layer not in capture]
+    attention = AttentionReadout() in needs.readouts
     run = run_latent(
         model,
         prompt,
-        attention_layers=range(model.n_layers),
+        attention_layers=range(model.n_layers) if attention else (),
         capture_layers=capture,
         generate=False,
     )
-    values = run.thoughts if not capture else run.block_outputs[capture[0]]
-    assert run.attentions is not None
-    return {
+    values = run.thoughts if site.layer is None else run.block_outputs[site.layer]
+    n_thoughts = model.spec.n_thoughts
+    out = {
         "site_values": values.float().cpu().numpy(),
-        "attention": run.attentions.cpu().numpy(),
+        "attention": (
+            run.attentions.cpu().numpy()
+            if run.attentions is not None
+            else np.zeros((len(chunk), 0, 0, n_thoughts), dtype=np.float32)
+        ),
         "q_len": run.q_lens.cpu().numpy(),
     }
+    for readout in hidden:
+        states = run.thoughts if readout.layer is None else run.block_outputs[readout.layer]
+        out[_READOUT + readout.name] = states.float().cpu().numpy()
+    return out
 
 
 def _ablation_pass(
@@ -365,19 +316,57 @@ def _ablation_pass(
     }
 
 
+def _check_requirements(needs: Requirements, cfg: RunConfig, model: CodiModel) -> None:
+    """Conditions the runner can batch: one site (the study's), existing thoughts, unique names."""
+    site = parse_site(cfg.site, model.n_layers)
+    names: dict[str, Ablation] = {}
+    for condition in needs.conditions:
+        if condition.site != site:
+            raise ConfigError(
+                f"condition {condition.name!r} ablates at {condition.site}, but the study's site "
+                f"is {site} (--ablation-site): one site per study"
+            )
+        try:
+            condition.check(model.spec.n_thoughts)
+        except ValueError as err:
+            raise ConfigError(f"condition {condition.name!r}: {err}") from None
+        if names.setdefault(condition.name, condition) != condition:
+            raise ConfigError(
+                f"two different conditions are named {condition.name!r}; give one a label"
+            )
+    for readout in needs.readouts:
+        if isinstance(readout, HiddenReadout) and readout.layer is not None:
+            if not 0 <= readout.layer < model.n_layers:
+                raise ConfigError(
+                    f"read-out {readout.name!r}: layer {readout.layer} out of range, the model "
+                    f"has {model.n_layers} blocks"
+                )
+
+
 def compute_study(
     model: CodiModel,
     problems: Sequence[Problem],
     cfg: RunConfig,
     cache_dir: Path,
+    requirements: Requirements | None = None,
 ) -> StudyResults:
-    """The study's results for (model, problems, cfg): read from cache or computed once."""
+    """The study's results for (model, problems, cfg): read from cache or computed once.
+
+    ``requirements`` is the union of what the selected analyses need; by default, what RQ1 and
+    RQ2 need (:func:`default_requirements`).
+    """
     if not problems:
         raise ConfigError("the problem set is empty; nothing to run")
-    conditions = conditions_for(cfg, model)
+    needs = (
+        requirements
+        if requirements is not None
+        else default_requirements(cfg, dimensions_of(model))
+    )
+    _check_requirements(needs, cfg, model)
+    conditions = list(needs.conditions)
     if any(a.kind == "resample" for a in conditions) and len(problems) < 2:
         raise ConfigError("resample ablation needs at least 2 problems; drop it with --kinds")
-    key = study_fingerprint(model, problems, cfg)
+    key = study_fingerprint(model, problems, cfg, needs)
     final = cache_dir / f"study-{key}.npz"
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = _load_verified(final)
@@ -389,18 +378,19 @@ def compute_study(
             return cached
         shard_dir = cache_dir / f"study-{key}.shards"
         shard_dir.mkdir(exist_ok=True)
-        return _compute(model, problems, cfg, conditions, final, shard_dir)
+        return _compute(model, problems, cfg, needs, final, shard_dir)
 
 
 def _compute(
     model: CodiModel,
     problems: Sequence[Problem],
     cfg: RunConfig,
-    conditions: Sequence[Ablation],
+    needs: Requirements,
     final: Path,
     shard_dir: Path,
 ) -> StudyResults:
     start = time.monotonic()
+    conditions = list(needs.conditions)
     size = max(1, cfg.batch_rows // (1 + len(conditions)))  # problems per ablation chunk
     chunks = [list(problems[i : i + size]) for i in range(0, len(problems), size)]
     offsets = [i * size for i in range(len(chunks))]
@@ -410,7 +400,7 @@ def _compute(
         clean = _claim_shards(
             len(clean_chunks),
             lambda i: shard_dir / f"clean-{i:05d}.npz",
-            lambda i: _clean_pass(model, clean_chunks[i], cfg),
+            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs),
             "clean runs + attention",
         )
         ref = AblationRef.from_values(
@@ -450,31 +440,14 @@ def _compute(
             "q_len": np.concatenate([s["q_len"] for s in clean]).tolist(),
             "compute_wall_s": round(time.monotonic() - start, 2),
         },
+        readouts={
+            k.removeprefix(_READOUT): np.concatenate([s[k] for s in clean])
+            for k in clean[0]
+            if k.startswith(_READOUT)
+        },
     )
+    if needs != default_requirements(cfg, dimensions_of(model)):
+        results.meta["requirements"] = needs.describe()
     _save_verified(final, results)
     shutil.rmtree(shard_dir, ignore_errors=True)
     return results
-
-
-def load_cached_study(cache_dir: Path, fingerprint: str) -> StudyResults | None:
-    """The cached study with this fingerprint, if present and intact."""
-    return _load_verified(cache_dir / f"study-{fingerprint}.npz")
-
-
-def _save_verified(path: Path, results: StudyResults) -> None:
-    blob = results.to_bytes()
-    atomic_write_bytes(path, blob)
-    digest = hashlib.sha256(blob).hexdigest()
-    atomic_write_text(path.with_suffix(".sha256"), digest + "\n")
-
-
-def _load_verified(path: Path) -> StudyResults | None:
-    """A cached result whose checksum matches, else None (a torn or foreign file is ignored)."""
-    check = path.with_suffix(".sha256")
-    if not (path.exists() and check.exists()):
-        return None
-    blob = path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != check.read_text().strip():
-        log.warning("cache file %s fails its checksum; recomputing", path)
-        return None
-    return StudyResults.from_bytes(blob)

@@ -1,11 +1,12 @@
 """Turn a statistical result into a verdict, attaching its figure and numbers to the report.
 
 Every claim is judged against a smallest effect size of interest (SESOI) and ends in one of
-three outcomes, decided by :func:`codi_fixtures.equivalence.decide` (the result's ``verdict``):
+three outcomes, decided by :func:`codi_fixtures.stats.equivalence.decide` (the result's
+``verdict``):
 
 pass    = supported: the effect exceeds the SESOI (corrected tests and CI agree);
 fail    = refuted: an equivalence test shows any effect is below the SESOI (or of the wrong
-          sign). Raised as :class:`~codi_fixtures.outcomes.ClaimNotSupported`, the only
+          sign). Raised as :class:`~codi_fixtures.plugin.outcomes.ClaimNotSupported`, the only
           exception a known outcome (strict xfail) matches; the message carries the numbers;
 skip    = inconclusive: the data cannot tell, too few usable problems, or degenerate data.
 """
@@ -19,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from codi_fixtures.analysis import StudyAnalysis
-from codi_fixtures.outcomes import VERDICT_PROPERTY, ClaimNotSupported
-from codi_fixtures.plugin import CLAIM_PROPERTY
-from codi_fixtures.report import stats_table_html
+from codi_fixtures.analyses import Evidence, StudyAnalysis
+from codi_fixtures.plugin.outcomes import VERDICT_PROPERTY, ClaimNotSupported
+from codi_fixtures.plugin.properties import CLAIM_PROPERTY
+from codi_fixtures.report.summary import stats_table_html
 from codi_fixtures.stats import StatResult
 
 __all__ = ["Claim", "evidence"]
@@ -75,7 +76,7 @@ class Claim:
             key, factory = figure
             cache_key = (f"{self.tier}:{id(self.analysis)}", key)
             if cache_key not in _FIGURE_CACHE:
-                from codi_fixtures.figures import png_base64
+                from codi_fixtures.report.figures import png_base64
 
                 _FIGURE_CACHE[cache_key] = png_base64(factory())
             self.extras.append(html_extras.png(_FIGURE_CACHE[cache_key], name=key))
@@ -94,13 +95,23 @@ class Claim:
 
     def judge(
         self,
-        label: str,
-        result: StatResult,
+        label: str | Evidence,
+        result: StatResult | None = None,
         *,
         context: Mapping[str, object] | None = None,
         figure: tuple[str, FigureFactory] | None = None,
     ) -> None:
-        """Pass when the result's verdict is supported, fail when refuted, else skip."""
+        """Pass when the result's verdict is supported, fail when refuted, else skip.
+
+        Either ``judge(evidence)`` (an analysis's :class:`~codi_fixtures.analyses.Evidence`)
+        or ``judge(label, result, context=..., figure=...)``.
+        """
+        if isinstance(label, Evidence):
+            given = label
+            label, result = given.label, given.result
+            context, figure = dict(given.context), given.figure
+        if result is None:
+            raise TypeError("claim.judge needs a result (or an Evidence)")
         if result.verdict not in ("supported", "refuted", "inconclusive"):
             raise TypeError(
                 f"claim.judge needs a result with a verdict (supported / refuted / "

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from codi_fixtures.architecture import decoder_layers
-from codi_fixtures.checkpoint import (
+from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig
+from codi_fixtures.errors import CheckpointError
+from codi_fixtures.model.architecture import decoder_layers
+from codi_fixtures.model.checkpoint import (
     CodiSpec,
     KeyReport,
     account_keys,
@@ -27,9 +29,7 @@ from codi_fixtures.checkpoint import (
     read_spec,
     read_state_dict,
 )
-from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig
-from codi_fixtures.devices import resolve_device, resolve_dtype
-from codi_fixtures.errors import CheckpointError
+from codi_fixtures.model.devices import resolve_device, resolve_dtype
 
 __all__ = ["CodiModel", "build_projection", "load_codi", "wrap_lora"]
 

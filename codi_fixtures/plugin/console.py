@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from codi_fixtures.outcomes import OUTCOMES
+from codi_fixtures.plugin.outcomes import OUTCOMES
 
 __all__ = ["PARAMS_PROPERTY", "SYMBOLS", "summary_lines"]
 

@@ -6,13 +6,14 @@
                  "outcomes": {"test_rq1_importance.py::test_x[quick-t5-mean]": "reason", ...}}}
 
 A declaration applies only to a run of that model whose tier sample has the declared problem-set
-fingerprint (:func:`codi_fixtures.data.problem_set_fingerprint`): a ``--problems`` run on another
-set, or another sample size or seed, inherits nothing. It matches only the claim's own "not
+fingerprint (:func:`codi_fixtures.study.data.problem_set_fingerprint`): a ``--problems`` run on
+another set, or another sample size or seed, inherits nothing. It matches only the claim's own "not
 supported" outcome (``raises=ClaimNotSupported``), never a crash.
 
-``python -m codi_fixtures.known_outcomes --model bundled reports/quick/summary_statistics.json
-reports/full/summary_statistics.json`` writes the declarations from the refuted verdicts of those
-runs. Review the diff before committing it: it is a statement about the model.
+``python -m codi_fixtures.plugin.known_outcomes --model bundled
+reports/quick/summary_statistics.json reports/full/summary_statistics.json`` writes the
+declarations from the refuted verdicts of those runs. Review the diff before committing it: it
+is a statement about the model.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def known_for_run(
         raise ConfigError(
             f"{path}: {model_label!r} must be {{'problem_sets': {{tier: fingerprint}}, "
             "'outcomes': {test id: reason}}; regenerate it with python -m "
-            "codi_fixtures.known_outcomes"
+            "codi_fixtures.plugin.known_outcomes"
         )
     declared = entry.get("problem_sets", {})
     return {
@@ -90,7 +91,7 @@ def matcher(pattern: str) -> re.Pattern[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Replace the declarations of ``--model`` in the JSON file."""
-    parser = argparse.ArgumentParser(prog="python -m codi_fixtures.known_outcomes")
+    parser = argparse.ArgumentParser(prog="python -m codi_fixtures.plugin.known_outcomes")
     parser.add_argument("summaries", nargs="+", type=Path, help="summary_statistics.json files")
     parser.add_argument("--model", default="bundled", help="model label (checkpoint dir name)")
     parser.add_argument("--out", type=Path, default=Path("experiments/known_outcomes.json"))

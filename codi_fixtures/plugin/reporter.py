@@ -1,0 +1,166 @@
+"""The controller's reporter: collects every worker's verdicts, writes and publishes the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from codi_fixtures.plugin.properties import CLAIM_PROPERTY, STUDY_PROPERTY
+from codi_fixtures.plugin.session import CodiSession
+
+if TYPE_CHECKING:
+    from codi_fixtures.report.summary import ClaimRow
+
+__all__ = ["CodiReporter", "claim_rows", "study_fingerprints"]
+
+
+def claim_rows(reports: Sequence[pytest.TestReport], outcomes: Mapping[str, str]) -> list[ClaimRow]:
+    """One row per judged claim, in a stable order (tier, then test id).
+
+    ``outcomes`` (test id -> outcome, :mod:`codi_fixtures.plugin.outcomes`) is what the controller
+    classified from every phase of every claim's reports.
+    """
+    from codi_fixtures.report.summary import ClaimRow  # heavy: only once the run is over
+
+    rows = []
+    for report in reports:
+        payload = json.loads(str(dict(report.user_properties)[CLAIM_PROPERTY]))
+        message = payload["message"]
+        if report.skipped and not hasattr(report, "wasxfail"):
+            message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else message
+        rows.append(
+            ClaimRow(
+                nodeid=report.nodeid,
+                outcome=outcomes.get(report.nodeid, "error"),
+                tier=payload["tier"],
+                label=payload["label"],
+                message=message,
+                stats=payload["stats"],
+            )
+        )
+    return sorted(rows, key=lambda r: (r.tier, r.nodeid))
+
+
+def study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
+    """Tier -> fingerprint of the study its claims read (recorded by the ``analysis`` fixture)."""
+    out: dict[str, str] = {}
+    for report in reports:
+        for key, value in report.user_properties:
+            if key == STUDY_PROPERTY:
+                info = json.loads(str(value))
+                out[info["tier"]] = info["fingerprint"]
+    return out
+
+
+def _html_plugin(config: pytest.Config) -> Any:
+    """pytest-html's report writer (registered without a name), if active."""
+    from pytest_html.basereport import BaseReport
+
+    return next((p for p in config.pluginmanager.get_plugins() if isinstance(p, BaseReport)), None)
+
+
+class CodiReporter:
+    """Collects verdicts from every worker's reports and writes the session-level report.
+
+    Registered only in the controller (never in an xdist worker), so exactly one process
+    writes the report; it writes to a staging folder and publishes only a run that judged
+    at least one claim (:mod:`codi_fixtures.report.publish`).
+    """
+
+    def __init__(self, codi: CodiSession, target: Any) -> None:
+        self.codi = codi
+        self.target = target
+        self.reports: list[pytest.TestReport] = []
+        self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
+        self.failures: dict[str, Any] = {}  # tier -> StudyFailure
+        self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
+        self.summary_html = ""
+        self.published = False
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Classify every claim report; keep call-phase reports that carry a judged claim."""
+        from codi_fixtures.plugin.console import PARAMS_PROPERTY
+        from codi_fixtures.plugin.outcomes import STUDY_ERROR_PROPERTY, StudyFailure, outcome_of
+
+        props = dict(report.user_properties)
+        is_claim = PARAMS_PROPERTY in props
+        if is_claim:
+            self.params[report.nodeid] = json.loads(str(props[PARAMS_PROPERTY]))
+        if STUDY_ERROR_PROPERTY in props:
+            failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
+            self.failures.setdefault(failure.tier, failure)
+            is_claim = True
+        if not is_claim:
+            return
+        outcome = outcome_of(report)
+        if outcome is not None and (outcome == "error" or report.when != "teardown"):
+            self.outcomes[report.nodeid] = outcome
+        if report.when == "call" and CLAIM_PROPERTY in props:
+            self.reports.append(report)
+
+    def judged(self) -> bool:
+        """True when at least one claim reached a verdict (anything but an error)."""
+        return any(o != "error" for o in self.outcomes.values())
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
+        if not self.reports or not self.judged():
+            return
+        from codi_fixtures.report.build import build_summary
+
+        self.summary_html = build_summary(
+            self.codi.settings,
+            study_fingerprints(self.reports),
+            self.codi.problems,
+            claim_rows(self.reports, self.outcomes),
+            self.target.staging,
+            time.monotonic() - self.codi.started,
+            self.codi.selected_analyses(),
+        )
+
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
+        """Put the verdict table, figures and run metadata at the top of report.html."""
+        if self.summary_html:
+            prefix.append(self.summary_html)
+
+    def publish(self, session: pytest.Session) -> None:
+        """After pytest-html wrote the staged report: publish it, or leave the old one."""
+        if self.judged() and session.exitstatus not in (
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.USAGE_ERROR,
+            pytest.ExitCode.INTERNAL_ERROR,
+        ):
+            self.target.publish()
+            self.published = True
+            html_plugin = _html_plugin(self.codi.config)
+            if html_plugin is not None and hasattr(html_plugin, "_report_path"):
+                # pytest-html prints the path it wrote; it wrote to the staging folder.
+                html_plugin._report_path = self.target.final / "report.html"
+        else:
+            self.target.discard()
+            html_plugin = _html_plugin(self.codi.config)
+            if html_plugin is not None:  # it would announce the discarded staging file
+                self.codi.config.pluginmanager.unregister(html_plugin)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """The findings in the console: verdict grids, counts, paths; study failures once."""
+        from codi_fixtures.plugin.console import summary_lines
+
+        lines = summary_lines(
+            self.outcomes,
+            self.params,
+            self.failures,
+            model=self.codi.settings.model_label,
+            report_dir=self.target.final if self.published else None,
+        )
+        if lines:
+            terminalreporter.write_sep("=", "CODI findings")
+            for line in lines:
+                terminalreporter.write_line(line)

@@ -1,0 +1,115 @@
+"""Session-level report: figures, ``summary_statistics.json`` and the HTML summary block.
+
+The plugin's controller calls :func:`build_summary` once at the end of a run. It reads each
+tier's study from the on-disk cache (named by the fingerprint the workers reported), so it
+needs no model, and it knows nothing of pytest: its inputs are settings, study fingerprints,
+problem sets and the verdict rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from codi_fixtures.analyses import BUILTIN_ANALYSES, Analysis, StudyAnalysis
+from codi_fixtures.config import Settings
+from codi_fixtures.report.figures import png_base64, save_figure
+from codi_fixtures.report.summary import (
+    ClaimRow,
+    package_versions,
+    summary_html,
+    summary_statistics,
+    write_summary_statistics,
+)
+from codi_fixtures.study.data import problem_set_fingerprint
+from codi_fixtures.study.problems import Problem
+from codi_fixtures.study.results import load_cached_study
+
+__all__ = ["analysis_summaries", "build_summary"]
+
+
+def analysis_summaries(analysis: StudyAnalysis) -> dict[str, object]:
+    """Numbers of the selected analyses that offer a ``summary(view)`` (optional), by name.
+
+    RQ1 and RQ2 have none: their numbers keep the seed's layout (:func:`summary_statistics`).
+    """
+    out: dict[str, object] = {}
+    for selected in analysis.analyses:
+        summary = getattr(selected, "summary", None)
+        if callable(summary):
+            out[selected.name] = dict(summary(analysis))
+    return out
+
+
+def build_summary(
+    settings: Settings,
+    fingerprints: Mapping[str, str],
+    problems_of: Callable[[str], Sequence[Problem]],
+    rows: Sequence[ClaimRow],
+    out_dir: Path,
+    wall_time_s: float,
+    analyses: Sequence[Analysis] = BUILTIN_ANALYSES,
+) -> str:
+    """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block.
+
+    ``fingerprints`` maps each tier to the study the claims read; ``problems_of(tier)`` is the
+    tier's problem set; ``rows`` are the verdicts, in the order they are shown; the figures are
+    those of the selected ``analyses``, in their order.
+    """
+    fig_dir = out_dir / "figures"
+    tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
+    stats_by_tier: dict[str, dict[str, object]] = {}
+    for tier, fingerprint in sorted(fingerprints.items()):
+        results = load_cached_study(settings.cache_dir, fingerprint)
+        if results is None:
+            continue
+        analysis = StudyAnalysis.for_run(results, settings, analyses)
+        encoded = {}
+        for spec in analysis.figures():
+            fig = spec.draw()
+            save_figure(fig, fig_dir, f"{tier}-{spec.name}")
+            encoded[spec.title] = png_base64(fig)
+        problems = problems_of(tier)
+        questions = {p.id: p.question for p in problems}
+        meta = {
+            "tier": tier,
+            "study_fingerprint": fingerprint,
+            "model_fingerprint": results.meta.get("model_fingerprint"),
+            "problem_set_fingerprint": problem_set_fingerprint(problems),
+        }
+        stats_by_tier[tier] = summary_statistics(analysis, meta)
+        extra = analysis_summaries(analysis)
+        if extra:
+            stats_by_tier[tier]["analyses"] = extra
+        tiers[tier] = (analysis, encoded, questions)
+    run_meta = {
+        "model": settings.model_label,
+        "checkpoint": str(settings.model.ckpt or "bundled"),
+        "device": settings.model.device,
+        "dtype": settings.model.dtype,
+        "problems": str(settings.problems or "bundled held-out set"),
+        "settings": settings.describe(),
+        "versions": package_versions(),
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    content: dict[str, object] = {}
+    if stats_by_tier:
+        # One tier: its statistics at the top level (the seed's layout); several: "full" there.
+        main = stats_by_tier.get("full", next(iter(stats_by_tier.values())))
+        content.update(main)
+        if len(stats_by_tier) > 1:
+            content["tiers"] = stats_by_tier
+    content["verdicts"] = [
+        {
+            "test": r.nodeid,
+            "tier": r.tier,
+            "outcome": r.outcome,
+            "claim": r.label,
+            "evidence": r.message,
+            "stats": dict(r.stats),
+        }
+        for r in rows
+    ]
+    content["run"] = run_meta
+    write_summary_statistics(out_dir / "summary_statistics.json", content)
+    return summary_html(rows, tiers, run_meta)

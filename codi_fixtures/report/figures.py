@@ -1,0 +1,47 @@
+"""Rendering of figures for the report: PNG (embedded, base64) and PDF (for print).
+
+The figures themselves belong to the analyses
+(:meth:`codi_fixtures.analyses.base.Analysis.figures`); this module only
+writes them, reproducibly (no creation dates in the files).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from codi_fixtures.atomic import atomic_write_bytes
+
+__all__ = ["PNG_DPI", "png_base64", "save_figure"]
+
+PNG_DPI = 100
+"""Resolution of the PNGs embedded in the HTML report (small files)."""
+
+
+def _render(fig: Figure, fmt: str) -> bytes:
+    """The figure rendered to bytes in ``fmt`` (png at PNG_DPI, or pdf)."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    else:
+        # No creation date, so that identical figures give identical files.
+        fig.savefig(buffer, format=fmt, metadata={"CreationDate": None})
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, directory: Path, name: str) -> dict[str, Path]:
+    """Write ``name.png`` and ``name.pdf`` into ``directory`` atomically; return their paths."""
+    if not name or Path(name).name != name or name in {".", ".."}:
+        raise ValueError(f"figure name must be a plain file stem without '/', got {name!r}")
+    paths = {fmt: Path(directory) / f"{name}.{fmt}" for fmt in ("png", "pdf")}
+    for fmt, path in paths.items():
+        atomic_write_bytes(path, _render(fig, fmt))
+    return paths
+
+
+def png_base64(fig: Figure) -> str:
+    """Base64 of the figure's PNG bytes, for embedding in HTML."""
+    return base64.b64encode(_render(fig, "png")).decode("ascii")

@@ -1,0 +1,238 @@
+"""What a study computes, as data: intervention conditions, read-outs, and their union.
+
+An analysis declares :class:`Requirements` (conditions and read-outs); the runner
+(:func:`codi_fixtures.study.runs.compute_study`) computes the union of every selected
+analysis's requirements in one batched pass per problem chunk. No torch here: analyses build
+these objects without loading a model.
+
+Sites (DESIGN.md): an ablation replaces the value at a *site* of one or more thoughts, once, at
+the thought's position ``Q+1+t``; everything downstream is recomputed by the engine.
+
+- ``EmbeddingSite()``: the thought's input embedding (so its keys/values change at every layer);
+- ``ResidualSite(layer=L)``: the output of decoder block ``L`` at the thought's position.
+
+Kinds: ``zero``; ``mean`` (per-thought dataset mean at that site, leave-one-out); ``noise``
+(Gaussian with the site's per-dimension RMS over the other problems, seeded); and ``resample``
+(the same site of another problem, a seeded derangement). The replacement values are computed
+by :func:`codi_fixtures.study.interventions.apply`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from codi_fixtures.config import ABLATION_KINDS, AblationKind, RunConfig
+from codi_fixtures.errors import ConfigError
+
+__all__ = [
+    "Ablation",
+    "AttentionReadout",
+    "Dimensions",
+    "EmbeddingSite",
+    "HiddenReadout",
+    "Readout",
+    "Requirements",
+    "ResidualSite",
+    "Site",
+    "conditions_for",
+    "default_requirements",
+    "parse_site",
+]
+
+
+@dataclass(frozen=True)
+class EmbeddingSite:
+    """The input embedding of a thought."""
+
+    @property
+    def layer(self) -> None:
+        """No decoder block: the patch applies before block 0."""
+        return None
+
+    def __str__(self) -> str:
+        return "embedding"
+
+
+@dataclass(frozen=True)
+class ResidualSite:
+    """The output of decoder block ``layer`` at a thought's position."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            raise ValueError(f"residual site layer must be >= 0, got {self.layer}")
+
+    def __str__(self) -> str:
+        return f"block{self.layer}"
+
+
+Site = EmbeddingSite | ResidualSite
+
+
+def parse_site(text: str, n_layers: int) -> Site:
+    """``embedding`` or ``blockL`` / ``block:L`` (0 <= L < n_layers)."""
+    if text == "embedding":
+        return EmbeddingSite()
+    match = re.fullmatch(r"block:?(\d+)", text)
+    if match:
+        layer = int(match.group(1))
+        if layer >= n_layers:
+            raise ValueError(
+                f"site {text!r}: layer {layer} out of range, the model has {n_layers} blocks "
+                f"(0..{n_layers - 1})"
+            )
+        return ResidualSite(layer)
+    raise ValueError(f"unknown ablation site {text!r}; use 'embedding' or 'block<L>' (e.g. block8)")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Ablate ``thoughts`` (0-based) at ``site`` with ``kind`` (a condition of the study).
+
+    ``label`` names the condition's column in the results; without it a single thought is
+    ``t3-mean`` and several thoughts ``all-mean`` (so a subset that is not every thought needs
+    a label of its own, e.g. ``t0+t1-zero``).
+    """
+
+    thoughts: tuple[int, ...]
+    kind: AblationKind
+    site: Site = EmbeddingSite()
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ABLATION_KINDS:
+            raise ValueError(
+                f"unknown ablation kind {self.kind!r}; allowed: {', '.join(ABLATION_KINDS)}"
+            )
+        if not self.thoughts:
+            raise ValueError("an ablation needs at least one thought")
+        if any(t < 0 for t in self.thoughts):
+            raise ValueError(f"thought indices must be >= 0, got {self.thoughts}")
+
+    @property
+    def name(self) -> str:
+        """Readable id: ``t3-mean``, ``all-mean`` for several thoughts, or the label."""
+        if self.label is not None:
+            return self.label
+        who = f"t{self.thoughts[0]}" if len(self.thoughts) == 1 else "all"
+        return f"{who}-{self.kind}"
+
+    def check(self, n_thoughts: int) -> None:
+        """Raise when a thought index does not exist in an ``n_thoughts`` model."""
+        bad = [t for t in self.thoughts if t >= n_thoughts]
+        if bad:
+            raise ValueError(
+                f"thought index {bad[0]} out of range: the model has {n_thoughts} thoughts "
+                f"(0..{n_thoughts - 1})"
+            )
+
+    def describe(self) -> str:
+        """Everything that defines the condition, for the cache fingerprint."""
+        thoughts = ",".join(map(str, self.thoughts))
+        return f"{self.name}={self.kind}@{self.site}[{thoughts}]"
+
+
+@dataclass(frozen=True)
+class AttentionReadout:
+    """Attention from the ``<eot>`` query to each thought's key, every layer and head (clean run).
+
+    Stored as ``StudyResults.attention``: (N, L, H, T), per query head for grouped-query
+    attention.
+    """
+
+    name = "attention"
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return "attention:eot->thoughts:all-layers"
+
+
+@dataclass(frozen=True)
+class HiddenReadout:
+    """The hidden state at each thought's position in the clean run (probes, logit lens).
+
+    ``layer=None`` is the thought's input embedding (what position ``Q+1+t`` receives); ``L``
+    is the output of decoder block ``L`` there. Stored as ``StudyResults.readouts[name]``:
+    (N, T, d) float32.
+    """
+
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``hidden-embedding`` or ``hidden-block<L>``."""
+        return "hidden-embedding" if self.layer is None else f"hidden-block{self.layer}"
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return self.name
+
+
+Readout = AttentionReadout | HiddenReadout
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    """What requirements may depend on: the model's depth and number of thoughts."""
+
+    n_layers: int
+    n_thoughts: int
+
+
+def _unique(items: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What one or more analyses need computed: conditions (rows) and read-outs (clean run).
+
+    ``a | b`` is the union, in order of first appearance, so the union of RQ1's and RQ2's
+    requirements is exactly the study computed before analyses were separate modules.
+    """
+
+    conditions: tuple[Ablation, ...] = ()
+    readouts: tuple[Readout, ...] = ()
+
+    def __or__(self, other: Requirements) -> Requirements:
+        return Requirements(
+            conditions=_unique(self.conditions + other.conditions),  # type: ignore[arg-type]
+            readouts=_unique(self.readouts + other.readouts),  # type: ignore[arg-type]
+        )
+
+    def describe(self) -> dict[str, list[str]]:
+        """A JSON-able description (the cache fingerprint of a non-default study)."""
+        return {
+            "conditions": [c.describe() for c in self.conditions],
+            "readouts": [r.describe() for r in self.readouts],
+        }
+
+
+def conditions_for(cfg: RunConfig, dims: Dimensions) -> list[Ablation]:
+    """Ablations per problem: each thought alone, then all thoughts, for every kind."""
+    unknown = [k for k in cfg.kinds if k not in ABLATION_KINDS]
+    if unknown:
+        raise ConfigError(
+            f"unknown ablation kind {unknown[0]!r}; allowed: {', '.join(ABLATION_KINDS)}"
+        )
+    try:
+        site = parse_site(cfg.site, dims.n_layers)
+    except ValueError as err:
+        raise ConfigError(f"--ablation-site: {err}") from err
+    n = dims.n_thoughts
+    out: list[Ablation] = []
+    for kind in cfg.kinds:
+        out += [Ablation((t,), kind, site) for t in range(n)]  # type: ignore[arg-type]
+        out.append(Ablation(tuple(range(n)), kind, site))  # type: ignore[arg-type]
+    return out
+
+
+def default_requirements(cfg: RunConfig, dims: Dimensions) -> Requirements:
+    """What RQ1 + RQ2 need: every kind's conditions and the attention read-out.
+
+    This is the study as it was computed before analyses declared their needs, so its cache
+    key is unchanged.
+    """
+    return Requirements(tuple(conditions_for(cfg, dims)), (AttentionReadout(),))

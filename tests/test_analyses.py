@@ -1,0 +1,255 @@
+"""The analysis extension point: requirements, their union, the runner, and RQ1 / RQ2 unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codi_fixtures.analyses import (
+    BUILTIN_ANALYSES,
+    Ablation,
+    Analysis,
+    AttentionReadout,
+    Dimensions,
+    HiddenReadout,
+    Requirements,
+    StudyAnalysis,
+    requirements_of,
+)
+from codi_fixtures.config import RunConfig, Settings
+from codi_fixtures.report.summary import summary_statistics
+from codi_fixtures.study.conditions import conditions_for, default_requirements
+from codi_fixtures.study.results import StudyResults
+
+BASELINE = Path(__file__).parent / "data" / "rq_baseline"
+DIMS = Dimensions(n_layers=6, n_thoughts=6)
+
+
+def test_the_builtin_analyses_follow_the_protocol():
+    assert [a.name for a in BUILTIN_ANALYSES] == ["rq1", "rq2"]
+    assert all(isinstance(a, Analysis) for a in BUILTIN_ANALYSES)
+
+
+def test_union_of_rq1_and_rq2_is_the_study_computed_before_analyses_were_modules():
+    settings = Settings()
+    union = requirements_of(BUILTIN_ANALYSES, settings, DIMS)
+    assert union == default_requirements(settings.run, DIMS)
+    assert [c.name for c in union.conditions][:7] == [*(f"t{t}-zero" for t in range(6)), "all-zero"]
+    assert union.readouts == (AttentionReadout(),)
+
+
+def test_union_keeps_first_appearance_order_and_drops_duplicates():
+    a = Requirements((Ablation((0,), "zero"), Ablation((1,), "zero")), (AttentionReadout(),))
+    b = Requirements((Ablation((1,), "zero"), Ablation((0, 1), "zero", label="t0+t1-zero")))
+    union = a | b | Requirements(readouts=(HiddenReadout(2), AttentionReadout()))
+    assert [c.name for c in union.conditions] == ["t0-zero", "t1-zero", "t0+t1-zero"]
+    assert union.readouts == (AttentionReadout(), HiddenReadout(2))
+
+
+def test_rq2_needs_only_its_importance_kind_and_the_attention():
+    settings = Settings(run=RunConfig(kinds=("zero", "noise")), importance_kind="noise")
+    rq2 = BUILTIN_ANALYSES[1].requirements(settings, DIMS)
+    assert [c.name for c in rq2.conditions] == [f"t{t}-noise" for t in range(6)]
+    assert rq2.readouts == (AttentionReadout(),)
+    assert set(rq2.conditions) <= set(conditions_for(settings.run, DIMS))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    """A tiny LLaMA-shaped CODI loaded from its checkpoint, and 8 organism problems. Read-only."""
+    from codi_fixtures.config import ModelConfig
+    from codi_fixtures.model import load_codi
+    from codi_fixtures.organism.task import make_splits
+
+    return load_codi(ModelConfig(ckpt=tiny_llama_dir, device="cpu")), make_splits(10, 2, seed=5)[1]
+
+
+def test_the_runner_computes_extra_conditions_and_readouts_in_the_same_passes(tiny, tmp_path):
+    from codi_fixtures.study import runs
+
+    model, problems = tiny
+    cfg = RunConfig(kinds=("zero", "mean"))
+    dims = runs.dimensions_of(model)
+    base = runs.default_requirements(cfg, dims)
+    extra = Requirements(
+        (Ablation((0, 1), "zero", label="t0+t1-zero"),), (HiddenReadout(None), HiddenReadout(1))
+    )
+    plain = runs.compute_study(model, problems, cfg, tmp_path)
+    more = runs.compute_study(model, problems, cfg, tmp_path, base | extra)
+    # the default study keeps the key it had; any other requirements get their own
+    assert runs.study_fingerprint(model, problems, cfg, base) == runs.study_fingerprint(
+        model, problems, cfg
+    )
+    assert plain.meta["fingerprint"] != more.meta["fingerprint"]
+    assert more.conditions == [*plain.conditions, "t0+t1-zero"]
+    n, t = len(problems), model.spec.n_thoughts
+    assert more.readouts["hidden-embedding"].shape == (n, t, model.hidden_size)
+    assert more.readouts["hidden-block1"].shape == (n, t, model.hidden_size)
+    np.testing.assert_allclose(more.attention, plain.attention, atol=1e-6)
+    for name in ("logp", "kl"):
+        np.testing.assert_allclose(
+            getattr(more, name)[:, : len(plain.conditions)], getattr(plain, name), atol=1e-5
+        )
+    # the read-outs survive the cache
+    again = runs.compute_study(model, problems, cfg, tmp_path, base | extra)
+    np.testing.assert_array_equal(again.readouts["hidden-block1"], more.readouts["hidden-block1"])
+
+
+def test_conditions_the_runner_cannot_batch_are_config_errors(tiny, tmp_path):
+    from codi_fixtures.errors import ConfigError
+    from codi_fixtures.study import runs
+    from codi_fixtures.study.conditions import ResidualSite
+
+    model, problems = tiny
+    cfg = RunConfig(kinds=("zero",))
+    base = runs.default_requirements(cfg, runs.dimensions_of(model))
+    bad = [
+        (Requirements((Ablation((0,), "zero", ResidualSite(1)),)), "one site per study"),
+        (Requirements((Ablation((9,), "zero", label="t9"),)), "out of range"),
+        (Requirements((Ablation((0, 1), "zero"),)), "give one a label"),  # 'all-zero' twice
+        (Requirements(readouts=(HiddenReadout(99),)), "layer 99 out of range"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            runs.compute_study(model, problems, cfg, tmp_path, base | extra)
+
+
+def _same(expected: object, got: object, path: str = "") -> None:
+    """Exact equality of JSON values (NaN equals NaN; floats compared bit for bit)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and sorted(expected) == sorted(got), path
+        for key in expected:
+            _same(expected[key], got[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(expected) == len(got), path
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+            _same(e, g, f"{path}[{i}]")
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(got, float) and math.isnan(got), path
+    else:
+        assert expected == got, f"{path}: {expected!r} != {got!r}"
+
+
+# (not "tier": the codi plugin parametrises that name itself)
+@pytest.mark.parametrize("sample", ["quick", pytest.param("full", marks=pytest.mark.slow)])
+def test_rq1_and_rq2_numbers_are_those_of_the_study_cached_before_the_split(sample):
+    """Today's analyses on the study cached at 97effaf give that run's statistics, bit for bit."""
+    results = StudyResults.from_bytes((BASELINE / f"{sample}-study.npz").read_bytes())
+    expected = json.loads((BASELINE / f"{sample}-statistics.json").read_text())
+    expected.pop("versions")
+    analysis = StudyAnalysis.for_run(results, Settings(), BUILTIN_ANALYSES)
+    got = json.loads(json.dumps(summary_statistics(analysis, expected["meta"]), default=str))
+    _same(expected, got)
+
+
+def test_an_analysis_statistics_are_memoised_per_study():
+    results = StudyResults.from_bytes((BASELINE / "quick-study.npz").read_bytes())
+    calls = []
+
+    class Counting:
+        name = "counting"
+
+        def requirements(self, settings, dims):
+            return Requirements()
+
+        def compute(self, view):
+            calls.append(1)
+            return float(view.results.clean_correct.mean())
+
+        def figures(self, view):
+            return []
+
+    analysis = StudyAnalysis.for_run(results, Settings(), (*BUILTIN_ANALYSES, Counting()))
+    assert analysis.of("counting") == analysis.of("counting") == 1.0
+    assert calls == [1]
+    assert [spec.name for spec in analysis.figures()] == [
+        "importance_by_thought",
+        "importance_heatmap",
+        "attention_vs_importance",
+        "per_thought_correlations",
+        "head_correlation_map",
+    ]
+    with pytest.raises(KeyError, match="no analysis 'rq9'"):
+        analysis.of("rq9")
+    assert replace(analysis).analyses == analysis.analyses
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_files() -> dict[str, str]:
+    """README's Python examples that start with a ``# <path>`` line, by path."""
+    blocks = re.findall(r"```python\n# (\S+\.py)\n(.*?)```", README.read_text(), flags=re.S)
+    return dict(blocks)
+
+
+@pytest.mark.slow
+def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytester, tmp_path):
+    """A conftest adds an analysis (own condition and read-out); nothing of the project changes."""
+    from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+    if not (BUNDLED_CHECKPOINT / "model.safetensors").exists():
+        pytest.skip("bundled model not built")
+    examples = _readme_files()  # README "Adding an analysis": conftest.py + experiments file
+    pytester.makeconftest(examples["conftest.py"])
+    pytester.makepyfile(test_toy=examples["experiments/test_toy.py"])
+    cache = tmp_path / "cache"
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={cache}", "--report-dir=out", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, deselected=1)
+    summary = json.loads((pytester.path / "out" / "summary_statistics.json").read_text())
+    [verdict] = summary["verdicts"]
+    assert verdict["outcome"] == "supported"
+    assert verdict["claim"] == "zeroing thoughts 0 and 1 lowers log p(gold)"
+    assert len(summary["analyses"]["toy"]["block2_norm_per_thought"]) == 6
+    assert "rq1" not in summary["analyses"]  # RQ1 / RQ2 keep the seed's layout
+    figures = sorted(p.name for p in (pytester.path / "out" / "figures").glob("*.png"))
+    assert "quick-toy_norms.png" in figures and "quick-importance_by_thought.png" in figures
+    # one study served RQ1, RQ2 and the toy: its own condition and read-out are in it
+    [study] = cache.glob("study-*.npz")
+    results = StudyResults.from_bytes(study.read_bytes())
+    assert results.conditions[-1] == "t0+t1-zero" and len(results.conditions) == 29
+    assert results.readouts["hidden-block2"].shape == (10, 6, 64)
+    assert results.attention.shape == (10, 6, 4, 6)
+    assert results.meta["requirements"]["readouts"] == [
+        "attention:eot->thoughts:all-layers",
+        "hidden-block2",
+    ]
+
+
+@pytest.mark.slow
+def test_the_readme_hypothesis_example_is_judged_by_the_plugin(pytester, tmp_path):
+    """README "Adding a hypothesis": one file in experiments/, every claim gets a verdict."""
+    from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+    if not (BUNDLED_CHECKPOINT / "model.safetensors").exists():
+        pytest.skip("bundled model not built")
+    pytester.makepyfile(test_answer_shift=_readme_files()["experiments/test_answer_shift.py"])
+    args = ["-m", "quick", f"--codi-cache={tmp_path / 'cache'}", "--report-dir=out"]
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert "errors" not in outcomes and "error" not in outcomes, outcomes
+    summary = json.loads((pytester.path / "out" / "summary_statistics.json").read_text())
+    assert len(summary["verdicts"]) == 24  # 6 thoughts x 4 kinds
+    assert {v["outcome"] for v in summary["verdicts"]} <= {"supported", "refuted", "inconclusive"}
+
+
+def test_analyses_and_report_load_no_torch():
+    """At run time too (import-linter reads import statements, not package __init__ chains)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import codi_fixtures.analyses, codi_fixtures.report.build, "
+        "codi_fixtures.stats; print(sorted(m for m in ('torch', 'transformers', 'pytest') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
