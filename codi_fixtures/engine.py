@@ -24,12 +24,13 @@ import torch
 from transformers.cache_utils import Cache
 
 from codi_fixtures.answers import parse_answer
-from codi_fixtures.model.architecture import unwrap_peft
+from codi_fixtures.model.architecture import attention_modules, unwrap_peft
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.model.hooks import block_output_hook
 from codi_fixtures.model.kvcache import cache_kwargs, new_cache
 
 __all__ = [
+    "KnockoutMask",
     "LatentRun",
     "LoopState",
     "Prompt",
@@ -64,18 +65,60 @@ class Prompt:
         return int(self.input_ids.shape[0])
 
 
+@dataclass(frozen=True)
+class KnockoutMask:
+    """Per-row attention knockout. R run rows, L layers, H heads, T thoughts.
+
+    Row ``r`` cannot attend from its ``<eot>`` query (and, where ``answer_queries[r]``, from
+    every later query: teacher-forced and generated answer tokens) to thought ``t``'s key at
+    (layer, head) where ``blocked[r, layer, head, t]``. Nothing else changes (the thoughts'
+    own computation, later thoughts' attention to earlier ones). A row with nothing blocked
+    runs bit-identically to an unmasked run.
+    """
+
+    blocked: torch.Tensor  # (R, L, H, T) bool
+    answer_queries: torch.Tensor  # (R,) bool
+
+    def __post_init__(self) -> None:
+        if self.blocked.dim() != 4 or self.blocked.dtype != torch.bool:
+            raise ValueError("blocked must be a (rows, layers, heads, thoughts) bool tensor")
+        if self.answer_queries.shape != self.blocked.shape[:1]:
+            raise ValueError("answer_queries must hold one flag per row")
+
+
+@dataclass(frozen=True)
+class _ActiveKnockout:
+    """A knockout attached to a loop state: the mask and the thoughts' / ``<eot>``'s columns."""
+
+    mask: KnockoutMask
+    first_thought: int  # cache column of thought 0
+    eot: int  # cache column of <eot>
+
+
 @dataclass
 class LoopState:
-    """Where a batch of sequences stands: KV cache, mask and next position id."""
+    """Where a batch of sequences stands: KV cache, mask and next position id.
+
+    ``row_ids`` names the run row each state row holds (``run_latent``'s rows, 0..R-1), so
+    per-row data (a knockout mask) follows its row when finished rows leave the batch.
+    """
 
     cache: Cache
     mask: torch.Tensor  # (B, S) attention mask over cached columns
     next_pos: torch.Tensor  # (B,) position id of the next token
+    row_ids: torch.Tensor | None = None  # (B,) run row of each state row; None = 0..B-1
+    knockout: _ActiveKnockout | None = None
 
     @property
     def length(self) -> int:
         """Number of cached columns S."""
         return int(self.mask.shape[1])
+
+    def rows(self) -> torch.Tensor:
+        """(B,) the run row of each state row."""
+        if self.row_ids is not None:
+            return self.row_ids
+        return torch.arange(self.mask.shape[0], device=self.mask.device)
 
     def select(self, rows: torch.Tensor) -> LoopState:
         """A new state holding copies of ``rows`` (repeats allowed): branching."""
@@ -85,7 +128,11 @@ class LoopState:
             assert keys is not None and values is not None, "branching needs a filled cache"
             cache.update(keys.index_select(0, rows), values.index_select(0, rows), idx)
         return LoopState(
-            cache, self.mask.index_select(0, rows), self.next_pos.index_select(0, rows)
+            cache,
+            self.mask.index_select(0, rows),
+            self.next_pos.index_select(0, rows),
+            self.rows().index_select(0, rows.to(self.mask.device)),
+            self.knockout,
         )
 
 
@@ -192,16 +239,20 @@ def forward_step(
     offsets = torch.cumsum(new_mask, dim=1) - new_mask
     positions = state.next_pos[:, None] + offsets
     decoder = _decoder(model)
-    out = decoder(
-        input_ids=input_ids,
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
-        **cache_kwargs(decoder, state.cache),
-        use_cache=True,
-        output_attentions=attentions,
-        output_hidden_states=hidden_states,
-    )
+    with ExitStack() as stack:
+        knockout = state.knockout
+        if knockout is not None and state.length + n > knockout.eot:
+            _knockout_hooks(stack, model, knockout, state.rows(), state.length, n)
+        out = decoder(
+            input_ids=input_ids,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            **cache_kwargs(decoder, state.cache),
+            use_cache=True,
+            output_attentions=attentions,
+            output_hidden_states=hidden_states,
+        )
     state.mask = mask
     state.next_pos = state.next_pos + new_mask.sum(dim=1)
     hidden = out.last_hidden_state
@@ -212,6 +263,70 @@ def forward_step(
         attentions=out.attentions if attentions else None,
         hidden_states=out.hidden_states if hidden_states else None,
     )
+
+
+def _knockout_hooks(
+    stack: ExitStack,
+    model: CodiModel,
+    knockout: _ActiveKnockout,
+    row_ids: torch.Tensor,
+    past: int,
+    n_new: int,
+) -> None:
+    """Forward pre-hooks (removed by ``stack``) that apply ``knockout`` to one forward.
+
+    At each layer where some live row blocks something, the additive attention mask is set
+    to the dtype's minimum for (query, key) pairs whose query is ``<eot>`` (or a later
+    column, for rows with answer queries) and whose key is a blocked thought.
+    """
+    device = row_ids.device
+    blocked_all = knockout.mask.blocked.to(device)[row_ids]  # (B, L, H, T)
+    answer = knockout.mask.answer_queries.to(device)[row_ids]  # (B,)
+    batch, _, _, n_thoughts = blocked_all.shape
+    total = past + n_new
+    columns = torch.arange(past, total, device=device)  # query columns
+    query = (columns[None, :] == knockout.eot) | (
+        answer[:, None] & (columns[None, :] >= knockout.eot)
+    )  # (B, n)
+    if not bool(query.any()):
+        return
+    first = knockout.first_thought
+
+    def make_hook(layer: int) -> Callable[..., Any]:
+        rows_blocked = blocked_all[:, layer]  # (B, H, T)
+        if bool((rows_blocked.all(dim=1) == rows_blocked.any(dim=1)).all()):
+            rows_blocked = rows_blocked[:, :1]  # the same for every head: broadcast
+        keys = torch.zeros((batch, rows_blocked.shape[1], total), dtype=torch.bool, device=device)
+        keys[:, :, first : first + n_thoughts] = rows_blocked
+        block = query[:, None, :, None] & keys[:, :, None, :]  # (B, H or 1, n, S)
+
+        def hook(
+            _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            attn_mask = kwargs.get("attention_mask")
+            if attn_mask is None:  # no mask given: causal over the cached columns
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                causal = torch.arange(total, device=device)[None, :] <= columns[:, None]
+                attn_mask = torch.zeros((batch, 1, n_new, total), dtype=hidden.dtype, device=device)
+                attn_mask = attn_mask.masked_fill(~causal, torch.finfo(hidden.dtype).min)
+            if attn_mask.shape[-1] != total:
+                raise RuntimeError(
+                    f"attention knockout: mask covers {attn_mask.shape[-1]} keys, expected {total}"
+                )
+            if attn_mask.dtype == torch.bool:  # True = attend
+                new = attn_mask & ~block
+            else:
+                low = torch.finfo(attn_mask.dtype).min
+                new = attn_mask.masked_fill(block, low)
+            return args, {**kwargs, "attention_mask": new}
+
+        return hook
+
+    layers = blocked_all.any(dim=(0, 2, 3)).nonzero().flatten().tolist()
+    modules = attention_modules(model.codi)
+    for layer in layers:
+        handle = modules[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True)
+        stack.callback(handle.remove)
 
 
 def encode_prompt(model: CodiModel, prompt: Prompt) -> tuple[LoopState, torch.Tensor]:
@@ -469,6 +584,9 @@ def run_latent(
     targets: tuple[list[list[int]], list[int]] | None = None,
     max_new_tokens: int = 24,
     generate: bool = True,
+    n_thoughts: int | None = None,
+    knockout: KnockoutMask | None = None,
+    prefix: tuple[LoopState, torch.Tensor] | None = None,
 ) -> LatentRun:
     """Run CODI inference for a batch: the question prefix is encoded once.
 
@@ -476,14 +594,28 @@ def run_latent(
     from its question's cached prefix, so a clean row and its ablations share it.
     ``patch``/``targets`` are indexed by run row. ``attention_layers`` requests
     per-head attention from the ``<eot>`` query to each thought.
+
+    ``n_thoughts`` runs that many latent steps instead of the model's (0 = ``<eot>`` right
+    after ``<bot>``); ``knockout`` (indexed by run row) blocks attention edges from the
+    ``<eot>`` / answer queries to thoughts; ``prefix`` is ``encode_prompt(model, prompt)``
+    computed once and shared by several calls (it is not modified; needs ``rows``).
     """
-    state, bot_hidden = encode_prompt(model, prompt)
+    if prefix is not None and rows is None:
+        raise ValueError("a shared prefix needs rows= (the prefix itself is never advanced)")
+    state, bot_hidden = encode_prompt(model, prompt) if prefix is None else prefix
     q_lens = prompt.q_lens
     if rows is not None:
         rows = rows.to(prompt.input_ids.device)
         state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
         q_lens = q_lens.index_select(0, rows.cpu())
-    n_thoughts = model.spec.n_thoughts
+    state.row_ids = None  # state rows are run rows from here on
+    n_thoughts = model.spec.n_thoughts if n_thoughts is None else n_thoughts
+    if n_thoughts < 0:
+        raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
+    if knockout is not None and knockout.blocked.shape[0] != len(state.next_pos):
+        raise ValueError(
+            f"knockout mask has {knockout.blocked.shape[0]} rows, the run {len(state.next_pos)}"
+        )
     thoughts, blocks, bad = run_thoughts(
         model,
         state,
@@ -493,6 +625,10 @@ def run_latent(
         patch=patch,
         capture_layers=capture_layers,
     )
+    if knockout is not None:
+        if knockout.blocked.shape[-1] != n_thoughts:
+            raise ValueError(f"knockout mask has {knockout.blocked.shape[-1]} thoughts")
+        state.knockout = _ActiveKnockout(knockout, prompt.width, prompt.width + n_thoughts)
     eot = model.embed(torch.full_like(state.next_pos, model.eot_id))[:, None, :]
     out = forward_step(model, state, embeds=eot, logits=True, attentions=bool(attention_layers))
     assert out.logits is not None

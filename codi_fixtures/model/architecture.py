@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LayerRoles",
+    "attention_modules",
     "decoder_layers",
     "eot_position",
     "hidden_state_index",
@@ -80,6 +81,21 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         f"unsupported architecture {type(inner).__name__}: codi-interp knows LLaMA-style "
         "(model.layers) and GPT-2 (transformer.h) decoders"
     )
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every decoder block (LLaMA ``self_attn``, GPT-2 ``attn``)."""
+    from torch import nn
+
+    out = []
+    for layer in decoder_layers(model):
+        module = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+        if not isinstance(module, nn.Module):
+            raise NotImplementedError(
+                f"no self-attention module found in {type(layer).__name__} (knows self_attn, attn)"
+            )
+        out.append(module)
+    return out
 
 
 @dataclass(frozen=True)

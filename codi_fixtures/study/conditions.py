@@ -15,12 +15,18 @@ Kinds: ``zero``; ``mean`` (per-thought dataset mean at that site, leave-one-out)
 (Gaussian with the site's per-dimension RMS over the other problems, seeded); and ``resample``
 (the same site of another problem, a seeded derangement). The replacement values are computed
 by :func:`codi_fixtures.study.interventions.apply`.
+
+Two more kinds of condition are rows of the same passes: :class:`Knockout` (attention edges
+from the ``<eot>`` / answer queries to a thought removed at chosen layers, and heads) and
+:class:`FewerThoughts` (the latent loop cut to ``k`` thoughts, then ``<eot>``).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from codi_fixtures.config import ABLATION_KINDS, AblationKind, RunConfig
 from codi_fixtures.errors import ConfigError
@@ -28,16 +34,23 @@ from codi_fixtures.errors import ConfigError
 __all__ = [
     "Ablation",
     "AttentionReadout",
+    "Condition",
     "Dimensions",
     "EmbeddingSite",
+    "FewerThoughts",
     "HiddenReadout",
+    "Knockout",
+    "QueryScope",
     "Readout",
     "Requirements",
     "ResidualSite",
     "Site",
+    "all_subsets",
     "conditions_for",
     "default_requirements",
     "parse_site",
+    "subset_ablations",
+    "subset_label",
 ]
 
 
@@ -134,6 +147,99 @@ class Ablation:
         return f"{self.name}={self.kind}@{self.site}[{thoughts}]"
 
 
+QueryScope = Literal["eot", "answer"]
+"""``eot``: only the ``<eot>`` query; ``answer``: ``<eot>`` and every answer position after it."""
+QUERY_SCOPES: tuple[str, ...] = ("eot", "answer")
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """Block the attention edge from the chosen queries to ``thoughts`` (a condition).
+
+    ``layers`` None = every layer at once; ``head`` None = every head. ``thoughts=()`` blocks
+    nothing (the run equals the clean one exactly). Default name: ``ko-t3-L2-answer``,
+    ``ko-t3-Lall-eot``, ``ko-t3-L2-h1-answer``.
+    """
+
+    thoughts: tuple[int, ...]
+    layers: tuple[int, ...] | None = None
+    queries: QueryScope = "answer"
+    head: int | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.queries not in QUERY_SCOPES:
+            raise ValueError(f"unknown query scope {self.queries!r}; allowed: eot, answer")
+        if any(t < 0 for t in self.thoughts):
+            raise ValueError(f"thought indices must be >= 0, got {self.thoughts}")
+        if self.layers is not None and (not self.layers or any(v < 0 for v in self.layers)):
+            raise ValueError("layer indices must be a non-empty tuple of ints >= 0")
+        if self.head is not None and self.head < 0:
+            raise ValueError(f"head index must be >= 0, got {self.head}")
+
+    @property
+    def name(self) -> str:
+        """Readable id (the results column), or the label."""
+        if self.label is not None:
+            return self.label
+        who = ",".join(map(str, self.thoughts)) or "none"
+        where = "all" if self.layers is None else ",".join(map(str, self.layers))
+        head = "" if self.head is None else f"-h{self.head}"
+        return f"ko-t{who}-L{where}{head}-{self.queries}"
+
+    def check(self, n_thoughts: int, n_layers: int | None = None) -> None:
+        """Raise when a thought or layer index does not exist in the model."""
+        bad = [t for t in self.thoughts if t >= n_thoughts]
+        if bad:
+            raise ValueError(
+                f"thought index {bad[0]} out of range: the model has {n_thoughts} thoughts "
+                f"(0..{n_thoughts - 1})"
+            )
+        if n_layers is not None and self.layers is not None:
+            bad = [layer for layer in self.layers if layer >= n_layers]
+            if bad:
+                raise ValueError(
+                    f"layer {bad[0]} out of range: the model has {n_layers} blocks "
+                    f"(0..{n_layers - 1})"
+                )
+
+    def describe(self) -> str:
+        """Everything that defines the condition, for the cache fingerprint."""
+        thoughts = ",".join(map(str, self.thoughts))
+        where = "all" if self.layers is None else ",".join(map(str, self.layers))
+        head = "all" if self.head is None else str(self.head)
+        return f"{self.name}=knockout[{thoughts}]@L{where}h{head}q{self.queries}"
+
+
+@dataclass(frozen=True)
+class FewerThoughts:
+    """Run the latent loop for ``k`` thoughts only, then ``<eot>`` (a condition; k >= 0)."""
+
+    k: int
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"the number of thoughts must be >= 0, got {self.k}")
+
+    @property
+    def name(self) -> str:
+        """``k3-thoughts``, or the label."""
+        return self.label if self.label is not None else f"k{self.k}-thoughts"
+
+    def check(self, n_thoughts: int) -> None:
+        """Raise when ``k`` exceeds the model's number of thoughts."""
+        if self.k > n_thoughts:
+            raise ValueError(f"k={self.k} exceeds the model's {n_thoughts} thoughts")
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return f"{self.name}=fewer[{self.k}]"
+
+
+Condition = Ablation | Knockout | FewerThoughts
+
+
 @dataclass(frozen=True)
 class AttentionReadout:
     """Attention from the ``<eot>`` query to each thought's key, every layer and head (clean run).
@@ -193,7 +299,7 @@ class Requirements:
     requirements is exactly the study computed before analyses were separate modules.
     """
 
-    conditions: tuple[Ablation, ...] = ()
+    conditions: tuple[Condition, ...] = ()
     readouts: tuple[Readout, ...] = ()
 
     def __or__(self, other: Requirements) -> Requirements:
@@ -208,6 +314,35 @@ class Requirements:
             "conditions": [c.describe() for c in self.conditions],
             "readouts": [r.describe() for r in self.readouts],
         }
+
+
+def all_subsets(n_thoughts: int, *, max_size: int | None = None) -> list[tuple[int, ...]]:
+    """Every non-empty subset of ``range(n_thoughts)``, by size, then lexicographic (63 for 6)."""
+    top = n_thoughts if max_size is None else min(max_size, n_thoughts)
+    return [s for k in range(1, top + 1) for s in itertools.combinations(range(n_thoughts), k)]
+
+
+def subset_label(subset: tuple[int, ...], kind: str, n_thoughts: int) -> str:
+    """The results column of a subset ablation: ``t3-mean``, ``all-mean``, ``t0+t3-mean``."""
+    if len(subset) == n_thoughts:
+        return f"all-{kind}"
+    return "+".join(f"t{t}" for t in subset) + f"-{kind}"
+
+
+def subset_ablations(
+    n_thoughts: int, kind: AblationKind, site: Site = EmbeddingSite()
+) -> list[Ablation]:
+    """One ablation per non-empty subset (RQ5), in :func:`all_subsets` order.
+
+    Single thoughts and all thoughts keep their usual names (``t3-mean``, ``all-mean``), so
+    they are the very conditions RQ1 runs.
+    """
+    out = []
+    for subset in all_subsets(n_thoughts):
+        single_or_all = len(subset) in (1, n_thoughts)
+        label = None if single_or_all else subset_label(subset, kind, n_thoughts)
+        out.append(Ablation(subset, kind, site, label=label))
+    return out
 
 
 def conditions_for(cfg: RunConfig, dims: Dimensions) -> list[Ablation]:

@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,13 +41,26 @@ from tqdm import tqdm
 from codi_fixtures.answers import format_number, numbers_equal
 from codi_fixtures.atomic import atomic_write_bytes
 from codi_fixtures.config import RunConfig
-from codi_fixtures.engine import Prompt, ThoughtPatch, answer_targets, build_prompt, run_latent
+from codi_fixtures.engine import (
+    KnockoutMask,
+    LoopState,
+    Prompt,
+    ThoughtPatch,
+    answer_targets,
+    build_prompt,
+    encode_prompt,
+    run_latent,
+)
 from codi_fixtures.errors import ConfigError
+from codi_fixtures.model.architecture import unwrap_peft
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.study.conditions import (
     AttentionReadout,
+    Condition,
     Dimensions,
+    FewerThoughts,
     HiddenReadout,
+    Knockout,
     Requirements,
     conditions_for,
     default_requirements,
@@ -188,16 +202,48 @@ class _Rows:
             torch.cat([p.nonfinite for p in parts]),
         )
 
+    def take(self, index: Sequence[int]) -> _Rows:
+        """The rows at ``index``, in that order."""
+        idx = torch.tensor(list(index), dtype=torch.long)
+        return _Rows(
+            self.answer_logits[idx.to(self.answer_logits.device)],
+            self.logp[idx.to(self.logp.device)],
+            self.logp_first[idx.to(self.logp_first.device)],
+            [self.answers[i] for i in index],
+            [self.texts[i] for i in index],
+            self.nonfinite[idx.to(self.nonfinite.device)],
+        )
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Rows of one engine call: which prompt rows, with which patch / knockout / loop length."""
+
+    rows: torch.Tensor  # (R,) prompt rows
+    patch: ThoughtPatch | None = None
+    knockout: KnockoutMask | None = None
+    n_thoughts: int | None = None
+
+    def part(self, sl: slice) -> _Group:
+        patch = self.patch
+        if patch is not None:
+            patch = ThoughtPatch(patch.values[sl], patch.mask[sl], patch.layer)
+        knockout = self.knockout
+        if knockout is not None:
+            knockout = KnockoutMask(knockout.blocked[sl], knockout.answer_queries[sl])
+        return _Group(self.rows[sl], patch, knockout, self.n_thoughts)
+
 
 def _run_rows(
     model: CodiModel,
     prompt: Prompt,
-    rows: torch.Tensor,
-    patch: ThoughtPatch,
+    group: _Group,
     targets: tuple[list[list[int]], list[int]],
     cfg: RunConfig,
+    prefix: tuple[LoopState, torch.Tensor] | None = None,
 ) -> _Rows:
     """Run rows in one batch; on out-of-memory, split in halves and retry."""
+    rows = group.rows
     try:
         if cfg.max_rows is not None and len(rows) > cfg.max_rows:
             raise torch.OutOfMemoryError(
@@ -207,9 +253,12 @@ def _run_rows(
             model,
             prompt,
             rows=rows,
-            patch=patch,
+            patch=group.patch,
             targets=targets,
             max_new_tokens=cfg.max_new_tokens,
+            n_thoughts=group.n_thoughts,
+            knockout=group.knockout,
+            prefix=prefix,
         )
     except torch.OutOfMemoryError:
         if len(rows) == 1:
@@ -220,10 +269,8 @@ def _run_rows(
         log.info("out of memory on %d rows; retrying as %d + %d", len(rows), half, len(rows) - half)
         parts = []
         for sl in (slice(0, half), slice(half, None)):
-            sub = ThoughtPatch(patch.values[sl], patch.mask[sl], patch.layer)
-            parts.append(
-                _run_rows(model, prompt, rows[sl], sub, (targets[0][sl], targets[1][sl]), cfg)
-            )
+            sub_targets = (targets[0][sl], targets[1][sl])
+            parts.append(_run_rows(model, prompt, group.part(sl), sub_targets, cfg, prefix))
         return _Rows.concat(parts)
     assert run.target_logp is not None
     assert run.answer_logits is not None and run.target_first_logp is not None
@@ -278,22 +325,76 @@ def _clean_pass(
     return out
 
 
+def _n_heads(model: CodiModel) -> int:
+    config: Any = unwrap_peft(model.codi).config
+    return int(config.num_attention_heads)
+
+
+def knockout_mask(model: CodiModel, knockouts: Sequence[Knockout | None]) -> KnockoutMask:
+    """The engine's per-row mask for run rows with these knockouts (None = nothing blocked)."""
+    n_layers, n_heads, n_thoughts = model.n_layers, _n_heads(model), model.spec.n_thoughts
+    blocked = torch.zeros((len(knockouts), n_layers, n_heads, n_thoughts), dtype=torch.bool)
+    answer = torch.zeros(len(knockouts), dtype=torch.bool)
+    for row, ko in enumerate(knockouts):
+        if ko is None:
+            continue
+        layers = list(range(n_layers)) if ko.layers is None else list(ko.layers)
+        heads = list(range(n_heads)) if ko.head is None else [ko.head]
+        for layer in layers:
+            for head in heads:
+                blocked[row, layer, head, list(ko.thoughts)] = True
+        answer[row] = ko.queries == "answer"
+    return KnockoutMask(blocked, answer)
+
+
 def _ablation_pass(
     model: CodiModel,
     chunk: Sequence[Problem],
     offset: int,
-    conditions: Sequence[Ablation],
+    conditions: Sequence[Condition],
     ref: AblationRef,
     cfg: RunConfig,
 ) -> dict[str, np.ndarray]:
+    """Per problem the clean row and one row per condition, from one encoding of the prefix.
+
+    Ablations and knockouts are rows of one engine call; each number of thoughts k of the
+    :class:`FewerThoughts` conditions is one more call branching from the same prefix.
+    """
     prompt = build_prompt(model, [p.question for p in chunk])
+    n = len(chunk)
     per = 1 + len(conditions)
-    rows = torch.arange(len(chunk)).repeat_interleave(per)
-    ablations: list[Ablation | None] = [None, *conditions] * len(chunk)
-    problems = [offset + int(r) for r in rows]
-    patch = build_patch(ablations, problems, ref)
-    golds = [format_number(chunk[int(r)].answer) for r in rows]
-    out = _run_rows(model, prompt, rows, patch, answer_targets(model, golds), cfg)
+    golds = [format_number(p.answer) for p in chunk]
+    main = [i for i, c in enumerate(conditions) if not isinstance(c, FewerThoughts)]
+    fewer: dict[int, list[int]] = {}
+    for i, c in enumerate(conditions):
+        if isinstance(c, FewerThoughts):
+            fewer.setdefault(c.k, []).append(i)
+    prefix = encode_prompt(model, prompt)
+    parts: list[_Rows] = []
+    placed: list[int] = []  # final (problem * per + column) of each produced row, in order
+    # clean + ablations + knockouts: one call
+    columns = [0, *(1 + i for i in main)]
+    rows = torch.arange(n).repeat_interleave(len(columns))
+    row_conds: list[Condition | None] = [None, *(conditions[i] for i in main)] * n
+    ablations = [c if isinstance(c, Ablation) else None for c in row_conds]
+    patch = build_patch(ablations, [offset + int(r) for r in rows], ref)
+    knockouts = [c if isinstance(c, Knockout) else None for c in row_conds]
+    mask = knockout_mask(model, knockouts) if any(k is not None for k in knockouts) else None
+    targets = answer_targets(model, [golds[int(r)] for r in rows])
+    parts.append(_run_rows(model, prompt, _Group(rows, patch, mask), targets, cfg, prefix))
+    placed += [p * per + c for p in range(n) for c in columns]
+    for k, idxs in fewer.items():
+        rows = torch.arange(n).repeat_interleave(len(idxs))
+        targets = answer_targets(model, [golds[int(r)] for r in rows])
+        group = _Group(rows, n_thoughts=k)
+        parts.append(_run_rows(model, prompt, group, targets, cfg, prefix))
+        placed += [p * per + 1 + i for p in range(n) for i in idxs]
+    order = [0] * len(placed)
+    for produced, final in enumerate(placed):
+        order[final] = produced
+    out = _Rows.concat(parts) if len(parts) > 1 else parts[0]
+    if order != list(range(len(order))):
+        out = out.take(order)
     answers = np.array([np.nan if a is None else a for a in out.answers]).reshape(len(chunk), per)
     gold = np.array([p.answer for p in chunk])
     correct = np.array(
@@ -319,15 +420,22 @@ def _ablation_pass(
 def _check_requirements(needs: Requirements, cfg: RunConfig, model: CodiModel) -> None:
     """Conditions the runner can batch: one site (the study's), existing thoughts, unique names."""
     site = parse_site(cfg.site, model.n_layers)
-    names: dict[str, Ablation] = {}
+    names: dict[str, Condition] = {}
     for condition in needs.conditions:
-        if condition.site != site:
+        if isinstance(condition, Ablation) and condition.site != site:
             raise ConfigError(
                 f"condition {condition.name!r} ablates at {condition.site}, but the study's site "
                 f"is {site} (--ablation-site): one site per study"
             )
         try:
-            condition.check(model.spec.n_thoughts)
+            if isinstance(condition, Knockout):
+                condition.check(model.spec.n_thoughts, model.n_layers)
+                if condition.head is not None and condition.head >= _n_heads(model):
+                    raise ValueError(
+                        f"head {condition.head} out of range: the model has {_n_heads(model)}"
+                    )
+            else:
+                condition.check(model.spec.n_thoughts)
         except ValueError as err:
             raise ConfigError(f"condition {condition.name!r}: {err}") from None
         if names.setdefault(condition.name, condition) != condition:
@@ -364,7 +472,10 @@ def compute_study(
     )
     _check_requirements(needs, cfg, model)
     conditions = list(needs.conditions)
-    if any(a.kind == "resample" for a in conditions) and len(problems) < 2:
+    if (
+        any(isinstance(a, Ablation) and a.kind == "resample" for a in conditions)
+        and len(problems) < 2
+    ):
         raise ConfigError("resample ablation needs at least 2 problems; drop it with --kinds")
     key = study_fingerprint(model, problems, cfg, needs)
     final = cache_dir / f"study-{key}.npz"
