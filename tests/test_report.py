@@ -71,19 +71,32 @@ def test_problem_text_and_messages_are_escaped(synthetic):
     row = ClaimRow("t.py::test[quick]", "failed", "quick", hostile, hostile, {})
     questions = {synthetic.results.problem_ids[0]: hostile}
     page = summary_html([row], {"quick": (synthetic, {}, questions)}, {"note": hostile})
-    assert "<script>" not in page and "<b>bold" not in page
+    assert "<script>alert(" not in page and "<b>bold" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in page
 
 
 CHECK_SCRIPT = """
 <script>
 window.addEventListener('load', () => setTimeout(() => {
-  const imgs = [...document.images];
+  const imgs = [...document.images].filter(i => i.getAttribute('src'));  // real pictures
+  const top = document.getElementById('codi-summary');
+  const width = window.innerWidth;
+  const overflowing = top ? [...top.querySelectorAll('*')].filter(
+    e => e.getBoundingClientRect().right > width + 1).map(e => e.tagName + '.' + e.className) : [];
+  const links = top ? [...top.querySelectorAll('.codi-grid a')] : [];
   const out = document.createElement('pre');
   out.textContent = 'CODICHECK' + JSON.stringify({
     images: imgs.length,
     broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
     verdicts: !!document.getElementById('codi-verdicts'),
+    first: document.body.firstElementChild ? document.body.firstElementChild.id : '',
+    findings: top ? top.querySelectorAll('.codi-answers li').length : 0,
+    grids: top ? top.querySelectorAll('.codi-grid').length : 0,
+    links: links.length,
+    dangling: links.filter(a => !document.getElementById(a.getAttribute('href').slice(1))).length,
+    overflow: overflowing.slice(0, 5),
+    network: performance.getEntriesByType('resource').filter(
+      r => /^(https?|wss?):/.test(r.name)).map(r => r.name),
     results: document.querySelectorAll('#results-table tbody.results-table-row').length,
   }) + 'END';
   document.body.appendChild(out);
@@ -127,35 +140,41 @@ def test_quick_study_report_renders_in_headless_chromium(tmp_path):
     assert summary["n_problems"] == 10 and summary["verdicts"]
     page = tmp_path / "checked.html"
     page.write_text((report_dir / "report.html").read_text() + CHECK_SCRIPT)
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'chrome'}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    found = re.search(r"CODICHECK(.*?)END", dom.replace("&quot;", '"'))
-    assert found, "the check script did not run"
-    check = json.loads(found.group(1))
     n_claims = len(summary["verdicts"])
-    assert check["verdicts"] and check["results"] == n_claims
-    assert check["broken"] == 0
-    assert check["images"] >= 5 + n_claims  # five summary figures + one per claim row
-    subprocess.run(
-        [
-            CHROMIUM,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'chrome2'}",
-            "--window-size=1300,2600",
-            f"--screenshot={report_dir / 'screenshot.png'}",
-            (report_dir / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    for width in (1400, 800):
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / f'chrome{width}'}",
+                f"--window-size={width},2000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        found = re.search(r"CODICHECK(.*?)END", dom.replace("&quot;", '"'))
+        assert found, "the check script did not run"
+        check = json.loads(found.group(1))
+        assert check["first"] == "codi-summary"  # the findings open the page
+        assert check["findings"] >= 4 and check["grids"] >= 4  # RQ1 and RQ2 answered, gridded
+        assert check["links"] == n_claims and check["dangling"] == 0  # every cell -> its row
+        assert check["verdicts"] and check["results"] == n_claims
+        assert check["broken"] == 0 and check["images"] >= 5  # summary figures decode
+        assert check["overflow"] == [], f"overflows at {width} px: {check['overflow']}"
+        assert check["network"] == []  # self-contained: no request leaves the page
+        subprocess.run(
+            [
+                CHROMIUM,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / f'shot{width}'}",
+                f"--window-size={width},2600",
+                f"--screenshot={report_dir / f'screenshot-{width}.png'}",
+                (report_dir / "report.html").as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )

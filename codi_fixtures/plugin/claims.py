@@ -1,4 +1,4 @@
-"""Turn a statistical result into a verdict, attaching its figure and numbers to the report.
+"""Turn a statistical result into a verdict, attaching its numbers to the report.
 
 Every claim is judged against a smallest effect size of interest (SESOI) and ends in one of
 three outcomes, decided by :func:`codi_fixtures.stats.equivalence.decide` (the result's
@@ -29,7 +29,6 @@ from codi_fixtures.stats import StatResult
 __all__ = ["Claim", "evidence"]
 
 FigureFactory = Callable[[], Any]  # returns a matplotlib Figure
-_FIGURE_CACHE: dict[tuple[str, str], str] = {}
 
 
 def evidence(result: StatResult) -> str:
@@ -72,16 +71,12 @@ class Claim:
     ) -> None:
         from pytest_html import extras as html_extras
 
-        if figure is not None:
-            key, factory = figure
-            cache_key = (f"{self.tier}:{id(self.analysis)}", key)
-            if cache_key not in _FIGURE_CACHE:
-                from codi_fixtures.report.figures import png_base64
-
-                _FIGURE_CACHE[cache_key] = png_base64(factory())
-            self.extras.append(html_extras.png(_FIGURE_CACHE[cache_key], name=key))
+        # The claim's figure is the analysis's summary figure, drawn once in the report's top
+        # block; each claim row carries its numbers, not another copy of that figure.
         self.extras.append(html_extras.html(stats_table_html(result, context)))
+        doc = (getattr(self.node, "obj", None).__doc__ or "").strip().splitlines()
         payload = {
+            "hypothesis": doc[0].strip() if doc else "",
             "label": label,
             "tier": self.tier,
             "stats": {

@@ -107,6 +107,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--no-codi-report", action="store_true", help="do not write the HTML/JSON report"
     )
+    group.addoption(
+        "--codi-pdf", action="store_true", help="also write every figure as PDF (PNG always)"
+    )
     parser.addini(
         "codi_known_outcomes",
         "JSON file of known (strict xfail) outcomes per model, relative to rootdir",

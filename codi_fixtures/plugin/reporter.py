@@ -18,11 +18,16 @@ if TYPE_CHECKING:
 __all__ = ["CodiReporter", "claim_rows", "study_fingerprints"]
 
 
-def claim_rows(reports: Sequence[pytest.TestReport], outcomes: Mapping[str, str]) -> list[ClaimRow]:
+def claim_rows(
+    reports: Sequence[pytest.TestReport],
+    outcomes: Mapping[str, str],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[ClaimRow]:
     """One row per judged claim, in a stable order (tier, then test id).
 
     ``outcomes`` (test id -> outcome, :mod:`codi_fixtures.plugin.outcomes`) is what the controller
-    classified from every phase of every claim's reports.
+    classified from every phase of every claim's reports; ``params`` (test id -> claim
+    parameters) places each row in its verdict grid.
     """
     from codi_fixtures.report.summary import ClaimRow  # heavy: only once the run is over
 
@@ -40,6 +45,8 @@ def claim_rows(reports: Sequence[pytest.TestReport], outcomes: Mapping[str, str]
                 label=payload["label"],
                 message=message,
                 stats=payload["stats"],
+                params=(params or {}).get(report.nodeid, {}),
+                hypothesis=payload.get("hypothesis", ""),
             )
         )
     return sorted(rows, key=lambda r: (r.tier, r.nodeid))
@@ -61,6 +68,22 @@ def _html_plugin(config: pytest.Config) -> Any:
     from pytest_html.basereport import BaseReport
 
     return next((p for p in config.pluginmanager.get_plugins() if isinstance(p, BaseReport)), None)
+
+
+def _run_info(codi: CodiSession) -> dict[str, object]:
+    """What actually ran: the device and dtype "auto" resolved to, and the command line."""
+    import shlex
+    import sys
+
+    from codi_fixtures.model.devices import resolve_device, resolve_dtype
+
+    model = codi.settings.model
+    device = resolve_device(model.device)
+    return {
+        "device": str(device),
+        "dtype": str(resolve_dtype(model.dtype, device)).removeprefix("torch."),
+        "command": " ".join(shlex.quote(a) for a in ["pytest", *sys.argv[1:]]),
+    }
 
 
 class CodiReporter:
@@ -117,11 +140,18 @@ class CodiReporter:
             self.codi.settings,
             study_fingerprints(self.reports),
             self.codi.problems,
-            claim_rows(self.reports, self.outcomes),
+            claim_rows(self.reports, self.outcomes, self.params),
             self.target.staging,
             time.monotonic() - self.codi.started,
             self.codi.selected_analyses(),
+            run_info=_run_info(self.codi),
+            figure_formats=("png", "pdf") if self.codi.config.getoption("codi_pdf") else ("png",),
         )
+
+    def pytest_html_report_title(self, report: Any) -> None:
+        """The page title names the model and the tier, not the file."""
+        settings = self.codi.settings
+        report.title = f"CODI findings: {settings.model_label} ({', '.join(self.codi.tiers())})"
 
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from codi_fixtures.analyses import BUILTIN_ANALYSES, Analysis, StudyAnalysis
 from codi_fixtures.config import Settings
-from codi_fixtures.report.figures import png_base64, save_figure
+from codi_fixtures.report.figures import as_base64, save_figure
 from codi_fixtures.report.summary import (
     ClaimRow,
     package_versions,
@@ -49,12 +49,15 @@ def build_summary(
     out_dir: Path,
     wall_time_s: float,
     analyses: Sequence[Analysis] = BUILTIN_ANALYSES,
+    run_info: Mapping[str, object] | None = None,
+    figure_formats: tuple[str, ...] = ("png",),
 ) -> str:
     """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block.
 
     ``fingerprints`` maps each tier to the study the claims read; ``problems_of(tier)`` is the
     tier's problem set; ``rows`` are the verdicts, in the order they are shown; the figures are
-    those of the selected ``analyses``, in their order.
+    those of the selected ``analyses``, in their order, rendered in ``figure_formats`` (PNG
+    always: the HTML embeds it); ``run_info`` adds what actually ran (device, dtype, command).
     """
     fig_dir = out_dir / "figures"
     tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
@@ -66,9 +69,9 @@ def build_summary(
         analysis = StudyAnalysis.for_run(results, settings, analyses)
         encoded = {}
         for spec in analysis.figures():
-            fig = spec.draw()
-            save_figure(fig, fig_dir, f"{tier}-{spec.name}")
-            encoded[spec.title] = png_base64(fig)
+            formats = tuple(dict.fromkeys(("png", *figure_formats)))
+            rendered = save_figure(spec.draw(), fig_dir, f"{tier}-{spec.name}", formats)
+            encoded[spec.title] = as_base64(rendered["png"])
         problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {
@@ -91,6 +94,7 @@ def build_summary(
         "settings": settings.describe(),
         "versions": package_versions(),
         "wall_time_s": round(wall_time_s, 1),
+        **dict(run_info or {}),  # what actually ran: resolved device / dtype, command line
     }
     content: dict[str, object] = {}
     if stats_by_tier:
@@ -112,4 +116,5 @@ def build_summary(
     ]
     content["run"] = run_meta
     write_summary_statistics(out_dir / "summary_statistics.json", content)
-    return summary_html(rows, tiers, run_meta)
+    fingerprints_by_tier = {t: s.get("meta") for t, s in stats_by_tier.items()}
+    return summary_html(rows, tiers, run_meta, fingerprints_by_tier)

@@ -1,4 +1,4 @@
-"""Rendering of figures for the report: PNG (embedded, base64) and PDF (for print).
+"""Rendering of figures for the report: PNG (embedded, base64), PDF on request (for print).
 
 The figures themselves belong to the analyses
 (:meth:`codi_fixtures.analyses.base.Analysis.figures`); this module only
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from codi_fixtures.atomic import atomic_write_bytes
 
-__all__ = ["PNG_DPI", "png_base64", "save_figure"]
+__all__ = ["PNG_DPI", "as_base64", "png_base64", "save_figure"]
 
 PNG_DPI = 100
 """Resolution of the PNGs embedded in the HTML report (small files)."""
@@ -32,16 +32,29 @@ def _render(fig: Figure, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def save_figure(fig: Figure, directory: Path, name: str) -> dict[str, Path]:
-    """Write ``name.png`` and ``name.pdf`` into ``directory`` atomically; return their paths."""
+def save_figure(
+    fig: Figure, directory: Path, name: str, formats: tuple[str, ...] = ("png",)
+) -> dict[str, bytes]:
+    """Write ``name.<fmt>`` for each format into ``directory`` atomically; return the bytes.
+
+    Each figure is rendered once per format (PNG by default; PDF on request), and the PNG
+    bytes returned here are what the HTML embeds (:func:`as_base64`).
+    """
     if not name or Path(name).name != name or name in {".", ".."}:
         raise ValueError(f"figure name must be a plain file stem without '/', got {name!r}")
-    paths = {fmt: Path(directory) / f"{name}.{fmt}" for fmt in ("png", "pdf")}
-    for fmt, path in paths.items():
-        atomic_write_bytes(path, _render(fig, fmt))
-    return paths
+    out = {}
+    for fmt in formats:
+        data = _render(fig, fmt)
+        atomic_write_bytes(Path(directory) / f"{name}.{fmt}", data)
+        out[fmt] = data
+    return out
+
+
+def as_base64(data: bytes) -> str:
+    """Base64 text of rendered bytes, for embedding in HTML."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def png_base64(fig: Figure) -> str:
     """Base64 of the figure's PNG bytes, for embedding in HTML."""
-    return base64.b64encode(_render(fig, "png")).decode("ascii")
+    return as_base64(_render(fig, "png"))

@@ -10,9 +10,7 @@ import html
 import json
 import math
 import platform
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 
 from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.report.vocabulary import OUTCOMES
+from codi_fixtures.report.vocabulary import ClaimRow
 from codi_fixtures.stats import StatResult, is_constant
 
 __all__ = [
@@ -33,18 +31,6 @@ __all__ = [
 ]
 
 _PACKAGES = ("codi-interp", "torch", "transformers", "peft", "numpy", "scipy", "pytest")
-
-
-@dataclass(frozen=True)
-class ClaimRow:
-    """One verdict as the controller saw it."""
-
-    nodeid: str
-    outcome: str  # one of OUTCOMES
-    tier: str
-    label: str
-    message: str
-    stats: Mapping[str, object]
 
 
 def _fmt(value: object) -> str:
@@ -227,39 +213,6 @@ def _clean(value: object) -> object:
     return value
 
 
-def _verdict_table(rows: Sequence[ClaimRow]) -> str:
-    colour = {
-        "supported": "#009E73",
-        "refuted": "#D55E00",
-        "inconclusive": "#999999",
-        "known": "#E69F00",
-        "unexpected": "#CC79A7",
-        "error": "#000000",
-    }
-    body = "".join(
-        "<tr>"
-        f"<td>{html.escape(r.tier)}</td>"
-        f"<td style='color:{colour.get(r.outcome, '#000')};font-weight:bold'>"
-        f"{html.escape(r.outcome)}</td>"
-        f"<td>{html.escape(r.label)}</td>"
-        f"<td>{html.escape(r.message)}</td>"
-        "</tr>"
-        for r in rows
-    )
-    counts = Counter(r.outcome for r in rows)
-    tally = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o])
-    return (
-        f"<h2>Verdicts</h2><p class='codi-tally'>{html.escape(tally or 'no claims ran')}: "
-        "supported = passed at alpha after Holm; refuted = not supported (failed); known = a "
-        "refutation declared in experiments/known_outcomes.json for this model and problem set "
-        "(strict xfail); unexpected = a known outcome that no longer holds; inconclusive = "
-        "skipped; error = a crash, never a verdict.</p>"
-        "<table id='codi-verdicts' class='codi-verdicts'>"
-        "<thead><tr><th>tier</th><th>verdict</th><th>claim</th><th>evidence</th></tr></thead>"
-        f"<tbody>{body}</tbody></table>"
-    )
-
-
 def _problems_table(a: StudyAnalysis, questions: Mapping[str, str], limit: int = 12) -> str:
     res = a.results
     rows = []
@@ -281,34 +234,98 @@ def _problems_table(a: StudyAnalysis, questions: Mapping[str, str], limit: int =
     )
 
 
+_STYLE = """<style>
+body{min-width:0 !important}
+#codi-summary{max-width:1200px;font-family:sans-serif;font-size:14px;line-height:1.45;color:#1a1a1a}
+#codi-summary h2{color:#1a1a1a;font-size:1.3em;margin-top:1.2em}
+#codi-summary h3{color:#1a1a1a;font-size:1.1em}
+#codi-summary h1{font-size:1.6em;margin:.3em 0}
+#codi-summary figure{margin:1em 0}
+#codi-summary figure.codi-figure img{max-width:100%;height:auto;border:1px solid #ddd}
+#codi-summary figcaption{font-size:.9em;color:#333}
+#codi-summary table{border-collapse:collapse}
+#codi-summary td,#codi-summary th{padding:2px 6px;text-align:left;vertical-align:top}
+.codi-facts th{padding-right:1em}
+.codi-verdicts{width:100%;font-size:.85em}
+.codi-verdicts td,.codi-verdicts th{border-bottom:1px solid #eee;overflow-wrap:anywhere}
+.codi-grids{display:flex;flex-wrap:wrap;gap:1em}
+.codi-grid table td{text-align:center;min-width:2.2em;border:1px solid #fff}
+.codi-grid a{text-decoration:none;font-weight:bold}
+.codi-grid figcaption{max-width:30em}
+.codi-chip{padding:0 4px;border-radius:3px;font-weight:bold}
+.codi-supported{color:#007a59;font-weight:bold}.codi-refuted{color:#b34700;font-weight:bold}
+.codi-known{color:#9a6a00;font-weight:bold}.codi-error{font-weight:bold}
+.codi-unexpected{color:#a0507f;font-weight:bold}
+.codi-reproduce code{overflow-wrap:anywhere}
+</style>"""
+_TO_TOP = (
+    "<script>(function(){var s=document.getElementById('codi-summary');"
+    "if(s&&document.body.firstChild!==s){document.body.insertBefore(s,document.body.firstChild);}"
+    "})();</script>"
+)
+
+
+def _reproduce_html(meta: Mapping[str, object], fingerprints: Mapping[str, object]) -> str:
+    items: list[tuple[str, object]] = [
+        ("command", meta.get("command", "")),
+        ("checkpoint", meta.get("checkpoint", "")),
+        *((f"fingerprints ({tier})", v) for tier, v in fingerprints.items()),
+        ("versions", meta.get("versions", {})),
+        ("settings", meta.get("settings", {})),
+    ]
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th><td><code>"
+        f"{html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}</code></td></tr>"
+        for k, v in items
+    )
+    return (
+        "<h2>Reproduce</h2><details class='codi-reproduce' open><summary>Command, "
+        "fingerprints, versions, settings — and <a href='summary_statistics.json' download>"
+        "summary_statistics.json</a> (every statistic of this page)</summary>"
+        f"<table class='codi-meta'>{body}</table></details>"
+    )
+
+
 def summary_html(
     rows: Sequence[ClaimRow],
     tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, str], Mapping[str, str]]],
     meta: Mapping[str, object],
+    fingerprints: Mapping[str, object] | None = None,
 ) -> str:
-    """Summary block: verdict table, then per tier the figures and a problem sample.
+    """The block that opens report.html: findings, verdict grids, figures, every verdict.
 
-    ``tiers`` maps a tier to (analysis, {figure title: base64 PNG}, {problem id: question}).
+    ``tiers`` maps a tier to (analysis, {figure title: base64 PNG}, {problem id: question});
+    ``fingerprints`` maps a tier to its study / model / problem-set fingerprints.
     """
-    parts = [_verdict_table(rows)]
-    meta_rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-        f"<td><code>{html.escape(json.dumps(v, default=str) if not isinstance(v, str) else v)}"
-        "</code></td></tr>"
-        for k, v in meta.items()
+    from codi_fixtures.report.findings import (
+        answers_html,
+        facts_html,
+        grids_html,
+        verdict_table_html,
     )
-    parts.append(f"<h2>Run</h2><table class='codi-meta'>{meta_rows}</table>")
+
+    sizes = {
+        tier: (len(a.results.problem_ids), float(a.results.clean_correct.mean()))
+        for tier, (a, _, _) in tiers.items()
+    }
+    title = f"CODI findings: {meta.get('model')} on {meta.get('problems')}"
+    parts = [
+        _STYLE,
+        f"<h1>{html.escape(title)}</h1>",
+        facts_html(meta, sizes),
+        answers_html(rows),
+        grids_html(rows),
+    ]
     for tier, (analysis, figures, questions) in tiers.items():
-        res = analysis.results
-        parts.append(
-            f"<h2>Tier: {html.escape(tier)} ({len(res.problem_ids)} problems, clean accuracy "
-            f"{100 * float(res.clean_correct.mean()):.0f}%)</h2>"
-        )
-        for title, b64 in figures.items():
+        n = len(analysis.results.problem_ids)
+        parts.append(f"<h2>Figures, {html.escape(tier)} tier (n = {n} problems)</h2>")
+        for title_, b64 in figures.items():
             parts.append(
-                f"<figure><img alt='{html.escape(title)}' style='max-width:100%' "
-                f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(title)}"
-                "</figcaption></figure>"
+                f"<figure class='codi-figure'><img alt='{html.escape(title_)}' "
+                f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(title_)} "
+                f"(n = {n} problems, {html.escape(tier)} tier)</figcaption></figure>"
             )
         parts.append(_problems_table(analysis, questions))
-    return "<div id='codi-summary'>" + "".join(parts) + "</div>"
+    parts.append(verdict_table_html(rows))
+    parts.append(_reproduce_html(meta, fingerprints or {}))
+    return "<div id='codi-summary'>" + "".join(parts) + "</div>" + _TO_TOP

@@ -1,8 +1,25 @@
-"""The words the report and the console share (no imports: cheap for the plugin to load)."""
+"""The words the report and the console share (standard library only: cheap to load)."""
 
 from __future__ import annotations
 
-__all__ = ["OUTCOMES"]
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["OUTCOMES", "ClaimRow"]
 
 OUTCOMES = ("supported", "refuted", "inconclusive", "known", "unexpected", "error")
 """What a claim can end as (:mod:`codi_fixtures.plugin.outcomes` says how each arises)."""
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """One verdict as the controller saw it."""
+
+    nodeid: str
+    outcome: str  # one of OUTCOMES
+    tier: str
+    label: str
+    message: str
+    stats: Mapping[str, object]
+    params: Mapping[str, object] = field(default_factory=dict)  # thought, kind, role, ...
+    hypothesis: str = ""  # the claim function's one-line docstring
