@@ -1,0 +1,504 @@
+"""RQ3 / RQ4 statistics on readout arrays: lens rates, probes, IIA, the link to RQ1.
+
+numpy / scipy / scikit-learn only (no torch): inputs are the arrays of
+:class:`codi_fixtures.study.readouts.Readouts` and :mod:`codi_fixtures.study.interchange`,
+outputs are :class:`~codi_fixtures.stats.StatResult` (statistic, CI, p, n) or small dataclasses.
+
+- Lens decoding rate of target k at (position, site): fraction of problems with a
+  decodable target k whose lens top-``topk`` holds the target's first token. Baseline: the
+  *value-distribution rate*, the share of the commonest first token among those problems
+  (what a reader that ignores the problem and always names that token scores; the best
+  any problem-blind reader can do). Exact binomial test of the rate against it and a
+  Clopper-Pearson CI.
+- Probes: multinomial logistic regression (standardised features) per (target, position,
+  site), ``n_folds``-fold cross-validation over problems (every row is one problem, so the
+  folds are problem-disjoint); per-problem out-of-fold correctness. Baselines: the same
+  probe on labels permuted across problems, and the same probe at the question's own
+  positions (``q_last``, ``bot``; the best of them over the probed sites). Accuracy minus a
+  baseline: a paired difference of proportions over problems, Tango's score test and CI
+  (:func:`paired_effect`).
+- Interchange accuracy (IIA) and its baselines, paired per recipient, the same way.
+- :func:`rq1_link_test`: is the thought that best encodes step k among the thoughts whose
+  ablation hurts most? Exact permutation test over thought relabelings, bootstrap CI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+from codi_fixtures.stats.equivalence import decide
+from codi_fixtures.stats.inference import StatResult, accuracy_drop_effect, mean_effect
+
+__all__ = [
+    "IiaSummary",
+    "LinkResult",
+    "ProbeGrid",
+    "RateResult",
+    "cv_probe",
+    "iia_summary",
+    "lens_rate",
+    "lens_rate_table",
+    "paired_effect",
+    "probe_effects",
+    "probe_grid",
+    "rq1_link_test",
+    "value_baseline",
+]
+
+FloatArray = NDArray[np.float64]
+QUESTION_POSITIONS = ("q_last", "bot")
+
+
+# --------------------------------------------------------------------------- logit lens
+
+
+def value_baseline(tokens: NDArray[np.int64]) -> tuple[float, int]:
+    """(share of the commonest first token, that token) among ``tokens`` >= 0; nan if none."""
+    valid = tokens[tokens >= 0]
+    if valid.size == 0:
+        return math.nan, -1
+    ids, counts = np.unique(valid, return_counts=True)
+    return float(counts.max() / valid.size), int(ids[counts.argmax()])
+
+
+@dataclass(frozen=True)
+class RateResult:
+    """A lens decoding rate, its value-distribution baseline and the test of rate > baseline."""
+
+    rate: float
+    baseline: float
+    result: StatResult
+    """statistic = rate - baseline; Clopper-Pearson CI shifted by the baseline; exact binomial
+    p of H0: rate <= baseline (the baseline is taken as known); SESOI verdict."""
+    n_undecodable: int
+    """Problems with this target whose first token is not a token (left out)."""
+
+
+def lens_rate(
+    ranks: NDArray[np.integer],
+    tokens: NDArray[np.int64],
+    *,
+    topk: int = 1,
+    sesoi: float = 0.1,
+    alpha: float = 0.05,
+) -> RateResult:
+    """Rate at which the lens's top-``topk`` holds the target, over problems with a target.
+
+    ``ranks`` (N,) lens ranks (-1 = no target), ``tokens`` (N,) first tokens (-1 = none).
+    The claim judged is "rate - baseline > ``sesoi``": exact binomial tests against the
+    baseline (``p_value``) and against baseline + sesoi (``p_sesoi`` / ``p_equivalence``),
+    two-sided Clopper-Pearson ``1 - 2 alpha`` CI.
+    """
+    valid = (tokens >= 0) & (ranks >= 0)
+    n = int(valid.sum())
+    if n == 0:
+        nan = math.nan
+        return RateResult(nan, nan, StatResult(nan, 1.0, nan, nan, 0, "no decodable target"), 0)
+    hits = int((ranks[valid] < topk).sum())
+    base, _ = value_baseline(tokens[valid])
+    bound = min(base + sesoi, 1.0 - 1e-12)
+    ci = stats.binomtest(hits, n).proportion_ci(1.0 - 2.0 * alpha, method="exact")  # two-sided
+    rate = hits / n
+    res = StatResult(
+        statistic=rate - base,
+        p_value=float(stats.binomtest(hits, n, min(base, 1.0), alternative="greater").pvalue),
+        ci_low=float(ci.low) - base,
+        ci_high=float(ci.high) - base,
+        n=n,
+        method=(
+            f"lens top-{topk} rate {hits}/{n} minus the commonest-first-token share "
+            f"{base:.3f}; exact binomial tests, Clopper-Pearson CI"
+        ),
+        alternative="greater",
+        ci_level=1.0 - 2.0 * alpha,
+        sesoi=sesoi,
+        p_sesoi=float(stats.binomtest(hits, n, bound, alternative="greater").pvalue),
+        p_equivalence=float(stats.binomtest(hits, n, bound, alternative="less").pvalue),
+    )
+    return RateResult(rate, base, res.with_verdict(alpha), 0)
+
+
+def lens_rate_table(
+    lens_rank: NDArray[np.integer],
+    target_tokens: NDArray[np.int64],
+    target_values: FloatArray,
+    *,
+    topk: int = 1,
+) -> tuple[FloatArray, FloatArray, NDArray[np.int64], NDArray[np.int64]]:
+    """Rates (P, S, K), baselines (K,), n (K,), undecodable counts (K,) from readout arrays."""
+    _, n_pos, n_sites, n_k = lens_rank.shape
+    rates = np.full((n_pos, n_sites, n_k), np.nan)
+    base = np.full(n_k, np.nan)
+    n = np.zeros(n_k, dtype=np.int64)
+    bad = np.zeros(n_k, dtype=np.int64)
+    for k in range(n_k):
+        valid = target_tokens[:, k] >= 0
+        bad[k] = int((np.isfinite(target_values[:, k]) & ~valid).sum())
+        n[k] = int(valid.sum())
+        if n[k]:
+            base[k] = value_baseline(target_tokens[valid, k])[0]
+            rates[:, :, k] = (lens_rank[valid, :, :, k] < topk).mean(axis=0)
+    return rates, base, n, bad
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def cv_probe(
+    features: NDArray[np.floating],
+    labels: NDArray[np.int64],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    permute: bool = False,
+    c: float = 1.0,
+) -> NDArray[np.bool_]:
+    """Out-of-fold correctness (N,) of a logistic-regression probe, folds over problems.
+
+    ``permute`` shuffles the labels across problems first (the permuted-label baseline;
+    correctness is then against the permuted labels).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).copy()
+    rng = np.random.default_rng(seed)
+    if permute:
+        y = y[rng.permutation(y.size)]
+    correct = np.zeros(y.size, dtype=bool)
+    folds = KFold(n_splits=min(n_folds, y.size), shuffle=True, random_state=seed)
+    for train, test in folds.split(x):
+        classes = np.unique(y[train])
+        if classes.size < 2:
+            correct[test] = y[test] == classes[0]
+            continue
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500))
+        probe.fit(x[train], y[train])
+        correct[test] = probe.predict(x[test]) == y[test]
+    return correct
+
+
+@dataclass(frozen=True)
+class ProbeGrid:
+    """Out-of-fold correctness per problem; nan where a problem has no target k."""
+
+    positions: tuple[str, ...]
+    sites: tuple[str, ...]
+    correct: FloatArray  # (K, P, S, N) 1.0 / 0.0 / nan
+    permuted: FloatArray  # (K, P, S, N) the permuted-label probe
+
+
+def probe_grid(
+    hidden: NDArray[np.floating],
+    target_values: FloatArray,
+    positions: Sequence[str],
+    sites: Sequence[str],
+    *,
+    targets: Sequence[int] | None = None,
+    use_positions: Sequence[str] | None = None,
+    use_sites: Sequence[str] | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    min_problems: int = 20,
+) -> ProbeGrid:
+    """One probe per (target k, position, site), label = the target's value.
+
+    ``hidden`` (N, P, S, d); ``target_values`` (N, K) (nan = none). Cells left out by
+    ``targets`` / ``use_positions`` / ``use_sites``, or with fewer than ``min_problems``
+    problems, stay nan.
+    """
+    n, n_pos, n_sites, _ = hidden.shape
+    n_k = target_values.shape[1]
+    correct = np.full((n_k, n_pos, n_sites, n), np.nan)
+    permuted = np.full_like(correct, np.nan)
+    pos_idx = [positions.index(p) for p in (use_positions or positions)]
+    site_idx = [sites.index(s) for s in (use_sites or sites)]
+    for k in targets if targets is not None else range(n_k):
+        rows = np.flatnonzero(np.isfinite(target_values[:, k]))
+        if rows.size < min_problems:
+            continue
+        _, labels = np.unique(target_values[rows, k], return_inverse=True)
+        for p, s in itertools.product(pos_idx, site_idx):
+            x = hidden[rows, p, s]
+            correct[k, p, s, rows] = cv_probe(x, labels, n_folds=n_folds, seed=seed)
+            permuted[k, p, s, rows] = cv_probe(x, labels, n_folds=n_folds, seed=seed, permute=True)
+    return ProbeGrid(tuple(positions), tuple(sites), correct, permuted)
+
+
+def paired_effect(
+    a: FloatArray, b: FloatArray, *, sesoi: float = 0.1, alpha: float = 0.05, seed: int = 0
+) -> StatResult:
+    """mean(a - b) over problems where both are finite, with a SESOI verdict.
+
+    0/1 outcomes (probe correctness, IIA hits) are a paired difference of proportions:
+    Tango's score test and CI (:func:`codi_fixtures.stats.accuracy_drop_effect`, finite even
+    when hits are rare); other values: studentized bootstrap over problems
+    (:func:`codi_fixtures.stats.mean_effect`).
+    """
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 2:
+        nan = math.nan
+        return StatResult(nan, 1.0, nan, nan, int(ok.sum()), "fewer than 2 paired problems")
+    x, y = a[ok], b[ok]
+    if np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all():
+        return accuracy_drop_effect(x.astype(bool), y.astype(bool), sesoi=sesoi, alpha=alpha)
+    return mean_effect(x - y, sesoi=sesoi, alpha=alpha, n_boot=1999, seed=seed)
+
+
+def probe_effects(
+    grid: ProbeGrid,
+    k: int,
+    position: str,
+    site: str,
+    *,
+    rows: NDArray[np.bool_] | None = None,
+    sesoi: float = 0.1,
+    alpha: float = 0.05,
+) -> dict[str, StatResult]:
+    """Accuracy minus each baseline at one cell: ``permuted`` and ``question`` positions.
+
+    ``rows`` restricts the problems (e.g. one difficulty bin, or step k as the answer).
+    The question baseline is the best (by accuracy over ``rows``) of ``q_last`` and ``bot``
+    at any probed site: what the question's own positions already hold.
+    """
+    p, s = grid.positions.index(position), grid.sites.index(site)
+    keep = np.ones(grid.correct.shape[-1], dtype=bool) if rows is None else rows
+    acc = np.where(keep, grid.correct[k, p, s], np.nan)
+    perm = np.where(keep, grid.permuted[k, p, s], np.nan)
+    question = [
+        np.where(keep, grid.correct[k, grid.positions.index(q), j], np.nan)
+        for q in QUESTION_POSITIONS
+        if q in grid.positions
+        for j in range(len(grid.sites))
+    ]
+    best_q = max(question, key=lambda v: np.nanmean(v) if np.isfinite(v).any() else -1.0)
+    return {
+        "accuracy": StatResult(
+            float(np.nanmean(acc)) if np.isfinite(acc).any() else math.nan,
+            1.0,
+            math.nan,
+            math.nan,
+            int(np.isfinite(acc).sum()),
+            "out-of-fold probe accuracy",
+        ),
+        "minus_permuted": paired_effect(acc, perm, sesoi=sesoi, alpha=alpha),
+        "minus_question": paired_effect(acc, best_q, sesoi=sesoi, alpha=alpha),
+    }
+
+
+# --------------------------------------------------------------------------- interchange
+
+
+@dataclass(frozen=True)
+class IiaSummary:
+    """One (thought, step) cell of the interchange experiment (rates over recipients)."""
+
+    thought: int
+    step: int
+    n: int
+    iia: float
+    """Different-value donor: the patched answer is the counterfactual answer."""
+    random_baseline: float
+    """A random donor's patch gives that same counterfactual answer."""
+    unpatched_baseline: float
+    """The clean answer is the counterfactual answer."""
+    same_unchanged: float
+    """Same-value donor: the patched answer equals the clean answer."""
+    same_delta_logp: float
+    """Same-value donor: mean log p(gold | clean) - log p(gold | patched)."""
+    different_delta_logp: float
+    """Different-value donor: the same, for contrast."""
+    iia_minus_random: StatResult
+    iia_minus_unpatched: StatResult
+
+
+def _eq(a: FloatArray, b: FloatArray) -> FloatArray:
+    """1.0 where equal (1e-6), 0.0 where not, nan where either is nan."""
+    out = (np.abs(a - b) <= 1e-6).astype(np.float64)
+    out[~(np.isfinite(a) & np.isfinite(b))] = np.nan
+    return out
+
+
+def iia_summary(
+    *,
+    recipient: NDArray[np.int64],
+    thought: NDArray[np.int64],
+    step: NDArray[np.int64],
+    kind: Sequence[str],
+    answer: FloatArray,
+    delta_logp: FloatArray,
+    counterfactual: FloatArray,
+    clean_answer: FloatArray,
+    sesoi: float = 0.1,
+    alpha: float = 0.05,
+) -> list[IiaSummary]:
+    """IIA and baselines per (thought, step) from the per-row arrays of an interchange run.
+
+    A missing answer (unparseable) counts as not the counterfactual. Rows of kind
+    ``different`` and ``random`` of one (recipient, thought, step) share the
+    counterfactual answer of the different-value donor.
+    """
+    kinds = np.asarray(kind)
+    out = []
+    for t, k in sorted({(int(a), int(b)) for a, b in zip(thought, step, strict=True)}):
+        cell = (thought == t) & (step == k)
+        by = {name: cell & (kinds == name) for name in ("same", "different", "random")}
+        diff_rows = np.flatnonzero(by["different"])
+        rec = recipient[diff_rows]
+        cf = counterfactual[diff_rows]
+        hit = np.nan_to_num(_eq(answer[diff_rows], cf), nan=0.0)
+        rand_row = {int(recipient[i]): i for i in np.flatnonzero(by["random"])}
+        rand = np.array(
+            [
+                np.nan_to_num(_eq(answer[[rand_row[int(r)]]], cf[[j]]), nan=0.0)[0]
+                if int(r) in rand_row
+                else np.nan
+                for j, r in enumerate(rec)
+            ]
+        )
+        unpatched = np.nan_to_num(_eq(clean_answer[rec], cf), nan=0.0)
+        same = np.flatnonzero(by["same"])
+        out.append(
+            IiaSummary(
+                thought=t,
+                step=k,
+                n=int(diff_rows.size),
+                iia=float(hit.mean()) if hit.size else math.nan,
+                random_baseline=float(np.nanmean(rand)) if np.isfinite(rand).any() else math.nan,
+                unpatched_baseline=float(unpatched.mean()) if unpatched.size else math.nan,
+                same_unchanged=(
+                    float(np.nanmean(_eq(answer[same], clean_answer[recipient[same]])))
+                    if same.size
+                    else math.nan
+                ),
+                same_delta_logp=float(delta_logp[same].mean()) if same.size else math.nan,
+                different_delta_logp=(
+                    float(delta_logp[diff_rows].mean()) if diff_rows.size else math.nan
+                ),
+                iia_minus_random=paired_effect(hit, rand, sesoi=sesoi, alpha=alpha),
+                iia_minus_unpatched=paired_effect(hit, unpatched, sesoi=sesoi, alpha=alpha),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- RQ1 link
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """The RQ1 link: importance ranks of the thoughts that best encode each step."""
+
+    best_thought: tuple[int, ...]
+    """Per step: the thought with the highest decodability."""
+    importance_rank: tuple[int, ...]
+    """Per step: that thought's rank by mean importance (1 = ablation hurts most)."""
+    in_top: tuple[bool, ...]
+    """Per step: rank <= ``top_m``."""
+    top_m: int
+    result: StatResult
+    """statistic = (T+1)/2 - mean rank (> 0: best-encoding thoughts matter more than a
+    random thought); CI and p = percentile bootstrap over problems (H0: statistic <= 0);
+    verdict against ``sesoi`` ranks."""
+    p_permutation: float
+    """Exact p over all T! relabelings of the thoughts' importance. Coarse: with T = 6 it
+    cannot fall below 0.05 (1/6 for one distinct best thought, 1/15 for two), so it is
+    reported, not used for the verdict."""
+
+
+def _mean_rank(dec: FloatArray, imp: FloatArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(best thought per step, its importance rank 1..T) from (K, T) and (T,) means."""
+    best = np.nanargmax(dec, axis=1)
+    order = np.argsort(-imp, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(1, imp.size + 1)
+    return best, rank[best]
+
+
+def rq1_link_test(
+    decodability: FloatArray,
+    importance: FloatArray,
+    *,
+    top_m: int | None = None,
+    sesoi: float = 0.25,
+    alpha: float = 0.05,
+    n_boot: int = 1999,
+    seed: int = 0,
+) -> LinkResult:
+    """Is the thought that best encodes step k among the thoughts whose ablation hurts most?
+
+    ``decodability`` (N, K, T): per problem, step and thought, a hit (1/0, nan = no such
+    step), e.g. lens top-1 at the input embedding or out-of-fold probe correctness;
+    ``importance`` (N, T): RQ1 Δ log p per problem and thought. The statistic is
+    ``(T+1)/2`` minus the mean over steps of the importance rank of each step's best thought
+    (0 for a random thought). The CI and p resample problems (both arrays together): they
+    say how stable the arrangement is, given these steps and thoughts. With K distinct best
+    thoughts the statistic is at most (T - K) / 2 (0.5 for five steps in six thoughts), so
+    the SESOI must be below that. It fails (refuted / inconclusive) when the best-encoding
+    thoughts are not the important ones.
+    """
+    dec = np.asarray(decodability, dtype=np.float64)
+    imp = np.asarray(importance, dtype=np.float64)
+    n, n_k, n_t = dec.shape
+    steps = [k for k in range(n_k) if np.isfinite(dec[:, k]).any()]
+    dec = dec[:, steps]
+    top_m = n_t // 2 if top_m is None else top_m
+    mid = (n_t + 1) / 2.0
+
+    def stat(d: FloatArray, i: FloatArray) -> float:
+        with np.errstate(invalid="ignore"):
+            _, rank = _mean_rank(np.nanmean(d, axis=0), np.nanmean(i, axis=0))
+        return mid - float(rank.mean())
+
+    best, rank = _mean_rank(np.nanmean(dec, axis=0), np.nanmean(imp, axis=0))
+    observed = mid - float(rank.mean())
+    imp_mean = np.nanmean(imp, axis=0)
+    null = []
+    for perm in itertools.permutations(range(n_t)):
+        _, r = _mean_rank(np.nanmean(dec, axis=0), imp_mean[list(perm)])
+        null.append(mid - float(r.mean()))
+    p = float(np.mean(np.array(null) >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    boot = np.array(
+        [stat(dec[idx], imp[idx]) for idx in rng.integers(0, n, (n_boot, n))], dtype=np.float64
+    )
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    p_boot = float((np.sum(boot <= 0.0) + 1) / (n_boot + 1))
+    verdict, reason = decide(
+        observed, float(low), float(high), p_value=p_boot, sesoi=sesoi, alpha=alpha
+    )
+    result = StatResult(
+        statistic=observed,
+        p_value=p_boot,
+        ci_low=float(low),
+        ci_high=float(high),
+        n=n,
+        method=(
+            "(T+1)/2 - mean importance rank of each step's best-encoding thought; percentile "
+            f"bootstrap over problems ({n_boot}); exact permutation p over "
+            f"{math.factorial(n_t)} thought relabelings = {p:.3g}"
+        ),
+        alternative="greater",
+        ci_level=1.0 - 2.0 * alpha,
+        sesoi=sesoi,
+        verdict=verdict,
+        verdict_reason=reason,
+    )
+    return LinkResult(
+        best_thought=tuple(int(b) for b in best),
+        importance_rank=tuple(int(r) for r in rank),
+        in_top=tuple(bool(r <= top_m) for r in rank),
+        top_m=top_m,
+        result=result,
+        p_permutation=p,
+    )

@@ -1,0 +1,160 @@
+"""RQ3 / RQ4 statistics on synthetic arrays with a known answer (no torch)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from codi_fixtures.stats.decoding import (
+    cv_probe,
+    iia_summary,
+    lens_rate,
+    lens_rate_table,
+    probe_effects,
+    probe_grid,
+    rq1_link_test,
+    value_baseline,
+)
+
+
+def test_decoding_never_imports_torch():
+    code = "import sys, codi_fixtures.stats.decoding; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_value_baseline_is_the_commonest_first_token_share():
+    tokens = np.array([5, 5, 5, 7, 9, -1, -1])
+    assert value_baseline(tokens) == (pytest.approx(0.6), 5)
+    assert np.isnan(value_baseline(np.array([-1]))[0])
+
+
+def test_lens_rate_against_the_value_baseline():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 4, 200)
+    base = value_baseline(tokens)[0]
+    perfect = lens_rate(np.zeros(200, dtype=int), tokens)
+    assert perfect.rate == 1.0 and perfect.baseline == pytest.approx(base)
+    assert perfect.result.statistic == pytest.approx(1.0 - base)
+    assert perfect.result.p_value < 1e-6 and perfect.result.ci_low > 0
+    assert perfect.result.verdict == "supported"
+    # a reader that always names the commonest token only matches the baseline
+    common = value_baseline(tokens)[1]
+    ranks = np.where(tokens == common, 0, 3)
+    blind = lens_rate(ranks, tokens)
+    assert blind.result.statistic == pytest.approx(0.0) and blind.result.p_value > 0.4
+    assert blind.result.ci_low < 0 < blind.result.ci_high < 0.15  # two-sided, not one-sided
+    never = lens_rate(np.full(200, 7), tokens)
+    assert never.result.ci_high < 0.02 - base  # no hit: the CI stays near rate 0
+    assert never.result.verdict == "refuted" and blind.result.verdict == "refuted"
+    missing = lens_rate(np.full(3, -1), np.full(3, -1))
+    assert missing.result.n == 0 and np.isnan(missing.rate)
+
+
+def test_lens_rate_table_counts_undecodable_targets_apart():
+    ranks = np.zeros((4, 2, 3, 2), dtype=np.int32)
+    ranks[:, 1] = 5
+    tokens = np.array([[1, 2], [1, -1], [3, 2], [-1, -1]])
+    values = np.array([[1.0, 2.0], [1.0, 9.5], [3.0, 2.0], [np.nan, np.nan]])
+    ranks[tokens[:, None, None, :].repeat(2, 1).repeat(3, 2) < 0] = -1
+    rates, base, n, bad = lens_rate_table(ranks, tokens, values)
+    assert n.tolist() == [3, 2] and bad.tolist() == [0, 1]
+    assert rates[0, 0].tolist() == [1.0, 1.0] and rates[1, 0].tolist() == [0.0, 0.0]
+    assert base.tolist() == [pytest.approx(2 / 3), 1.0]
+
+
+def _planted(n: int = 240, d: int = 16, seed: int = 0):
+    """Hidden (N, 3, 2, d): position 2 site 1 holds the label linearly; the rest is noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    hidden = rng.normal(size=(n, 3, 2, d))
+    hidden[:, 2, 1, :5] += 3.0 * np.eye(5)[labels]
+    values = np.stack([labels.astype(float), np.full(n, np.nan)], axis=1)
+    values[: n // 2, 1] = labels[: n // 2]
+    return hidden, values, labels
+
+
+def test_cv_probe_recovers_a_linear_label_and_permuting_destroys_it():
+    hidden, _, labels = _planted()
+    acc = cv_probe(hidden[:, 2, 1], labels).mean()
+    perm = cv_probe(hidden[:, 2, 1], labels, permute=True).mean()
+    noise = cv_probe(hidden[:, 0, 0], labels).mean()
+    assert acc > 0.9
+    assert perm < 0.35 and noise < 0.35
+
+
+def test_probe_effects_support_the_planted_cell_only():
+    hidden, values, _ = _planted()
+    positions, sites = ("q_last", "bot", "t0"), ("emb", "L0")
+    grid = probe_grid(hidden, values, positions, sites, n_folds=4)
+    assert np.isnan(grid.correct[1, :, :, 120:]).all()  # no target: no row
+    hit = probe_effects(grid, 0, "t0", "L0")
+    assert hit["accuracy"].statistic > 0.8
+    assert hit["minus_permuted"].verdict == "supported"
+    assert hit["minus_question"].verdict == "supported"
+    miss = probe_effects(grid, 0, "t0", "emb")
+    assert miss["minus_question"].verdict != "supported"
+    assert miss["minus_permuted"].verdict != "supported"
+
+
+def test_iia_summary_pairs_rows_per_recipient():
+    # 4 recipients, one cell: "different" rows hit the counterfactual for 3 of them,
+    # random rows for none, the same-value donor never moves the answer.
+    rec = np.repeat(np.arange(4), 3)
+    kind = ["same", "different", "random"] * 4
+    cf = np.repeat([10.0, 11.0, 12.0, 13.0], 3)
+    clean = np.array([1.0, 2.0, 3.0, 4.0])
+    answer = np.array([1, 10, 7, 2, 11, 7, 3, 12, 7, 4, 5, 7], dtype=float)
+    dlp = np.tile([0.0, 2.0, 1.0], 4)
+    (cell,) = iia_summary(
+        recipient=rec,
+        thought=np.full(12, 3),
+        step=np.full(12, 2),
+        kind=kind,
+        answer=answer,
+        delta_logp=dlp,
+        counterfactual=cf,
+        clean_answer=clean,
+    )
+    assert (cell.thought, cell.step, cell.n) == (3, 2, 4)
+    assert cell.iia == 0.75 and cell.random_baseline == 0.0 and cell.unpatched_baseline == 0.0
+    assert cell.same_unchanged == 1.0
+    assert cell.same_delta_logp == 0.0 and cell.different_delta_logp == 2.0
+    assert cell.iia_minus_random.statistic == pytest.approx(0.75)
+
+
+def _link_data(linked: bool, n: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # step k is best encoded in thought 5 - k (k = 0, 1)
+    dec = rng.random((n, 2, 6)) < 0.2
+    dec[:, 0, 5] = rng.random(n) < 0.9
+    dec[:, 1, 4] = rng.random(n) < 0.9
+    means = np.array([0.1, 0.2, 0.3, 0.4, 2.0, 3.0]) if linked else np.linspace(3, 0.1, 6)
+    imp = means + rng.normal(0, 0.5, (n, 6))
+    return dec.astype(float), imp
+
+
+def test_rq1_link_is_supported_when_best_thoughts_are_the_important_ones():
+    dec, imp = _link_data(linked=True)
+    link = rq1_link_test(dec, imp)
+    assert link.best_thought == (5, 4) and link.importance_rank == (1, 2)
+    assert link.in_top == (True, True)
+    assert link.result.statistic == pytest.approx(2.0)
+    assert link.result.verdict == "supported"
+    assert link.p_permutation == pytest.approx(1 / 15)  # the coarse exact p, reported only
+
+
+def test_rq1_link_fails_when_best_thoughts_matter_least():
+    dec, imp = _link_data(linked=False)
+    link = rq1_link_test(dec, imp)
+    assert link.importance_rank == (6, 5)
+    assert link.result.statistic < 0
+    assert link.result.verdict == "refuted"
+
+
+def test_rq1_link_ignores_steps_nobody_has():
+    dec, imp = _link_data(linked=True)
+    dec = np.concatenate([dec, np.full((dec.shape[0], 1, 6), np.nan)], axis=1)
+    assert rq1_link_test(dec, imp).best_thought == (5, 4)

@@ -1,0 +1,154 @@
+"""RQ4 interchange interventions: counterfactual answers, donors, patched runs, planted model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codi_fixtures.config import ModelConfig
+from codi_fixtures.organism.task import MAX_VALUE
+from codi_fixtures.stats.decoding import IiaSummary, iia_summary, paired_effect
+from codi_fixtures.study.data import load_problem_jsonl, stratified_sample
+from codi_fixtures.study.interchange import (
+    Donors,
+    InterchangeRun,
+    choose_donors,
+    counterfactual_answer,
+    parse_chain,
+    run_interchange,
+)
+from codi_fixtures.study.problems import Problem
+
+PLANTED = Path(__file__).resolve().parents[1] / "codi_fixtures" / "planted"
+DIAGONAL = [(t, t + 1) for t in range(5)]  # the planted map: thought t <-> step t+1
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _problem(cot: str, intermediates: tuple[float, ...], answer: float) -> Problem:
+    steps = len(intermediates)
+    return Problem("p", "q", answer, steps, f"{min(steps, 5)}-step", intermediates, cot)
+
+
+def test_counterfactual_replays_a_linear_chain():
+    p = _problem("<<9-2=7>> <<7*2=14>> <<14-3=11>>", (7.0, 14.0, 11.0), 11.0)
+    assert parse_chain(p.cot) == [("9-2", 7.0), ("7*2", 14.0), ("14-3", 11.0)]
+    assert counterfactual_answer(p, 1, 5.0) == 7.0  # (5 * 2) - 3
+    assert counterfactual_answer(p, 2, 4.0) == 1.0
+    assert counterfactual_answer(p, 3, 8.0) == 8.0  # the last step is the answer
+    assert counterfactual_answer(p, 4, 8.0) is None
+    assert counterfactual_answer(replace(p, cot=""), 1, 5.0) is None
+
+
+def test_counterfactual_substitutes_results_in_a_gsm8k_chain():
+    # 48 clips in April, half as many in May: <<48/2=24>> <<48+24=72>>
+    p = _problem("<<48/2=24>> <<48+24=72>>", (24.0, 72.0), 72.0)
+    assert counterfactual_answer(p, 1, 30.0) == 78.0
+    q = _problem("<<10/2=5>> <<6/(5-5)=0>>", (5.0, 0.0), 0.0)
+    assert counterfactual_answer(q, 1, 5.0) is None  # division by zero
+
+
+@pytest.fixture(scope="module")
+def organism_problems() -> list[Problem]:
+    return stratified_sample(load_problem_jsonl(PLANTED / "eval.jsonl"), 200, seed=2)
+
+
+def test_donors_match_their_definitions(organism_problems):
+    problems = organism_problems
+    donors = choose_donors(problems, value_range=(0, MAX_VALUE), seed=3)
+    again = choose_donors(problems, value_range=(0, MAX_VALUE), seed=3)
+    assert np.array_equal(donors.different, again.different)  # seeded
+    found = 0
+    for r, p in enumerate(problems):
+        for k in range(1, p.steps + 1):
+            s, d, x = (int(a[r, k - 1]) for a in (donors.same, donors.different, donors.random))
+            assert r not in (s, d, x)
+            if s >= 0:
+                assert problems[s].intermediates[k - 1] == p.intermediates[k - 1]
+            if d >= 0:
+                found += 1
+                value = problems[d].intermediates[k - 1]
+                assert value != p.intermediates[k - 1]
+                cf = counterfactual_answer(p, k, value)
+                assert cf == donors.counterfactual[r, k - 1] != p.answer
+                assert 0 <= cf <= MAX_VALUE
+        assert (donors.same[r, p.steps :] == -1).all()
+    assert found > 0.9 * sum(p.steps for p in problems)
+
+
+@pytest.fixture(scope="module")
+def planted_model():
+    from codi_fixtures.model import load_codi
+
+    if not (PLANTED / "model.safetensors").exists():
+        pytest.skip("planted model not built")
+    return load_codi(ModelConfig(ckpt=PLANTED, device="cpu", dtype="float32"))
+
+
+def test_a_patch_with_the_recipients_own_thought_changes_nothing(planted_model, organism_problems):
+    problems = organism_problems[:30]
+    own = np.tile(np.arange(30)[:, None], (1, 5))
+    donors = Donors(own, own, own, np.full((30, 5), 99.0))
+    run = run_interchange(planted_model, problems, donors, [(2, 1), (5, 2)])
+    assert len(run.kind) == 30 * 2 * 3
+    np.testing.assert_allclose(run.delta_logp, 0.0, atol=1e-4)
+    assert np.array_equal(run.answer, run.clean_answer[run.recipient], equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def planted_iia(planted_model, organism_problems) -> tuple[InterchangeRun, list[IiaSummary]]:
+    donors = choose_donors(organism_problems, value_range=(0, MAX_VALUE), seed=0)
+    run = run_interchange(planted_model, organism_problems, donors, DIAGONAL)
+    cells = iia_summary(
+        recipient=run.recipient,
+        thought=run.thought,
+        step=run.step,
+        kind=run.kind,
+        answer=run.answer,
+        delta_logp=run.delta_logp,
+        counterfactual=run.counterfactual,
+        clean_answer=run.clean_answer,
+    )
+    return run, cells
+
+
+def test_same_value_donors_leave_the_answer_more_often_than_different_ones(planted_iia):
+    """At the planted thoughts the step value matters: a same-value patch moves log p less."""
+    run, cells = planted_iia
+    kinds = np.array(run.kind)
+    for t, k in ((3, 4), (4, 5)):
+        cell = (run.thought == t) & (run.step == k)
+        same = run.delta_logp[cell & (kinds == "same")]
+        diff = run.delta_logp[cell & (kinds == "different")]
+        rec_same = run.recipient[cell & (kinds == "same")]
+        rec_diff = run.recipient[cell & (kinds == "different")]
+        common, i, j = np.intersect1d(rec_same, rec_diff, return_indices=True)
+        assert common.size >= 20
+        effect = paired_effect(diff[j], same[i], sesoi=0.1)
+        assert effect.verdict == "supported", effect.verdict_reason
+    for c in cells:
+        assert c.same_unchanged >= 0.6
+        assert c.unpatched_baseline <= 0.05  # counterfactuals differ from the answer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "measured: the planted map is readable (lens, probes) but not used causally -- "
+        "IIA at the planted thoughts is 0-6%, within 0.03 of the random-donor baseline "
+        "(benchmarks/rq3_rq4_validation.py); the model recomputes the steps downstream"
+    ),
+)
+def test_iia_is_well_above_baseline_at_the_planted_thoughts(planted_iia):
+    _, cells = planted_iia
+    for c in cells:
+        assert c.iia_minus_random.verdict == "supported", (c.thought, c.step, c.iia)
+        assert c.iia >= 0.5
