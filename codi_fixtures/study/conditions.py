@@ -19,6 +19,12 @@ by :func:`codi_fixtures.study.interventions.apply`.
 Two more kinds of condition are rows of the same passes: :class:`Knockout` (attention edges
 from the ``<eot>`` / answer queries to a thought removed at chosen layers, and heads) and
 :class:`FewerThoughts` (the latent loop cut to ``k`` thoughts, then ``<eot>``).
+
+RQ3 / RQ4: :class:`Interchange` (thought t's site value replaced by a donor problem's, the
+donor chosen by its step-k value: same / different / random) is a row of the same passes;
+:class:`LensReadout` (logit-lens ranks of each step value's first token) and
+:class:`PositionReadout` (hidden states at the question's last token, ``<bot>`` and the
+thoughts, float16) are read-outs of the clean run.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from codi_fixtures.config import ABLATION_KINDS, AblationKind, RunConfig
 from codi_fixtures.errors import ConfigError
 
 __all__ = [
+    "DONOR_KINDS",
     "Ablation",
     "AttentionReadout",
     "Condition",
@@ -39,7 +46,10 @@ __all__ = [
     "EmbeddingSite",
     "FewerThoughts",
     "HiddenReadout",
+    "Interchange",
     "Knockout",
+    "LensReadout",
+    "PositionReadout",
     "QueryScope",
     "Readout",
     "Requirements",
@@ -49,6 +59,7 @@ __all__ = [
     "conditions_for",
     "default_requirements",
     "parse_site",
+    "readout_positions",
     "subset_ablations",
     "subset_label",
 ]
@@ -237,7 +248,57 @@ class FewerThoughts:
         return f"{self.name}=fewer[{self.k}]"
 
 
-Condition = Ablation | Knockout | FewerThoughts
+DonorKind = Literal["same", "different", "random"]
+DONOR_KINDS: tuple[str, ...] = ("same", "different", "random")
+
+
+@dataclass(frozen=True)
+class Interchange:
+    """Replace thought ``thought``'s site value by a donor problem's clean one (a condition).
+
+    The donor is chosen per problem by its value at ``step`` (1-based; the runner's seeded
+    table, :func:`codi_fixtures.study.interchange.choose_donors`): ``same`` value, a
+    ``different`` value whose counterfactual answer (the problem's chain replayed from that
+    step with the donor's value) differs from the gold answer, or a ``random`` other problem
+    (the baseline). A problem without such a donor (no step values, or none that qualifies) gets
+    no patch in that row, and the donor table says so (``-1``). Patched at the study's site
+    (the input embedding by default). Name: ``ic-t2-s3-different``.
+    """
+
+    thought: int
+    step: int
+    donor: DonorKind
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.donor not in DONOR_KINDS:
+            raise ValueError(f"unknown donor kind {self.donor!r}; allowed: same, different, random")
+        if self.thought < 0:
+            raise ValueError(f"thought index must be >= 0, got {self.thought}")
+        if self.step < 1:
+            raise ValueError(f"steps are 1-based, got {self.step}")
+
+    @property
+    def name(self) -> str:
+        """``ic-t2-s3-different``, or the label."""
+        if self.label is not None:
+            return self.label
+        return f"ic-t{self.thought}-s{self.step}-{self.donor}"
+
+    def check(self, n_thoughts: int) -> None:
+        """Raise when the thought does not exist in an ``n_thoughts`` model."""
+        if self.thought >= n_thoughts:
+            raise ValueError(
+                f"thought index {self.thought} out of range: the model has {n_thoughts} thoughts "
+                f"(0..{n_thoughts - 1})"
+            )
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return f"{self.name}=interchange[t{self.thought},s{self.step},{self.donor}]"
+
+
+Condition = Ablation | Knockout | FewerThoughts | Interchange
 
 
 @dataclass(frozen=True)
@@ -276,7 +337,53 @@ class HiddenReadout:
         return self.name
 
 
-Readout = AttentionReadout | HiddenReadout
+def readout_positions(n_thoughts: int) -> tuple[str, ...]:
+    """Positions of :class:`LensReadout` / :class:`PositionReadout`: ``q_last, bot, t0..``."""
+    return ("q_last", "bot", *(f"t{t}" for t in range(n_thoughts)))
+
+
+@dataclass(frozen=True)
+class LensReadout:
+    """Logit lens of the clean run (RQ3): final norm + LM head on every hidden state read.
+
+    At positions :func:`readout_positions` (the question's last token, ``<bot>``, each
+    thought) x sites (the input embedding, then every block's output), the rank (0 = top-1)
+    and probability of the first token of each step value and of the answer (as it follows
+    the answer prompt). Stored in ``StudyResults.readouts``: ``lens-rank`` (N, P, 1+L, K)
+    int32 (-1 = no such target, or its first token does not spell the value) and
+    ``lens-prob`` (float32), ``lens-tokens`` (N, K) and ``step-values`` (N, K): K-1 step
+    columns (the longest chain of the problem set) then the answer.
+    """
+
+    name = "lens"
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return "lens:first-token(steps,answer)@q_last,bot,thoughts:embedding+all-blocks"
+
+
+@dataclass(frozen=True)
+class PositionReadout:
+    """Hidden states at :func:`readout_positions` in the clean run, float16 (probes, RQ3).
+
+    ``layer=None``: the input embedding there (a token embedding for ``q_last`` / ``<bot>``,
+    the fed latent for a thought); ``L``: block L's output. Stored as
+    ``StudyResults.readouts[name]``: (N, 2 + T, d) float16.
+    """
+
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``positions-embedding`` or ``positions-block<L>``."""
+        return "positions-embedding" if self.layer is None else f"positions-block{self.layer}"
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return self.name + ":float16"
+
+
+Readout = AttentionReadout | HiddenReadout | LensReadout | PositionReadout
 
 
 @dataclass(frozen=True)

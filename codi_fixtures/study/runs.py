@@ -60,12 +60,16 @@ from codi_fixtures.study.conditions import (
     Dimensions,
     FewerThoughts,
     HiddenReadout,
+    Interchange,
     Knockout,
+    LensReadout,
+    PositionReadout,
     Requirements,
     conditions_for,
     default_requirements,
 )
 from codi_fixtures.study.data import problem_set_fingerprint
+from codi_fixtures.study.interchange import Donors, choose_donors
 from codi_fixtures.study.interventions import (
     Ablation,
     AblationRef,
@@ -74,6 +78,7 @@ from codi_fixtures.study.interventions import (
     parse_site,
 )
 from codi_fixtures.study.problems import Problem
+from codi_fixtures.study.readouts import collect_readouts
 from codi_fixtures.study.results import (
     StudyResults,
     _load_verified,
@@ -293,7 +298,11 @@ def _kl(clean: torch.Tensor, ablated: torch.Tensor, vocab: int) -> torch.Tensor:
 
 # --- the two passes -------------------------------------------------------------------------
 def _clean_pass(
-    model: CodiModel, chunk: Sequence[Problem], cfg: RunConfig, needs: Requirements
+    model: CodiModel,
+    chunk: Sequence[Problem],
+    cfg: RunConfig,
+    needs: Requirements,
+    step_columns: int = 0,
 ) -> dict[str, np.ndarray]:
     site = parse_site(cfg.site, model.n_layers)
     prompt = build_prompt(model, [p.question for p in chunk])
@@ -322,6 +331,44 @@ def _clean_pass(
     for readout in hidden:
         states = run.thoughts if readout.layer is None else run.block_outputs[readout.layer]
         out[_READOUT + readout.name] = states.float().cpu().numpy()
+    out.update(_position_readouts(model, chunk, needs, step_columns, cfg))
+    return out
+
+
+def _position_readouts(
+    model: CodiModel,
+    chunk: Sequence[Problem],
+    needs: Requirements,
+    step_columns: int,
+    cfg: RunConfig,
+) -> dict[str, np.ndarray]:
+    """The lens and position read-outs (RQ3), from one more pass over prefix and thoughts."""
+    lens = LensReadout() in needs.readouts
+    positions = [r for r in needs.readouts if isinstance(r, PositionReadout)]
+    if not lens and not positions:
+        return {}
+    if lens:
+        layers = list(range(model.n_layers))
+    else:
+        layers = sorted({r.layer for r in positions if r.layer is not None})
+    n_sites = (2 + model.spec.n_thoughts) * (1 + len(layers))
+    readouts = collect_readouts(
+        model,
+        chunk,
+        layers=layers,
+        max_steps=step_columns,
+        keep_hidden=bool(positions),
+        batch=max(1, min(256, cfg.batch_rows * 8 // n_sites)),
+    )
+    out: dict[str, np.ndarray] = {}
+    if lens:
+        out[_READOUT + "lens-rank"] = readouts.lens_rank
+        out[_READOUT + "lens-prob"] = readouts.lens_prob
+        out[_READOUT + "lens-tokens"] = readouts.target_tokens
+    for readout in positions:
+        assert readouts.hidden is not None
+        site = 0 if readout.layer is None else 1 + layers.index(readout.layer)
+        out[_READOUT + readout.name] = readouts.hidden[:, :, site].astype(np.float16)
     return out
 
 
@@ -354,6 +401,7 @@ def _ablation_pass(
     conditions: Sequence[Condition],
     ref: AblationRef,
     cfg: RunConfig,
+    donors: Donors | None = None,
 ) -> dict[str, np.ndarray]:
     """Per problem the clean row and one row per condition, from one encoding of the prefix.
 
@@ -378,6 +426,10 @@ def _ablation_pass(
     row_conds: list[Condition | None] = [None, *(conditions[i] for i in main)] * n
     ablations = [c if isinstance(c, Ablation) else None for c in row_conds]
     patch = build_patch(ablations, [offset + int(r) for r in rows], ref)
+    if donors is not None:
+        layer = parse_site(cfg.site, model.n_layers).layer
+        problems = [offset + int(r) for r in rows]
+        patch = _interchange_patch(patch, row_conds, problems, ref, donors, layer)
     knockouts = [c if isinstance(c, Knockout) else None for c in row_conds]
     mask = knockout_mask(model, knockouts) if any(k is not None for k in knockouts) else None
     targets = answer_targets(model, [golds[int(r)] for r in rows])
@@ -417,6 +469,27 @@ def _ablation_pass(
     }
 
 
+def _interchange_patch(
+    patch: ThoughtPatch,
+    row_conds: Sequence[Condition | None],
+    problems: Sequence[int],
+    ref: AblationRef,
+    donors: Donors,
+    layer: int | None,
+) -> ThoughtPatch:
+    """``patch`` with each :class:`Interchange` row's thought set to its donor's clean value."""
+    values, mask = patch.values.clone(), patch.mask.clone()
+    tables = {"same": donors.same, "different": donors.different, "random": donors.random}
+    for row, (cond, problem) in enumerate(zip(row_conds, problems, strict=True)):
+        if not isinstance(cond, Interchange) or cond.step > donors.same.shape[1]:
+            continue
+        donor = int(tables[cond.donor][problem, cond.step - 1])
+        if donor >= 0:
+            values[row, cond.thought] = ref.values[donor, cond.thought]
+            mask[row, cond.thought] = True
+    return ThoughtPatch(values=values, mask=mask, layer=layer)
+
+
 def _check_requirements(needs: Requirements, cfg: RunConfig, model: CodiModel) -> None:
     """Conditions the runner can batch: one site (the study's), existing thoughts, unique names."""
     site = parse_site(cfg.site, model.n_layers)
@@ -443,12 +516,22 @@ def _check_requirements(needs: Requirements, cfg: RunConfig, model: CodiModel) -
                 f"two different conditions are named {condition.name!r}; give one a label"
             )
     for readout in needs.readouts:
-        if isinstance(readout, HiddenReadout) and readout.layer is not None:
+        if isinstance(readout, HiddenReadout | PositionReadout) and readout.layer is not None:
             if not 0 <= readout.layer < model.n_layers:
                 raise ConfigError(
                     f"read-out {readout.name!r}: layer {readout.layer} out of range, the model "
                     f"has {model.n_layers} blocks"
                 )
+
+
+def _step_values(problems: Sequence[Problem], step_columns: int) -> np.ndarray:
+    """(N, K) each problem's step values (nan past its chain), then the answer (column K-1)."""
+    values = np.full((len(problems), step_columns + 1), np.nan)
+    for row, problem in enumerate(problems):
+        chain = problem.intermediates[:step_columns]
+        values[row, : len(chain)] = chain
+        values[row, -1] = problem.answer
+    return values
 
 
 def compute_study(
@@ -507,11 +590,15 @@ def _compute(
     offsets = [i * size for i in range(len(chunks))]
     clean_size = max(1, cfg.batch_rows)  # one row per problem in the clean pass
     clean_chunks = [list(problems[i : i + clean_size]) for i in range(0, len(problems), clean_size)]
+    step_columns = max((len(p.intermediates) for p in problems), default=0)
+    donors = None
+    if any(isinstance(c, Interchange) for c in conditions):
+        donors = choose_donors(problems, max_steps=max(step_columns, 1), seed=cfg.seed)
     with torch.no_grad():
         clean = _claim_shards(
             len(clean_chunks),
             lambda i: shard_dir / f"clean-{i:05d}.npz",
-            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs),
+            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs, step_columns),
             "clean runs + attention",
         )
         ref = AblationRef.from_values(
@@ -520,7 +607,7 @@ def _compute(
         ablated = _claim_shards(
             len(chunks),
             lambda i: shard_dir / f"ablate-{i:05d}.npz",
-            lambda i: _ablation_pass(model, chunks[i], offsets[i], conditions, ref, cfg),
+            lambda i: _ablation_pass(model, chunks[i], offsets[i], conditions, ref, cfg, donors),
             "ablation runs",
         )
     joined = {k: np.concatenate([s[k] for s in ablated]) for k in ablated[0]}
@@ -559,6 +646,15 @@ def _compute(
     )
     if needs != default_requirements(cfg, dimensions_of(model)):
         results.meta["requirements"] = needs.describe()
+    if donors is not None or any(
+        isinstance(r, LensReadout | PositionReadout) for r in needs.readouts
+    ):
+        results.readouts["step-values"] = _step_values(problems, step_columns)
+    if donors is not None:
+        results.readouts["interchange-donors"] = np.stack(
+            [donors.same, donors.different, donors.random], axis=-1
+        )
+        results.readouts["interchange-counterfactual"] = donors.counterfactual
     _save_verified(final, results)
     shutil.rmtree(shard_dir, ignore_errors=True)
     return results
