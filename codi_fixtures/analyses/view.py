@@ -9,6 +9,7 @@ listed, never averaged in silently.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -85,8 +86,9 @@ class StudyView:
 
     @property
     def kinds(self) -> list[str]:
-        """Ablation kinds present in the study."""
-        return list(dict.fromkeys(c.split("-", 1)[1] for c in self.results.conditions))
+        """Ablation kinds present in the study (single-thought / all-thought ablation columns)."""
+        ablations = (c for c in self.results.conditions if re.fullmatch(r"(t\d+|all)-\w+", c))
+        return list(dict.fromkeys(c.split("-", 1)[1] for c in ablations))
 
     def thought_columns(self, kind: str) -> list[int]:
         """Condition columns ``t0-kind .. t{T-1}-kind``."""

@@ -110,6 +110,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--codi-pdf", action="store_true", help="also write every figure as PDF (PNG always)"
     )
+    group.addoption(
+        "--rq3-all-layers",
+        action="store_true",
+        help="RQ3 probes at every layer (default: input embedding and the three role layers)",
+    )
     parser.addini(
         "codi_known_outcomes",
         "JSON file of known (strict xfail) outcomes per model, relative to rootdir",
@@ -232,7 +237,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             [pytest.param(t, marks=getattr(pytest.mark, t), id=t) for t in TIERS],
             scope="session",
         )
-    if "analysis" not in names or not {"thought", "kind", "role", "difficulty"} & set(names):
+    claim_args = {"thought", "kind", "role", "difficulty", "step"}
+    if "analysis" not in names or not claim_args & set(names):
         return  # only claims get these; unit tests keep their own parametrisation
     from codi_fixtures.model.architecture import layer_roles
     from codi_fixtures.study.problems import DIFFICULTY_BINS
@@ -255,6 +261,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("role", roles, ids=ids)
     if "difficulty" in names:
         metafunc.parametrize("difficulty", DIFFICULTY_BINS)
+    if "step" in names:
+        from codi_fixtures.analyses.rq3 import RQ3_STEPS
+
+        metafunc.parametrize("step", RQ3_STEPS, ids=[f"s{k}" for k in RQ3_STEPS])
 
 
 def _known_outcomes(config: pytest.Config, session: CodiSession) -> dict[str, dict[str, str]]:

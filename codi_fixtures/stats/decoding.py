@@ -34,7 +34,12 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from codi_fixtures.stats.equivalence import decide
-from codi_fixtures.stats.inference import StatResult, accuracy_drop_effect, mean_effect
+from codi_fixtures.stats.inference import (
+    StatResult,
+    accuracy_drop_effect,
+    holm,
+    mean_effect,
+)
 
 __all__ = [
     "IiaSummary",
@@ -42,6 +47,8 @@ __all__ = [
     "ProbeGrid",
     "RateResult",
     "cv_probe",
+    "equivalence_effect",
+    "equivalence_verdicts",
     "iia_summary",
     "lens_rate",
     "lens_rate_table",
@@ -159,12 +166,19 @@ def cv_probe(
     seed: int = 0,
     permute: bool = False,
     c: float = 1.0,
+    max_iter: int = 500,
+    tol: float = 1e-4,
 ) -> NDArray[np.bool_]:
     """Out-of-fold correctness (N,) of a logistic-regression probe, folds over problems.
 
     ``permute`` shuffles the labels across problems first (the permuted-label baseline;
-    correctness is then against the permuted labels).
+    correctness is then against the permuted labels). ``max_iter`` / ``tol``: the solver's
+    budget (a probe stopped early is still a fixed classifier: its out-of-fold accuracy is
+    honest; convergence warnings are silenced).
     """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
     from sklearn.pipeline import make_pipeline
@@ -182,8 +196,10 @@ def cv_probe(
         if classes.size < 2:
             correct[test] = y[test] == classes[0]
             continue
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500))
-        probe.fit(x[train], y[train])
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, tol=tol))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probe.fit(x[train], y[train])
         correct[test] = probe.predict(x[test]) == y[test]
     return correct
 
@@ -210,17 +226,21 @@ def probe_grid(
     n_folds: int = 5,
     seed: int = 0,
     min_problems: int = 20,
+    permuted: bool = True,
+    max_iter: int = 500,
+    tol: float = 1e-4,
 ) -> ProbeGrid:
     """One probe per (target k, position, site), label = the target's value.
 
     ``hidden`` (N, P, S, d); ``target_values`` (N, K) (nan = none). Cells left out by
     ``targets`` / ``use_positions`` / ``use_sites``, or with fewer than ``min_problems``
-    problems, stay nan.
+    problems, stay nan; so does every permuted-label cell with ``permuted=False``.
     """
     n, n_pos, n_sites, _ = hidden.shape
     n_k = target_values.shape[1]
     correct = np.full((n_k, n_pos, n_sites, n), np.nan)
-    permuted = np.full_like(correct, np.nan)
+    shuffled = np.full_like(correct, np.nan)
+    fit = {"n_folds": n_folds, "seed": seed, "max_iter": max_iter, "tol": tol}
     pos_idx = [positions.index(p) for p in (use_positions or positions)]
     site_idx = [sites.index(s) for s in (use_sites or sites)]
     for k in targets if targets is not None else range(n_k):
@@ -230,9 +250,10 @@ def probe_grid(
         _, labels = np.unique(target_values[rows, k], return_inverse=True)
         for p, s in itertools.product(pos_idx, site_idx):
             x = hidden[rows, p, s]
-            correct[k, p, s, rows] = cv_probe(x, labels, n_folds=n_folds, seed=seed)
-            permuted[k, p, s, rows] = cv_probe(x, labels, n_folds=n_folds, seed=seed, permute=True)
-    return ProbeGrid(tuple(positions), tuple(sites), correct, permuted)
+            correct[k, p, s, rows] = cv_probe(x, labels, **fit)  # type: ignore[arg-type]
+            if permuted:
+                shuffled[k, p, s, rows] = cv_probe(x, labels, permute=True, **fit)  # type: ignore[arg-type]
+    return ProbeGrid(tuple(positions), tuple(sites), correct, shuffled)
 
 
 def paired_effect(
@@ -502,3 +523,85 @@ def rq1_link_test(
         result=result,
         p_permutation=p,
     )
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+def equivalence_effect(
+    deltas: FloatArray,
+    *,
+    sesoi: float,
+    alpha: float = 0.05,
+    n_boot: int = 4999,
+    seed: int = 0,
+) -> StatResult:
+    """Is the mean of ``deltas`` within (-sesoi, sesoi)? Two one-sided tests (TOST).
+
+    One studentized bootstrap (:func:`~codi_fixtures.stats.mean_effect` on ``deltas`` and on
+    ``-deltas``, same seed) gives the ``1 - 2 alpha`` CI and the one-sided p-values.
+    ``p_value`` = the TOST p (max of H0: mean >= sesoi and H0: mean <= -sesoi): small means
+    *equivalent* (the claim "no change that matters" is supported when it and the CI lie
+    within the bounds); ``p_sesoi`` = the p of "|mean| > sesoi" on the observed side: small
+    means the claim is refuted. Judge a family with :func:`equivalence_verdicts`.
+    """
+    d = np.asarray(deltas, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    up = mean_effect(d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
+    down = mean_effect(-d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
+    p_tost = max(float(up.p_equivalence or 1.0), float(down.p_equivalence or 1.0))
+    p_beyond = float(up.p_sesoi or 1.0) if up.statistic >= 0 else float(down.p_sesoi or 1.0)
+    result = StatResult(
+        statistic=up.statistic,
+        p_value=p_tost,
+        ci_low=up.ci_low,
+        ci_high=up.ci_high,
+        n=up.n,
+        method=(
+            f"mean within +/-{sesoi:g}: two one-sided tests (TOST) and |mean| > SESOI, "
+            f"studentized bootstrap ({n_boot} resamples)"
+        ),
+        alternative="equivalence",
+        ci_level=up.ci_level,
+        sesoi=sesoi,
+        p_sesoi=p_beyond,
+    )
+    return equivalence_verdicts([result], alpha=alpha)[0]
+
+
+def equivalence_verdicts(results: Sequence[StatResult], *, alpha: float = 0.05) -> list[StatResult]:
+    """Holm over a family of :func:`equivalence_effect` results, then their verdicts.
+
+    supported: Holm-corrected TOST p < alpha and the CI inside (-SESOI, SESOI); refuted:
+    Holm-corrected p of |mean| > SESOI below alpha and the CI wholly beyond one bound;
+    inconclusive otherwise (or with a nan statistic).
+    """
+    from dataclasses import replace
+
+    p_eq = holm([min(1.0, r.p_value) for r in results])
+    p_out = holm([min(1.0, float(r.p_sesoi if r.p_sesoi is not None else 1.0)) for r in results])
+    out = []
+    for r, pe, po in zip(results, p_eq, p_out, strict=True):
+        s = float(r.sesoi or 0.0)
+        ci = f"{100 * r.ci_level:.3g}% CI [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+        if math.isnan(r.statistic) or math.isnan(r.ci_low):
+            verdict, reason = "inconclusive", f"inconclusive: {r.method}"
+        elif pe < alpha and -s < r.ci_low and r.ci_high < s:
+            verdict = "supported"
+            reason = f"supported (equivalent): TOST p={pe:.3g} < {alpha:g}; {ci} within +/-{s:g}"
+        elif po < alpha and (r.ci_low > s or r.ci_high < -s):
+            verdict = "refuted"
+            reason = f"refuted: p(|mean| > SESOI)={po:.3g} < {alpha:g}; {ci} beyond +/-{s:g}"
+        else:
+            verdict = "inconclusive"
+            reason = f"inconclusive: TOST p={pe:.3g}; {ci} vs +/-{s:g}"
+        out.append(
+            replace(
+                r,
+                p_corrected=pe,
+                p_sesoi_corrected=po,
+                verdict=verdict,  # type: ignore[arg-type]
+                verdict_reason=reason,
+            )
+        )
+    return out

@@ -1,0 +1,593 @@
+"""RQ3: can the intermediate results of the reasoning chain be decoded from the thoughts?
+
+Read-outs of the clean run (:class:`~codi_fixtures.study.conditions.LensReadout`,
+:class:`~codi_fixtures.study.conditions.PositionReadout`): at the question's last token,
+``<bot>`` and each thought, at the input embedding and the decoder blocks. Step k (1-based)
+is the k-th value of the problem's chain (``Problem.intermediates``); problems without one
+take no part in step k's claims. Statistics (:mod:`codi_fixtures.stats.decoding`):
+
+- *lens*: the logit lens (final norm + LM head) ranks the first token of step k's value
+  first; its rate is tested against the value-distribution baseline (the share of the
+  commonest first token: what a problem-blind reader scores). Per step, "decodable from some
+  thought": the best (thought, site) cell, Bonferroni over the cells, Holm over the steps.
+  Per (step, thought) at the input embedding: Holm over the grid.
+- *probes*: logistic regression on the hidden state, cross-validated by problem, per
+  (step, thought) at the best probed layer (Bonferroni over the layers), beyond both the
+  permuted-label baseline and the question-position baseline (the same probe at ``q_last``
+  / ``<bot>``); supported only when both differences are, Holm over the grid per baseline.
+  Probed layers: the input embedding and the three role layers (``--rq3-all-layers``: all).
+- *link to RQ1*: is the thought that best encodes step k (lens, at the site where step k
+  decodes best) among the thoughts whose ablation hurts most? Over the steps whose lens claim
+  is supported; inconclusive when none is (:func:`~codi_fixtures.stats.decoding.rq1_link_test`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from codi_fixtures.analyses.base import Evidence, FigureSpec
+from codi_fixtures.analyses.view import StudyView
+from codi_fixtures.config import Settings
+from codi_fixtures.model.architecture import layer_roles
+from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
+from codi_fixtures.stats.decoding import (
+    LinkResult,
+    ProbeGrid,
+    cv_probe,
+    lens_rate,
+    lens_rate_table,
+    probe_effects,
+    probe_grid,
+    rq1_link_test,
+)
+from codi_fixtures.study.conditions import (
+    Dimensions,
+    LensReadout,
+    PositionReadout,
+    Requirements,
+    readout_positions,
+)
+
+__all__ = [
+    "RQ3_STEPS",
+    "SESOI_RATE",
+    "Rq3",
+    "Rq3Stats",
+    "decodable_at",
+    "lens_decodes_step",
+    "link_to_importance",
+    "no_step_values_reason",
+    "probe_decodes_step",
+    "rq3_stats",
+]
+
+RQ3_STEPS = (1, 2, 3)
+"""The steps the claims are about (the CODI paper reports the 1st, 2nd and 3rd step)."""
+SESOI_RATE = 0.1
+"""Decoding-rate SESOI: 10 points above the baseline (lens rate, probe accuracy)."""
+PROBE_MAX_ITER, PROBE_TOL = 100, 1e-3
+"""Probe solver budget: 6x faster than sklearn's defaults, the same out-of-fold accuracy on
+the bundled and planted models (an early-stopped probe is still a fixed classifier)."""
+
+
+class Rq3:
+    """The RQ3 analysis: logit lens at every layer, hidden states at the probed layers."""
+
+    name = "rq3"
+
+    def __init__(self, all_layers: bool = False) -> None:
+        self.all_layers = all_layers
+
+    def requirements(self, settings: Settings, dims: Dimensions) -> Requirements:
+        """The lens read-out and the position read-outs of the probed layers."""
+        layers = probed_layers(settings, dims.n_layers, self.all_layers)
+        return Requirements(
+            readouts=(LensReadout(), PositionReadout(None), *(PositionReadout(b) for b in layers))
+        )
+
+    def compute(self, view: StudyView) -> Rq3Stats:
+        """Every RQ3 statistic (memoised by the view)."""
+        return rq3_stats(view)
+
+    def figures(self, view: StudyView) -> list[FigureSpec]:
+        """Step x thought heatmaps (lens rate, probe selectivity) and per-layer lens curves."""
+        if no_step_values_reason(view) is not None:
+            return []
+        return [
+            FigureSpec(
+                "RQ3: logit-lens rate of step k's value at each thought (input embedding)",
+                "rq3_lens_heatmap",
+                partial(lens_heatmap, view),
+            ),
+            FigureSpec(
+                "RQ3: probe accuracy minus the question-position baseline (best probed layer)",
+                "rq3_probe_heatmap",
+                partial(probe_heatmap, view),
+            ),
+            FigureSpec(
+                "RQ3: logit-lens rate by layer (best thought per step)",
+                "rq3_lens_by_layer",
+                partial(lens_by_layer, view),
+            ),
+        ]
+
+    def summary(self, view: StudyView) -> dict[str, object]:
+        """Numbers for ``summary_statistics.json`` (``analyses.rq3``)."""
+        reason = no_step_values_reason(view)
+        if reason is not None:
+            return {"skipped": reason}
+        stats = view.of("rq3")
+        return {
+            "steps": list(RQ3_STEPS),
+            "sites": list(stats.sites),
+            "probed_sites": list(stats.probe_sites),
+            "value_baseline": _listed(stats.baseline[: len(RQ3_STEPS)]),
+            "lens_rate_embedding": _listed(stats.lens_embedding),
+            "lens_rate_by_site_best_thought": _listed(stats.lens_by_site),
+            "lens_step": {str(k): r.as_dict() | _verdict(r) for k, r in stats.lens_step.items()},
+            "probe_accuracy_best_layer": _listed(stats.probe_accuracy),
+            "probe_minus_question": _listed(stats.probe_selectivity),
+            "codi_paper_step_decoding": stats.codi_paper,
+            "rq1_link": {
+                "best_thought": list(stats.link.best_thought) if stats.link else None,
+                "importance_rank": list(stats.link.importance_rank) if stats.link else None,
+                **(stats.link.result.as_dict() | _verdict(stats.link.result) if stats.link else {}),
+            },
+        }
+
+
+def _verdict(r: StatResult) -> dict[str, object]:
+    return {"verdict": r.verdict, "verdict_reason": r.verdict_reason}
+
+
+def _listed(a: np.ndarray) -> list[object]:
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in a.tolist()]
+
+
+def probed_layers(settings: Settings, n_layers: int, all_layers: bool) -> list[int]:
+    """The blocks whose hidden states are probed: the role layers, or all."""
+    if all_layers:
+        return list(range(n_layers))
+    try:
+        roles = layer_roles(n_layers, settings.layers).as_dict()
+    except ValueError:
+        return []  # the plugin reports a bad --layers itself
+    return sorted(set(roles.values()))
+
+
+# --- statistics --------------------------------------------------------------------------------
+@dataclass
+class Rq3Stats:
+    """Everything RQ3 computes on one study (K steps = :data:`RQ3_STEPS`, T thoughts)."""
+
+    sites: tuple[str, ...]  # lens sites: emb, L0..
+    probe_sites: tuple[str, ...]  # probed sites: emb, L<role>..
+    baseline: np.ndarray  # (K_all,) value-distribution baseline per step column
+    lens_embedding: np.ndarray  # (K, T) lens rate at the input embedding
+    lens_by_site: np.ndarray  # (K, S) lens rate of the best thought, per site
+    lens_step: dict[int, StatResult]  # per step: some thought decodes it (Holm over steps)
+    lens_grid: dict[tuple[int, int], StatResult]  # (step, thought) at the embedding
+    probe: dict[tuple[int, int], StatResult]  # (step, thought): beyond both baselines
+    probe_layer: dict[tuple[int, int], str]  # the best probed site per cell
+    probe_accuracy: np.ndarray  # (K, T) accuracy at the best probed layer
+    probe_selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
+    codi_paper: dict[str, object] = field(default_factory=dict)
+    link: LinkResult | None = None
+    link_reason: str = ""
+
+
+def no_step_values_reason(view: StudyView) -> str | None:
+    """Why RQ3 / RQ4 cannot be judged on this study (no step values), or None."""
+    values = view.results.readouts.get("step-values")
+    if values is None:
+        return "inconclusive: the study has no RQ3 / RQ4 read-outs (RQ3 / RQ4 not selected)"
+    if values.shape[1] < 2 or not np.isfinite(values[:, :-1]).any():
+        return (
+            "inconclusive: the problem set has no step values (intermediate results), so "
+            "RQ3 / RQ4 cannot be judged; use problems with reasoning_steps / <<...>> annotations"
+        )
+    return None
+
+
+def _inconclusive(reason: str, n: int = 0) -> StatResult:
+    return replace(
+        inconclusive(reason, n, "greater"), verdict="inconclusive", verdict_reason=reason
+    )
+
+
+def _bonferroni(r: StatResult, m: int) -> StatResult:
+    """``r`` with p_value and p_sesoi multiplied by ``m`` (a best-of-m selection)."""
+    return replace(
+        r,
+        p_value=min(1.0, r.p_value * m),
+        p_sesoi=None if r.p_sesoi is None else min(1.0, r.p_sesoi * m),
+        method=f"best of {m} cells, Bonferroni x{m}; {r.method}",
+    )
+
+
+def _holm(cells: dict[object, StatResult], alpha: float) -> dict[object, StatResult]:
+    keys = [k for k, r in cells.items() if not r.inconclusive]
+    judged = apply_holm_verdicts([cells[k] for k in keys], alpha=alpha)
+    out = dict(cells)
+    out.update(zip(keys, judged, strict=True))
+    return out
+
+
+def _combine(permuted: StatResult, question: StatResult, site: str) -> StatResult:
+    """Intersection-union of the two baselines: shown is the question-baseline difference."""
+    verdicts = {permuted.verdict, question.verdict}
+    if verdicts == {"supported"}:
+        verdict = "supported"
+    elif "refuted" in verdicts:
+        verdict = "refuted"
+    else:
+        verdict = "inconclusive"
+    reason = (
+        f"{verdict}: at {site}; minus permuted labels: {permuted.verdict_reason}; "
+        f"minus question positions: {question.verdict_reason}"
+    )
+    return replace(
+        question,
+        verdict=verdict,  # type: ignore[arg-type]
+        verdict_reason=reason,
+        method=f"probe accuracy at {site} minus the question-position probe; {question.method}",
+    )
+
+
+def rq3_stats(view: StudyView) -> Rq3Stats:
+    """Lens rates and claims, probes and claims, the CODI-paper rates and the RQ1 link."""
+    return view.memoised(("rq3_stats",), lambda: _rq3_stats(view))
+
+
+def _rq3_stats(view: StudyView) -> Rq3Stats:
+    r = view.results.readouts
+    alpha, n_t = view.alpha, view.n_thoughts
+    positions = readout_positions(n_t)
+    n_layers = int(str(view.results.meta["n_layers"]))
+    sites = ("emb", *(f"L{b}" for b in range(n_layers)))
+    ranks, tokens, values = r["lens-rank"], r["lens-tokens"], r["step-values"]
+    n_cols = tokens.shape[1] - 1  # step columns (the last is the answer)
+    steps = [k for k in RQ3_STEPS if k <= n_cols]
+    _, base, _, _ = lens_rate_table(ranks, tokens, values)
+    k_n = len(RQ3_STEPS)
+    lens_emb = np.full((k_n, n_t), np.nan)
+    lens_site = np.full((k_n, len(sites)), np.nan)
+    lens_step: dict[int, StatResult] = {}
+    lens_grid: dict[tuple[int, int], StatResult] = {}
+    best_site: dict[int, int] = {}
+    for i, k in enumerate(RQ3_STEPS):
+        if k not in steps:
+            lens_step[k] = _inconclusive(f"inconclusive: no problem has a step {k}")
+            for t in range(n_t):
+                lens_grid[(k, t)] = lens_step[k]
+            continue
+        col = k - 1
+        cells = {}
+        for t in range(n_t):
+            for s in range(len(sites)):
+                cells[(t, s)] = lens_rate(
+                    ranks[:, 2 + t, s, col], tokens[:, col], sesoi=SESOI_RATE, alpha=alpha
+                )
+            lens_emb[i, t] = cells[(t, 0)].rate
+            lens_grid[(k, t)] = cells[(t, 0)].result
+        for s in range(len(sites)):
+            lens_site[i, s] = max(cells[(t, s)].rate for t in range(n_t))
+        best = max(cells, key=lambda c: cells[c].rate)
+        best_site[k] = best[1]
+        m = len(cells)
+        # the CI of the chosen cell at the Bonferroni level, so the verdict's CI matches its p
+        chosen = lens_rate(
+            ranks[:, 2 + best[0], best[1], col],
+            tokens[:, col],
+            sesoi=SESOI_RATE,
+            alpha=alpha / m,
+        ).result
+        p_eq = max(float(c.result.p_equivalence or 1.0) for c in cells.values())
+        lens_step[k] = replace(
+            _bonferroni(chosen, m),
+            p_equivalence=p_eq,
+            ci_level=chosen.ci_level,
+            method=(
+                f"thought {best[0]} at {sites[best[1]]}, best of {m} cells (Bonferroni x{m}; "
+                f"refuted only when every cell is: max p_equivalence); {chosen.method}"
+            ),
+        )
+    lens_step = _holm(lens_step, alpha)  # type: ignore[assignment,arg-type]
+    lens_grid = _holm(lens_grid, alpha)  # type: ignore[assignment,arg-type]
+    probe, probe_layer, acc, sel, probe_sites = _probes(view, steps, positions, n_layers)
+    decoded = {k: best_site[k] for k in steps if lens_step[k].verdict == "supported"}
+    link, link_reason = _link(view, ranks, tokens, decoded)
+    return Rq3Stats(
+        sites=sites,
+        probe_sites=probe_sites,
+        baseline=base,
+        lens_embedding=lens_emb,
+        lens_by_site=lens_site,
+        lens_step=lens_step,
+        lens_grid=lens_grid,
+        probe=probe,
+        probe_layer=probe_layer,
+        probe_accuracy=acc,
+        probe_selectivity=sel,
+        codi_paper=_codi_paper(ranks, tokens, n_t, len(sites)),
+        link=link,
+        link_reason=link_reason,
+    )
+
+
+def _probes(
+    view: StudyView, steps: list[int], positions: tuple[str, ...], n_layers: int
+) -> tuple[
+    dict[tuple[int, int], StatResult],
+    dict[tuple[int, int], str],
+    np.ndarray,
+    np.ndarray,
+    tuple[str, ...],
+]:
+    r = view.results.readouts
+    names = ["positions-embedding"] + [
+        f"positions-block{b}" for b in range(n_layers) if f"positions-block{b}" in r
+    ]
+    probe_sites = tuple("emb" if n.endswith("embedding") else "L" + n[15:] for n in names)
+    n_t, k_n = view.n_thoughts, len(RQ3_STEPS)
+    acc = np.full((k_n, n_t), np.nan)
+    sel = np.full((k_n, n_t), np.nan)
+    perm_cells: dict[tuple[int, int], StatResult] = {}
+    quest_cells: dict[tuple[int, int], StatResult] = {}
+    layer: dict[tuple[int, int], str] = {}
+    values = r["step-values"]
+    hidden = np.stack([r[n].astype(np.float32) for n in names], axis=2)  # (N, P, S, d)
+    grid = probe_grid(
+        hidden,
+        values,
+        positions,
+        probe_sites,
+        targets=[k - 1 for k in steps],
+        seed=view.seed,
+        permuted=False,  # only at each cell's chosen layer, below
+        max_iter=PROBE_MAX_ITER,
+        tol=PROBE_TOL,
+    )
+    m = len(probe_sites)
+    for i, k in enumerate(RQ3_STEPS):
+        for t in range(n_t):
+            if k not in steps:
+                perm_cells[(k, t)] = quest_cells[(k, t)] = _inconclusive(
+                    f"inconclusive: no problem has a step {k}"
+                )
+                continue
+            effects = {
+                s: probe_effects(grid, k - 1, f"t{t}", s, sesoi=SESOI_RATE, alpha=view.alpha)
+                for s in probe_sites
+            }
+            best = max(
+                probe_sites,
+                key=lambda s: (
+                    -1.0
+                    if math.isnan(effects[s]["accuracy"].statistic)
+                    else effects[s]["accuracy"].statistic
+                ),
+            )
+            _permuted_cell(grid, hidden, values, k - 1, 2 + t, probe_sites.index(best), view.seed)
+            effects[best] = probe_effects(
+                grid, k - 1, f"t{t}", best, sesoi=SESOI_RATE, alpha=view.alpha
+            )
+            chosen = effects[best]
+            layer[(k, t)] = best
+            acc[i, t] = chosen["accuracy"].statistic
+            sel[i, t] = chosen["minus_question"].statistic
+            for cells, key in ((perm_cells, "minus_permuted"), (quest_cells, "minus_question")):
+                result = chosen[key]
+                if result.sesoi is None or math.isnan(result.statistic):
+                    cells[(k, t)] = _inconclusive(
+                        f"inconclusive: too few problems with step {k} to probe "
+                        f"(n={chosen['accuracy'].n}; need >= 20)",
+                        chosen["accuracy"].n,
+                    )
+                else:
+                    cells[(k, t)] = _bonferroni(result, m)
+    perm_cells = _holm(perm_cells, view.alpha)  # type: ignore[assignment,arg-type]
+    quest_cells = _holm(quest_cells, view.alpha)  # type: ignore[assignment,arg-type]
+    probe = {
+        key: (
+            quest_cells[key]
+            if quest_cells[key].inconclusive
+            else _combine(perm_cells[key], quest_cells[key], layer.get(key, "?"))
+        )
+        for key in quest_cells
+    }
+    return probe, layer, acc, sel, probe_sites
+
+
+def _permuted_cell(
+    grid: ProbeGrid,
+    hidden: np.ndarray,
+    values: np.ndarray,
+    col: int,
+    position: int,
+    site: int,
+    seed: int,
+) -> None:
+    """Fill the permuted-label baseline of one probe cell (in place)."""
+    rows = np.flatnonzero(np.isfinite(values[:, col]))
+    if rows.size < 20:
+        return
+    _, labels = np.unique(values[rows, col], return_inverse=True)
+    grid.permuted[col, position, site, rows] = cv_probe(
+        hidden[rows, position, site],
+        labels,
+        seed=seed,
+        permute=True,
+        max_iter=PROBE_MAX_ITER,
+        tol=PROBE_TOL,
+    )
+
+
+def _codi_paper(ranks: np.ndarray, tokens: np.ndarray, n_t: int, n_sites: int) -> dict[str, object]:
+    """The CODI paper's form: share of problems whose k-th step value is decoded (1st-3rd).
+
+    Decoded = the value's first token is among the lens top-1 (top-5) of *some* thought's
+    last-block output (what the paper decodes: the continuous thought through the LM head).
+    Per step, over the problems that have that step.
+    """
+    out: dict[str, object] = {"site": "last block output, any thought"}
+    last = n_sites - 1
+    for k in RQ3_STEPS:
+        col = k - 1
+        if col >= tokens.shape[1] - 1:
+            continue
+        has = tokens[:, col] >= 0
+        if not has.any():
+            continue
+        rk = ranks[has, 2 : 2 + n_t, last, col]
+        out[f"step{k}"] = {
+            "n": int(has.sum()),
+            "top1": float((rk == 0).any(axis=1).mean()),
+            "top5": float(((rk >= 0) & (rk < 5)).any(axis=1).mean()),
+        }
+    return out
+
+
+def _link(
+    view: StudyView, ranks: np.ndarray, tokens: np.ndarray, steps: dict[int, int]
+) -> tuple[LinkResult | None, str]:
+    """RQ1 link over the steps the lens decodes, each at the site where it decodes best."""
+    n_t = view.n_thoughts
+    if not steps:
+        return None, (
+            "inconclusive: no step's value is decodable by the logit lens (no step's lens "
+            "claim is supported), so no thought 'best encodes' a step"
+        )
+    dec = np.full((ranks.shape[0], len(steps), n_t), np.nan)
+    for i, (k, site) in enumerate(steps.items()):
+        has = tokens[:, k - 1] >= 0
+        dec[has, i] = (ranks[has, 2 : 2 + n_t, site, k - 1] == 0).astype(np.float64)
+    try:
+        imp = view.importance()
+    except KeyError as err:
+        return None, f"inconclusive: {err}"
+    keep = np.isfinite(imp).all(axis=1) & np.isfinite(dec).any(axis=(1, 2))
+    if keep.sum() < 5:
+        return None, "inconclusive: fewer than 5 usable problems"
+    try:
+        link = rq1_link_test(dec[keep], imp[keep], alpha=view.alpha, seed=view.seed, n_boot=999)
+    except ValueError as err:
+        return None, f"inconclusive: {err}"
+    return link, ""
+
+
+# --- claims --------------------------------------------------------------------------------------
+def _skip_or(view: StudyView, get: object) -> StatResult:
+    reason = no_step_values_reason(view)
+    if reason is not None:
+        return _inconclusive(reason)
+    assert callable(get)
+    result = get(rq3_stats(view))
+    assert isinstance(result, StatResult)
+    return result
+
+
+def lens_decodes_step(view: StudyView, step: int) -> Evidence:
+    """Step k's value is decodable by the logit lens from some thought (beyond the baseline)."""
+    return Evidence(
+        f"step {step}'s value is decodable from some thought (logit lens)",
+        _skip_or(view, lambda s: s.lens_step[step]),
+        {"step": step, "measure": "lens top-1 rate minus the value-distribution baseline"},
+        ("rq3-lens", lambda: lens_heatmap(view)),
+    )
+
+
+def decodable_at(view: StudyView, step: int, thought: int) -> Evidence:
+    """The logit lens reads step k's value at thought t's input embedding (beyond baseline)."""
+    return Evidence(
+        f"thought {thought}'s input embedding holds step {step}'s value (logit lens)",
+        _skip_or(view, lambda s: s.lens_grid[(step, thought)]),
+        {
+            "step": step,
+            "thought": thought,
+            "site": "input embedding",
+            "measure": "lens top-1 rate minus the value-distribution baseline",
+        },
+        ("rq3-lens", lambda: lens_heatmap(view)),
+    )
+
+
+def probe_decodes_step(view: StudyView, step: int, thought: int) -> Evidence:
+    """A linear probe reads step k's value at thought t beyond both baselines."""
+    return Evidence(
+        f"a probe reads step {step}'s value at thought {thought} beyond both baselines",
+        _skip_or(view, lambda s: s.probe[(step, thought)]),
+        {
+            "step": step,
+            "thought": thought,
+            "measure": "probe accuracy minus the question-position probe (best probed layer)",
+        },
+        ("rq3-probe", lambda: probe_heatmap(view)),
+    )
+
+
+def link_to_importance(view: StudyView) -> Evidence:
+    """The thought that best encodes each step is among the most important (RQ1)."""
+
+    def get(s: Rq3Stats) -> StatResult:
+        return s.link.result if s.link is not None else _inconclusive(s.link_reason)
+
+    return Evidence(
+        "the thoughts that best encode the steps are the important ones (RQ1)",
+        _skip_or(view, get),
+        {"measure": "(T+1)/2 minus the mean RQ1 importance rank of each step's best thought"},
+        ("rq3-lens", lambda: lens_heatmap(view)),
+    )
+
+
+# --- figures -------------------------------------------------------------------------------------
+def _heatmap(values: np.ndarray, title: str, label: str, vmin: float, vmax: float) -> Figure:
+    fig = Figure(figsize=(6.4, 2.8), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ3_STEPS[: values.shape[0]]])
+    ax.set_xlabel("thought t (0-based)")
+    ax.set_title(title)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.5 else "k")
+    fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def lens_heatmap(view: StudyView) -> Figure:
+    """Step x thought: lens top-1 rate at the input embedding."""
+    s = rq3_stats(view)
+    return _heatmap(s.lens_embedding, "logit lens at the input embedding", "top-1 rate", 0, 1)
+
+
+def probe_heatmap(view: StudyView) -> Figure:
+    """Step x thought: probe accuracy minus the question-position baseline."""
+    s = rq3_stats(view)
+    return _heatmap(
+        s.probe_selectivity, "probe selectivity (best layer)", "accuracy - question probe", -1, 1
+    )
+
+
+def lens_by_layer(view: StudyView) -> Figure:
+    """Per-layer curves: the best thought's lens rate per step, with the baseline."""
+    s = rq3_stats(view)
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(s.sites))
+    for i, k in enumerate(RQ3_STEPS):
+        (line,) = ax.plot(x, s.lens_by_site[i], marker="o", label=f"step {k}")
+        if i < s.baseline.size and np.isfinite(s.baseline[i]):
+            ax.axhline(s.baseline[i], color=line.get_color(), ls=":", lw=1)
+    ax.set_xticks(x, s.sites)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("site (input embedding, then block outputs)")
+    ax.set_ylabel("lens top-1 rate (best thought)")
+    ax.legend(title="dotted: value baseline", fontsize="small")
+    return fig

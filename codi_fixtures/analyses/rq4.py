@@ -1,0 +1,253 @@
+"""RQ4: does the model *use* what the thoughts encode? Interchange interventions.
+
+For each problem, thought t and step k (1-based), thought t's input (the study's site) is
+replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions.Interchange`):
+
+- ``different``: a donor whose step-k value differs; the *counterfactual answer* is the
+  problem's chain replayed from step k with the donor's value. Interchange intervention
+  accuracy (IIA) = the share of problems whose patched answer is the counterfactual one.
+- ``random``: any other problem; how often its patch gives that same counterfactual answer
+  is the baseline. Claim per (thought, step): IIA exceeds the random-donor rate by the
+  SESOI (paired difference of proportions, Tango's score test; Holm over the grid).
+- ``same``: a donor with the same step-k value. Claim per thought: the patch preserves the
+  answer, an equivalence on Δ log p(gold) (pooled per problem over the steps) within
+  ``--min-effect-logp`` (TOST; Holm over the thoughts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import partial
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from codi_fixtures.analyses.base import Evidence, FigureSpec
+from codi_fixtures.analyses.rq3 import RQ3_STEPS, SESOI_RATE, no_step_values_reason
+from codi_fixtures.analyses.view import StudyView
+from codi_fixtures.config import Settings
+from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
+from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
+from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
+
+__all__ = [
+    "RQ4_STEPS",
+    "Rq4",
+    "Rq4Stats",
+    "iia_beats_random",
+    "rq4_stats",
+    "same_value_preserves",
+]
+
+RQ4_STEPS = RQ3_STEPS
+"""The steps patched (1st to 3rd)."""
+
+
+class Rq4:
+    """The RQ4 analysis: interchange rows for every (thought, step, donor kind)."""
+
+    name = "rq4"
+
+    def requirements(self, settings: Settings, dims: Dimensions) -> Requirements:
+        """One :class:`Interchange` condition per thought, step and donor kind."""
+        return Requirements(
+            conditions=tuple(
+                Interchange(t, k, d)  # type: ignore[arg-type]
+                for t in range(dims.n_thoughts)
+                for k in RQ4_STEPS
+                for d in DONOR_KINDS
+            )
+        )
+
+    def compute(self, view: StudyView) -> Rq4Stats:
+        """Every RQ4 statistic (memoised by the view)."""
+        return rq4_stats(view)
+
+    def figures(self, view: StudyView) -> list[FigureSpec]:
+        """Step x thought heatmap of IIA minus the random-donor rate."""
+        if no_step_values_reason(view) is not None:
+            return []
+        return [
+            FigureSpec(
+                "RQ4: interchange intervention accuracy (different-value donor)",
+                "rq4_iia_heatmap",
+                partial(iia_heatmap, view),
+            )
+        ]
+
+    def summary(self, view: StudyView) -> dict[str, object]:
+        """Numbers for ``summary_statistics.json`` (``analyses.rq4``)."""
+        reason = no_step_values_reason(view)
+        if reason is not None:
+            return {"skipped": reason}
+        s = rq4_stats(view)
+        return {
+            "steps": list(RQ4_STEPS),
+            "iia": _listed(s.iia),
+            "random_baseline": _listed(s.random_rate),
+            "n": s.n.tolist(),
+            "iia_minus_random": {
+                f"t{t}-s{k}": r.as_dict() | {"verdict": r.verdict}
+                for (t, k), r in s.iia_tests.items()
+            },
+            "same_value_delta_logp": {
+                f"t{t}": r.as_dict() | {"verdict": r.verdict} for t, r in enumerate(s.same_tests)
+            },
+        }
+
+
+def _listed(a: np.ndarray) -> list[object]:
+    return [[None if math.isnan(v) else v for v in row] for row in a.tolist()]
+
+
+@dataclass
+class Rq4Stats:
+    """IIA per (step, thought) and the same-value equivalence per thought."""
+
+    iia: np.ndarray  # (K, T)
+    random_rate: np.ndarray  # (K, T)
+    n: np.ndarray  # (K, T) recipients with a different-value donor
+    iia_tests: dict[tuple[int, int], StatResult]  # (thought, step)
+    same_tests: list[StatResult]  # per thought
+
+
+def _inconclusive(reason: str, n: int = 0) -> StatResult:
+    return replace(
+        inconclusive(reason, n, "greater"), verdict="inconclusive", verdict_reason=reason
+    )
+
+
+def rq4_stats(view: StudyView) -> Rq4Stats:
+    """IIA and baselines, same-value Δ log p (memoised)."""
+    return view.memoised(("rq4_stats",), lambda: _rq4_stats(view))
+
+
+def _rq4_stats(view: StudyView) -> Rq4Stats:
+    res = view.results
+    donors = res.readouts["interchange-donors"]  # (N, Kd, 3): same, different, random
+    cf = res.readouts["interchange-counterfactual"]  # (N, Kd)
+    n_t, k_n = view.n_thoughts, len(RQ4_STEPS)
+    iia = np.full((k_n, n_t), np.nan)
+    rand_rate = np.full((k_n, n_t), np.nan)
+    n = np.zeros((k_n, n_t), dtype=np.int64)
+    tests: dict[tuple[int, int], StatResult] = {}
+    same_delta = np.full((len(res.problem_ids), k_n, n_t), np.nan)
+    clean_ok = ~res.clean_nonfinite
+    for i, k in enumerate(RQ4_STEPS):
+        for t in range(n_t):
+            if k > donors.shape[1]:
+                tests[(t, k)] = _inconclusive(f"inconclusive: no problem has a step {k}")
+                continue
+            cols = {d: res.column(f"ic-t{t}-s{k}-{d}") for d in DONOR_KINDS}
+            ok = clean_ok & ~res.nonfinite[:, list(cols.values())].any(axis=1)
+            has_diff = ok & (donors[:, k - 1, 1] >= 0) & (donors[:, k - 1, 2] >= 0)
+            target = cf[:, k - 1]
+            hit = np.where(has_diff, _same(res.answer[:, cols["different"]], target), np.nan)
+            rand = np.where(has_diff, _same(res.answer[:, cols["random"]], target), np.nan)
+            n[i, t] = int(has_diff.sum())
+            if n[i, t]:
+                iia[i, t] = float(np.nanmean(hit))
+                rand_rate[i, t] = float(np.nanmean(rand))
+            if n[i, t] < 5:
+                tests[(t, k)] = _inconclusive(
+                    f"inconclusive: only {n[i, t]} problems have a different-value donor for "
+                    f"step {k} (need >= 5)",
+                    int(n[i, t]),
+                )
+            else:
+                tests[(t, k)] = paired_effect(hit, rand, sesoi=SESOI_RATE, alpha=view.alpha)
+            has_same = ok & (donors[:, k - 1, 0] >= 0)
+            same_delta[has_same, i, t] = res.clean_logp[has_same] - res.logp[has_same, cols["same"]]
+    keys = [key for key, r in tests.items() if not r.inconclusive and r.sesoi is not None]
+    judged_iia = apply_holm_verdicts([tests[k] for k in keys], alpha=view.alpha)
+    tests.update(zip(keys, judged_iia, strict=True))
+    for key, r in tests.items():
+        if r.verdict is None:
+            tests[key] = _inconclusive(f"inconclusive: {r.method}", r.n)
+    same_tests: list[StatResult] = []
+    for t in range(n_t):
+        cells = same_delta[:, :, t]
+        seen = np.isfinite(cells).any(axis=1)
+        per_problem = np.nanmean(cells[seen], axis=1)
+        per_problem = per_problem[np.isfinite(per_problem)]
+        if per_problem.size < 5:
+            same_tests.append(
+                _inconclusive(
+                    f"inconclusive: only {per_problem.size} problems have a same-value donor",
+                    int(per_problem.size),
+                )
+            )
+            continue
+        same_tests.append(
+            equivalence_effect(
+                per_problem, sesoi=view.sesoi_logp, alpha=view.alpha, n_boot=1999, seed=view.seed
+            )
+        )
+    judged = [i for i, r in enumerate(same_tests) if not r.inconclusive]
+    judged_same = equivalence_verdicts([same_tests[i] for i in judged], alpha=view.alpha)
+    for i, r in zip(judged, judged_same, strict=True):
+        same_tests[i] = r
+    return Rq4Stats(iia, rand_rate, n, tests, same_tests)
+
+
+def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """1.0 where the answer equals the target (1e-6), else 0.0 (an unparsed answer is 0)."""
+    with np.errstate(invalid="ignore"):
+        return (np.abs(answer - target) <= 1e-6).astype(np.float64)
+
+
+# --- claims --------------------------------------------------------------------------------------
+def _skip_or(view: StudyView, pick: object) -> StatResult:
+    reason = no_step_values_reason(view)
+    if reason is not None:
+        return _inconclusive(reason)
+    assert callable(pick)
+    result = pick(rq4_stats(view))
+    assert isinstance(result, StatResult)
+    return result
+
+
+def iia_beats_random(view: StudyView, thought: int, step: int) -> Evidence:
+    """Patching thought t with a donor's different step-k value gives the counterfactual answer."""
+    return Evidence(
+        f"patching thought {thought} with another step-{step} value gives the counterfactual "
+        "answer",
+        _skip_or(view, lambda s: s.iia_tests[(thought, step)]),
+        {
+            "thought": thought,
+            "step": step,
+            "measure": "IIA minus the random-donor rate (paired, proportion)",
+        },
+        ("rq4-iia", lambda: iia_heatmap(view)),
+    )
+
+
+def same_value_preserves(view: StudyView, thought: int) -> Evidence:
+    """Patching thought t from a donor with the same step value leaves log p(gold) unchanged."""
+    return Evidence(
+        f"a same-value patch of thought {thought} preserves the answer",
+        _skip_or(view, lambda s: s.same_tests[thought]),
+        {"thought": thought, "measure": "delta log p(gold), same-value donor [nats]"},
+        ("rq4-iia", lambda: iia_heatmap(view)),
+    )
+
+
+# --- figures -------------------------------------------------------------------------------------
+def iia_heatmap(view: StudyView) -> Figure:
+    """Step x thought: IIA, and IIA minus the random-donor rate."""
+    s = rq4_stats(view)
+    fig = Figure(figsize=(9.6, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    panels = ((s.iia, "IIA", 0.0, 1.0), (s.iia - s.random_rate, "IIA - random donor", -1.0, 1.0))
+    for ax, (values, title, vmin, vmax) in zip(axes, panels, strict=True):
+        im = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ4_STEPS])
+        ax.set_xlabel("thought t (0-based)")
+        ax.set_title(title)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.5 else "k")
+        fig.colorbar(im, ax=ax)
+    return fig
