@@ -158,3 +158,17 @@ def test_rq1_link_ignores_steps_nobody_has():
     dec, imp = _link_data(linked=True)
     dec = np.concatenate([dec, np.full((dec.shape[0], 1, 6), np.nan)], axis=1)
     assert rq1_link_test(dec, imp).best_thought == (5, 4)
+
+
+def test_equivalence_effect_supports_a_null_and_refutes_a_shift():
+    from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts
+
+    rng = np.random.default_rng(0)
+    null = equivalence_effect(rng.normal(0.0, 0.05, 200), sesoi=0.1, n_boot=999)
+    shift = equivalence_effect(rng.normal(0.5, 0.05, 200), sesoi=0.1, n_boot=999)
+    vague = equivalence_effect(rng.normal(0.0, 1.0, 10), sesoi=0.1, n_boot=999)
+    assert (null.verdict, shift.verdict, vague.verdict) == ("supported", "refuted", "inconclusive")
+    assert -0.1 < null.ci_low < null.ci_high < 0.1
+    family = equivalence_verdicts([null, shift], alpha=0.05)
+    assert [r.verdict for r in family] == ["supported", "refuted"]
+    assert family[0].p_corrected is not None and family[0].p_corrected >= null.p_value

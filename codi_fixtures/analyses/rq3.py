@@ -57,12 +57,14 @@ __all__ = [
     "RQ3_STEPS",
     "SESOI_RATE",
     "Rq3",
+    "Rq3Probes",
     "Rq3Stats",
     "decodable_at",
     "lens_decodes_step",
     "link_to_importance",
     "no_step_values_reason",
     "probe_decodes_step",
+    "rq3_probes",
     "rq3_stats",
 ]
 
@@ -122,16 +124,22 @@ class Rq3:
         if reason is not None:
             return {"skipped": reason}
         stats = view.of("rq3")
+        probes = rq3_probes(view)
         return {
             "steps": list(RQ3_STEPS),
             "sites": list(stats.sites),
-            "probed_sites": list(stats.probe_sites),
+            "probed_sites": list(probes.sites),
             "value_baseline": _listed(stats.baseline[: len(RQ3_STEPS)]),
             "lens_rate_embedding": _listed(stats.lens_embedding),
             "lens_rate_by_site_best_thought": _listed(stats.lens_by_site),
             "lens_step": {str(k): r.as_dict() | _verdict(r) for k, r in stats.lens_step.items()},
-            "probe_accuracy_best_layer": _listed(stats.probe_accuracy),
-            "probe_minus_question": _listed(stats.probe_selectivity),
+            "probe_accuracy_best_layer": _listed(probes.accuracy),
+            "probe_minus_question": _listed(probes.selectivity),
+            "probe_best_layer": {f"s{k}-t{t}": v for (k, t), v in probes.layer.items()},
+            "probe": {
+                f"s{k}-t{t}": {"statistic": r.statistic, "verdict": r.verdict}
+                for (k, t), r in probes.cells.items()
+            },
             "codi_paper_step_decoding": stats.codi_paper,
             "rq1_link": {
                 "best_thought": list(stats.link.best_thought) if stats.link else None,
@@ -166,19 +174,40 @@ class Rq3Stats:
     """Everything RQ3 computes on one study (K steps = :data:`RQ3_STEPS`, T thoughts)."""
 
     sites: tuple[str, ...]  # lens sites: emb, L0..
-    probe_sites: tuple[str, ...]  # probed sites: emb, L<role>..
     baseline: np.ndarray  # (K_all,) value-distribution baseline per step column
     lens_embedding: np.ndarray  # (K, T) lens rate at the input embedding
     lens_by_site: np.ndarray  # (K, S) lens rate of the best thought, per site
     lens_step: dict[int, StatResult]  # per step: some thought decodes it (Holm over steps)
     lens_grid: dict[tuple[int, int], StatResult]  # (step, thought) at the embedding
-    probe: dict[tuple[int, int], StatResult]  # (step, thought): beyond both baselines
-    probe_layer: dict[tuple[int, int], str]  # the best probed site per cell
-    probe_accuracy: np.ndarray  # (K, T) accuracy at the best probed layer
-    probe_selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
     codi_paper: dict[str, object] = field(default_factory=dict)
     link: LinkResult | None = None
     link_reason: str = ""
+
+
+@dataclass
+class Rq3Probes:
+    """The probe statistics (computed only when a probe claim, figure or summary asks)."""
+
+    sites: tuple[str, ...]  # probed sites: emb, L<role>..
+    cells: dict[tuple[int, int], StatResult]  # (step, thought): beyond both baselines
+    layer: dict[tuple[int, int], str]  # the best probed site per cell
+    accuracy: np.ndarray  # (K, T) accuracy at the best probed layer
+    selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
+
+
+def rq3_probes(view: StudyView) -> Rq3Probes:
+    """Probes per (step, thought) at the probed layers (memoised)."""
+
+    def compute() -> Rq3Probes:
+        n_layers = int(str(view.results.meta["n_layers"]))
+        n_cols = view.results.readouts["lens-tokens"].shape[1] - 1
+        steps = [k for k in RQ3_STEPS if k <= n_cols]
+        cells, layer, acc, sel, sites = _probes(
+            view, steps, readout_positions(view.n_thoughts), n_layers
+        )
+        return Rq3Probes(sites, cells, layer, acc, sel)
+
+    return view.memoised(("rq3_probes",), compute)
 
 
 def no_step_values_reason(view: StudyView) -> str | None:
@@ -247,7 +276,6 @@ def rq3_stats(view: StudyView) -> Rq3Stats:
 def _rq3_stats(view: StudyView) -> Rq3Stats:
     r = view.results.readouts
     alpha, n_t = view.alpha, view.n_thoughts
-    positions = readout_positions(n_t)
     n_layers = int(str(view.results.meta["n_layers"]))
     sites = ("emb", *(f"L{b}" for b in range(n_layers)))
     ranks, tokens, values = r["lens-rank"], r["lens-tokens"], r["step-values"]
@@ -299,21 +327,15 @@ def _rq3_stats(view: StudyView) -> Rq3Stats:
         )
     lens_step = _holm(lens_step, alpha)  # type: ignore[assignment,arg-type]
     lens_grid = _holm(lens_grid, alpha)  # type: ignore[assignment,arg-type]
-    probe, probe_layer, acc, sel, probe_sites = _probes(view, steps, positions, n_layers)
     decoded = {k: best_site[k] for k in steps if lens_step[k].verdict == "supported"}
     link, link_reason = _link(view, ranks, tokens, decoded)
     return Rq3Stats(
         sites=sites,
-        probe_sites=probe_sites,
         baseline=base,
         lens_embedding=lens_emb,
         lens_by_site=lens_site,
         lens_step=lens_step,
         lens_grid=lens_grid,
-        probe=probe,
-        probe_layer=probe_layer,
-        probe_accuracy=acc,
-        probe_selectivity=sel,
         codi_paper=_codi_paper(ranks, tokens, n_t, len(sites)),
         link=link,
         link_reason=link_reason,
@@ -484,8 +506,8 @@ def _link(
 # --- claims --------------------------------------------------------------------------------------
 def _skip_or(view: StudyView, get: object) -> StatResult:
     reason = no_step_values_reason(view)
-    if reason is not None:
-        return _inconclusive(reason)
+    if reason is not None:  # n = every problem: the claim names this reason, not "too few"
+        return _inconclusive(reason, len(view.results.problem_ids))
     assert callable(get)
     result = get(rq3_stats(view))
     assert isinstance(result, StatResult)
@@ -521,7 +543,7 @@ def probe_decodes_step(view: StudyView, step: int, thought: int) -> Evidence:
     """A linear probe reads step k's value at thought t beyond both baselines."""
     return Evidence(
         f"a probe reads step {step}'s value at thought {thought} beyond both baselines",
-        _skip_or(view, lambda s: s.probe[(step, thought)]),
+        _skip_or(view, lambda s: rq3_probes(view).cells[(step, thought)]),
         {
             "step": step,
             "thought": thought,
@@ -569,9 +591,12 @@ def lens_heatmap(view: StudyView) -> Figure:
 
 def probe_heatmap(view: StudyView) -> Figure:
     """Step x thought: probe accuracy minus the question-position baseline."""
-    s = rq3_stats(view)
     return _heatmap(
-        s.probe_selectivity, "probe selectivity (best layer)", "accuracy - question probe", -1, 1
+        rq3_probes(view).selectivity,
+        "probe selectivity (best layer)",
+        "accuracy - question probe",
+        -1,
+        1,
     )
 
 

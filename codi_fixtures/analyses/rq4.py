@@ -200,8 +200,8 @@ def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:
 # --- claims --------------------------------------------------------------------------------------
 def _skip_or(view: StudyView, pick: object) -> StatResult:
     reason = no_step_values_reason(view)
-    if reason is not None:
-        return _inconclusive(reason)
+    if reason is not None:  # n = every problem: the claim names this reason, not "too few"
+        return _inconclusive(reason, len(view.results.problem_ids))
     assert callable(pick)
     result = pick(rq4_stats(view))
     assert isinstance(result, StatResult)

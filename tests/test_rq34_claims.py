@@ -1,0 +1,120 @@
+"""RQ3 / RQ4 claims end to end through the plugin (pytester, real models).
+
+On the planted organism (thought t holds step t+1's value at its input embedding) the lens
+claims recover the planted map; the bundled model does not show it under the lens; a problem
+file without step values makes every RQ3 / RQ4 claim skip with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED = REPO / "codi_fixtures" / "planted"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (BUNDLED_CHECKPOINT / "model.safetensors").exists()
+        or not (PLANTED / "model.safetensors").exists(),
+        reason="bundled / planted model not built",
+    ),
+]
+
+
+def _project(pytester: pytest.Pytester) -> None:
+    """The experiments' RQ3 / RQ4 files and their conftest, unchanged."""
+    for name in ("conftest.py", "test_rq3_decoding.py", "test_rq4_interchange.py"):
+        pytester.makepyfile(**{name[:-3]: (REPO / "experiments" / name).read_text()})
+
+
+def _outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """Test id -> PASSED / FAILED / SKIPPED from the -rA summary."""
+    out = {}
+    for line in result.outlines:
+        m = re.match(r"(PASSED|FAILED|SKIPPED|XFAIL|ERROR) (\S+::\S+)", line)
+        if m:
+            out[m.group(2).split("::", 1)[1]] = m.group(1)
+    return out
+
+
+def test_planted_map_is_recovered_by_the_lens_claims(pytester, tmp_path):
+    _project(pytester)
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "full",
+        "--codi-model=planted",
+        "--kinds=mean",
+        f"--codi-cache={tmp_path / 'cache'}",
+        f"--report-dir={tmp_path / 'report'}",
+        "-k",
+        "lens or embedding_holds or important_ones",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    )
+    got = _outcomes(result)
+    assert not [k for k, v in got.items() if v == "ERROR"], result.stdout.str()[-3000:]
+    for k in (1, 2, 3):
+        assert got[f"test_step_value_is_decodable_by_the_lens[full-s{k}]"] == "PASSED"
+        # thought k-1's input embedding holds step k (the planted map), beyond the baseline
+        assert got[f"test_thought_embedding_holds_step_value[full-t{k - 1}-s{k}]"] == "PASSED"
+        others = [t for t in range(6) if t != k - 1]
+        for t in others:
+            assert got[f"test_thought_embedding_holds_step_value[full-t{t}-s{k}]"] != "PASSED"
+    # validation finding: the best-encoding thoughts are the least important ones
+    assert got["test_best_encoding_thoughts_are_the_important_ones[full]"] == "FAILED"
+    summary = json.loads((tmp_path / "report" / "summary_statistics.json").read_text())
+    rq3 = summary["analyses"]["rq3"]
+    rates = rq3["lens_rate_embedding"]
+    assert all(rates[k][k] >= 0.95 for k in range(3))
+    assert rq3["codi_paper_step_decoding"]["step1"]["top5"] >= 0.9
+
+
+def test_bundled_model_does_not_show_steps_under_the_lens(pytester, tmp_path):
+    _project(pytester)
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "full",
+        "--kinds=mean",
+        f"--codi-cache={tmp_path / 'cache'}",
+        "--no-codi-report",
+        "-k",
+        "lens",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    )
+    result.assert_outcomes(failed=3, deselected=result.parseoutcomes()["deselected"])
+    assert "refuted" in result.stdout.str()
+
+
+def test_problems_without_step_values_make_rq3_and_rq4_claims_skip(pytester, tmp_path):
+    _project(pytester)
+    text = (BUNDLED_CHECKPOINT / "eval.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    bare = [{k: v for k, v in r.items() if k not in ("intermediates", "cot")} for r in rows]
+    path = tmp_path / "bare.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in bare))
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "quick",
+        "--kinds=mean",
+        f"--problems={path}",
+        f"--codi-cache={tmp_path / 'cache'}",
+        "--no-codi-report",
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == outcomes.get("failed", 0) == 0
+    assert outcomes.get("errors", 0) == 0
+    assert outcomes["skipped"] == 3 + 18 + 18 + 1 + 18 + 6
+    assert "no step values" in result.stdout.str()
