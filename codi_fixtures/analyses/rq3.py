@@ -72,9 +72,11 @@ RQ3_STEPS = (1, 2, 3)
 """The steps the claims are about (the CODI paper reports the 1st, 2nd and 3rd step)."""
 SESOI_RATE = 0.1
 """Decoding-rate SESOI: 10 points above the baseline (lens rate, probe accuracy)."""
-PROBE_MAX_ITER, PROBE_TOL = 100, 1e-3
-"""Probe solver budget: 6x faster than sklearn's defaults, the same out-of-fold accuracy on
-the bundled and planted models (an early-stopped probe is still a fixed classifier)."""
+PROBE_MAX_ITER, PROBE_TOL = 50, 1e-2
+"""Probe solver budget: ~15x faster than sklearn's defaults (max_iter 500, tol 1e-4); on the
+bundled and planted full tiers the accuracies move by <= 0.07 and the planted diagonal's
+verdicts are the same (an early-stopped probe is still a fixed, more regularised classifier:
+its out-of-fold accuracy is honest)."""
 
 
 class Rq3:
