@@ -22,6 +22,7 @@ __all__ = [
     "Settings",
     "parse_kinds",
     "parse_layers",
+    "parse_subset_kinds",
     "tier_of_markexpr",
 ]
 
@@ -98,6 +99,16 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def parse_subset_kinds(text: str) -> tuple[str, ...]:
+    """``--subset-kinds``: ``none`` (no subset ablations) or kinds like ``mean,zero``."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return parse_kinds(text)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("--kinds", "--subset-kinds")) from None
+
+
 def parse_layers(text: str | None) -> tuple[int, int, int] | None:
     """``4,8,14`` -> (4, 8, 14): the early / middle / late layers."""
     if not text:
@@ -145,6 +156,10 @@ class Settings:
     """SESOI for an accuracy drop, as a fraction of problems (RQ1)."""
     min_effect_r: float = 0.1
     """SESOI for a correlation (RQ2)."""
+    subset_kinds: tuple[str, ...] = ("mean",)
+    """RQ5: ablation kinds whose every subset of thoughts is run (those among ``run.kinds``)."""
+    knockout_heads: bool = False
+    """RQ6: also knock out each (layer, head, thought) edge on its own."""
     tiers: dict[str, int] = field(default_factory=lambda: dict(TIERS))
     """Problems per tier."""
     cache_dir: Path = Path(".codi_cache")

@@ -31,17 +31,38 @@ BASELINE = Path(__file__).parent / "data" / "rq_baseline"
 DIMS = Dimensions(n_layers=6, n_thoughts=6)
 
 
+RQ1_RQ2 = BUILTIN_ANALYSES[:2]
+
+
 def test_the_builtin_analyses_follow_the_protocol():
-    assert [a.name for a in BUILTIN_ANALYSES] == ["rq1", "rq2"]
+    assert [a.name for a in BUILTIN_ANALYSES] == ["rq1", "rq2", "rq5", "rq6"]
     assert all(isinstance(a, Analysis) for a in BUILTIN_ANALYSES)
 
 
 def test_union_of_rq1_and_rq2_is_the_study_computed_before_analyses_were_modules():
     settings = Settings()
-    union = requirements_of(BUILTIN_ANALYSES, settings, DIMS)
+    union = requirements_of(RQ1_RQ2, settings, DIMS)
     assert union == default_requirements(settings.run, DIMS)
     assert [c.name for c in union.conditions][:7] == [*(f"t{t}-zero" for t in range(6)), "all-zero"]
     assert union.readouts == (AttentionReadout(),)
+
+
+def test_rq5_and_rq6_add_rows_but_not_to_the_default_study_key():
+    """RQ5: 56 new subset rows (mean) + k = 0..5; RQ6: 2 x (6 x 6 + 6) knockouts."""
+    settings = Settings()
+    base = requirements_of(RQ1_RQ2, settings, DIMS)
+    rq5 = BUILTIN_ANALYSES[2].requirements(settings, DIMS)
+    rq6 = BUILTIN_ANALYSES[3].requirements(settings, DIMS)
+    assert len(rq5.conditions) == 63 + 6
+    assert len(rq6.conditions) == 2 * (6 * 6 + 6) + 6
+    union = requirements_of(BUILTIN_ANALYSES, settings, DIMS)
+    assert len(union.conditions) == len(base.conditions) + 56 + 6 + 84
+    assert union.conditions[: len(base.conditions)] == base.conditions
+    off = replace(settings, subset_kinds=())
+    assert len(BUILTIN_ANALYSES[2].requirements(off, DIMS).conditions) == 6
+    heads = replace(settings, knockout_heads=True)
+    dims = Dimensions(n_layers=6, n_thoughts=6, n_heads=4)
+    assert len(BUILTIN_ANALYSES[3].requirements(heads, dims).conditions) == 90 + 6 * 4 * 6
 
 
 def test_union_keeps_first_appearance_order_and_drops_duplicates():
@@ -143,7 +164,7 @@ def test_rq1_and_rq2_numbers_are_those_of_the_study_cached_before_the_split(samp
     results = StudyResults.from_bytes((BASELINE / f"{sample}-study.npz").read_bytes())
     expected = json.loads((BASELINE / f"{sample}-statistics.json").read_text())
     expected.pop("versions")
-    analysis = StudyAnalysis.for_run(results, Settings(), BUILTIN_ANALYSES)
+    analysis = StudyAnalysis.for_run(results, Settings(), RQ1_RQ2)
     got = json.loads(json.dumps(summary_statistics(analysis, expected["meta"]), default=str))
     _same(expected, got)
 
@@ -165,7 +186,7 @@ def test_an_analysis_statistics_are_memoised_per_study():
         def figures(self, view):
             return []
 
-    analysis = StudyAnalysis.for_run(results, Settings(), (*BUILTIN_ANALYSES, Counting()))
+    analysis = StudyAnalysis.for_run(results, Settings(), (*RQ1_RQ2, Counting()))
     assert analysis.of("counting") == analysis.of("counting") == 1.0
     assert calls == [1]
     assert [spec.name for spec in analysis.figures()] == [
@@ -215,7 +236,8 @@ def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytes
     # one study served RQ1, RQ2 and the toy: its own condition and read-out are in it
     [study] = cache.glob("study-*.npz")
     results = StudyResults.from_bytes(study.read_bytes())
-    assert results.conditions[-1] == "t0+t1-zero" and len(results.conditions) == 29
+    # RQ1 + RQ2 (28), RQ5 (56 subsets + 6 fewer-thoughts rows), RQ6 (84 knockouts), the toy
+    assert results.conditions[-1] == "t0+t1-zero" and len(results.conditions) == 175
     assert results.readouts["hidden-block2"].shape == (10, 6, 64)
     assert results.attention.shape == (10, 6, 4, 6)
     assert results.meta["requirements"]["readouts"] == [

@@ -170,3 +170,11 @@ def test_published_table_mentions_assumptions() -> None:
     text = budget.format_published_estimates()
     assert "ASSUMES" in text and "lower bound" in text
     assert text.count("LLaMA-3.2-1B CODI") == 2 and text.count("GPT-2 small CODI") == 2
+
+
+def test_the_cli_estimates_any_number_of_conditions(capsys):
+    """``--conditions 175`` (RQ1, RQ2, RQ5, RQ6) prints 176 rows per problem."""
+    from codi_fixtures.model.budget import main
+
+    main(["--conditions", "175"])
+    assert "176 rows/problem (clean + 175 conditions)" in capsys.readouterr().out

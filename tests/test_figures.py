@@ -59,13 +59,17 @@ def assert_png(blob: bytes) -> None:
 def test_figure_saves_png_and_pdf(
     name: str, studies: dict[str, StudyAnalysis], tmp_path: Path
 ) -> None:
-    """Each figure of the 100-problem study is written as a small PNG and a PDF."""
+    """Each figure of the 100-problem study is written as a small PNG, and a PDF on request."""
     fig = FIGURES[name](studies["n100"])
     assert isinstance(fig, Figure)
-    paths = figures.save_figure(fig, tmp_path / "figs", name)
-    assert set(paths) == {"png", "pdf"}
-    assert_png(paths["png"].read_bytes())
-    assert paths["pdf"].read_bytes().startswith(b"%PDF")
+    only_png = figures.save_figure(fig, tmp_path / "png", name)
+    assert set(only_png) == {"png"}  # the default: PNG only, rendered once
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [f"{name}.png"]
+    rendered = figures.save_figure(fig, tmp_path / "figs", name, ("png", "pdf"))
+    assert set(rendered) == {"png", "pdf"}
+    assert_png(rendered["png"])
+    assert (tmp_path / "figs" / f"{name}.png").read_bytes() == rendered["png"]
+    assert (tmp_path / "figs" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     # Atomic writes leave no temporary files behind.
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [f"{name}.pdf", f"{name}.png"]
 
@@ -125,7 +129,13 @@ def test_bad_arguments_raise(studies: dict[str, StudyAnalysis]) -> None:
 
 def test_saved_files_are_reproducible(studies: dict[str, StudyAnalysis], tmp_path: Path) -> None:
     """The same figure saved twice gives identical PNG and PDF bytes (no timestamps)."""
-    first = figures.save_figure(rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "a")
-    again = figures.save_figure(rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "b")
-    for fmt in ("png", "pdf"):
-        assert first[fmt].read_bytes() == again[fmt].read_bytes()
+    both = ("png", "pdf")
+    first = figures.save_figure(
+        rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "a", both
+    )
+    again = figures.save_figure(
+        rq1.rq1_kind_bars(studies["n12"], "mean", "logp"), tmp_path, "b", both
+    )
+    for fmt in both:
+        assert first[fmt] == again[fmt]
+        assert (tmp_path / f"a.{fmt}").read_bytes() == (tmp_path / f"b.{fmt}").read_bytes()

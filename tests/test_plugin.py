@@ -125,6 +125,13 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
         "quick-importance_by_thought.png",
         "quick-importance_heatmap.png",
         "quick-per_thought_correlations.png",
+        "quick-rq5_accuracy_vs_k.png",
+        "quick-rq5_pairs_mean.png",
+        "quick-rq5_subsets_mean.png",
+        "quick-rq6_attention_heatmap.png",
+        "quick-rq6_every_layer_rq2.png",
+        "quick-rq6_knockout_heatmap.png",
+        "quick-rq6_knockout_vs_attention.png",
     ]
 
 

@@ -44,6 +44,7 @@ class FigureSpec:
     title: str
     name: str  # file stem: figures/<tier>-<name>.png|pdf
     draw: Callable[[], Figure]
+    caption: str = ""  # what one point / bar / cell is (the report adds n and the tier)
 
 
 @dataclass(frozen=True)

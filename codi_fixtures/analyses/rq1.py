@@ -86,11 +86,16 @@ class Rq1:
                 "RQ1: importance by thought (mean with 95% CI), per ablation kind",
                 "importance_by_thought",
                 partial(importance_by_thought, view),
+                "One point: the mean over problems of Δ log p(gold) (nats) when that thought is "
+                "ablated, with its 95% CI; one bar: the accuracy drop (percentage points); colour: "
+                "ablation kind; lines: all six thoughts ablated at once.",
             ),
             FigureSpec(
                 "RQ1: problems x thoughts importance, grouped by difficulty",
                 "importance_heatmap",
                 partial(importance_heatmap, view),
+                "One cell: one problem's Δ log p(gold) (nats) when that thought is ablated "
+                "(importance kind); diverging scale centred on 0; rows grouped by difficulty.",
             ),
         ]
 

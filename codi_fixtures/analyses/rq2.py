@@ -97,16 +97,24 @@ class Rq2:
                 "RQ2: attention vs importance at the early / middle / late layers",
                 "attention_vs_importance",
                 partial(attention_vs_importance, view),
+                "One point: one (problem, thought) pair: the head-mean attention from <eot> to "
+                "the thought (x, weight) and its importance (y, Δ log p(gold) in nats); panel "
+                "titles give the pooled r (descriptive) and the beyond-position r.",
             ),
             FigureSpec(
                 f"RQ2: per-thought correlations at layer {middle}",
                 "per_thought_correlations",
                 partial(per_thought_correlations, view, middle),
+                "One panel per thought (as earlier work had it): one point per problem, attention "
+                "weight (x) vs importance in nats (y), with that thought's r across problems "
+                "(uncorrected).",
             ),
             FigureSpec(
                 "RQ2: attention-importance correlation per layer and head",
                 "head_correlation_map",
                 partial(head_correlation_map, view),
+                "One cell: one (layer, head): r between that head's attention to a thought and "
+                "the thought's importance, pooled over problems and thoughts (descriptive).",
             ),
         ]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codi_fixtures.analyses import rq1, rq2
+from codi_fixtures.analyses import rq1, rq2, rq5, rq6
 from codi_fixtures.analyses.base import Analysis
 from codi_fixtures.analyses.rq2 import Rq2Test
 from codi_fixtures.analyses.view import StudyView
@@ -24,7 +24,7 @@ from codi_fixtures.study.results import StudyResults
 
 __all__ = ["BUILTIN_ANALYSES", "Rq2Test", "StudyAnalysis", "requirements_of"]
 
-BUILTIN_ANALYSES: tuple[Analysis, ...] = (rq1.Rq1(), rq2.Rq2())
+BUILTIN_ANALYSES: tuple[Analysis, ...] = (rq1.Rq1(), rq2.Rq2(), rq5.Rq5(), rq6.Rq6())
 """The analyses every run selects, in report order; a conftest adds more (plugin hook)."""
 
 

@@ -59,6 +59,8 @@ class StudyView:
     # The selected analyses (codi_fixtures.analyses.base.Analysis; typed Any here because the
     # protocol's methods take this class: base imports view, not the other way round).
     analyses: tuple[Any, ...] = field(default=(), repr=False)
+    settings: Settings | None = field(default=None, repr=False)
+    """The run's settings when built from them (analyses may read, e.g., the checkpoint path)."""
 
     @classmethod
     def from_settings(cls: type[_V], results: StudyResults, settings: Settings) -> _V:
@@ -76,6 +78,7 @@ class StudyView:
             sesoi_logp=settings.min_effect_logp,
             sesoi_accuracy=settings.min_effect_acc,
             sesoi_r=settings.min_effect_r,
+            settings=settings,
         )
 
     # --- basic views ----------------------------------------------------------------------
@@ -86,9 +89,9 @@ class StudyView:
 
     @property
     def kinds(self) -> list[str]:
-        """Ablation kinds present in the study (single-thought / all-thought ablation columns)."""
-        ablations = (c for c in self.results.conditions if re.fullmatch(r"(t\d+|all)-\w+", c))
-        return list(dict.fromkeys(c.split("-", 1)[1] for c in ablations))
+        """Ablation kinds present in the study (those with single-thought or all-thought rows)."""
+        found = (re.fullmatch(r"(?:t\d+|all)-([a-z]+)", c) for c in self.results.conditions)
+        return list(dict.fromkeys(m.group(1) for m in found if m is not None))
 
     def thought_columns(self, kind: str) -> list[int]:
         """Condition columns ``t0-kind .. t{T-1}-kind``."""

@@ -371,5 +371,21 @@ def format_published_estimates(
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m codi_fixtures.model.budget [--conditions C]``: the published estimates."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m codi_fixtures.model.budget")
+    parser.add_argument(
+        "--conditions",
+        type=int,
+        default=StudyShape.conditions,
+        help="conditions per problem besides the clean row (default 28 = RQ1 + RQ2; "
+        "175 = RQ1, RQ2, RQ5, RQ6)",
+    )
+    args = parser.parse_args(argv)
+    print(format_published_estimates(study=StudyShape(conditions=args.conditions)))
+
+
 if __name__ == "__main__":
-    print(format_published_estimates())
+    main()

@@ -8,6 +8,7 @@ Expensive objects (model, problems, study) live in one session object
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from collections.abc import Generator
@@ -22,6 +23,7 @@ from codi_fixtures.config import (
     Settings,
     parse_kinds,
     parse_layers,
+    parse_subset_kinds,
     tier_of_markexpr,
 )
 from codi_fixtures.errors import CodiError, ConfigError
@@ -73,6 +75,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--kinds", default="zero,mean,noise,resample", help="ablation kinds to run")
     group.addoption("--importance-kind", default="mean", help="ablation kind used as importance")
+    group.addoption(
+        "--subset-kinds",
+        default="mean",
+        help="RQ5: kinds whose every subset of thoughts is ablated (among --kinds), or none",
+    )
+    group.addoption(
+        "--knockout-heads",
+        action="store_true",
+        help="RQ6: also knock out each (layer, head, thought) edge alone",
+    )
     group.addoption(
         "--ablation-site", default="embedding", help="'embedding' or 'block<L>' (block output)"
     )
@@ -152,6 +164,8 @@ def _settings(config: pytest.Config) -> Settings:
             max_rows=opt("max_batch_rows"),
         ),
         importance_kind=opt("importance_kind"),
+        subset_kinds=parse_subset_kinds(opt("subset_kinds")),
+        knockout_heads=opt("knockout_heads"),
         layers=parse_layers(opt("layers")),
         alpha=opt("alpha"),
         min_effect_logp=opt("min_effect_logp"),
@@ -229,7 +243,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise claim arguments: tier, thought, kind, role (layer), difficulty."""
+    """Parametrise claim arguments: tier, thought, kind, role, difficulty, pair, layer, edge_layer.
+
+    ``pair``: two thoughts (ids ``t0-t1``); ``layer``: every layer (``L0``, ...); ``edge_layer``:
+    every layer and all layers at once (``L0``, ..., ``Lall``).
+    """
     names = metafunc.fixturenames
     if "tier" in names:
         metafunc.parametrize(
@@ -237,7 +255,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             [pytest.param(t, marks=getattr(pytest.mark, t), id=t) for t in TIERS],
             scope="session",
         )
-    claim_args = {"thought", "kind", "role", "difficulty", "step"}
+    claim_args = {"thought", "kind", "role", "difficulty", "step", "pair", "layer", "edge_layer"}
     if "analysis" not in names or not claim_args & set(names):
         return  # only claims get these; unit tests keep their own parametrisation
     from codi_fixtures.model.architecture import layer_roles
@@ -265,6 +283,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from codi_fixtures.analyses.rq3 import RQ3_STEPS
 
         metafunc.parametrize("step", RQ3_STEPS, ids=[f"s{k}" for k in RQ3_STEPS])
+    if "pair" in names:
+        pairs = list(itertools.combinations(range(n_thoughts), 2))
+        metafunc.parametrize("pair", pairs, ids=[f"t{i}-t{j}" for i, j in pairs])
+    if {"layer", "edge_layer"} & set(names) and n_layers is None:
+        raise pytest.UsageError("claims over every layer need the model's depth at collection")
+    if "layer" in names:
+        assert n_layers is not None
+        metafunc.parametrize("layer", range(n_layers), ids=[f"L{x}" for x in range(n_layers)])
+    if "edge_layer" in names:
+        assert n_layers is not None
+        values: list[int | str] = [*range(n_layers), "all"]
+        metafunc.parametrize("edge_layer", values, ids=[f"L{x}" for x in values])
 
 
 def _known_outcomes(config: pytest.Config, session: CodiSession) -> dict[str, dict[str, str]]:
@@ -321,6 +351,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             params["role"] = roles.get(params["role"], params["role"])
         if "thought" in params:
             params["thought"] = f"t{params['thought']}"
+        if "pair" in params:
+            params["pair"] = "-".join(f"t{t}" for t in params["pair"])
+        for name in ("layer", "edge_layer"):
+            if name in params:
+                params[name] = f"L{params[name]}"
         item.user_properties.append((PARAMS_PROPERTY, json.dumps(params, default=str)))
         for pattern, reason in known.get(str(tier), {}).items():
             if pattern.fullmatch(item.nodeid):

@@ -37,6 +37,8 @@ def claim_rows(
         message = payload["message"]
         if report.skipped and not hasattr(report, "wasxfail"):
             message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else message
+        elif hasattr(report, "wasxfail"):  # a known outcome: what was declared, what was measured
+            message = f"declared: {report.wasxfail}; measured: {message}"
         rows.append(
             ClaimRow(
                 nodeid=report.nodeid,

@@ -60,18 +60,18 @@ def build_summary(
     always: the HTML embeds it); ``run_info`` adds what actually ran (device, dtype, command).
     """
     fig_dir = out_dir / "figures"
-    tiers: dict[str, tuple[StudyAnalysis, dict[str, str], dict[str, str]]] = {}
+    tiers: dict[str, tuple[StudyAnalysis, dict[str, tuple[str, str]], dict[str, str]]] = {}
     stats_by_tier: dict[str, dict[str, object]] = {}
     for tier, fingerprint in sorted(fingerprints.items()):
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
         analysis = StudyAnalysis.for_run(results, settings, analyses)
-        encoded = {}
+        encoded: dict[str, tuple[str, str]] = {}
         for spec in analysis.figures():
             formats = tuple(dict.fromkeys(("png", *figure_formats)))
             rendered = save_figure(spec.draw(), fig_dir, f"{tier}-{spec.name}", formats)
-            encoded[spec.title] = as_base64(rendered["png"])
+            encoded[spec.title] = (as_base64(rendered["png"]), spec.caption)
         problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {

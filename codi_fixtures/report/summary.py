@@ -288,13 +288,14 @@ def _reproduce_html(meta: Mapping[str, object], fingerprints: Mapping[str, objec
 
 def summary_html(
     rows: Sequence[ClaimRow],
-    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, str], Mapping[str, str]]],
+    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, tuple[str, str]], Mapping[str, str]]],
     meta: Mapping[str, object],
     fingerprints: Mapping[str, object] | None = None,
 ) -> str:
     """The block that opens report.html: findings, verdict grids, figures, every verdict.
 
-    ``tiers`` maps a tier to (analysis, {figure title: base64 PNG}, {problem id: question});
+    ``tiers`` maps a tier to (analysis, {figure title: (base64 PNG, caption)}, {problem id:
+    question});
     ``fingerprints`` maps a tier to its study / model / problem-set fingerprints.
     """
     from codi_fixtures.report.findings import (
@@ -319,11 +320,12 @@ def summary_html(
     for tier, (analysis, figures, questions) in tiers.items():
         n = len(analysis.results.problem_ids)
         parts.append(f"<h2>Figures, {html.escape(tier)} tier (n = {n} problems)</h2>")
-        for title_, b64 in figures.items():
+        for title_, (b64, caption) in figures.items():
             parts.append(
                 f"<figure class='codi-figure'><img alt='{html.escape(title_)}' "
-                f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(title_)} "
-                f"(n = {n} problems, {html.escape(tier)} tier)</figcaption></figure>"
+                f"src='data:image/png;base64,{b64}'/><figcaption><b>{html.escape(title_)}</b> "
+                f"(n = {n} problems, {html.escape(tier)} tier). {html.escape(caption)}"
+                "</figcaption></figure>"
             )
         parts.append(_problems_table(analysis, questions))
     parts.append(verdict_table_html(rows))

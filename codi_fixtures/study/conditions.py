@@ -392,6 +392,7 @@ class Dimensions:
 
     n_layers: int
     n_thoughts: int
+    n_heads: int | None = None  # query heads per layer (None where unknown)
 
 
 def _unique(items: tuple[object, ...]) -> tuple[object, ...]:

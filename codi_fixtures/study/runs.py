@@ -104,7 +104,9 @@ CACHE_VERSION = "2"  # 2: leave-one-out mean / noise references; KL and logp at 
 
 def dimensions_of(model: CodiModel) -> Dimensions:
     """The model's depth and number of thoughts (what requirements may depend on)."""
-    return Dimensions(n_layers=model.n_layers, n_thoughts=model.spec.n_thoughts)
+    return Dimensions(
+        n_layers=model.n_layers, n_thoughts=model.spec.n_thoughts, n_heads=_n_heads(model)
+    )
 
 
 def study_fingerprint(

@@ -1,0 +1,140 @@
+"""Where the time of a whole research run goes: interpreter, imports, model, engine, stats, report.
+
+Runs ``pytest experiments -m <tier>`` twice in fresh subprocesses with a fresh cache and
+report folder each time: once plainly (the wall time a user sees) and once under cProfile,
+whose cumulative times give the split. The phases are the project's own entry points:
+
+- interpreter + imports: ``python -c pass`` and ``import torch, transformers, matplotlib,
+  codi_fixtures.plugin`` timed in their own processes;
+- model load: :func:`codi_fixtures.models.load_model`;
+- engine: :func:`codi_fixtures.study.runs.compute_study` (every condition, every row);
+- statistics: the analyses' ``compute`` (through ``StudyView.of``);
+- figures: drawing and rendering (``FigureSpec.draw`` callers and ``save_figure``);
+- report: the HTML summary and JSON (``build_summary`` less its figures) and pytest-html.
+
+cProfile slows Python-heavy code, so the split is shown as shares of the profiled run and
+scaled to the plain run's wall time. A script that prints measurements, not a test::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/e2e_breakdown.py --tier full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = {  # (file suffix, function name) of each phase's entry point in the profile
+    "model load": ("codi_fixtures/models.py", "load_model"),
+    "engine (study runs)": ("codi_fixtures/study/runs.py", "compute_study"),
+    "statistics (analyses)": ("codi_fixtures/analyses/view.py", "of"),
+    "figures (draw + render)": ("codi_fixtures/report/figures.py", "save_figure"),
+    "report (HTML, JSON)": ("codi_fixtures/report/build.py", "build_summary"),
+}
+
+
+def _run(args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start
+
+
+def _pytest_args(tier: str, work: Path, extra: list[str]) -> list[str]:
+    return [
+        "experiments",
+        "-m",
+        tier,
+        "-q",
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:cacheprovider",
+        f"--codi-cache={work / 'cache'}",
+        f"--report-dir={work / 'report'}",
+        *extra,
+    ]
+
+
+def _cumulative(stats: pstats.Stats) -> dict[str, float]:
+    found = dict.fromkeys(PHASES, 0.0)
+    raw = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, _nc, _tt, ct, _callers) in raw.items():
+        for phase, (suffix, function) in PHASES.items():
+            if name == function and filename.endswith(suffix):
+                found[phase] = max(found[phase], ct)
+    return found
+
+
+def main() -> None:
+    """Measure and print the breakdown (and JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tier", default="full", choices=("quick", "full"))
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    python = sys.executable
+    interpreter = _run([python, "-c", "pass"], env)
+    imports = (
+        _run([python, "-c", "import torch, transformers, matplotlib, codi_fixtures.plugin"], env)
+        - interpreter
+    )
+    with tempfile.TemporaryDirectory() as plain_dir:
+        wall = _run(
+            [python, "-m", "pytest", *_pytest_args(args.tier, Path(plain_dir), args.pytest_args)],
+            env,
+        )
+    with tempfile.TemporaryDirectory() as prof_dir:
+        work = Path(prof_dir)
+        profile = work / "run.prof"
+        profiled = _run(
+            [
+                python,
+                "-m",
+                "cProfile",
+                "-o",
+                str(profile),
+                "-m",
+                "pytest",
+                *_pytest_args(args.tier, work, args.pytest_args),
+            ],
+            env,
+        )
+        phases = _cumulative(pstats.Stats(str(profile)))
+    phases["report (HTML, JSON)"] -= phases["figures (draw + render)"]  # figures inside it
+    scale = wall / profiled
+    rows = {name: seconds * scale for name, seconds in phases.items()}
+    rest = wall - interpreter - imports - sum(rows.values())
+    print(f"pytest experiments -m {args.tier}: {wall:.2f} s wall (profiled {profiled:.2f} s)")
+    print(f"  {'interpreter start':28} {interpreter:6.2f} s")
+    print(f"  {'imports (torch, plugin, ...)':28} {imports:6.2f} s")
+    for name, seconds in rows.items():
+        print(f"  {name:28} {seconds:6.2f} s")
+    print(f"  {'pytest + collection + rest':28} {rest:6.2f} s")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tier": args.tier,
+                    "wall_s": wall,
+                    "profiled_s": profiled,
+                    "interpreter_s": interpreter,
+                    "imports_s": imports,
+                    "phases_s": rows,
+                    "rest_s": rest,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""RQ5: how do the thoughts compose?
+
+Every non-empty subset of the six thoughts is ablated (``--subset-kinds``, default mean) and
+the latent loop is cut to k = 0..5 thoughts. Effects are Δ log p(gold) per problem; pair
+interactions are E_ij - E_i - E_j with Holm over the 15 pairs
+(codi_fixtures/analyses/rq5.py: requirements, statistics, figures).
+"""
+
+from codi_fixtures.analyses import rq5
+
+
+def test_thought_pair_is_redundant(analysis, claim, pair):
+    """Ablating both thoughts costs less than the sum of ablating each (interaction < -SESOI)."""
+    claim.judge(rq5.pair_claim(analysis, pair, "redundancy"))
+
+
+def test_thought_pair_is_synergistic(analysis, claim, pair):
+    """Ablating both thoughts costs more than the sum of ablating each (interaction > SESOI)."""
+    claim.judge(rq5.pair_claim(analysis, pair, "synergy"))
+
+
+def test_a_proper_subset_carries_most_of_the_effect(analysis, claim, tier):
+    """The smallest subset whose ablation reaches 80% of the all-thoughts effect is proper."""
+    claim.judge(rq5.smallest_subset_claim(analysis))
+
+
+def test_some_thought_is_necessary_alone(analysis, claim, tier):
+    """Some single thought's ablation lowers log p(gold) by more than the SESOI."""
+    claim.judge(rq5.necessary_alone(analysis))
+
+
+def test_thoughts_are_redundant_as_a_set(analysis, claim, tier):
+    """No thought matters alone, but ablating them all at once does."""
+    claim.judge(rq5.redundant_as_set(analysis))
+
+
+def test_accuracy_rises_with_the_number_of_thoughts(analysis, claim, tier):
+    """Accuracy rises with the number of thoughts run, k = 0..6 (per-problem slope > SESOI)."""
+    claim.judge(rq5.accuracy_rises(analysis))
+
+
+def test_accuracy_rises_with_thoughts_by_difficulty(analysis, claim, difficulty):
+    """Within one difficulty bin, accuracy rises with the number of thoughts run."""
+    claim.judge(rq5.accuracy_rises(analysis, difficulty))
