@@ -193,7 +193,9 @@ def test_an_analysis_statistics_are_memoised_per_study():
         "importance_by_thought",
         "importance_heatmap",
         "attention_vs_importance",
+        "per_thought_corr_early",
         "per_thought_correlations",
+        "per_thought_corr_late",
         "head_correlation_map",
     ]
     with pytest.raises(KeyError, match="no analysis 'rq9'"):

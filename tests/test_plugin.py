@@ -124,6 +124,8 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
         "quick-head_correlation_map.png",
         "quick-importance_by_thought.png",
         "quick-importance_heatmap.png",
+        "quick-per_thought_corr_early.png",
+        "quick-per_thought_corr_late.png",
         "quick-per_thought_correlations.png",
         "quick-rq5_accuracy_vs_k.png",
         "quick-rq5_pairs_mean.png",

@@ -101,13 +101,16 @@ class Rq2:
                 "the thought (x, weight) and its importance (y, Δ log p(gold) in nats); panel "
                 "titles give the pooled r (descriptive) and the beyond-position r.",
             ),
-            FigureSpec(
-                f"RQ2: per-thought correlations at layer {middle}",
-                "per_thought_correlations",
-                partial(per_thought_correlations, view, middle),
-                "One panel per thought (as earlier work had it): one point per problem, attention "
-                "weight (x) vs importance in nats (y), with that thought's r across problems "
-                "(uncorrected).",
+            *(
+                FigureSpec(
+                    f"RQ2: per-thought correlations at the {role} layer (L{layer})",
+                    "per_thought_correlations" if layer == middle else f"per_thought_corr_{role}",
+                    partial(per_thought_correlations, view, layer),
+                    "One panel per thought (as earlier work had it): one point per problem, "
+                    "attention weight (x) vs importance in nats (y), with that thought's r across "
+                    "problems (uncorrected).",
+                )
+                for role, layer in view.layers.as_dict().items()
             ),
             FigureSpec(
                 "RQ2: attention-importance correlation per layer and head",

@@ -107,16 +107,22 @@ class Rq3:
                 "RQ3: logit-lens rate of step k's value at each thought (input embedding)",
                 "rq3_lens_heatmap",
                 partial(lens_heatmap, view),
+                "One cell: the share of problems (%) whose step-k value's first token is the "
+                "logit lens's top-1 at that thought's input embedding (final norm + LM head).",
             ),
             FigureSpec(
                 "RQ3: probe accuracy minus the question-position baseline (best probed layer)",
                 "rq3_probe_heatmap",
                 partial(probe_heatmap, view),
+                "One cell: cross-validated (by problem) linear-probe accuracy for step k's value "
+                "at that thought, minus the same probe at the question's own positions.",
             ),
             FigureSpec(
                 "RQ3: logit-lens rate by layer (best thought per step)",
                 "rq3_lens_by_layer",
                 partial(lens_by_layer, view),
+                "One line per step: the logit lens's top-1 rate (%) at the best thought, at the "
+                "input embedding (emb) and after each block.",
             ),
         ]
 

@@ -73,6 +73,8 @@ class Rq4:
                 "RQ4: interchange intervention accuracy (different-value donor)",
                 "rq4_iia_heatmap",
                 partial(iia_heatmap, view),
+                "One cell: the share of problems (%) whose answer becomes the counterfactual one "
+                "when thought t takes a donor's input with a different step-k value.",
             )
         ]
 

@@ -241,7 +241,7 @@ body{min-width:0 !important}
 #codi-summary h3{color:#1a1a1a;font-size:1.1em}
 #codi-summary h1{font-size:1.6em;margin:.3em 0}
 #codi-summary figure{margin:1em 0}
-#codi-summary figure.codi-figure img{max-width:100%;height:auto;border:1px solid #ddd}
+#codi-summary figure.codi-figure img{width:100%;max-width:1000px;height:auto;border:1px solid #ddd}
 #codi-summary figcaption{font-size:.9em;color:#333}
 #codi-summary table{border-collapse:collapse}
 #codi-summary td,#codi-summary th{padding:2px 6px;text-align:left;vertical-align:top}
