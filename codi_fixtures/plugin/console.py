@@ -14,18 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from codi_fixtures.plugin.outcomes import OUTCOMES
+from codi_fixtures.report.vocabulary import SYMBOLS
 
 __all__ = ["PARAMS_PROPERTY", "SYMBOLS", "summary_lines"]
 
 PARAMS_PROPERTY = "codi_params"
-SYMBOLS = {
-    "supported": "S",
-    "refuted": "R",
-    "inconclusive": "?",
-    "known": "K",
-    "unexpected": "U",
-    "error": "E",
-}
 LEGEND = (
     "S supported · R refuted · K known outcome (declared refutation) · ? inconclusive · "
     "U known outcome no longer holds · E error"

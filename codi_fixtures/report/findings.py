@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codi_fixtures.report.vocabulary import OUTCOMES, ClaimRow
+from codi_fixtures.report.vocabulary import OUTCOMES, SYMBOLS, ClaimRow
 
 Row = ClaimRow
 
@@ -37,14 +37,6 @@ COLOURS = {  # Okabe-Ito: distinguishable by colour-blind readers; text labels c
     "known": "#E69F00",
     "unexpected": "#CC79A7",
     "error": "#000000",
-}
-SYMBOLS = {
-    "supported": "S",
-    "refuted": "R",
-    "inconclusive": "?",
-    "known": "K",
-    "unexpected": "U",
-    "error": "E",
 }
 MEANING = {
     "supported": "the effect exceeds the SESOI (corrected test and CI agree)",

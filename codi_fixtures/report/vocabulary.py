@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["OUTCOMES", "ClaimRow"]
+__all__ = ["OUTCOMES", "SYMBOLS", "ClaimRow"]
 
 OUTCOMES = ("supported", "refuted", "inconclusive", "known", "unexpected", "error")
 """What a claim can end as (:mod:`codi_fixtures.plugin.outcomes` says how each arises)."""
+SYMBOLS = {
+    "supported": "S",
+    "refuted": "R",
+    "inconclusive": "?",
+    "known": "K",
+    "unexpected": "U",
+    "error": "E",
+}
+"""One letter per outcome: the console grids and the report's grids."""
 
 
 @dataclass(frozen=True)
