@@ -6,7 +6,11 @@ drop in log p(gold answer) (teacher-forced) and as the drop in accuracy
 (codi_fixtures/analyses/rq1.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq1
+
+pytestmark = pytest.mark.codi_analyses("rq1")  # the study computes only what runs
 
 
 def test_ablating_thought_lowers_gold_logp(analysis, claim, thought, kind):

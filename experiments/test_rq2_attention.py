@@ -8,7 +8,11 @@ report and the JSON; its p treats the six pairs of a problem as independent, so 
 no verdict (codi_fixtures/analyses/rq2.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq2
+
+pytestmark = pytest.mark.codi_analyses("rq2")  # the study computes only what runs
 
 
 def test_attention_tracks_importance_across_positions(analysis, claim, role):

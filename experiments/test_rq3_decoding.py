@@ -5,7 +5,11 @@ value-distribution baseline, permuted labels and the question's own positions; s
 1-based (codi_fixtures/analyses/rq3.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq3
+
+pytestmark = pytest.mark.codi_analyses("rq3")  # the study computes only what runs
 
 
 def test_step_value_is_decodable_by_the_lens(analysis, claim, step):

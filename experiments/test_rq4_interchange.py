@@ -5,7 +5,11 @@ become the counterfactual one), is the same (the answer should not move), or is 
 baseline) (codi_fixtures/analyses/rq4.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq4
+
+pytestmark = pytest.mark.codi_analyses("rq4")  # the study computes only what runs
 
 
 def test_patched_value_changes_the_answer(analysis, claim, thought, step):

@@ -6,7 +6,11 @@ interactions are E_ij - E_i - E_j with Holm over the 15 pairs
 (codi_fixtures/analyses/rq5.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq5
+
+pytestmark = pytest.mark.codi_analyses("rq5")  # the study computes only what runs
 
 
 def test_thought_pair_is_redundant(analysis, claim, pair):

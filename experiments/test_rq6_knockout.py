@@ -7,7 +7,11 @@ asks whether attention on a thought predicts its knockout effect, with RQ2's dec
 (codi_fixtures/analyses/rq6.py: requirements, statistics, figures).
 """
 
+import pytest
+
 from codi_fixtures.analyses import rq6
+
+pytestmark = pytest.mark.codi_analyses("rq6")  # the study computes only what runs
 
 
 def test_knockout_lowers_gold_logp(analysis, claim, thought, edge_layer):

@@ -6,10 +6,12 @@ import base64
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses import StudyAnalysis, rq1, rq2
+from codi_fixtures.config import BUNDLED_CHECKPOINT
 from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.report import figures
 from codi_fixtures.study.problems import DIFFICULTY_BINS
@@ -139,3 +141,73 @@ def test_saved_files_are_reproducible(studies: dict[str, StudyAnalysis], tmp_pat
     for fmt in both:
         assert first[fmt] == again[fmt]
         assert (tmp_path / f"a.{fmt}").read_bytes() == (tmp_path / f"b.{fmt}").read_bytes()
+
+
+def _lightness(cmap: object) -> np.ndarray:
+    """CIE L* of 256 samples of a colour map (what a greyscale print shows)."""
+    rgb = np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]  # type: ignore[operator]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    y = linear @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(y > 216 / 24389, 116 * np.cbrt(y) - 16, y * 24389 / 27)
+
+
+def _scale_problem(mappable: object) -> str | None:
+    """Why a colour scale is unreadable in greyscale, or None when it is fine.
+
+    Sequential scales must be monotone in lightness (each value has one grey); signed ones
+    must diverge from a light centre at 0 (lightness falls monotonically on both sides).
+    """
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+
+    lightness = _lightness(mappable.get_cmap())  # type: ignore[attr-defined]
+    steps = np.diff(lightness)
+    norm = mappable.norm  # type: ignore[attr-defined]
+    if (steps >= -0.5).all() or (steps <= 0.5).all():
+        signed = norm.vmin is not None and norm.vmin < 0 < norm.vmax
+        return "signed values on a sequential map (use a diverging one)" if signed else None
+    centre = int(np.argmax(lightness))
+    if abs(centre - 128) > 8:
+        return f"not monotone and not diverging (lightest at {centre}/255)"
+    if not ((np.diff(lightness[: centre + 1]) >= -0.5).all()) or not (
+        (np.diff(lightness[centre:]) <= 0.5).all()
+    ):
+        return "a diverging map whose lightness is not monotone on each side"
+    if isinstance(norm, TwoSlopeNorm):
+        return None if norm.vcenter == 0 else f"diverging map centred at {norm.vcenter}, not 0"
+    if isinstance(norm, Normalize) and norm.vmin is not None and norm.vmin == -norm.vmax:
+        return None
+    return "a diverging map whose centre is not at 0"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (BUNDLED_CHECKPOINT / "model.safetensors").exists(), reason="bundled model not built"
+)
+def test_every_report_figure_reads_in_greyscale(tmp_path: Path) -> None:
+    """Every colour scale of every analysis's figures (RQ1-RQ6, bundled quick study)."""
+    from codi_fixtures.analyses import BUILTIN_ANALYSES, requirements_of, rq3, rq4
+    from codi_fixtures.config import ModelConfig, Settings
+    from codi_fixtures.models import load_model
+    from codi_fixtures.study.data import load_problems, stratified_sample
+    from codi_fixtures.study.runs import compute_study, dimensions_of
+
+    settings = Settings(model=ModelConfig(device="cpu"))
+    model = load_model(settings.model)
+    problems = stratified_sample(load_problems(BUNDLED_CHECKPOINT / "eval.jsonl"), 10, seed=0)
+    analyses = (*BUILTIN_ANALYSES, rq3.Rq3(), rq4.Rq4())
+    needs = requirements_of(analyses, settings, dimensions_of(model))
+    results = compute_study(model, problems, settings.run, tmp_path, needs)
+    view = StudyAnalysis.for_run(results, settings, analyses)
+    problems_found, scales = [], 0
+    for spec in view.figures():
+        fig = spec.draw()
+        for ax in fig.axes:
+            for mappable in [*ax.images, *ax.collections]:
+                if getattr(mappable, "get_array", lambda: None)() is None:
+                    continue  # plain markers and lines carry no colour scale
+                scales += 1
+                problem = _scale_problem(mappable)
+                if problem:
+                    problems_found.append(f"{spec.name}: {problem}")
+    assert scales >= 8  # the heatmaps were drawn
+    assert problems_found == []

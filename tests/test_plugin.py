@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -377,3 +378,46 @@ def test_known_outcomes_apply_only_to_the_problem_set_they_were_declared_on(
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1, failed=2, skipped=1, deselected=4)
+
+
+NARROW_CLAIMS = '''
+import pytest
+
+from codi_fixtures.analyses import rq1
+
+pytestmark = pytest.mark.codi_analyses("rq1")
+
+
+def test_first_thought(analysis, claim, tier):
+    """RQ1 only: the study computes RQ1's conditions and nothing else."""
+    claim.judge(rq1.lowers_logp(analysis, 0, "mean"))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_a_run_computes_only_the_analyses_its_claims_read(pytester, tmp_path, workers):
+    pytester.makepyfile(test_narrow=NARROW_CLAIMS)
+    cache = tmp_path / "cache"
+    args = ["-m", "quick", f"--codi-cache={cache}", "--report-dir=out", "-p", "no:cacheprovider"]
+    result = pytester.runpytest_subprocess(*args, *workers)
+    result.assert_outcomes(passed=1)
+    summary = _summary(pytester.path / "out")
+    assert summary["analyses_run"] == ["rq1"] and "rq1" in summary
+    assert "overall_correlation" not in summary and "analyses" not in summary
+    (study,) = cache.glob("study-*.npz")
+    from codi_fixtures.study.results import StudyResults
+
+    conditions = StudyResults.from_bytes(study.read_bytes()).conditions
+    assert conditions and all(re.fullmatch(r"(t\d|all)-[a-z]+", c) for c in conditions)
+    figures = sorted(p.name for p in (pytester.path / "out" / "figures").glob("*.png"))
+    assert figures == ["quick-importance_by_thought.png", "quick-importance_heatmap.png"]
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert "not computed" in html and "rq6 (no selected claim reads it" in html
+
+
+def test_a_mark_naming_an_unknown_analysis_is_a_usage_error(pytester):
+    pytester.makepyfile(test_narrow=NARROW_CLAIMS.replace('"rq1")', '"rq9")', 1))
+    result = pytester.runpytest_subprocess("-m", "quick", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*claims ask for analyses*rq9*that no one registered*"])

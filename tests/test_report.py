@@ -84,8 +84,8 @@ window.addEventListener('load', () => setTimeout(() => {
   const overflowing = top ? [...top.querySelectorAll('*')].filter(
     e => e.getBoundingClientRect().right > width + 1).map(e => e.tagName + '.' + e.className) : [];
   const links = top ? [...top.querySelectorAll('.codi-grid a')] : [];
-  const out = document.createElement('pre');
-  out.textContent = 'CODICHECK' + JSON.stringify({
+  const thumbs = top ? [...top.querySelectorAll('.codi-thumbs a')] : [];
+  const check = {
     images: imgs.length,
     broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
     verdicts: !!document.getElementById('codi-verdicts'),
@@ -94,12 +94,32 @@ window.addEventListener('load', () => setTimeout(() => {
     grids: top ? top.querySelectorAll('.codi-grid').length : 0,
     links: links.length,
     dangling: links.filter(a => !document.getElementById(a.getAttribute('href').slice(1))).length,
+    thumbs: thumbs.length,
+    thumbs_broken: thumbs.filter(a => !a.querySelector('img').naturalWidth).length,
     overflow: overflowing.slice(0, 5),
     network: performance.getEntriesByType('resource').filter(
       r => /^(https?|wss?):/.test(r.name)).map(r => r.name),
     results: document.querySelectorAll('#results-table tbody.results-table-row').length,
-  }) + 'END';
-  document.body.appendChild(out);
+  };
+  const report = () => {
+    const out = document.createElement('pre');
+    out.textContent = 'CODICHECK' + JSON.stringify(check) + 'END';
+    document.body.appendChild(out);
+  };
+  if (!thumbs.length) { report(); return; }
+  const target = document.getElementById(thumbs[0].getAttribute('href').slice(1));
+  const before = target.querySelector('img').width;
+  thumbs[0].click();  // a thumbnail opens its figure full size (CSS :target)
+  setTimeout(() => {
+    const img = target.querySelector('img');
+    check.zoom = {
+      position: getComputedStyle(target).position,
+      shown: img.width,
+      natural: img.naturalWidth,
+      before: before,
+    };
+    report();
+  }, 300);
 }, 1000));
 </script>
 """
@@ -155,7 +175,7 @@ def test_quick_study_report_renders_in_headless_chromium(tmp_path):
             text=True,
             timeout=120,
         ).stdout
-        found = re.search(r"CODICHECK(.*?)END", dom.replace("&quot;", '"'))
+        found = re.search(r"CODICHECK(\{.*?\})END", dom.replace("&quot;", '"'))
         assert found, "the check script did not run"
         check = json.loads(found.group(1))
         assert check["first"] == "codi-summary"  # the findings open the page
@@ -165,6 +185,9 @@ def test_quick_study_report_renders_in_headless_chromium(tmp_path):
         assert check["broken"] == 0 and check["images"] >= 5  # summary figures decode
         assert check["overflow"] == [], f"overflows at {width} px: {check['overflow']}"
         assert check["network"] == []  # self-contained: no request leaves the page
+        assert check["thumbs"] >= 5 and check["thumbs_broken"] == 0  # each question's figures
+        zoom = check["zoom"]  # clicking a thumbnail shows its figure on top, as big as fits
+        assert zoom["position"] == "fixed" and zoom["shown"] > zoom["before"]
         subprocess.run(
             [
                 CHROMIUM,

@@ -264,3 +264,32 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
     calls = [tuple(lines[i : i + 2]) for i in range(0, len(lines), 3)]
     assert len(calls) == len(set(calls)) == 5  # 1 clean + 4 ablation chunks, each once
     assert len(list((tmp_path / "cache").glob("study-*.npz"))) == 1
+
+
+def test_a_narrower_run_reuses_a_cached_superset_exactly(model, problems, tmp_path, monkeypatch):
+    """RQ1's study cut from a cached RQ1-RQ6 study equals RQ1's study computed alone."""
+    from codi_fixtures.analyses import BUILTIN_ANALYSES, requirements_of
+    from codi_fixtures.config import Settings
+
+    settings = Settings(model=ModelConfig(ckpt=None), run=_cfg())
+    dims = runs.dimensions_of(model)
+    union = requirements_of(BUILTIN_ANALYSES, settings, dims)
+    only_rq1 = requirements_of(BUILTIN_ANALYSES[:1], settings, dims)
+    assert set(only_rq1.conditions) < set(union.conditions)
+    fresh = runs.compute_study(model, problems, settings.run, tmp_path / "fresh", only_rq1)
+    runs.compute_study(model, problems, settings.run, tmp_path / "shared", union)
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the narrower study was recomputed")
+
+    monkeypatch.setattr(runs, "_compute", no_compute)
+    reused = runs.compute_study(model, problems, settings.run, tmp_path / "shared", only_rq1)
+    _assert_same(reused, fresh)
+    assert reused.readouts.keys() == fresh.readouts.keys()
+    assert reused.meta["fingerprint"] == fresh.meta["fingerprint"]
+    # ... and it is now cached under its own key: the report reads the same file.
+    again = runs.load_cached_study(tmp_path / "shared", fresh.meta["fingerprint"])
+    assert again is not None and again.conditions == fresh.conditions
+    # A study of another config is never taken for a superset.
+    with pytest.raises(AssertionError, match="recomputed"):
+        runs.compute_study(model, problems, _cfg(seed=1), tmp_path / "shared", only_rq1)

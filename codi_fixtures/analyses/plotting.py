@@ -20,6 +20,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import ColorType
@@ -242,6 +243,39 @@ def _symmetric_limit(values: np.ndarray, quantile: float = 100.0) -> float:
     if limit <= 0.0:
         limit = float(finite.max())
     return limit if limit > 0.0 else 1.0
+
+
+def cell_text(values: np.ndarray, fmt: str = "{:.2f}") -> np.ndarray:
+    """Cell labels for :func:`label_cells`: each finite value formatted, '' elsewhere."""
+    out = np.full(values.shape, "", dtype=object)
+    for index, v in np.ndenumerate(values):
+        if np.isfinite(v):
+            out[index] = fmt.format(v)
+    return out
+
+
+def label_cells(ax: Axes, image: AxesImage, labels: np.ndarray, *, fontsize: float = 7.0) -> None:
+    """Write ``labels[i, j]`` on cell (i, j), black on light cells and white on dark ones.
+
+    The text colour follows the cell's own colour (its relative luminance), so labels stay
+    readable on any colour map, in greyscale too. Empty labels are skipped.
+    """
+    values = np.ma.masked_invalid(np.asarray(image.get_array(), dtype=float))
+    rgba = image.to_rgba(values)
+    for (i, j), text in np.ndenumerate(labels):
+        if not text:
+            continue
+        r, g, b = rgba[i, j, :3]
+        luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+        ax.text(
+            j,
+            i,
+            text,
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color="k" if luminance > 0.45 else "w",
+        )
 
 
 def _diverging_cmap() -> Colormap:

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
+from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_cells
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
@@ -46,10 +48,12 @@ from codi_fixtures.stats.decoding import (
     rq1_link_test,
 )
 from codi_fixtures.study.conditions import (
+    Ablation,
     Dimensions,
     LensReadout,
     PositionReadout,
     Requirements,
+    parse_site,
     readout_positions,
 )
 
@@ -88,10 +92,16 @@ class Rq3:
         self.all_layers = all_layers
 
     def requirements(self, settings: Settings, dims: Dimensions) -> Requirements:
-        """The lens read-out and the position read-outs of the probed layers."""
+        """The lens and position read-outs; the importance ablations (the link to RQ1)."""
         layers = probed_layers(settings, dims.n_layers, self.all_layers)
+        site = parse_site(settings.run.site, dims.n_layers)
+        importance = tuple(
+            Ablation((t,), settings.importance_kind, site)  # type: ignore[arg-type]
+            for t in range(dims.n_thoughts)
+        )
         return Requirements(
-            readouts=(LensReadout(), PositionReadout(None), *(PositionReadout(b) for b in layers))
+            conditions=importance,
+            readouts=(LensReadout(), PositionReadout(None), *(PositionReadout(b) for b in layers)),
         )
 
     def compute(self, view: StudyView) -> Rq3Stats:
@@ -579,14 +589,18 @@ def link_to_importance(view: StudyView) -> Evidence:
 def _heatmap(values: np.ndarray, title: str, label: str, vmin: float, vmax: float) -> Figure:
     fig = Figure(figsize=(6.4, 2.8), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    signed = vmin < 0 < vmax  # a difference: diverging, centred on 0
+    im = ax.imshow(
+        values,
+        cmap=_diverging_cmap() if signed else "viridis",
+        norm=TwoSlopeNorm(0.0, vmin, vmax) if signed else Normalize(vmin, vmax),
+        aspect="auto",
+    )
     ax.set_xticks(range(values.shape[1]))
     ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ3_STEPS[: values.shape[0]]])
     ax.set_xlabel("thought t (0-based)")
     ax.set_title(title)
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.5 else "k")
+    label_cells(ax, im, cell_text(values), fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     return fig
 

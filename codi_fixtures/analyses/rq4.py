@@ -21,9 +21,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
+from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_cells
 from codi_fixtures.analyses.rq3 import RQ3_STEPS, SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
@@ -243,13 +245,17 @@ def iia_heatmap(view: StudyView) -> Figure:
     axes = fig.subplots(1, 2)
     panels = ((s.iia, "IIA", 0.0, 1.0), (s.iia - s.random_rate, "IIA - random donor", -1.0, 1.0))
     for ax, (values, title, vmin, vmax) in zip(axes, panels, strict=True):
-        im = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        signed = vmin < 0 < vmax  # a difference: diverging, centred on 0
+        im = ax.imshow(
+            values,
+            cmap=_diverging_cmap() if signed else "viridis",
+            norm=TwoSlopeNorm(0.0, vmin, vmax) if signed else Normalize(vmin, vmax),
+            aspect="auto",
+        )
         ax.set_xticks(range(values.shape[1]))
         ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ4_STEPS])
         ax.set_xlabel("thought t (0-based)")
         ax.set_title(title)
-        for (i, j), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.5 else "k")
+        label_cells(ax, im, cell_text(values), fontsize=9)
         fig.colorbar(im, ax=ax)
     return fig

@@ -34,6 +34,7 @@ from codi_fixtures.analyses.plotting import (
     _symmetric_limit,
     _yerr,
     _zero_line,
+    label_cells,
 )
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import BUNDLED_CHECKPOINT, Settings
@@ -514,10 +515,11 @@ def pair_matrix(a: StudyView, kind: str) -> Figure:
         cmap=_diverging_cmap(),
         norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit),
     )
+    labels = np.full((n, n), "", dtype=object)
     for (i, j), t in res.pairs.items():
         mark = {"redundancy": "R", "synergy": "S", "additive": "="}.get(t.label, "?")
-        for r, c in ((i, j), (j, i)):
-            ax.text(c, r, f"{t.mean:.2f}\n{mark}", ha="center", va="center", fontsize=7)
+        labels[i, j] = labels[j, i] = f"{t.mean:.2f}\n{mark}"
+    label_cells(ax, image, labels)
     ax.set_xticks(range(n), [f"t{t}" for t in range(n)])
     ax.set_yticks(range(n), [f"t{t}" for t in range(n)])
     bar = fig.colorbar(image, ax=ax, shrink=0.85)

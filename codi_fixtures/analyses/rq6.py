@@ -33,6 +33,8 @@ from codi_fixtures.analyses.plotting import (
     _symmetric_limit,
     _thought_legend,
     _zero_line,
+    cell_text,
+    label_cells,
 )
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
@@ -308,10 +310,14 @@ def knockout_heatmap(a: StudyView) -> Figure:
             cmap=_diverging_cmap(),
             norm=norm,
         )
-        for i, row in enumerate(grid.logp.values()):
-            for t, r in enumerate(row):
-                star = "*" if r.verdict == "supported" else ""
-                ax.text(t, i, f"{r.statistic:.2f}{star}", ha="center", va="center", fontsize=7)
+        labels = np.array(
+            [
+                [f"{r.statistic:.2f}{'*' if r.verdict == 'supported' else ''}" for r in row]
+                for row in grid.logp.values()
+            ],
+            dtype=object,
+        )
+        label_cells(ax, image, labels)
         ax.set_xticks(range(a.n_thoughts), [f"t{t}" for t in range(a.n_thoughts)])
         ax.set_yticks(range(len(grid.logp)), [_key(k) for k in grid.logp])
         title = "<eot> + answer queries" if grid.queries == "answer" else "<eot> query only"
@@ -399,8 +405,7 @@ def attention_heatmap(a: StudyView) -> Figure:
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
-    for (layer, t), v in np.ndenumerate(values):
-        ax.text(t, layer, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+    label_cells(ax, image, cell_text(values))
     ax.set_xticks(range(a.n_thoughts), [f"t{t}" for t in range(a.n_thoughts)])
     ax.set_yticks(range(values.shape[0]), [f"L{x}" for x in range(values.shape[0])])
     fig.colorbar(image, ax=ax).set_label("mean attention (problems, heads)")

@@ -17,6 +17,7 @@ from codi_fixtures.plugin.fixtures import analysis, claim, codi_model, codi_sess
 from codi_fixtures.plugin.hooks import (
     pytest_addhooks,
     pytest_addoption,
+    pytest_collection_finish,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_generate_tests,
@@ -32,6 +33,7 @@ __all__ = [
     "codi_session",
     "pytest_addhooks",
     "pytest_addoption",
+    "pytest_collection_finish",
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_generate_tests",

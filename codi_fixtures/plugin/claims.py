@@ -85,6 +85,9 @@ class Claim:
             },
             "context": dict(context),
             "message": evidence(result),
+            "analyses": [
+                str(name) for mark in self.node.iter_markers("codi_analyses") for name in mark.args
+            ],
         }
         self.node.user_properties.append((CLAIM_PROPERTY, json.dumps(payload, default=str)))
 

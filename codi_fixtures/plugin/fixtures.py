@@ -34,10 +34,12 @@ def analysis(codi_session: CodiSession, tier: str, request: pytest.FixtureReques
     if isinstance(result, StudyFailure):
         request.node.user_properties.append((STUDY_ERROR_PROPERTY, result.to_json()))
         raise StudyUnavailable(result.short())
-    fingerprint = result.results.meta["fingerprint"]
-    request.node.user_properties.append(
-        (STUDY_PROPERTY, json.dumps({"tier": tier, "fingerprint": fingerprint}))
-    )
+    study = {
+        "tier": tier,
+        "fingerprint": result.results.meta["fingerprint"],
+        "analyses": [a.name for a in result.analyses],
+    }
+    request.node.user_properties.append((STUDY_PROPERTY, json.dumps(study)))
     return result
 
 

@@ -32,6 +32,7 @@ from codi_fixtures.plugin.session import SESSION_KEY, CodiSession, collection_sh
 __all__ = [
     "pytest_addhooks",
     "pytest_addoption",
+    "pytest_collection_finish",
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_generate_tests",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ANALYSES_MARK = "codi_analyses"
 
 
 # --- options ------------------------------------------------------------------------------
@@ -210,6 +213,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Markers, the session object, input validation, and the staged HTML report location."""
     config.addinivalue_line("markers", "quick: the ten-problem smoke tier of a research claim")
     config.addinivalue_line("markers", "full: the 100-problem study tier of a research claim")
+    config.addinivalue_line(
+        "markers",
+        f"{ANALYSES_MARK}(*names): the analyses a claim reads (a run computes only those of "
+        "the claims it selects; a claim without the mark reads every registered analysis)",
+    )
     try:
         settings = _settings(config)
     except CodiError as err:
@@ -365,6 +373,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     )
                 )
                 break
+
+
+def analyses_read_by(items: list[pytest.Item]) -> frozenset[str] | None:
+    """The analyses the claims among ``items`` read, from their marks (None: every one)."""
+    wanted: set[str] = set()
+    for item in items:
+        if "analysis" not in getattr(item, "fixturenames", ()):
+            continue
+        marks = list(item.iter_markers(ANALYSES_MARK))
+        if not marks:
+            return None  # an unmarked claim may read anything
+        for mark in marks:
+            wanted.update(str(name) for name in mark.args)
+    return frozenset(wanted)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Once ``-k`` / ``-m`` have chosen the claims, narrow the study to what they read."""
+    codi = session.config.stash[SESSION_KEY]
+    try:
+        codi.select_analyses(analyses_read_by(session.items))
+    except CodiError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -15,7 +15,7 @@ from codi_fixtures.plugin.session import CodiSession
 if TYPE_CHECKING:
     from codi_fixtures.report.summary import ClaimRow
 
-__all__ = ["CodiReporter", "claim_rows", "study_fingerprints"]
+__all__ = ["CodiReporter", "analyses_computed", "claim_rows", "study_fingerprints"]
 
 
 def claim_rows(
@@ -49,6 +49,7 @@ def claim_rows(
                 stats=payload["stats"],
                 params=(params or {}).get(report.nodeid, {}),
                 hypothesis=payload.get("hypothesis", ""),
+                analyses=tuple(payload.get("analyses", ())),
             )
         )
     return sorted(rows, key=lambda r: (r.tier, r.nodeid))
@@ -63,6 +64,16 @@ def study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
                 info = json.loads(str(value))
                 out[info["tier"]] = info["fingerprint"]
     return out
+
+
+def analyses_computed(reports: Sequence[pytest.TestReport]) -> set[str]:
+    """Names of the analyses the workers' studies computed (the run's narrowed selection)."""
+    names: set[str] = set()
+    for report in reports:
+        for key, value in report.user_properties:
+            if key == STUDY_PROPERTY:
+                names.update(json.loads(str(value)).get("analyses", ()))
+    return names
 
 
 def _html_plugin(config: pytest.Config) -> Any:
@@ -136,8 +147,15 @@ class CodiReporter:
         """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
         if not self.reports or not self.judged():
             return
-        from codi_fixtures.report.build import build_summary
+        from codi_fixtures.report.build import build_summary, not_computed
 
+        analyses = self._analyses()
+        run_info = _run_info(self.codi)
+        run_info["not_computed"] = not_computed(
+            self.codi.settings,
+            [a.name for a in analyses],
+            [a.name for a in self.codi.registered_analyses()],
+        )
         self.summary_html = build_summary(
             self.codi.settings,
             study_fingerprints(self.reports),
@@ -145,10 +163,16 @@ class CodiReporter:
             claim_rows(self.reports, self.outcomes, self.params),
             self.target.staging,
             time.monotonic() - self.codi.started,
-            self.codi.selected_analyses(),
-            run_info=_run_info(self.codi),
+            analyses,
+            run_info=run_info,
             figure_formats=("png", "pdf") if self.codi.config.getoption("codi_pdf") else ("png",),
         )
+
+    def _analyses(self) -> tuple[Any, ...]:
+        """The registered analyses the workers computed (every one, if none said)."""
+        registered = self.codi.registered_analyses()
+        computed = analyses_computed(self.reports)
+        return tuple(a for a in registered if a.name in computed) if computed else registered
 
     def pytest_html_report_title(self, report: Any) -> None:
         """The page title names the model and the tier, not the file."""

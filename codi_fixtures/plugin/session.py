@@ -45,7 +45,8 @@ class CodiSession:
     _pool: Any = None
     _studies: dict[str, Any] = field(default_factory=dict)
     _analyses: dict[str, Any] = field(default_factory=dict)
-    _selected: tuple[Any, ...] | None = None
+    _registered: tuple[Any, ...] | None = None
+    _wanted: frozenset[str] | None = None  # analyses the collected claims read; None: all
     _failures: dict[str, Any] = field(default_factory=dict)
     _validated: bool = False
 
@@ -131,19 +132,43 @@ class CodiSession:
             self.problem_pool(), self.settings.tiers[tier], seed=self.settings.run.seed
         )
 
-    def selected_analyses(self) -> tuple[Any, ...]:
-        """RQ1, RQ2 and every analysis a ``pytest_codi_analyses`` hook adds (names unique)."""
-        if self._selected is None:
+    def registered_analyses(self) -> tuple[Any, ...]:
+        """RQ1, RQ2, RQ5, RQ6 and every analysis a ``pytest_codi_analyses`` hook adds."""
+        if self._registered is None:
             from codi_fixtures.analyses import BUILTIN_ANALYSES
 
             extra = self.config.hook.pytest_codi_analyses(config=self.config)
-            selected = (*BUILTIN_ANALYSES, *(a for batch in extra for a in batch))
-            names = [a.name for a in selected]
+            registered = (*BUILTIN_ANALYSES, *(a for batch in extra for a in batch))
+            names = [a.name for a in registered]
             duplicate = next((n for n in names if names.count(n) > 1), None)
             if duplicate is not None:
                 raise CodiError(f"two analyses are named {duplicate!r}; names must be unique")
-            self._selected = selected
-        return self._selected
+            self._registered = registered
+        return self._registered
+
+    def select_analyses(self, wanted: frozenset[str] | None) -> None:
+        """Compute only the analyses the collected claims read (None: every registered one).
+
+        Called once collection is final (after ``-k`` / ``-m``), from the claims'
+        ``codi_analyses`` marks: ``pytest experiments -k rq1`` computes RQ1's conditions only.
+        """
+        if wanted is not None:
+            known = {a.name for a in self.registered_analyses()}
+            unknown = sorted(wanted - known)
+            if unknown:
+                raise CodiError(
+                    f"claims ask for analyses {unknown} that no one registered (registered: "
+                    f"{sorted(known)}); fix the codi_analyses mark or register the analysis "
+                    "with the pytest_codi_analyses hook"
+                )
+        self._wanted = wanted
+
+    def selected_analyses(self) -> tuple[Any, ...]:
+        """The registered analyses this run computes, in registration (= report) order."""
+        registered = self.registered_analyses()
+        if self._wanted is None:
+            return registered
+        return tuple(a for a in registered if a.name in self._wanted)
 
     def study(self, tier: str) -> Any:
         """Cached study results for the tier (computed once across processes)."""

@@ -21,11 +21,28 @@ from codi_fixtures.report.summary import (
     summary_statistics,
     write_summary_statistics,
 )
+from codi_fixtures.report.vocabulary import RenderedFigure
 from codi_fixtures.study.data import problem_set_fingerprint
 from codi_fixtures.study.problems import Problem
 from codi_fixtures.study.results import load_cached_study
 
-__all__ = ["analysis_summaries", "build_summary"]
+__all__ = ["analysis_summaries", "build_summary", "not_computed"]
+
+
+def not_computed(
+    settings: Settings, computed: Sequence[str], registered: Sequence[str]
+) -> list[str]:
+    """What this run left out, in words: analyses not selected, and parts off by option."""
+    out = [
+        f"{name} (no selected claim reads it; run without -k to compute it)"
+        for name in registered
+        if name not in computed
+    ]
+    if "rq5" in computed and not settings.subset_kinds:
+        out.append("RQ5 subset ablations (--subset-kinds none)")
+    if "rq6" in computed and not settings.knockout_heads:
+        out.append("RQ6 per-head knockouts (--knockout-heads runs them)")
+    return out
 
 
 def analysis_summaries(analysis: StudyAnalysis) -> dict[str, object]:
@@ -60,18 +77,22 @@ def build_summary(
     always: the HTML embeds it); ``run_info`` adds what actually ran (device, dtype, command).
     """
     fig_dir = out_dir / "figures"
-    tiers: dict[str, tuple[StudyAnalysis, dict[str, tuple[str, str]], dict[str, str]]] = {}
+    tiers: dict[str, tuple[StudyAnalysis, dict[str, RenderedFigure], dict[str, str]]] = {}
     stats_by_tier: dict[str, dict[str, object]] = {}
     for tier, fingerprint in sorted(fingerprints.items()):
         results = load_cached_study(settings.cache_dir, fingerprint)
         if results is None:
             continue
         analysis = StudyAnalysis.for_run(results, settings, analyses)
-        encoded: dict[str, tuple[str, str]] = {}
-        for spec in analysis.figures():
-            formats = tuple(dict.fromkeys(("png", *figure_formats)))
-            rendered = save_figure(spec.draw(), fig_dir, f"{tier}-{spec.name}", formats)
-            encoded[spec.title] = (as_base64(rendered["png"]), spec.caption)
+        encoded: dict[str, RenderedFigure] = {}
+        formats = tuple(dict.fromkeys(("png", *figure_formats)))
+        for selected in analysis.analyses:
+            for spec in selected.figures(analysis):
+                stem = f"{tier}-{spec.name}"
+                rendered = save_figure(spec.draw(), fig_dir, stem, formats)
+                encoded[spec.title] = RenderedFigure(
+                    as_base64(rendered["png"]), spec.caption, selected.name, f"fig-{stem}"
+                )
         problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {
@@ -94,6 +115,7 @@ def build_summary(
         "settings": settings.describe(),
         "versions": package_versions(),
         "wall_time_s": round(wall_time_s, 1),
+        "analyses": [a.name for a in analyses],
         **dict(run_info or {}),  # what actually ran: resolved device / dtype, command line
     }
     content: dict[str, object] = {}

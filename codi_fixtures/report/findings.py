@@ -191,8 +191,26 @@ def _grid(function: str, frows: Sequence[Row]) -> str:
     )
 
 
-def grids_html(rows: Sequence[Row]) -> str:
-    """A verdict grid per claim function, grouped by research question; a legend."""
+def _thumbs(rows: Sequence[Row], figures: Mapping[str, Sequence[tuple[str, str]]]) -> str:
+    """Thumbnails of the figures of the analyses these claims read; each opens full size."""
+    names = dict.fromkeys(name for row in rows for name in row.analyses)
+    items = [
+        f"<a href='#{_e(anchor_)}' title='open full size'><img data-figure='{_e(anchor_)}' "
+        f"alt='{_e(title)}'/>{_e(title)}</a>"
+        for name in names
+        for anchor_, title in figures.get(name, ())
+    ]
+    return f"<div class='codi-thumbs'>{''.join(items)}</div>" if items else ""
+
+
+def grids_html(
+    rows: Sequence[Row], figures: Mapping[str, Sequence[tuple[str, str]]] | None = None
+) -> str:
+    """A verdict grid per claim function, grouped by research question; a legend.
+
+    ``figures`` maps an analysis to its figures' (anchor, title): each question's grids are
+    followed by thumbnails of the figures of the analyses its claims read.
+    """
     legend = " · ".join(
         f"<span class='codi-chip' style='background:{COLOURS[o]};"
         f"color:{'#000' if o in ('inconclusive', 'known') else '#fff'}'>{SYMBOLS[o]} {o}</span>"
@@ -202,7 +220,8 @@ def grids_html(rows: Sequence[Row]) -> str:
     parts = [f"<h2>Verdicts at a glance</h2><p class='codi-legend'>{legend}</p>"]
     for stem, functions in group_by_function(rows).items():
         grids = "".join(_grid(f, r) for f, r in functions.items())
-        parts.append(f"<h3>{_e(_question(stem))}</h3><div class='codi-grids'>{grids}</div>")
+        thumbs = _thumbs([r for frows in functions.values() for r in frows], figures or {})
+        parts.append(f"<h3>{_e(_question(stem))}</h3><div class='codi-grids'>{grids}</div>{thumbs}")
     return "".join(parts)
 
 
@@ -269,6 +288,10 @@ def facts_html(meta: Mapping[str, Any], tiers: Mapping[str, tuple[int, float]]) 
         ("tier", tier_text or "none"),
         ("device / dtype used", f"{meta.get('device')} / {meta.get('dtype')}"),
         ("wall time", f"{_num(meta.get('wall_time_s'))} s"),
+        ("analyses computed", ", ".join(meta.get("analyses") or ()) or "none"),
     ]
+    left_out = meta.get("not_computed") or ()
+    if left_out:
+        items.append(("not computed", "; ".join(str(x) for x in left_out)))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items)
     return f"<table class='codi-facts'>{body}</table>"

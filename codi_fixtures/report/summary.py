@@ -18,7 +18,7 @@ import numpy as np
 
 from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.report.vocabulary import ClaimRow
+from codi_fixtures.report.vocabulary import ClaimRow, RenderedFigure
 from codi_fixtures.stats import StatResult, is_constant
 
 __all__ = [
@@ -90,8 +90,8 @@ def _result_dict(result: StatResult) -> dict[str, object]:
     }
 
 
-def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str, object]:
-    """The seed's keys (``overall_correlation``, ``per_token``) plus ours."""
+def _rq2_statistics(a: StudyAnalysis) -> dict[str, object]:
+    """RQ2's keys: the seed's ``overall_correlation`` and ``per_token``, and by difficulty."""
     roles = a.layers.as_dict()
     middle = a.layers.middle
     imp = a.importance()
@@ -147,15 +147,6 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
                 for layer in roles.values()
             },
         }
-    rq1 = {
-        kind: {
-            "logp": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_logp(kind))},
-            "accuracy": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_accuracy(kind))},
-            "all_thoughts": _result_dict(a.all_thoughts(kind)),
-            "last_most_important": _result_dict(a.last_most_important(kind)),
-        }
-        for kind in a.kinds
-    }
     study = a.results
     by_difficulty = {
         bin_: {
@@ -166,28 +157,56 @@ def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str
     return {
         "overall_correlation": overall,
         "per_token": per_token,
-        "rq1": rq1,
         "rq2_by_difficulty": by_difficulty,
-        "clean_accuracy": float(study.clean_correct.mean()),
-        "n_problems": len(study.problem_ids),
-        "excluded_nonfinite": a.excluded_problems(),
-        "importance_measure": f"delta log p(gold), {a.importance_kind} ablation",
-        "layer_roles": roles,
-        "alpha": a.alpha,
-        "sesoi": {
-            "delta_logp_nats": a.sesoi_logp,
-            "accuracy_drop": a.sesoi_accuracy,
-            "correlation_r": a.sesoi_r,
-        },
-        "verdict_rule": (
-            "supported: the Holm-corrected test against 0 and the minimal-effect test "
-            "(H0: effect <= SESOI) reject and the (1-2 alpha) CI lies above the SESOI; "
-            "refuted: the equivalence test (H0: effect >= SESOI) rejects and the CI lies "
-            "below the SESOI; inconclusive otherwise. Each result's 'method' names its test; "
-            "RQ2 'pooled' is descriptive (its p is naive) and decides nothing."
-        ),
-        "meta": dict(meta),
     }
+
+
+def summary_statistics(a: StudyAnalysis, meta: Mapping[str, object]) -> dict[str, object]:
+    """The seed's keys (``overall_correlation``, ``per_token``) plus ours.
+
+    RQ1's and RQ2's keys appear when the run computed those analyses (``-k rq5`` computes
+    neither); ``analyses_run`` names what was computed.
+    """
+    selected = {analysis.name for analysis in a.analyses}
+    out: dict[str, object] = {}
+    if "rq2" in selected:
+        out.update(_rq2_statistics(a))
+    if "rq1" in selected:
+        out["rq1"] = {
+            kind: {
+                "logp": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_logp(kind))},
+                "accuracy": {f"t{t}": _result_dict(r) for t, r in enumerate(a.rq1_accuracy(kind))},
+                "all_thoughts": _result_dict(a.all_thoughts(kind)),
+                "last_most_important": _result_dict(a.last_most_important(kind)),
+            }
+            for kind in a.kinds
+        }
+    study = a.results
+    out.update(
+        {
+            "clean_accuracy": float(study.clean_correct.mean()),
+            "n_problems": len(study.problem_ids),
+            "excluded_nonfinite": a.excluded_problems(),
+            "importance_measure": f"delta log p(gold), {a.importance_kind} ablation",
+            "layer_roles": a.layers.as_dict(),
+            "alpha": a.alpha,
+            "sesoi": {
+                "delta_logp_nats": a.sesoi_logp,
+                "accuracy_drop": a.sesoi_accuracy,
+                "correlation_r": a.sesoi_r,
+            },
+            "verdict_rule": (
+                "supported: the Holm-corrected test against 0 and the minimal-effect test "
+                "(H0: effect <= SESOI) reject and the (1-2 alpha) CI lies above the SESOI; "
+                "refuted: the equivalence test (H0: effect >= SESOI) rejects and the CI lies "
+                "below the SESOI; inconclusive otherwise. Each result's 'method' names its test; "
+                "RQ2 'pooled' is descriptive (its p is naive) and decides nothing."
+            ),
+            "meta": dict(meta),
+            "analyses_run": [analysis.name for analysis in a.analyses],
+        }
+    )
+    return out
 
 
 def _none_nan(value: float) -> float | None:
@@ -242,6 +261,16 @@ body{min-width:0 !important}
 #codi-summary h1{font-size:1.6em;margin:.3em 0}
 #codi-summary figure{margin:1em 0}
 #codi-summary figure.codi-figure img{width:100%;max-width:1000px;height:auto;border:1px solid #ddd}
+#codi-summary figure.codi-figure a{cursor:zoom-in}
+#codi-summary .codi-close{display:none}
+#codi-summary figure.codi-figure:target{position:fixed;inset:0;z-index:1000;margin:0;padding:1em;
+background:#fff;overflow:auto}
+#codi-summary figure.codi-figure:target img{width:auto;max-width:none;height:calc(100vh - 7em)}
+#codi-summary figure.codi-figure:target .codi-close{display:block;position:sticky;top:0;
+font-size:1.2em;padding:.2em .5em;background:#fff;cursor:pointer}
+.codi-thumbs{display:flex;flex-wrap:wrap;gap:.5em;margin:.3em 0 1em}
+.codi-thumbs a{display:block;width:180px;font-size:.8em;color:#333;text-decoration:none}
+.codi-thumbs img{width:180px;height:auto;border:1px solid #ddd}
 #codi-summary figcaption{font-size:.9em;color:#333}
 #codi-summary table{border-collapse:collapse}
 #codi-summary td,#codi-summary th{padding:2px 6px;text-align:left;vertical-align:top}
@@ -262,6 +291,13 @@ _TO_TOP = (
     "<script>(function(){var s=document.getElementById('codi-summary');"
     "if(s&&document.body.firstChild!==s){document.body.insertBefore(s,document.body.firstChild);}"
     "})();</script>"
+)
+
+
+_THUMBS = (  # thumbnails borrow their figure's image: the page carries each PNG once
+    "<script>(function(){document.querySelectorAll('img[data-figure]').forEach(function(t){"
+    "var f=document.querySelector('#'+t.dataset.figure+' img');if(f){t.src=f.src;}});})();"
+    "</script>"
 )
 
 
@@ -288,14 +324,15 @@ def _reproduce_html(meta: Mapping[str, object], fingerprints: Mapping[str, objec
 
 def summary_html(
     rows: Sequence[ClaimRow],
-    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, tuple[str, str]], Mapping[str, str]]],
+    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, RenderedFigure], Mapping[str, str]]],
     meta: Mapping[str, object],
     fingerprints: Mapping[str, object] | None = None,
 ) -> str:
     """The block that opens report.html: findings, verdict grids, figures, every verdict.
 
-    ``tiers`` maps a tier to (analysis, {figure title: (base64 PNG, caption)}, {problem id:
-    question});
+    ``tiers`` maps a tier to (analysis, {figure title: :class:`RenderedFigure`}, {problem id:
+    question}); every figure opens full size on click (CSS ``:target``, no script needed), and
+    each research question's grids show thumbnails of its analyses' figures that open them.
     ``fingerprints`` maps a tier to its study / model / problem-set fingerprints.
     """
     from codi_fixtures.report.findings import (
@@ -315,19 +352,36 @@ def summary_html(
         f"<h1>{html.escape(title)}</h1>",
         facts_html(meta, sizes),
         answers_html(rows),
-        grids_html(rows),
+        grids_html(rows, _figures_by_analysis(tiers)),
     ]
     for tier, (analysis, figures, questions) in tiers.items():
         n = len(analysis.results.problem_ids)
-        parts.append(f"<h2>Figures, {html.escape(tier)} tier (n = {n} problems)</h2>")
-        for title_, (b64, caption) in figures.items():
+        parts.append(
+            f"<h2 id='codi-figures-{html.escape(tier)}'>Figures, {html.escape(tier)} tier "
+            f"(n = {n} problems)</h2><p>Click a figure to see it full size.</p>"
+        )
+        for title_, fig in figures.items():
             parts.append(
-                f"<figure class='codi-figure'><img alt='{html.escape(title_)}' "
-                f"src='data:image/png;base64,{b64}'/><figcaption><b>{html.escape(title_)}</b> "
-                f"(n = {n} problems, {html.escape(tier)} tier). {html.escape(caption)}"
+                f"<figure class='codi-figure' id='{fig.anchor}'>"
+                f"<a class='codi-close' href='#codi-figures-{html.escape(tier)}'>close ✕</a>"
+                f"<a href='#{fig.anchor}' title='open full size'><img alt='{html.escape(title_)}' "
+                f"src='data:image/png;base64,{fig.png_base64}'/></a>"
+                f"<figcaption><b>{html.escape(title_)}</b> "
+                f"(n = {n} problems, {html.escape(tier)} tier). {html.escape(fig.caption)}"
                 "</figcaption></figure>"
             )
         parts.append(_problems_table(analysis, questions))
     parts.append(verdict_table_html(rows))
     parts.append(_reproduce_html(meta, fingerprints or {}))
-    return "<div id='codi-summary'>" + "".join(parts) + "</div>" + _TO_TOP
+    return "<div id='codi-summary'>" + "".join(parts) + "</div>" + _TO_TOP + _THUMBS
+
+
+def _figures_by_analysis(
+    tiers: Mapping[str, tuple[StudyAnalysis, Mapping[str, RenderedFigure], Mapping[str, str]]],
+) -> dict[str, list[tuple[str, str]]]:
+    """Analysis name -> [(figure anchor, title)], over every tier (for the grids' thumbnails)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for _, figures, _ in tiers.values():
+        for title, fig in figures.items():
+            out.setdefault(fig.analysis, []).append((fig.anchor, title))
+    return out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["OUTCOMES", "SYMBOLS", "ClaimRow"]
+__all__ = ["OUTCOMES", "SYMBOLS", "ClaimRow", "RenderedFigure"]
 
 OUTCOMES = ("supported", "refuted", "inconclusive", "known", "unexpected", "error")
 """What a claim can end as (:mod:`codi_fixtures.plugin.outcomes` says how each arises)."""
@@ -32,3 +33,13 @@ class ClaimRow:
     stats: Mapping[str, object]
     params: Mapping[str, object] = field(default_factory=dict)  # thought, kind, role, ...
     hypothesis: str = ""  # the claim function's one-line docstring
+    analyses: tuple[str, ...] = ()  # the analyses its codi_analyses mark names (() = any)
+
+
+class RenderedFigure(NamedTuple):
+    """A figure as the report embeds it."""
+
+    png_base64: str
+    caption: str
+    analysis: str  # the analysis that drew it (its claims link here)
+    anchor: str  # the element id: the figure opens full size at #anchor

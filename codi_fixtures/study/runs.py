@@ -85,6 +85,7 @@ from codi_fixtures.study.results import (
     _save_verified,
     load_cached_study,
 )
+from codi_fixtures.study.reuse import reuse_superset, write_index
 
 __all__ = [
     "CACHE_VERSION",
@@ -94,6 +95,7 @@ __all__ = [
     "default_requirements",
     "dimensions_of",
     "load_cached_study",
+    "study_base",
     "study_fingerprint",
 ]
 
@@ -109,6 +111,16 @@ def dimensions_of(model: CodiModel) -> Dimensions:
     )
 
 
+def study_base(model: CodiModel, problems: Sequence[Problem], cfg: RunConfig) -> dict[str, object]:
+    """What a study depends on besides its requirements: weights, problems, config, version."""
+    return {
+        "model": model.fingerprint,
+        "problems": problem_set_fingerprint(problems),
+        "config": cfg.fingerprint_dict(),
+        "version": CACHE_VERSION,
+    }
+
+
 def study_fingerprint(
     model: CodiModel,
     problems: Sequence[Problem],
@@ -121,12 +133,7 @@ def study_fingerprint(
     cached before analyses were modules is still found; any other set of conditions and
     read-outs is part of the key.
     """
-    content: dict[str, object] = {
-        "model": model.fingerprint,
-        "problems": problem_set_fingerprint(problems),
-        "config": cfg.fingerprint_dict(),
-        "version": CACHE_VERSION,
-    }
+    content = study_base(model, problems, cfg)
     if requirements is not None and requirements != default_requirements(cfg, dimensions_of(model)):
         content["requirements"] = requirements.describe()
     payload = json.dumps(content, sort_keys=True)
@@ -568,10 +575,16 @@ def compute_study(
     cached = _load_verified(final)
     if cached is not None:
         return cached
+    base = study_base(model, problems, cfg)
     with FileLock(str(final) + ".lock"):
         cached = _load_verified(final)
         if cached is not None:
             return cached
+        reused = reuse_superset(cache_dir, base, needs, key)
+        if reused is not None:
+            _save_verified(final, reused)
+            write_index(final, base, needs)
+            return reused
         shard_dir = cache_dir / f"study-{key}.shards"
         shard_dir.mkdir(exist_ok=True)
         return _compute(model, problems, cfg, needs, final, shard_dir)
@@ -658,5 +671,6 @@ def _compute(
         )
         results.readouts["interchange-counterfactual"] = donors.counterfactual
     _save_verified(final, results)
+    write_index(final, study_base(model, problems, cfg), needs)
     shutil.rmtree(shard_dir, ignore_errors=True)
     return results
