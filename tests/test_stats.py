@@ -17,6 +17,7 @@ from scipy import stats as sps
 
 from codi_fixtures.stats import (
     MIN_PROBLEMS,
+    SESOI_R,
     StatResult,
     Verdict,
     accuracy_drop_effect,
@@ -633,7 +634,30 @@ def _jackknife_ci(stat: Callable[[np.ndarray, np.ndarray], float], x, y, level: 
 
 
 def _position_r(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.corrcoef(x.mean(axis=0), y.mean(axis=0))[0, 1])
+    """Correlation of the mean profiles from the products of distinct problems' profiles only.
+
+    sum_{i != j} (a_i . b_j): the column means' cross-products without each problem's
+    own term, whose expectation is the population mean profiles' covariance.
+    """
+    xt = x - x.mean(axis=1, keepdims=True)
+    yt = y - y.mean(axis=1, keepdims=True)
+    n = x.shape[0]
+
+    def u(a: np.ndarray, b: np.ndarray) -> float:
+        return sum(float(a[i] @ b[j]) for i in range(n) for j in range(n) if i != j)
+
+    return u(xt, yt) / math.sqrt(u(xt, xt) * u(yt, yt))
+
+
+def _position_jackknife(x: np.ndarray, y: np.ndarray, level: float):
+    """Brute force: jackknife bias-corrected profile r and its t-interval on the r scale."""
+    n = x.shape[0]
+    loo = np.array([_position_r(np.delete(x, i, 0), np.delete(y, i, 0)) for i in range(n)])
+    pseudo = n * _position_r(x, y) - (n - 1) * loo
+    se = pseudo.std(ddof=1) / np.sqrt(n)
+    q = sps.t.ppf((1 + level) / 2, n - 1)
+    r = pseudo.mean()
+    return r, se, (max(r - q * se, -1.0), min(r + q * se, 1.0))
 
 
 def _beyond_r(x: np.ndarray, y: np.ndarray) -> float:
@@ -658,7 +682,8 @@ class TestRq2Tests:
         """Position r of column means, r of two-way residuals (= FE slope), pooled r."""
         x, y = self._data()
         tests = rq2_tests(x, y, n_perm=99)
-        assert tests.position.statistic == pytest.approx(_position_r(x, y))
+        position, _, _ = _position_jackknife(x, y, 0.9)
+        assert tests.position.statistic == pytest.approx(min(position, 1.0))
         assert tests.beyond_position.statistic == pytest.approx(_beyond_r(x, y))
         assert tests.beyond_position.statistic == pytest.approx(_fe_slope_standardised(x, y))
         assert tests.pooled.statistic == pytest.approx(_pooled_r(x, y))
@@ -667,7 +692,7 @@ class TestRq2Tests:
 
     @pytest.mark.parametrize(
         ("question", "stat"),
-        [("position", _position_r), ("beyond_position", _beyond_r), ("pooled", _pooled_r)],
+        [("beyond_position", _beyond_r), ("pooled", _pooled_r)],
     )
     def test_ci_is_the_cluster_jackknife_of_the_same_statistic(
         self, question: str, stat: Callable[[np.ndarray, np.ndarray], float]
@@ -678,6 +703,35 @@ class TestRq2Tests:
         low, high = _jackknife_ci(stat, x, y, 0.95)
         assert (result.ci_low, result.ci_high) == pytest.approx((low, high), rel=1e-9)
         assert result.ci_level == 0.95
+
+    def test_position_ci_is_the_jackknife_of_the_corrected_profile_r(self) -> None:
+        """Position level: statistic, CI and SESOI p-values from one brute-force jackknife."""
+        x, y = self._data(n=12, seed=3)
+        y = y + 3.0 * np.linspace(0.0, 1.0, N_THOUGHTS)  # a clear importance profile
+        result = rq2_tests(x, y, n_perm=9, ci_level=0.95).position
+        r, se, (low, high) = _position_jackknife(x, y, 0.95)
+        assert result.statistic == pytest.approx(r, rel=1e-9)
+        assert (result.ci_low, result.ci_high) == pytest.approx((low, high), rel=1e-9)
+        assert result.ci_level == 0.95
+        assert result.p_sesoi == pytest.approx(sps.t.sf((r - SESOI_R) / se, 11), rel=1e-6)
+
+    def test_position_r_is_not_attenuated_by_noisy_column_means(self) -> None:
+        """Profiles correlated 0.9 with noisy column means: the plain r of the means is low."""
+        rng = np.random.default_rng(7)
+        profile = np.array([0.0, 1.0, 0.5, -0.5, -1.0, 0.2])
+        other = np.array([0.3, -0.2, 0.9, -0.6, 0.1, -0.5])
+        other -= other.mean() + (other @ profile) / (profile @ profile) * profile
+        mu_y = 0.9 * profile / np.linalg.norm(profile) + math.sqrt(
+            1 - 0.81
+        ) * other / np.linalg.norm(other)
+        plain, corrected = [], []
+        for _ in range(200):
+            x = profile / np.linalg.norm(profile) + rng.normal(0, 0.5, (10, N_THOUGHTS))
+            y = mu_y + rng.normal(0, 0.5, (10, N_THOUGHTS))
+            plain.append(np.corrcoef(x.mean(axis=0), y.mean(axis=0))[0, 1])
+            corrected.append(rq2_tests(x, y, n_perm=1).position.statistic)
+        assert np.mean(plain) < 0.85
+        assert abs(np.nanmean(corrected) - 0.9) < abs(np.mean(plain) - 0.9)
 
     def test_permutation_p_matches_full_enumeration(self) -> None:
         """With 6 problems the Monte Carlo p is close to the exact one over all 720 pairings."""
@@ -763,8 +817,8 @@ class TestRq2Tests:
         assert "no position profile" in rq2_tests(flat, y).position.method
 
     def test_perfect_correlation_is_clipped(self) -> None:
-        """Identical arrays give r = 1 exactly (never 1.0000000000000004) and no warning."""
-        x = np.random.default_rng(6).random((15, N_THOUGHTS)) * 1e-3 + 0.1
+        rng = np.random.default_rng(6)
+        x = rng.random((15, N_THOUGHTS)) * 1e-3 + 0.1 + 1e-3 * np.arange(N_THOUGHTS)
         for result in rq2_tests(x, x.copy(), n_perm=50).questions().values():
             assert result.statistic <= 1.0
             assert result.ci_high <= 1.0

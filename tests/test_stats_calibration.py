@@ -20,11 +20,32 @@ message): power of the beyond-position permutation test at a planted r of
 exactly SESOI = 0.1 is 0.17 / 0.35 / 0.75 at n = 10 / 30 / 100 problems, and
 "supported" then happens in 0.04-0.05 of datasets (the boundary); at r = 0.3
 "supported" happens in 0.34 / 0.82 / 1.00.
-Known limits, not asserted: the position-level CI is conservative when the
-true profile correlation is near 0 (coverage 0.96-0.98) and, because noisy
-column means attenuate r, under-covers when it is strong (0.66-0.93 at 0.9);
-bootstrap-t CIs of a mean under-cover for very skewed data at n = 10 (0.91-0.92
-for log-normal(0, 0.8) or the bundled model's single-thought delta log p).
+The position-level r is the correlation of the population mean profiles (the
+six per-thought means of attention and of importance), estimated without the
+attenuation that the sampling noise of the column means causes: U-statistic
+profile (co)variances, jackknife bias-corrected, jackknife-t CI. The plain r of
+the column means under-covered that truth at strong profile correlations
+(0.82 / 0.89 / 0.92 at r = 0.9 and n = 10 / 30 / 100; now 0.96 / 0.95 / 0.93,
+and 0.93-0.96 at r = 0 and 0.5; the lowest cells, 0.930 at r = 0, n = 10 and at
+r = 0.9, n = 100, sit on the window's edge).
+
+Known limits, not asserted (measured, 1000 datasets, 95% CIs):
+- the real-data beyond-position CI (delete-one-problem jackknife on Fisher z)
+  covers 0.95-0.97 at layers 0, 1, 4 and 5 of the bundled model but 0.92-0.94
+  at layers 2 and 3 (0.925 / 0.918 / 0.942 at layer 2, n = 10 / 30 / 100):
+  there a few problems carry most of the residual covariance (per-problem
+  contributions with kurtosis ~15), so a resample without them is confidently
+  low. A studentized cluster bootstrap on Fisher z (jackknife SE per
+  resample), Hall's skewness correction of the jackknife pseudo-values, and a
+  jackknife bias-corrected centre all measured 0.90-0.93 there;
+- bootstrap-t CIs of a mean under-cover for very skewed data at n = 10-30:
+  0.91 / 0.93 for log-normal(0, 0.8) at n = 10 / 30, 0.91 / 0.93 for the
+  bundled model's single-thought delta log p of thought 3 (skewness 2.2; 0.92
+  at n = 10 for thought 5). Hall's (1992) skewness-corrected t, its bootstrap
+  version, the symmetric bootstrap-t and a double-bootstrap-calibrated
+  bootstrap-t measured no better (0.87-0.93); the upper end misses because a
+  sample of 10 often lacks the rare large values that carry the mean. The
+  asserted real-data case is the sum over thoughts (skewness 1.0).
 """
 
 from __future__ import annotations
@@ -318,15 +339,20 @@ class TestCoverage:
         results = [t.beyond_position for t in _many(make, seed=11, n_perm=1, ci_level=0.95)]
         assert _within(_coverage(results, 0.3), COVERAGE_WINDOW)
 
-    def test_position_level(self, n: int) -> None:
-        """Column-mean r, true profile correlation 0.5 (informative profiles)."""
-        mu_a, mu_i = _profiles(0.5, importance_scale=3.0)
+    @pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+    def test_position_level(self, n: int, rho: float) -> None:
+        """Profile r, truth: the correlation of the population mean profiles.
+
+        An inconclusive result (a profile not distinguishable from noise, no CI)
+        counts as a miss.
+        """
+        mu_a, mu_i = _profiles(rho, importance_scale=3.0)
 
         def make(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return _synthetic(rng, n, mu_a, mu_i)
 
         results = [t.position for t in _many(make, seed=12, n_perm=1, ci_level=0.95)]
-        assert _within(_coverage(results, 0.5), COVERAGE_WINDOW)
+        assert _within(_coverage(results, rho), COVERAGE_WINDOW)
 
     def test_beyond_position_real_data(
         self, n: int, bundled_study: tuple[np.ndarray, np.ndarray]

@@ -1132,33 +1132,89 @@ def _loo_r(
     return np.clip(r, -1.0, 1.0)
 
 
-def _position_loo(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Position-level r and profile covariance (column means), each problem left out in turn."""
-    sx = x.sum(axis=0) - x  # (n, T): column sums without problem i
-    sy = y.sum(axis=0) - y
-    sx -= sx.mean(axis=1, keepdims=True)
-    sy -= sy.mean(axis=1, keepdims=True)
-    mx, my = x.mean(axis=0), y.mean(axis=0)
-    ref = (float(np.sum((mx - mx.mean()) ** 2)), float(np.sum((my - my.mean()) ** 2)))
-    m = x.shape[0] - 1
-    cxy, cxx, cyy = (np.sum(a * b, axis=1) / m**2 for a, b in ((sx, sy), (sx, sx), (sy, sy)))
-    return _loo_r(cxy, cxx, cyy, ref), cxy
+def _profile_u_statistics(a: FloatArray, b: FloatArray) -> tuple[float, FloatArray]:
+    """Unbiased profile (co)variance of two row-centred arrays: the full value and each LOO.
 
-
-def _profile_covariance_p(x: FloatArray, y: FloatArray, loo_cov: FloatArray) -> float:
-    """The p-value of H0: position r <= 0, by a jackknife t-test of the profiles' covariance.
-
-    r and the covariance of the two column-mean profiles always have the same
-    sign, so H0: r <= 0 is H0: covariance <= 0. The covariance is bilinear in
-    the column means, so its jackknife SE is nearly unbiased; the jackknife of
-    r itself (a ratio) is conservative here (false-positive rate 0.02-0.03 at
-    n = 10-30 instead of 0.05).
+    With ``a_i``, ``b_i`` the row-centred vectors of problem ``i``, the plug-in
+    profile covariance ``sum_t mean_a[t] mean_b[t]`` includes ``1/n`` times the
+    within-problem covariance (the noise of the column means; it is what
+    attenuates the correlation of the column means). The U-statistic
+    ``sum_{i != j} a_i . b_j / (n (n - 1))`` leaves it out: its expectation is
+    exactly the covariance of the population mean profiles.
     """
-    mx, my = x.mean(axis=0), y.mean(axis=0)
-    cov = float(np.sum((mx - mx.mean()) * (my - my.mean())))
-    n = loo_cov.size
-    se = max(math.sqrt((n - 1) / n * float(np.sum((loo_cov - loo_cov.mean()) ** 2))), _TINY_SE)
-    return float(special.stdtr(n - 1, -cov / se))
+    n = a.shape[0]
+    sa, sb = a.sum(axis=0), b.sum(axis=0)
+    diag = np.sum(a * b, axis=1)
+    full = (float(sa @ sb) - float(diag.sum())) / (n * (n - 1))
+    loo = (np.sum((sa - a) * (sb - b), axis=1) - (float(diag.sum()) - diag)) / ((n - 1) * (n - 2))
+    return full, loo
+
+
+@dataclass(frozen=True)
+class _ProfileR:
+    """Position-level inference: the noise-corrected profile correlation and its jackknife."""
+
+    r: float
+    """Jackknife bias-corrected (mean of pseudo-values) disattenuated profile r."""
+    se: float
+    cov: float
+    cov_se: float
+    df: int
+
+    def _t(self, null: float) -> float:
+        return (self.r - null) / self.se
+
+    def ci(self, level: float) -> tuple[float, float]:
+        q = float(special.stdtrit(self.df, (1.0 + level) / 2.0))
+        return _clip_r(self.r - q * self.se), _clip_r(self.r + q * self.se)
+
+    def p_greater(self, null: float) -> float:
+        """The p-value of H0: profile r <= ``null``."""
+        return float(special.stdtr(self.df, -self._t(null)))
+
+    def p_less(self, null: float) -> float:
+        """The p-value of H0: profile r >= ``null``."""
+        return float(special.stdtr(self.df, self._t(null)))
+
+    def p_positive(self) -> float:
+        """The p-value of H0: r <= 0, by a jackknife t-test of the profiles' covariance."""
+        return float(special.stdtr(self.df, -self.cov / self.cov_se))
+
+
+def _profile_r(x: FloatArray, y: FloatArray) -> _ProfileR | str:
+    """The position-level (profile) correlation with its jackknife inference, or why not.
+
+    The statistic is ``U_xy / sqrt(U_xx U_yy)`` with the U-statistic profile
+    (co)variances of :func:`_profile_u_statistics` (the correlation of the
+    column means, disattenuated for their sampling noise), jackknife
+    bias-corrected: ``n r - (n - 1) mean(r_(-i))``. The CI and the SESOI tests use
+    its delete-one-problem jackknife SE with t(n - 1) quantiles on the r scale;
+    ``p_positive`` tests the covariance U_xy (same sign as r, bilinear, so its
+    jackknife SE is nearly unbiased). Undefined (a reason string) when a
+    variable's corrected profile variance is not positive, with all problems or
+    with one left out: its position profile is not distinguishable from noise.
+    """
+    n = x.shape[0]
+    if n < MIN_PROBLEMS:
+        return f"fewer than {MIN_PROBLEMS} problems ({n})"
+    xt = x - x.mean(axis=1, keepdims=True)
+    yt = y - y.mean(axis=1, keepdims=True)
+    cxy, lxy = _profile_u_statistics(xt, yt)
+    for name, a in (("attention", xt), ("importance", yt)):
+        c, loo = _profile_u_statistics(a, a)
+        if not (c > 0 and np.all(loo > 0)):
+            return (
+                f"{name}'s position profile is not distinguishable from the noise of its "
+                "column means (noise-corrected profile variance <= 0)"
+            )
+    cxx, lxx = _profile_u_statistics(xt, xt)
+    cyy, lyy = _profile_u_statistics(yt, yt)
+    r_full = cxy / math.sqrt(cxx * cyy)
+    r_loo = lxy / np.sqrt(lxx * lyy)
+    pseudo = n * r_full - (n - 1) * r_loo
+    se = max(float(pseudo.std(ddof=1)) / math.sqrt(n), _TINY_SE)
+    cov_se = math.sqrt((n - 1) / n * float(np.sum((lxy - lxy.mean()) ** 2)))
+    return _ProfileR(r=float(pseudo.mean()), se=se, cov=cxy, cov_se=max(cov_se, _TINY_SE), df=n - 1)
 
 
 def _two_way_residuals(x: FloatArray) -> FloatArray:
@@ -1274,6 +1330,7 @@ def _r_result(
 
 
 _JACKKNIFE = "delete-one-problem jackknife on Fisher z, t(n-1)"
+_PROFILE = "delete-one-problem jackknife SE, t(n-1), on the r scale (clipped to [-1, 1])"
 
 
 def rq2_tests(
@@ -1290,14 +1347,20 @@ def rq2_tests(
 
     Rows with a nan in either array are dropped (counted in ``n_dropped``).
     Every CI is two-sided at ``1 - 2 alpha`` (unless ``ci_level``) and comes
-    from the delete-one-problem jackknife on Fisher's z with t(n - 1) quantiles
-    (the cluster jackknife, "CV3"); ``p_sesoi`` (H0: r <= sesoi_r) and
-    ``p_equivalence`` (H0: r >= sesoi_r) invert that same interval. All
-    p-values are one-sided (a positive association is the claim).
+    from a delete-one-problem jackknife with t(n - 1) quantiles (on Fisher's z
+    for ``beyond_position`` and ``pooled``; the cluster jackknife, "CV3");
+    ``p_sesoi`` (H0: r <= sesoi_r) and ``p_equivalence`` (H0: r >= sesoi_r)
+    invert that same interval. All p-values are one-sided (a positive association is the claim).
 
-    - ``position``: r between the column means of attention and of importance
-      (one point per thought position). The positions are fixed, the problems
-      are the sampling unit; ``p_value`` is the jackknife-t test of H0: r <= 0.
+    - ``position``: the correlation of the population mean profiles (one point
+      per thought position). The plain r of the column means is attenuated by
+      their sampling noise (it under-covered a strong profile correlation), so
+      the statistic uses U-statistic profile (co)variances, which leave out each
+      problem's product with itself, and is jackknife bias-corrected; its CI and
+      SESOI tests are a delete-one-problem jackknife t(n - 1) interval on the r
+      scale, clipped to [-1, 1]; ``p_value`` is the jackknife-t test of the
+      profiles' (U-statistic) covariance, H0: r <= 0. Inconclusive when a
+      variable's noise-corrected profile variance is not positive.
     - ``beyond_position``: r of the two-way residuals (each problem's and each
       position's mean removed from both arrays; the standardised slope of the
       problem + position fixed-effects regression). ``p_value`` is an exact
@@ -1346,16 +1409,29 @@ def rq2_tests(
             "inconclusive",
         )
     else:
-        loo_r, loo_cov = _position_loo(x, y)
-        position = result(
-            _pearson(mx, my),
-            loo_r,
-            p_value=_profile_covariance_p(x, y, loo_cov),
-            method=(
-                f"position level: r of the {x.shape[1]} column means; p: jackknife t-test of "
-                f"the profiles' covariance (H0: r <= 0); CI, p_sesoi, p_equivalence: {_JACKKNIFE}"
-            ),
-        )
+        prof = _profile_r(x, y)
+        if isinstance(prof, str):
+            position = _rq2_inconclusive(prof, n, sesoi, level, "inconclusive")
+        else:
+            low, high = prof.ci(level)
+            position = StatResult(
+                statistic=_clip_r(prof.r),
+                p_value=prof.p_positive(),
+                ci_low=low,
+                ci_high=high,
+                n=n,
+                method=(
+                    f"position level: correlation of the {x.shape[1]} per-thought mean profiles, "
+                    "corrected for the noise of the column means (U-statistic profile "
+                    "covariances) and jackknife bias-corrected; p: jackknife t-test of the "
+                    f"profiles' covariance (H0: r <= 0); CI, p_sesoi, p_equivalence: {_PROFILE}"
+                ),
+                alternative="greater",
+                ci_level=level,
+                sesoi=sesoi,
+                p_sesoi=prof.p_greater(sesoi),
+                p_equivalence=prof.p_less(sesoi),
+            ).with_verdict(alpha)
 
     xr, yr = _two_way_residuals(x), _two_way_residuals(y)
     flat = next(
