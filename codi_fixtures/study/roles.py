@@ -7,8 +7,8 @@ number written in the question), ``operation`` (a word of :data:`OPERATION_WORDS
 (BOS / eos, tokens outside the text). A number is an *operand of step k* when the chain's
 k-th equation ``<<a op b=c>>`` reads it from the question (bit ``k-1`` of the operand mask):
 
-- an operand equal to an earlier step's result is that result carried over (once per step and
-  value), not read from the question;
+- one operand per step that equals an earlier step's result (the previous one's, if any) is
+  that result carried over, not read from the question;
 - any other operand is matched to the first question number with that value not yet read by
   a step (a number is read once: in ``<<9-2=7>> <<7*2=14>>`` the ``2`` of ``doubles`` is not
   the question's ``2``);
@@ -90,6 +90,15 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
+def _carried(operands: Sequence[float], results: Sequence[float]) -> int | None:
+    """Index of the one operand that is an earlier result: the last result if present."""
+    for candidates in (results[-1:], results):
+        for position, value in enumerate(operands):
+            if any(_close(value, r) for r in candidates):
+                return position
+    return None
+
+
 def _match_operands(
     numbers: Sequence[float], chain: Sequence[tuple[list[float], float]]
 ) -> tuple[dict[int, set[int]], list[tuple[int, float]]]:
@@ -99,11 +108,9 @@ def _match_operands(
     used: set[int] = set()
     results: list[float] = []
     for step, (operands, result) in enumerate(chain, start=1):
-        carried: set[float] = set()
-        for value in operands:
-            earlier = any(_close(value, r) for r in results)
-            if earlier and value not in carried:
-                carried.add(value)
+        carried = _carried(operands, results)
+        for position, value in enumerate(operands):
+            if position == carried:
                 continue
             fresh = [i for i, n in enumerate(numbers) if _close(n, value) and i not in used]
             if not fresh:
