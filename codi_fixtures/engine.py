@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache
 from codi_fixtures.answers import parse_answer
 from codi_fixtures.model.architecture import attention_modules, unwrap_peft
 from codi_fixtures.model.codi import CodiModel
-from codi_fixtures.model.hooks import block_output_hook
+from codi_fixtures.model.hooks import attention_weights_hook, block_output_hook
 from codi_fixtures.model.kvcache import cache_kwargs, new_cache
 
 __all__ = [
@@ -178,6 +178,9 @@ class LatentRun:
     nonfinite: torch.Tensor  # (B,) bool: NaN/inf met in hidden states or logits
     block_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, T, d)
     attentions: torch.Tensor | None = None  # (B, layers, heads, T): <eot> query -> thoughts
+    # (B, L, T, P) head-mean attention from the query that produces thought t (<bot> for t = 0,
+    # thought t-1 after) to the prompt's columns (left-padded question, then <bot>)
+    routing: torch.Tensor | None = None
     target_logp: torch.Tensor | None = None  # (B,) teacher-forced log p of the scored tokens
     # (B, V+3) logits predicting the first scored token (the answer number's first token),
     # teacher-forced through the answer prompt; specials -inf
@@ -398,6 +401,15 @@ def _recorder(store: list[torch.Tensor]) -> Callable[[torch.Tensor], None]:
     return fn
 
 
+def _routing(store: list[torch.Tensor], prompt: Prompt) -> Callable[[torch.Tensor], None]:
+    """Keep the last query's head-mean attention to the prompt columns, (B, P) float32."""
+
+    def fn(weights: torch.Tensor) -> None:
+        store.append(weights[:, :, -1, : prompt.width].float().mean(dim=1).detach())
+
+    return fn
+
+
 def mask_specials(model: CodiModel, logits: torch.Tensor) -> torch.Tensor:
     """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored (returns a new tensor)."""
     logits = logits.float().clone()
@@ -587,6 +599,7 @@ def run_latent(
     n_thoughts: int | None = None,
     knockout: KnockoutMask | None = None,
     prefix: tuple[LoopState, torch.Tensor] | None = None,
+    routing: bool = False,
 ) -> LatentRun:
     """Run CODI inference for a batch: the question prefix is encoded once.
 
@@ -599,32 +612,40 @@ def run_latent(
     after ``<bot>``); ``knockout`` (indexed by run row) blocks attention edges from the
     ``<eot>`` / answer queries to thoughts; ``prefix`` is ``encode_prompt(model, prompt)``
     computed once and shared by several calls (it is not modified; needs ``rows``).
+    ``routing`` records :attr:`LatentRun.routing` (the question and latent passes run under
+    attention hooks; no extra forward).
     """
     if prefix is not None and rows is None:
         raise ValueError("a shared prefix needs rows= (the prefix itself is never advanced)")
-    state, bot_hidden = encode_prompt(model, prompt) if prefix is None else prefix
-    q_lens = prompt.q_lens
-    if rows is not None:
-        rows = rows.to(prompt.input_ids.device)
-        state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
-        q_lens = q_lens.index_select(0, rows.cpu())
-    state.row_ids = None  # state rows are run rows from here on
-    n_thoughts = model.spec.n_thoughts if n_thoughts is None else n_thoughts
-    if n_thoughts < 0:
-        raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
-    if knockout is not None and knockout.blocked.shape[0] != len(state.next_pos):
-        raise ValueError(
-            f"knockout mask has {knockout.blocked.shape[0]} rows, the run {len(state.next_pos)}"
+    if routing and prefix is not None:
+        raise ValueError("routing attention is read while the prompt is encoded: no prefix=")
+    records: list[list[torch.Tensor]] = [[] for _ in range(model.n_layers if routing else 0)]
+    with ExitStack() as stack:
+        for layer, store in enumerate(records):
+            stack.enter_context(attention_weights_hook(model.codi, layer, _routing(store, prompt)))
+        state, bot_hidden = encode_prompt(model, prompt) if prefix is None else prefix
+        q_lens = prompt.q_lens
+        if rows is not None:
+            rows = rows.to(prompt.input_ids.device)
+            state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
+            q_lens = q_lens.index_select(0, rows.cpu())
+        state.row_ids = None  # state rows are run rows from here on
+        n_thoughts = model.spec.n_thoughts if n_thoughts is None else n_thoughts
+        if n_thoughts < 0:
+            raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
+        if knockout is not None and knockout.blocked.shape[0] != len(state.next_pos):
+            raise ValueError(
+                f"knockout mask has {knockout.blocked.shape[0]} rows, the run {len(state.next_pos)}"
+            )
+        thoughts, blocks, bad = run_thoughts(
+            model,
+            state,
+            bot_hidden,
+            n_thoughts=n_thoughts,
+            on_thought=on_thought,
+            patch=patch,
+            capture_layers=capture_layers,
         )
-    thoughts, blocks, bad = run_thoughts(
-        model,
-        state,
-        bot_hidden,
-        n_thoughts=n_thoughts,
-        on_thought=on_thought,
-        patch=patch,
-        capture_layers=capture_layers,
-    )
     if knockout is not None:
         if knockout.blocked.shape[-1] != n_thoughts:
             raise ValueError(f"knockout mask has {knockout.blocked.shape[-1]} thoughts")
@@ -643,6 +664,14 @@ def run_latent(
             [attn[layer][:, :, -1, start : start + n_thoughts] for layer in attention_layers],
             dim=1,
         ).float()
+    routing_attention = None
+    if routing:
+        if rows is not None:  # the first record has the prompt's rows, later ones the run's
+            for store in records:
+                store[0] = store[0].index_select(0, rows)
+        routing_attention = torch.stack(
+            [torch.stack(store[:n_thoughts], dim=1) for store in records], dim=1
+        )
     run = LatentRun(
         q_lens=q_lens,
         thoughts=thoughts,
@@ -653,6 +682,7 @@ def run_latent(
         nonfinite=bad,
         block_outputs=blocks,
         attentions=attentions,
+        routing=routing_attention,
     )
     scored = None
     if targets is not None:

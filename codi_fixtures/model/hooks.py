@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from codi_fixtures.model.architecture import decoder_layers
+from codi_fixtures.model.architecture import attention_modules, decoder_layers
 
-__all__ = ["BlockFn", "block_output_hook", "count_forward_hooks"]
+__all__ = ["BlockFn", "attention_weights_hook", "block_output_hook", "count_forward_hooks"]
 
 BlockFn = Callable[[torch.Tensor], torch.Tensor | None]
 """Receives block output ``(batch, seq, d)``; returns a replacement or None to keep it."""
@@ -36,6 +36,33 @@ def block_output_hook(model: nn.Module, layer: int, fn: BlockFn) -> Iterator[Non
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     handle = layers[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def attention_weights_hook(
+    model: nn.Module, layer: int, fn: Callable[[torch.Tensor], None]
+) -> Iterator[None]:
+    """Run ``fn`` on block ``layer``'s attention probabilities ``(batch, heads, q, k)``.
+
+    Eager attention returns them from every forward (no ``output_attentions``, so only what
+    ``fn`` keeps stays in memory); a kernel that does not (sdpa, flash) raises.
+    """
+    module = attention_modules(model)[layer]
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if not isinstance(weights, torch.Tensor):
+            raise RuntimeError(
+                f"block {layer}'s attention returned no probabilities; load the model with "
+                "attn_implementation='eager'"
+            )
+        fn(weights)
+
+    handle = module.register_forward_hook(hook)
     try:
         yield
     finally:

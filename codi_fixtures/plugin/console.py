@@ -3,7 +3,7 @@
 Pure functions of the controller's outcomes; each claim's parameters come from the
 ``codi_params`` user property the plugin attaches at collection (so xdist workers' reports
 carry them too). One grid per claim function: columns are its first parameter (thought,
-layer role), rows its second (ablation kind, difficulty).
+layer role), rows its others (ablation kind, difficulty; ``1-L2`` for step 1 at layer 2).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ _NAME_WIDTH = 46
 def _grid(name: str, cells: Mapping[tuple[str, ...], str]) -> list[str]:
     """Lines of one claim function's grid (one line when it has a single row)."""
     first = list(dict.fromkeys(k[0] if k else "" for k in cells))
-    second = list(dict.fromkeys(k[1] if len(k) > 1 else "" for k in cells))
+    second = list(dict.fromkeys("-".join(k[1:]) for k in cells))
     width = max(3, *(len(c) for c in first)) + 1
     label = name.removeprefix("test_")[:_NAME_WIDTH].ljust(_NAME_WIDTH)
+
+    flat = {(k[0] if k else "", "-".join(k[1:])): v for k, v in cells.items()}
 
     def row(key2: str) -> str:
         out = []
         for key1 in first:
-            key = (key1, key2) if key2 else ((key1,) if key1 else ())
-            out.append(SYMBOLS.get(cells.get(key, ""), ".").ljust(width))
+            out.append(SYMBOLS.get(flat.get((key1, key2), ""), ".").ljust(width))
         return "".join(out).rstrip()
 
     header = "".join(c.ljust(width) for c in first).rstrip()

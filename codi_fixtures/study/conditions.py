@@ -54,6 +54,7 @@ __all__ = [
     "Readout",
     "Requirements",
     "ResidualSite",
+    "RoutingReadout",
     "Site",
     "all_subsets",
     "conditions_for",
@@ -383,7 +384,28 @@ class PositionReadout:
         return self.name + ":float16"
 
 
-Readout = AttentionReadout | HiddenReadout | LensReadout | PositionReadout
+@dataclass(frozen=True)
+class RoutingReadout:
+    """Attention from the query that produces each thought to every question token (RQ6).
+
+    Thought t's input is computed at position ``Q+t`` (``<bot>`` for t = 0, thought t-1
+    after; DESIGN.md), so that query's attention, per layer and averaged over heads, to the
+    question's positions ``0..Q-1`` (BOS and an eos before ``<bot>`` included), read in the
+    clean pass. Stored in ``StudyResults.readouts``: ``routing`` (N, L, T, Qmax) float16,
+    NaN past each question's ``q_len``; ``routing-roles`` (N, Qmax) int8 role codes and
+    ``routing-operands`` (N, Qmax) int32 step bit masks
+    (:mod:`codi_fixtures.study.roles`), ``routing-tokens`` (N, Qmax) the tokens' text and
+    ``routing-steps`` (N,) the equations parsed from each problem's chain (0 = none).
+    """
+
+    name = "routing"
+
+    def describe(self) -> str:
+        """For the cache fingerprint."""
+        return "routing:producing-query->question:all-layers:head-mean:float16"
+
+
+Readout = AttentionReadout | HiddenReadout | LensReadout | PositionReadout | RoutingReadout
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from codi_fixtures.study.conditions import (
     LensReadout,
     PositionReadout,
     Requirements,
+    RoutingReadout,
 )
 from codi_fixtures.study.results import StudyResults, load_cached_study
 
@@ -44,6 +45,10 @@ def readout_keys(needs: Requirements) -> set[str]:
             keys.add(readout.name)
         elif isinstance(readout, LensReadout):
             keys.update(("lens-rank", "lens-prob", "lens-tokens"))
+        elif isinstance(readout, RoutingReadout):
+            keys.update(
+                ("routing", *(f"routing-{p}" for p in ("roles", "operands", "tokens", "steps")))
+            )
     if interchange or any(isinstance(r, LensReadout | PositionReadout) for r in needs.readouts):
         keys.add("step-values")
     if interchange:

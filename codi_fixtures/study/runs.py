@@ -65,6 +65,7 @@ from codi_fixtures.study.conditions import (
     LensReadout,
     PositionReadout,
     Requirements,
+    RoutingReadout,
     conditions_for,
     default_requirements,
 )
@@ -86,6 +87,7 @@ from codi_fixtures.study.results import (
     load_cached_study,
 )
 from codi_fixtures.study.reuse import reuse_superset, write_index
+from codi_fixtures.study.routing import question_width, routing_arrays
 
 __all__ = [
     "CACHE_VERSION",
@@ -312,6 +314,7 @@ def _clean_pass(
     cfg: RunConfig,
     needs: Requirements,
     step_columns: int = 0,
+    routing_width: int = 0,
 ) -> dict[str, np.ndarray]:
     site = parse_site(cfg.site, model.n_layers)
     prompt = build_prompt(model, [p.question for p in chunk])
@@ -319,12 +322,14 @@ def _clean_pass(
     capture = [] if isinstance(site, EmbeddingSite) else [site.layer]
     capture += [r.layer for r in hidden if r.layer is not None and r.layer not in capture]
     attention = AttentionReadout() in needs.readouts
+    routing = RoutingReadout() in needs.readouts
     run = run_latent(
         model,
         prompt,
         attention_layers=range(model.n_layers) if attention else (),
         capture_layers=capture,
         generate=False,
+        routing=routing,
     )
     values = run.thoughts if site.layer is None else run.block_outputs[site.layer]
     n_thoughts = model.spec.n_thoughts
@@ -340,6 +345,10 @@ def _clean_pass(
     for readout in hidden:
         states = run.thoughts if readout.layer is None else run.block_outputs[readout.layer]
         out[_READOUT + readout.name] = states.float().cpu().numpy()
+    if routing:
+        assert run.routing is not None
+        arrays = routing_arrays(model, chunk, run.routing, run.q_lens, routing_width)
+        out.update({_READOUT + k: v for k, v in arrays.items()})
     out.update(_position_readouts(model, chunk, needs, step_columns, cfg))
     return out
 
@@ -606,6 +615,7 @@ def _compute(
     clean_size = max(1, cfg.batch_rows)  # one row per problem in the clean pass
     clean_chunks = [list(problems[i : i + clean_size]) for i in range(0, len(problems), clean_size)]
     step_columns = max((len(p.intermediates) for p in problems), default=0)
+    routing_width = question_width(model, problems) if RoutingReadout() in needs.readouts else 0
     donors = None
     if any(isinstance(c, Interchange) for c in conditions):
         donors = choose_donors(problems, max_steps=max(step_columns, 1), seed=cfg.seed)
@@ -613,7 +623,7 @@ def _compute(
         clean = _claim_shards(
             len(clean_chunks),
             lambda i: shard_dir / f"clean-{i:05d}.npz",
-            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs, step_columns),
+            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs, step_columns, routing_width),
             "clean runs + attention",
         )
         ref = AblationRef.from_values(
