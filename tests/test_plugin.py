@@ -421,3 +421,33 @@ def test_a_mark_naming_an_unknown_analysis_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess("-m", "quick", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*claims ask for analyses*rq9*that no one registered*"])
+
+
+def test_redeclaring_known_outcomes_keeps_the_measured_evidence_once(tmp_path):
+    """Regenerating the declarations from a run that had known outcomes does not nest them."""
+    from codi_fixtures.plugin.known_outcomes import declarations_from_summaries
+
+    summary = {
+        "meta": {"tier": "quick", "problem_set_fingerprint": "abc"},
+        "verdicts": [
+            {
+                "test": "experiments/test_x.py::test_a[quick]",
+                "outcome": "known",
+                "evidence": "declared: known outcome: not supported on this model: old; "
+                "measured: statistic=-1.6, SESOI=0.1, p=0.99",
+            },
+            {
+                "test": "experiments/test_x.py::test_b[quick]",
+                "outcome": "refuted",
+                "evidence": "claim b: statistic=0.01, SESOI=0.1, p=1",
+            },
+        ],
+    }
+    path = tmp_path / "summary_statistics.json"
+    path.write_text(json.dumps(summary))
+    outcomes = declarations_from_summaries([path])["outcomes"]
+    prefix = "not supported on this model: "
+    assert outcomes == {
+        "test_x.py::test_a[quick]": prefix + "statistic=-1.6, SESOI=0.1, p=0.99",
+        "test_x.py::test_b[quick]": prefix + "statistic=0.01, SESOI=0.1, p=1",
+    }

@@ -49,7 +49,11 @@ def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
         for verdict in summary["verdicts"]:
             if verdict["outcome"] in {"refuted", "known"}:
                 test_id = verdict["test"].split("/")[-1]
-                evidence = verdict["evidence"].split(": ", 1)[-1]
+                evidence = verdict["evidence"]
+                if "; measured: " in evidence:  # a known outcome: keep what was measured
+                    evidence = evidence.rsplit("; measured: ", 1)[1]
+                else:
+                    evidence = evidence.split(": ", 1)[-1]
                 outcomes[test_id] = f"not supported on this model: {evidence}"[:300]
     return {
         "problem_sets": dict(sorted(problem_sets.items())),
