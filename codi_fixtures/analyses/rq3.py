@@ -32,7 +32,7 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
-from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_cells
+from codi_fixtures.analyses.plotting import _diverging_cmap, _no_data, cell_text, label_cells
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
@@ -128,6 +128,14 @@ class Rq3:
                 "at that thought, minus the same probe at the question's own positions.",
             ),
             FigureSpec(
+                "RQ3: probe accuracy by layer (best thought per step)",
+                "rq3_probe_by_layer",
+                partial(probe_by_layer, view),
+                "One line per step: cross-validated probe accuracy for step k's value at the "
+                "best thought, at each probed site (--rq3-all-layers probes every block); "
+                "dotted: the same probe at the question's own positions.",
+            ),
+            FigureSpec(
                 "RQ3: logit-lens rate by layer (best thought per step)",
                 "rq3_lens_by_layer",
                 partial(lens_by_layer, view),
@@ -153,6 +161,8 @@ class Rq3:
             "lens_step": {str(k): r.as_dict() | _verdict(r) for k, r in stats.lens_step.items()},
             "probe_accuracy_best_layer": _listed(probes.accuracy),
             "probe_minus_question": _listed(probes.selectivity),
+            "probe_accuracy_by_site": _listed(probes.by_site),  # (step, thought, site)
+            "probe_question_by_site": _listed(probes.question_by_site),  # (step, site)
             "probe_best_layer": {f"s{k}-t{t}": v for (k, t), v in probes.layer.items()},
             "probe": {
                 f"s{k}-t{t}": {"statistic": r.statistic, "verdict": r.verdict}
@@ -211,6 +221,8 @@ class Rq3Probes:
     layer: dict[tuple[int, int], str]  # the best probed site per cell
     accuracy: np.ndarray  # (K, T) accuracy at the best probed layer
     selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
+    by_site: np.ndarray  # (K, T, S) probe accuracy at every probed site (the layer curves)
+    question_by_site: np.ndarray  # (K, S) the question-position probe's accuracy per site
 
 
 def rq3_probes(view: StudyView) -> Rq3Probes:
@@ -220,10 +232,10 @@ def rq3_probes(view: StudyView) -> Rq3Probes:
         n_layers = int(str(view.results.meta["n_layers"]))
         n_cols = view.results.readouts["lens-tokens"].shape[1] - 1
         steps = [k for k in RQ3_STEPS if k <= n_cols]
-        cells, layer, acc, sel, sites = _probes(
+        cells, layer, acc, sel, sites, by_site, question = _probes(
             view, steps, readout_positions(view.n_thoughts), n_layers
         )
-        return Rq3Probes(sites, cells, layer, acc, sel)
+        return Rq3Probes(sites, cells, layer, acc, sel, by_site, question)
 
     return view.memoised(("rq3_probes",), compute)
 
@@ -368,6 +380,8 @@ def _probes(
     np.ndarray,
     np.ndarray,
     tuple[str, ...],
+    np.ndarray,
+    np.ndarray,
 ]:
     r = view.results.readouts
     names = ["positions-embedding"] + [
@@ -394,6 +408,8 @@ def _probes(
         tol=PROBE_TOL,
     )
     m = len(probe_sites)
+    by_site = np.full((k_n, n_t, m), np.nan)
+    question = np.full((k_n, m), np.nan)
     for i, k in enumerate(RQ3_STEPS):
         for t in range(n_t):
             if k not in steps:
@@ -405,6 +421,9 @@ def _probes(
                 s: probe_effects(grid, k - 1, f"t{t}", s, sesoi=SESOI_RATE, alpha=view.alpha)
                 for s in probe_sites
             }
+            for j, s in enumerate(probe_sites):
+                by_site[i, t, j] = effects[s]["accuracy"].statistic
+                question[i, j] = by_site[i, t, j] - effects[s]["minus_question"].statistic
             best = max(
                 probe_sites,
                 key=lambda s: (
@@ -441,7 +460,7 @@ def _probes(
         )
         for key in quest_cells
     }
-    return probe, layer, acc, sel, probe_sites
+    return probe, layer, acc, sel, probe_sites, by_site, question
 
 
 def _permuted_cell(
@@ -620,6 +639,29 @@ def probe_heatmap(view: StudyView) -> Figure:
         -1,
         1,
     )
+
+
+def probe_by_layer(view: StudyView) -> Figure:
+    """Per-layer curves: the best thought's probe accuracy per step, and the question's."""
+    p = rq3_probes(view)
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(p.sites))
+    for i, k in enumerate(RQ3_STEPS):
+        curve = p.by_site[i]
+        if not np.isfinite(curve).any():
+            continue
+        (line,) = ax.plot(x, np.nanmax(curve, axis=0), marker="o", label=f"step {k}")
+        ax.plot(x, p.question_by_site[i], ls=":", color=line.get_color(), lw=1)
+    ax.set_xticks(x, p.sites)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("site (input embedding, then block outputs probed)")
+    ax.set_ylabel("probe accuracy (best thought)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="dotted: probe at the question", fontsize="small")
+    else:
+        _no_data(ax)
+    return fig
 
 
 def lens_by_layer(view: StudyView) -> Figure:
