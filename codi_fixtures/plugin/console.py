@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from codi_fixtures.plugin.outcomes import OUTCOMES
-from codi_fixtures.report.vocabulary import SYMBOLS
+from codi_fixtures.report.vocabulary import SYMBOLS, grid_cell
 
 __all__ = ["PARAMS_PROPERTY", "SYMBOLS", "summary_lines"]
 
@@ -28,12 +28,11 @@ _NAME_WIDTH = 46
 
 def _grid(name: str, cells: Mapping[tuple[str, ...], str]) -> list[str]:
     """Lines of one claim function's grid (one line when it has a single row)."""
-    first = list(dict.fromkeys(k[0] if k else "" for k in cells))
-    second = list(dict.fromkeys("-".join(k[1:]) for k in cells))
+    flat = {grid_cell(k): v for k, v in cells.items()}
+    first = list(dict.fromkeys(c for c, _ in flat))
+    second = list(dict.fromkeys(r for _, r in flat))
     width = max(3, *(len(c) for c in first)) + 1
     label = name.removeprefix("test_")[:_NAME_WIDTH].ljust(_NAME_WIDTH)
-
-    flat = {(k[0] if k else "", "-".join(k[1:])): v for k, v in cells.items()}
 
     def row(key2: str) -> str:
         out = []
@@ -43,7 +42,7 @@ def _grid(name: str, cells: Mapping[tuple[str, ...], str]) -> list[str]:
 
     header = "".join(c.ljust(width) for c in first).rstrip()
     if first == [""]:
-        return [f"  {label} {SYMBOLS.get(cells.get((), ''), '.')}"]
+        return [f"  {label} {SYMBOLS.get(flat.get(('', ''), ''), '.')}"]
     if second == [""]:
         return [f"  {label} {header}", f"  {'':{_NAME_WIDTH}} {row('')}"]
     lines = [f"  {label} {header}"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codi_fixtures.report.vocabulary import OUTCOMES, SYMBOLS, ClaimRow
+from codi_fixtures.report.vocabulary import OUTCOMES, SYMBOLS, ClaimRow, grid_cell
 
 Row = ClaimRow
 
@@ -87,8 +87,8 @@ def group_by_function(rows: Sequence[Row]) -> dict[str, dict[str, list[Row]]]:
     return out
 
 
-def _cell_key(row: Row) -> tuple[str, ...]:
-    return tuple(str(v) for k, v in row.params.items() if k != "tier")
+def _cell_key(row: Row) -> tuple[str, str]:
+    return grid_cell(tuple(str(v) for k, v in row.params.items() if k != "tier"))
 
 
 def _counts(rows: Sequence[Row]) -> str:
@@ -164,10 +164,10 @@ def _axis_order(value: str) -> tuple[int, int, str]:
 
 def _grid(function: str, frows: Sequence[Row]) -> str:
     cells = {_cell_key(r): r for r in frows}
-    first = sorted(dict.fromkeys(k[0] if k else "" for k in cells), key=_axis_order)
-    second = list(dict.fromkeys(k[1] if len(k) > 1 else "" for k in cells))
+    first = sorted(dict.fromkeys(k[0] for k in cells), key=_axis_order)
+    second = list(dict.fromkeys(k[1] for k in cells))
 
-    def cell(key: tuple[str, ...]) -> str:
+    def cell(key: tuple[str, str]) -> str:
         row = cells.get(key)
         if row is None:
             return "<td></td>"
@@ -182,7 +182,7 @@ def _grid(function: str, frows: Sequence[Row]) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in first)
     body = []
     for k2 in second:
-        keys = [((k1, k2) if k2 else ((k1,) if k1 else ())) for k1 in first]
+        keys = [(k1, k2) for k1 in first]
         body.append(f"<tr><th>{_e(k2)}</th>{''.join(cell(k) for k in keys)}</tr>")
     name = frows[0].hypothesis or function
     return (

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["OUTCOMES", "SYMBOLS", "ClaimRow", "RenderedFigure"]
+__all__ = ["OUTCOMES", "SYMBOLS", "ClaimRow", "RenderedFigure", "grid_cell"]
 
 OUTCOMES = ("supported", "refuted", "inconclusive", "known", "unexpected", "error")
 """What a claim can end as (:mod:`codi_fixtures.plugin.outcomes` says how each arises)."""
@@ -19,6 +19,15 @@ SYMBOLS = {
     "error": "E",
 }
 """One letter per outcome: the console grids and the report's grids."""
+
+
+def grid_cell(values: tuple[str, ...]) -> tuple[str, str]:
+    """A claim's cell in its function's verdict grid: (column, row).
+
+    The column is the first parameter (thought, layer role); the row joins the others
+    (``mean``; ``1-L2`` for step 1 at layer 2). The console and the report both use it.
+    """
+    return (values[0] if values else "", "-".join(values[1:]))
 
 
 @dataclass(frozen=True)
