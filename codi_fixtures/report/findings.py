@@ -118,7 +118,10 @@ def _extremes(rows: Sequence[Row]) -> str:
         return ""
     judged.sort(key=lambda r: float(r.stats["statistic"]))  # type: ignore[arg-type]
     low, high = judged[0], judged[-1]
-    name = "-".join
+
+    def name(cell: tuple[str, str]) -> str:
+        return "-".join(part for part in cell if part)
+
     return (
         f" Smallest effect at {_e(name(_cell_key(low)))}: {_e(_effect(low))}; largest at "
         f"{_e(name(_cell_key(high)))}: {_e(_effect(high))}."
