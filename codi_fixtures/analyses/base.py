@@ -9,8 +9,9 @@ An analysis declares
     every selected analysis's requirements in shared batched passes and caches it;
 (b) how it turns the cached results into statistics: :meth:`Analysis.compute` (numpy / scipy
     through :mod:`codi_fixtures.stats`; no model, no torch), memoised per study;
-(c) its figures: :meth:`Analysis.figures`, drawn into the report; and, optionally, numbers for
-    ``summary_statistics.json``: a ``summary(view) -> Mapping`` method (under
+(c) its figures: :meth:`Analysis.figures`, drawn into the report; optionally, what its
+    settings switch off, in words (``left_out(settings) -> list[str]``, listed in the report),
+    and numbers for ``summary_statistics.json``: a ``summary(view) -> Mapping`` method (under
     ``analyses.<name>``; values JSON-able or numpy arrays).
 
 Claims reach an analysis's statistics through the ``analysis`` fixture:

@@ -147,6 +147,10 @@ class Rq5:
             )
         return specs
 
+    def left_out(self, settings: Settings) -> list[str]:
+        """What these settings switch off (the report lists it)."""
+        return [] if settings.subset_kinds else ["RQ5 subset ablations (--subset-kinds none)"]
+
     def summary(self, view: StudyView) -> dict[str, object]:
         """Numbers for ``summary_statistics.json`` (under ``analyses.rq5``)."""
         out: dict[str, object] = {}

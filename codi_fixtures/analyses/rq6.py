@@ -139,6 +139,12 @@ class Rq6:
             ),
         ]
 
+    def left_out(self, settings: Settings) -> list[str]:
+        """What these settings switch off (the report lists it)."""
+        if settings.knockout_heads:
+            return []
+        return ["RQ6 per-head knockouts (--knockout-heads runs them)"]
+
     def summary(self, view: StudyView) -> dict[str, object]:
         """Numbers for ``summary_statistics.json`` (under ``analyses.rq6``)."""
         out: dict[str, object] = {}

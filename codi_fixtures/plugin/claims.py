@@ -22,7 +22,7 @@ import pytest
 
 from codi_fixtures.analyses import Evidence, StudyAnalysis
 from codi_fixtures.plugin.outcomes import VERDICT_PROPERTY, ClaimNotSupported
-from codi_fixtures.plugin.properties import CLAIM_PROPERTY
+from codi_fixtures.plugin.properties import CLAIM_PROPERTY, marked_analyses
 from codi_fixtures.report.summary import stats_table_html
 from codi_fixtures.stats import StatResult
 
@@ -85,9 +85,7 @@ class Claim:
             },
             "context": dict(context),
             "message": evidence(result),
-            "analyses": [
-                str(name) for mark in self.node.iter_markers("codi_analyses") for name in mark.args
-            ],
+            "analyses": marked_analyses(self.node),
         }
         self.node.user_properties.append((CLAIM_PROPERTY, json.dumps(payload, default=str)))
 

@@ -27,6 +27,7 @@ from codi_fixtures.config import (
     tier_of_markexpr,
 )
 from codi_fixtures.errors import CodiError, ConfigError
+from codi_fixtures.plugin.properties import ANALYSES_MARK, marked_analyses
 from codi_fixtures.plugin.session import SESSION_KEY, CodiSession, collection_shape
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ANALYSES_MARK = "codi_analyses"
 
 
 # --- options ------------------------------------------------------------------------------
@@ -381,11 +380,10 @@ def analyses_read_by(items: list[pytest.Item]) -> frozenset[str] | None:
     for item in items:
         if "analysis" not in getattr(item, "fixturenames", ()):
             continue
-        marks = list(item.iter_markers(ANALYSES_MARK))
-        if not marks:
+        names = marked_analyses(item)
+        if not names:
             return None  # an unmarked claim may read anything
-        for mark in marks:
-            wanted.update(str(name) for name in mark.args)
+        wanted.update(names)
     return frozenset(wanted)
 
 

@@ -152,9 +152,7 @@ class CodiReporter:
         analyses = self._analyses()
         run_info = _run_info(self.codi)
         run_info["not_computed"] = not_computed(
-            self.codi.settings,
-            [a.name for a in analyses],
-            [a.name for a in self.codi.registered_analyses()],
+            self.codi.settings, analyses, self.codi.registered_analyses()
         )
         self.summary_html = build_summary(
             self.codi.settings,

@@ -30,18 +30,22 @@ __all__ = ["analysis_summaries", "build_summary", "not_computed"]
 
 
 def not_computed(
-    settings: Settings, computed: Sequence[str], registered: Sequence[str]
+    settings: Settings, computed: Sequence[Analysis], registered: Sequence[Analysis]
 ) -> list[str]:
-    """What this run left out, in words: analyses not selected, and parts off by option."""
+    """What this run left out, in words: unselected analyses, parts switched off by option.
+
+    The latter come from each computed analysis's optional ``left_out(settings)``.
+    """
+    names = {a.name for a in computed}
     out = [
-        f"{name} (no selected claim reads it; run without -k to compute it)"
-        for name in registered
-        if name not in computed
+        f"{a.name} (no selected claim reads it; run without -k to compute it)"
+        for a in registered
+        if a.name not in names
     ]
-    if "rq5" in computed and not settings.subset_kinds:
-        out.append("RQ5 subset ablations (--subset-kinds none)")
-    if "rq6" in computed and not settings.knockout_heads:
-        out.append("RQ6 per-head knockouts (--knockout-heads runs them)")
+    for analysis in computed:
+        left_out = getattr(analysis, "left_out", None)
+        if callable(left_out):
+            out += left_out(settings)
     return out
 
 

@@ -596,7 +596,9 @@ def compute_study(
             return reused
         shard_dir = cache_dir / f"study-{key}.shards"
         shard_dir.mkdir(exist_ok=True)
-        return _compute(model, problems, cfg, needs, final, shard_dir)
+        results = _compute(model, problems, cfg, needs, final, shard_dir)
+        write_index(final, base, needs)
+        return results
 
 
 def _compute(
@@ -681,6 +683,5 @@ def _compute(
         )
         results.readouts["interchange-counterfactual"] = donors.counterfactual
     _save_verified(final, results)
-    write_index(final, study_base(model, problems, cfg), needs)
     shutil.rmtree(shard_dir, ignore_errors=True)
     return results
