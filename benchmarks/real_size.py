@@ -38,8 +38,10 @@ beside them the budget's prediction for the same study shape, with ``flags`` nam
 every quantity where measurement and prediction differ by more than 2x. The random
 weights never emit eos, so every row decodes to the 24-token cap: the answer length is
 taken from the run, not the budget's default of 8. With ``--split-rows N`` the study is
-run a second time with ``max_rows=N`` (the out-of-memory split path) and the per-problem
-results are compared.
+run a second time with ``max_rows=N`` (the simulated out-of-memory split path), and with
+``--memory-limit-mb M`` under a genuine limit (the process's address space capped at its
+size plus M MiB, so batches really fail to allocate and are split); each time the
+per-problem results are compared with the unlimited run.
 
 Usage::
 
@@ -515,6 +517,66 @@ class ForwardCounter:
                 handle.remove()
 
 
+@contextmanager
+def address_space_limit(extra_bytes: int) -> Iterator[int]:
+    """Cap this process's address space at its current size plus ``extra_bytes`` (Linux).
+
+    A genuine limit: an allocation past it fails in the OS, and torch's CPU allocator
+    raises its "can't allocate memory" error. Only the soft limit is lowered, so it is
+    restored on exit.
+    """
+    size = _status_bytes("VmSize")
+    if size is None:
+        raise SystemExit("--memory-limit-mb needs Linux (/proc/self/status)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = size + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+class _SplitCounter(logging.Handler):
+    """Counts the runner's "out of memory on N rows; retrying" records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.splits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("out of memory on"):
+            self.splits.append(message)
+
+
+def _limited_run(
+    model: CodiModel, problems: Any, cfg: RunConfig, cache: Path, extra_mb: int
+) -> tuple[Any, dict[str, Any]]:
+    """``compute_study`` under a genuine address-space limit; the study and what happened."""
+    from codi_fixtures.study.runs import compute_study
+
+    runner_log = logging.getLogger("codi_fixtures.study.runs")
+    counter = _SplitCounter()
+    level = runner_log.level
+    runner_log.addHandler(counter)
+    runner_log.setLevel(logging.INFO)
+    t_start = time.perf_counter()
+    try:
+        with address_space_limit(extra_mb * 2**20) as limit:
+            study = compute_study(model, problems, cfg, cache)
+    finally:
+        runner_log.removeHandler(counter)
+        runner_log.setLevel(level)
+    return study, {
+        "extra_mb": extra_mb,
+        "address_space_limit_bytes": limit,
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "splits": len(counter.splits),
+        "first_splits": counter.splits[:3],
+    }
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -621,6 +683,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "wall_s": round(time.perf_counter() - t_split, 2),
             **_compare_studies(results, again),
         }
+
+    limited: dict[str, Any] | None = None
+    if args.memory_limit_mb:
+        again, limited = _limited_run(
+            model, problems, settings.run, cache / "limited", args.memory_limit_mb
+        )
+        limited.update(_compare_studies(results, again))
 
     # The cost model for exactly this study (token counts taken from this run).
     n = len(problems)
@@ -734,6 +803,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "ratios_measured_over_predicted": ratios,
         "flags": flags,
         "split_check": split,
+        "memory_limit_check": limited,
     }
 
 
@@ -766,6 +836,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     m.add_argument("--batch-rows", type=int, default=RunConfig().batch_rows)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--split-rows", type=int, default=0, help="rerun with max_rows=N; compare")
+    m.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=0,
+        help="rerun under a real address-space limit of (size now + N MiB); compare",
+    )
     m.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.command == "build" and args.dtype is None:

@@ -64,6 +64,10 @@ class Prompt:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def take(self, rows: slice) -> Prompt:
+        """These rows, still padded to this batch's width (so they compute as they did here)."""
+        return Prompt(self.input_ids[rows], self.attention_mask[rows], self.q_lens[rows])
+
 
 @dataclass(frozen=True)
 class KnockoutMask:

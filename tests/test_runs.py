@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from codi_fixtures.config import ModelConfig, RunConfig
 from codi_fixtures.engine import ThoughtPatch, build_prompt, run_latent
 from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.model.codi import load_codi
+from codi_fixtures.model.devices import is_out_of_memory
 from codi_fixtures.organism.task import make_splits
 from codi_fixtures.study import runs
 
@@ -192,6 +194,85 @@ def test_out_of_memory_batches_are_split_and_give_identical_results(model, probl
     whole = runs.compute_study(model, problems, _cfg(), tmp_path / "a")
     split = runs.compute_study(model, problems, _cfg(max_rows=4), tmp_path / "b")
     _assert_same(whole, split)
+
+
+def test_a_host_allocation_failure_counts_as_out_of_memory():
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator's own error
+    assert is_out_of_memory(failed.value)
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_genuine_memory_limit_splits_batches_and_keeps_the_results(tmp_path):
+    """Under a real address-space cap the batches fail to allocate, are split, and agree."""
+    script = textwrap.dedent(
+        """
+        import json, logging, resource, sys
+        from pathlib import Path
+        import numpy as np
+        from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, RunConfig
+        from codi_fixtures.model.codi import load_codi
+        from codi_fixtures.study import runs
+        from codi_fixtures.study.data import load_problems
+
+        def vm(field):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+
+        out = Path(sys.argv[1])
+        model = load_codi(ModelConfig(ckpt=BUNDLED_CHECKPOINT, device="cpu"))
+        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")[:40]
+        cfg = RunConfig(kinds=("zero", "mean"), batch_rows=10**6)  # one batch, unless split
+        before = vm("VmSize")
+        whole = runs.compute_study(model, problems, cfg, out / "whole")
+        growth = vm("VmPeak") - before
+        splits = []
+        handler = logging.Handler()
+        handler.emit = lambda record: splits.append(record.getMessage())
+        runner_log = logging.getLogger("codi_fixtures.study.runs")
+        runner_log.addHandler(handler)
+        runner_log.setLevel(logging.INFO)
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm("VmSize") + growth // 4, hard))
+        try:
+            capped = runs.compute_study(model, problems, cfg, out / "capped")
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        arrays = {
+            name: [np.asarray(getattr(s, name), float).tolist() for s in (whole, capped)]
+            for name in runs.StudyResults._ARRAYS
+        }
+        print(json.dumps({
+            "splits": [m for m in splits if m.startswith("out of memory")],
+            "texts": [whole.clean_text == capped.clean_text],
+            "arrays": arrays,
+        }))
+        """
+    )
+    # glibc serves large blocks by mmap and returns them on free, so the cap is what the
+    # computation itself may use (not what an earlier run left in malloc's arenas).
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["splits"], "the cap was never hit: nothing was split"
+    assert report["texts"] == [True]
+    for name, (whole, capped) in report["arrays"].items():
+        whole_a, capped_a = np.array(whole, dtype=float), np.array(capped, dtype=float)
+        if name in {"logp", "clean_logp", "logp_first", "clean_logp_first", "kl"}:
+            # smaller batches take other GEMM blockings: float32 rounding, nothing more
+            np.testing.assert_allclose(capped_a, whole_a, rtol=1e-5, atol=1e-4, err_msg=name)
+        else:
+            np.testing.assert_array_equal(capped_a, whole_a, err_msg=name)
 
 
 def test_a_single_row_over_budget_is_a_real_error(model, problems, tmp_path):

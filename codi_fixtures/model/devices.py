@@ -6,7 +6,7 @@ import torch
 
 from codi_fixtures.errors import ConfigError
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "is_out_of_memory", "resolve_device", "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -16,6 +16,22 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+# What a failed host-memory allocation says: torch's CPU allocator, and the MPS backend.
+_HOST_OOM_MESSAGES = ("can't allocate memory", "MPS backend out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a failed device or host allocation (worth retrying smaller).
+
+    CUDA raises :class:`torch.OutOfMemoryError`; a CPU allocation that the OS refuses
+    (a memory limit, an exhausted machine) raises a plain ``RuntimeError`` from the
+    ``DefaultCPUAllocator``, recognised by its message.
+    """
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _HOST_OOM_MESSAGES)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -54,6 +54,7 @@ from codi_fixtures.engine import (
 from codi_fixtures.errors import ConfigError
 from codi_fixtures.model.architecture import unwrap_peft
 from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.model.devices import is_out_of_memory
 from codi_fixtures.study.conditions import (
     AttentionReadout,
     Condition,
@@ -276,11 +277,12 @@ def _run_rows(
             knockout=group.knockout,
             prefix=prefix,
         )
-    except torch.OutOfMemoryError:
-        if len(rows) == 1:
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(err) or len(rows) == 1:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        run = None
+    if run is None:  # retried outside the handler, so the failed attempt's tensors are freed
+        _release_device_memory()
         half = len(rows) // 2
         log.info("out of memory on %d rows; retrying as %d + %d", len(rows), half, len(rows) - half)
         parts = []
@@ -308,6 +310,44 @@ def _kl(clean: torch.Tensor, ablated: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 # --- the two passes -------------------------------------------------------------------------
+def _halving_on_oom(
+    compute: Callable[[slice], dict[str, np.ndarray]], n: int, what: str
+) -> dict[str, np.ndarray]:
+    """``compute(slice(0, n))``; where that runs out of memory, its halves' results joined.
+
+    Halves are split again as needed; a single problem that does not fit is a real error.
+    Every array ``compute`` returns is per problem (axis 0).
+    """
+
+    def run(rows: slice) -> dict[str, np.ndarray]:
+        size = rows.stop - rows.start
+        try:
+            return compute(rows)
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(err) or size == 1:
+                raise
+        # Retried outside the handler: the failed attempt's tensors, which its traceback
+        # holds, are freed first.
+        _release_device_memory()
+        mid = rows.start + size // 2
+        log.info(
+            "out of memory on %d %s; retrying as %d + %d",
+            size,
+            what,
+            mid - rows.start,
+            rows.stop - mid,
+        )
+        halves = [run(slice(rows.start, mid)), run(slice(mid, rows.stop))]
+        return {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
+
+    return run(slice(0, n))
+
+
+def _release_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _clean_pass(
     model: CodiModel,
     chunk: Sequence[Problem],
@@ -316,8 +356,27 @@ def _clean_pass(
     step_columns: int = 0,
     routing_width: int = 0,
 ) -> dict[str, np.ndarray]:
-    site = parse_site(cfg.site, model.n_layers)
+    """The clean run of each problem of ``chunk`` (one row each) and its read-outs."""
     prompt = build_prompt(model, [p.question for p in chunk])
+    return _halving_on_oom(
+        lambda rows: _clean_rows(
+            model, chunk[rows], prompt.take(rows), cfg, needs, step_columns, routing_width
+        ),
+        len(chunk),
+        "problems (clean runs)",
+    )
+
+
+def _clean_rows(
+    model: CodiModel,
+    chunk: Sequence[Problem],
+    prompt: Prompt,
+    cfg: RunConfig,
+    needs: Requirements,
+    step_columns: int,
+    routing_width: int,
+) -> dict[str, np.ndarray]:
+    site = parse_site(cfg.site, model.n_layers)
     hidden = [r for r in needs.readouts if isinstance(r, HiddenReadout)]
     capture = [] if isinstance(site, EmbeddingSite) else [site.layer]
     capture += [r.layer for r in hidden if r.layer is not None and r.layer not in capture]
@@ -427,6 +486,32 @@ def _ablation_pass(
     :class:`FewerThoughts` conditions is one more call branching from the same prefix.
     """
     prompt = build_prompt(model, [p.question for p in chunk])
+    return _halving_on_oom(
+        lambda rows: _ablation_rows(
+            model,
+            chunk[rows],
+            prompt.take(rows),
+            offset + rows.start,
+            conditions,
+            ref,
+            cfg,
+            donors,
+        ),
+        len(chunk),
+        "problems (ablation runs)",
+    )
+
+
+def _ablation_rows(
+    model: CodiModel,
+    chunk: Sequence[Problem],
+    prompt: Prompt,
+    offset: int,
+    conditions: Sequence[Condition],
+    ref: AblationRef,
+    cfg: RunConfig,
+    donors: Donors | None,
+) -> dict[str, np.ndarray]:
     n = len(chunk)
     per = 1 + len(conditions)
     golds = [format_number(p.answer) for p in chunk]
