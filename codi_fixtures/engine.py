@@ -27,7 +27,7 @@ from codi_fixtures.answers import parse_answer
 from codi_fixtures.model.architecture import attention_modules, unwrap_peft
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.model.hooks import attention_weights_hook, block_output_hook
-from codi_fixtures.model.kvcache import cache_kwargs, new_cache
+from codi_fixtures.model.kvcache import branch_cache, cache_kwargs, new_cache
 
 __all__ = [
     "KnockoutMask",
@@ -126,13 +126,8 @@ class LoopState:
 
     def select(self, rows: torch.Tensor) -> LoopState:
         """A new state holding copies of ``rows`` (repeats allowed): branching."""
-        cache = new_cache()
-        for idx, layer in enumerate(self.cache.layers):
-            keys, values = layer.keys, layer.values  # type: ignore[union-attr]
-            assert keys is not None and values is not None, "branching needs a filled cache"
-            cache.update(keys.index_select(0, rows), values.index_select(0, rows), idx)
         return LoopState(
-            cache,
+            branch_cache(self.cache, rows),
             self.mask.index_select(0, rows),
             self.next_pos.index_select(0, rows),
             self.rows().index_select(0, rows.to(self.mask.device)),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-__all__ = ["GrowingLayer", "cache_kwargs", "new_cache"]
+__all__ = ["GrowingLayer", "branch_cache", "cache_kwargs", "new_cache"]
 
 _MIN_CAPACITY = 64
 
@@ -28,6 +28,18 @@ class GrowingLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+
+    @classmethod
+    def gathered(cls, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> GrowingLayer:
+        """A layer holding ``rows`` of ``keys``/``values``, gathered straight into its buffer."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        length = keys.shape[-2]
+        shape = (len(rows), *keys.shape[1:-2], max(length, _MIN_CAPACITY), keys.shape[-1])
+        layer._key_buffer, layer._value_buffer = keys.new_empty(shape), values.new_empty(shape)
+        layer.keys = torch.index_select(keys, 0, rows, out=layer._key_buffer[..., :length, :])
+        layer.values = torch.index_select(values, 0, rows, out=layer._value_buffer[..., :length, :])
+        return layer
 
     def _grow(self, needed: int, like: torch.Tensor) -> None:
         length = self.get_seq_length()
@@ -68,6 +80,24 @@ def new_cache() -> Cache:
     if torch.is_grad_enabled():
         return DynamicCache()
     return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+def branch_cache(cache: Cache, rows: torch.Tensor) -> Cache:
+    """A new cache holding copies of ``rows`` (repeats allowed) of every layer: branching.
+
+    Without gradients each layer's rows are gathered straight into a growing buffer (one
+    copy per tensor); with them, into transformers' concatenating cache.
+    """
+    out = new_cache()
+    for idx, layer in enumerate(cache.layers):
+        keys, values = layer.keys, layer.values  # type: ignore[union-attr]
+        if keys is None or values is None:
+            raise ValueError("branching needs a filled cache")
+        if out.layer_class_to_replicate is GrowingLayer:
+            out.layers.append(GrowingLayer.gathered(keys, values, rows))
+        else:
+            out.update(keys.index_select(0, rows), values.index_select(0, rows), idx)
+    return out
 
 
 @functools.cache
