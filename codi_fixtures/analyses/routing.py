@@ -5,8 +5,8 @@ question token, per layer.
 
 Requirements: the :class:`~codi_fixtures.study.conditions.RoutingReadout` of the clean pass.
 Statistics: per (thought t, step k, layer L) the claim "thought t reads the operands of step k
-more than the other numbers of its question", judged on the within-problem, position-adjusted
-contrast of log attention (:mod:`codi_fixtures.stats.routing`), SESOI log 1.25, Holm over the
+more than the other numbers of its question", judged on the log attention ratio within problem and
+distance (two-way fixed effects, :mod:`codi_fixtures.stats.routing`), SESOI log 1.25, Holm over the
 thought x step x layer grid. Figures: the thought x token-role heatmap per layer, and one worked
 example (a question's tokens shaded by each thought's attention).
 """
@@ -25,7 +25,7 @@ from codi_fixtures.analyses.rq3 import RQ3_STEPS
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
-from codi_fixtures.stats.routing import SESOI_ROUTING, routing_contrast, routing_effect
+from codi_fixtures.stats.routing import SESOI_ROUTING, routing_effect, routing_fit
 from codi_fixtures.study.conditions import Dimensions, Requirements, RoutingReadout
 from codi_fixtures.study.roles import NAME, NUMBER, OPERATION, OTHER
 
@@ -109,7 +109,10 @@ class Routing:
             for (t, k, layer), r in grid.items()
         }
         return {
-            "contrast": "log attention, step-k operands minus other numbers, position-adjusted",
+            "contrast": (
+                "log attention ratio, step-k operands / other numbers of the question, within "
+                "problem and distance from the question's end (two-way fixed effects)"
+            ),
             "sesoi": SESOI_ROUTING,
             "claims": claims,
             "role_columns": list(ROLE_COLUMNS),
@@ -183,18 +186,17 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
         numbers = data.roles == NUMBER
         flat = []
         for t, k, layer in keys:
-            contrast = routing_contrast(
-                data.attention[:, layer, t], data.q_len, data.operand_mask(k), numbers
-            )
-            n = int(np.isfinite(contrast).sum())
-            flat.append(guarded(partial(_effect, a, contrast), n, "greater"))
+            args = (data.attention[:, layer, t], data.q_len, data.operand_mask(k), numbers)
+            flat.append(guarded(partial(_effect, a, *args), data.n, "greater"))
         return dict(zip(keys, apply_holm_verdicts(flat, alpha=a.alpha), strict=True))
 
     return a.memoised(("routing", "grid"), compute)
 
 
-def _effect(a: StudyView, contrast: np.ndarray) -> StatResult:
-    return routing_effect(contrast, alpha=a.alpha, seed=a.seed, n_boot=a.n_boot)
+def _effect(
+    a: StudyView, att: np.ndarray, q_len: np.ndarray, target: np.ndarray, numbers: np.ndarray
+) -> StatResult:
+    return routing_effect(routing_fit(att, q_len, target, numbers), alpha=a.alpha)
 
 
 def _role_masks(data: RoutingData) -> list[np.ndarray]:
@@ -297,13 +299,13 @@ def routing_claim(a: StudyView, thought: int, step: int, layer: int) -> Evidence
     """Thought ``thought`` reads step ``step``'s operands more than other numbers at ``layer``."""
     return Evidence(
         f"at layer L{layer}, the query producing thought {thought} attends to step {step}'s "
-        "operands more than to the question's other numbers (position-adjusted, > x1.25)",
+        "operands more than to the question's other numbers at the same distance (> x1.25)",
         routing_grid(a)[(thought, step, layer)],
         {
             "thought": thought,
             "step": step,
             "layer": layer,
-            "statistic": "mean log-attention ratio, operands / other numbers",
+            "statistic": "log attention ratio, operands / other numbers (fixed effects)",
             "family": "Holm over thoughts x steps x layers",
         },
         ("rq6-routing-roles", lambda: role_heatmap(a)),
