@@ -75,7 +75,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from codi_fixtures.config import BUNDLED_CHECKPOINT, TIERS, ModelConfig, RunConfig, Settings
+from codi_fixtures.config import (
+    BUNDLED_CHECKPOINT,
+    TIERS,
+    ModelConfig,
+    RunConfig,
+    Settings,
+    parse_batch_rows,
+)
 from codi_fixtures.model import budget
 from codi_fixtures.model.checkpoint import WEIGHT_FILES, CodiSpec
 from codi_fixtures.model.codi import CodiModel
@@ -627,6 +634,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from codi_fixtures.config import parse_kinds
     from codi_fixtures.engine import answer_targets
     from codi_fixtures.model.codi import load_codi
+    from codi_fixtures.study.batching import resolve_batch_rows
     from codi_fixtures.study.conditions import default_requirements
     from codi_fixtures.study.data import load_problems, stratified_sample
     from codi_fixtures.study.runs import compute_study, dimensions_of
@@ -652,6 +660,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         load_problems(problems_path), settings.tiers[args.tier], seed=settings.run.seed
     )
     shape = budget.shape_of(model)
+    batch_rows_used = resolve_batch_rows(
+        settings.run.batch_rows, model, problems, settings.run.max_new_tokens
+    )
     counter = ForwardCounter(shape)
     cuda = model.device.type == "cuda"
     if cuda:
@@ -709,15 +720,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         conditions=conditions,
     )
     dtype_bytes = model.dtype.itemsize
-    per_batch = max(1, settings.run.batch_rows // rows)
+    per_batch = max(1, batch_rows_used // rows)
     batch_rows = min(n, per_batch) * rows
     flops_pred = budget.study_flops(shape, study).total * n
     memory = budget.memory_estimate(
         shape, batch_rows, study.seq_len, dtype_bytes, scored_tokens=study.scored_tokens
     )
     compute_s = budget.study_seconds(flops_pred)
-    stream_s = budget.streaming_seconds(shape, study, n, settings.run.batch_rows, dtype_bytes)
-    clean_batches = math.ceil(n / max(1, settings.run.batch_rows))
+    stream_s = budget.streaming_seconds(shape, study, n, batch_rows_used, dtype_bytes)
+    clean_batches = math.ceil(n / max(1, batch_rows_used))
     ablation_batches = math.ceil(n / per_batch)
     t = study.n_thoughts
     calls_pred = clean_batches * (t + 2) + ablation_batches * (t + 3 + study.answer_tokens - 1)
@@ -756,7 +767,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "conditions": conditions,
         "rows_per_problem": rows,
         "rows_total": rows * n,
-        "batch_rows": settings.run.batch_rows,
+        "batch_rows": batch_rows_used,
+        "batch_rows_option": "auto" if settings.run.batch_rows is None else settings.run.batch_rows,
         "rows_per_ablation_batch": batch_rows,
         "parameters": shape.n_params,
         "parameters_published_estimate": REPLICAS_BY_TYPE_PARAMS.get(shape.vocab),
@@ -833,7 +845,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     m.add_argument("--tier", choices=sorted(TIERS), default="quick")
     m.add_argument("--kinds", default="zero,mean,noise,resample")
     m.add_argument("--problems", type=Path, default=None, help="default: GSM8K test or bundled")
-    m.add_argument("--batch-rows", type=int, default=RunConfig().batch_rows)
+    m.add_argument("--batch-rows", type=parse_batch_rows, default=None, help="rows, or auto")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--split-rows", type=int, default=0, help="rerun with max_rows=N; compare")
     m.add_argument(

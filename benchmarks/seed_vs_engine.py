@@ -57,7 +57,13 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from codi_fixtures.answers import format_number, parse_answer
-from codi_fixtures.config import ABLATION_KINDS, BUNDLED_CHECKPOINT, ModelConfig, RunConfig
+from codi_fixtures.config import (
+    ABLATION_KINDS,
+    BUNDLED_CHECKPOINT,
+    ModelConfig,
+    RunConfig,
+    parse_batch_rows,
+)
 from codi_fixtures.model import budget
 from codi_fixtures.model.architecture import layer_roles, unwrap_peft
 from codi_fixtures.model.checkpoint import CodiSpec
@@ -514,7 +520,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=100, help="problems (default 100)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, ... (default float32)")
-    p.add_argument("--batch-rows", type=int, default=512, help="engine rows per batch (512)")
+    p.add_argument(
+        "--batch-rows",
+        type=parse_batch_rows,
+        default=None,
+        help="engine rows per batch (default auto, as a research run)",
+    )
     p.add_argument("--kind", choices=("zero", "mean"), default="mean", help="ablation kind")
     p.add_argument(
         "--ckpt", type=Path, default=BUNDLED_CHECKPOINT, help="checkpoint or adapter directory"
@@ -585,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     log.info("phase 1/2: seed reference (batch 1, %d answer tokens max)", ref_cap)
     ref = in_child({**job, "phase": "reference"}, args.same_process)
-    log.info("phase 2/2: engine (batch rows %d, %d answer tokens max)", args.batch_rows, eng_cap)
+    rows_text = "auto" if args.batch_rows is None else str(args.batch_rows)
+    log.info("phase 2/2: engine (batch rows %s, %d answer tokens max)", rows_text, eng_cap)
     eng = in_child({**job, "phase": "engine"}, args.same_process)
     ref["accuracy"] = _accuracy(ref["clean"], problems)
     eng["accuracy"] = _accuracy(eng["clean"], problems)
@@ -599,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dtype={args.dtype}, threads={ref['threads']}, checkpoint {args.ckpt}\n"
         f"problems: {note}\n"
         f"answer-token cap: reference {ref_cap}, engine {eng_cap}; engine batch rows "
-        f"{args.batch_rows} ({1 + eng['conditions']} rows per problem: clean + "
+        f"{rows_text} ({1 + eng['conditions']} rows per problem: clean + "
         f"{eng['conditions']} conditions, incl. all-thoughts)\n\n"
     )
     out.write(format_table(ref, eng, cmp, layers) + "\n")

@@ -20,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "Settings",
+    "parse_batch_rows",
     "parse_kinds",
     "parse_layers",
     "parse_subset_kinds",
@@ -66,13 +67,14 @@ class RunConfig:
     """Seed for noise draws and resample donors."""
     max_new_tokens: int = 24
     """Cap on generated answer tokens (decoding stops at eos before that)."""
-    batch_rows: int = 512
-    """Sequences per forward pass; a chunk holds batch_rows // (1 + conditions) problems."""
+    batch_rows: int | None = None
+    """Sequences per forward pass (None: ``auto``, what memory allows); a chunk holds
+    batch_rows // (1 + conditions) problems."""
     max_rows: int | None = None
     """Simulated device budget: a batch above it raises OutOfMemoryError (then split)."""
 
     def __post_init__(self) -> None:
-        if self.batch_rows < 1:
+        if self.batch_rows is not None and self.batch_rows < 1:
             raise ConfigError(f"--batch-rows must be at least 1, got {self.batch_rows}")
         if self.max_rows is not None and self.max_rows < 0:  # 0: not even one row fits
             raise ConfigError(f"--max-batch-rows must be >= 0, got {self.max_rows}")
@@ -85,6 +87,16 @@ class RunConfig:
         data.pop("batch_rows")
         data.pop("max_rows")
         return data
+
+
+def parse_batch_rows(text: str) -> int | None:
+    """``--batch-rows``: ``auto`` (None: what memory allows) or a positive number of rows."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--batch-rows {text!r}: give a number of rows or auto") from None
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:

@@ -27,7 +27,13 @@ from codi_fixtures.answers import parse_answer
 from codi_fixtures.model.architecture import attention_modules, unwrap_peft
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.model.hooks import attention_weights_hook, block_output_hook
-from codi_fixtures.model.kvcache import branch_cache, cache_kwargs, new_cache
+from codi_fixtures.model.kvcache import (
+    branch_cache,
+    cache_kwargs,
+    copy_cached_rows,
+    new_cache,
+    set_live_rows,
+)
 
 __all__ = [
     "KnockoutMask",
@@ -582,6 +588,143 @@ def _decode_after_scoring(
     return ids, bad, truncated
 
 
+@dataclass(frozen=True)
+class _BranchPlan:
+    """Rows that join the latent loop only where they first differ from their question's run.
+
+    A row whose patch first touches thought ``f`` computes thoughts ``0..f-1`` exactly as an
+    unpatched row of its question would; so one unpatched *trunk* row per question runs the
+    loop, and the row joins at step ``f`` with the trunk's keys/values copied in. Run rows are
+    sorted by ``f`` (``order``), so the live rows at every step are one slice of the cache:
+    the trunks, then the rows that have joined.
+    """
+
+    order: torch.Tensor  # (R,) run rows sorted by their first patched thought
+    inverse: torch.Tensor  # (R,) position of each run row in ``order``
+    rows: torch.Tensor  # (R,) prompt row of each sorted run row
+    trunks: torch.Tensor  # (U,) prompt rows of the trunks
+    trunk_of: torch.Tensor  # (R,) trunk index of each sorted run row
+    joined: list[int]  # joined[t]: sorted run rows live at step t (they have f <= t)
+
+    @staticmethod
+    def of(rows: torch.Tensor, patch: ThoughtPatch | None, n_thoughts: int) -> _BranchPlan | None:
+        """The plan, or None when it would not save latent steps (every row differs early)."""
+        rows = rows.cpu()
+        first = torch.full((len(rows),), n_thoughts, dtype=torch.long)
+        if patch is not None and n_thoughts:
+            mask = patch.mask[:, :n_thoughts].cpu()
+            touched = mask.any(dim=1)
+            first[touched] = mask[touched].long().argmax(dim=1)
+        trunks, trunk_of = torch.unique(rows, return_inverse=True)
+        if int(first.sum()) <= len(trunks) * n_thoughts:
+            return None
+        order = torch.sort(first, stable=True).indices
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        first = first[order]
+        joined = [int((first <= t).sum()) for t in range(n_thoughts)]
+        return _BranchPlan(order, inverse, rows[order], trunks, trunk_of[order], joined)
+
+
+def _branching_thoughts(
+    model: CodiModel,
+    state: LoopState,
+    bot_hidden: torch.Tensor,
+    plan: _BranchPlan,
+    patch: ThoughtPatch | None,
+    n_thoughts: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent loop of ``plan``; ``state`` holds the trunks, then the sorted run rows.
+
+    Returns the run rows' fed thoughts (R, T, d) and non-finite flags (R,); ``state`` is left
+    holding only the run rows (the trunks' cache rows are no longer shown).
+    """
+    device = state.mask.device
+    n_trunks, n_rows = len(plan.trunks), len(plan.rows)
+    trunk_of = torch.cat([torch.arange(n_trunks), plan.trunk_of]).to(device)  # per cache row
+    prefix_mask, prefix_pos, width = state.mask, state.next_pos, state.length
+    if patch is not None:  # the trunks are never patched
+        values = torch.cat(
+            [patch.values.new_zeros((n_trunks, *patch.values.shape[1:])), patch.values]
+        )
+        mask = torch.cat([patch.mask.new_zeros((n_trunks, patch.mask.shape[1])), patch.mask])
+        patch = ThoughtPatch(values, mask, patch.layer)
+    z = model.project(bot_hidden)  # thought 0's input, every cache row
+    bad = ~torch.isfinite(bot_hidden).all(dim=-1)
+    fed: list[torch.Tensor] = []
+    live = n_trunks
+
+    def join(upto: int, step: int) -> None:
+        """Cache rows ``live..upto`` take their trunk's state before thought ``step``."""
+        new = torch.arange(live, upto, device=device)
+        source = trunk_of[new]
+        if step:
+            copy_cached_rows(state.cache, new, source, slice(width, width + step))
+        z[new] = z[source]
+        bad[new] |= bad[source]
+
+    for t in range(n_thoughts):
+        upto = n_trunks + plan.joined[t]
+        if upto > live:
+            join(upto, t)
+            live = upto
+        set_live_rows(state.cache, slice(0, live))
+        state.mask = torch.cat([prefix_mask[:live], prefix_mask.new_ones((live, t))], dim=1)
+        state.next_pos = prefix_pos[:live] + t
+        step_patch = (
+            None
+            if patch is None
+            else ThoughtPatch(patch.values[:live], patch.mask[:live], patch.layer)
+        )
+        zt = z[:live]
+        if step_patch is not None and step_patch.layer is None:
+            zt = step_patch.apply(t, zt)
+        # run rows not yet live feed what their trunk feeds
+        fed.append(torch.cat([zt[n_trunks:], zt[trunk_of[live:]]]))
+        with ExitStack() as stack:
+            if step_patch is not None and step_patch.layer is not None:
+                stack.enter_context(
+                    block_output_hook(model.codi, step_patch.layer, _last_position(step_patch, t))
+                )
+            h = forward_step(model, state, embeds=zt[:, None, :]).hidden[:, -1]
+        bad[:live] |= ~torch.isfinite(h).all(dim=-1)
+        z = torch.cat([model.project(h), z[live:]])
+    if n_trunks + n_rows > live:
+        join(n_trunks + n_rows, n_thoughts)
+    rows = slice(n_trunks, n_trunks + n_rows)
+    set_live_rows(state.cache, rows)
+    state.mask = torch.cat([prefix_mask[rows], prefix_mask.new_ones((n_rows, n_thoughts))], dim=1)
+    state.next_pos = prefix_pos[rows] + n_thoughts
+    thoughts = torch.stack(fed, dim=1) if fed else bot_hidden.new_zeros((n_rows, 0, 0))
+    return thoughts, bad[rows]
+
+
+def _reorder(run: LatentRun, index: torch.Tensor) -> LatentRun:
+    """``run`` with its rows taken in ``index`` order (every per-row field)."""
+    picks = index.tolist()
+
+    def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.index_select(0, index.to(x.device))
+
+    return LatentRun(
+        q_lens=run.q_lens.index_select(0, index.to(run.q_lens.device)),
+        thoughts=run.thoughts.index_select(0, index.to(run.thoughts.device)),
+        first_logits=run.first_logits.index_select(0, index.to(run.first_logits.device)),
+        answer_ids=[run.answer_ids[i] for i in picks] if run.answer_ids else [],
+        answer_text=[run.answer_text[i] for i in picks] if run.answer_text else [],
+        answers=[run.answers[i] for i in picks] if run.answers else [],
+        nonfinite=run.nonfinite.index_select(0, index.to(run.nonfinite.device)),
+        block_outputs={
+            k: v.index_select(0, index.to(v.device)) for k, v in run.block_outputs.items()
+        },
+        attentions=rows(run.attentions),
+        routing=rows(run.routing),
+        target_logp=rows(run.target_logp),
+        answer_logits=rows(run.answer_logits),
+        target_first_logp=rows(run.target_first_logp),
+    )
+
+
 @torch.no_grad()
 def run_latent(
     model: CodiModel,
@@ -618,6 +761,78 @@ def run_latent(
         raise ValueError("a shared prefix needs rows= (the prefix itself is never advanced)")
     if routing and prefix is not None:
         raise ValueError("routing attention is read while the prompt is encoded: no prefix=")
+    n_thoughts = model.spec.n_thoughts if n_thoughts is None else n_thoughts
+    if n_thoughts < 0:
+        raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
+    n_rows = len(prompt) if rows is None else len(rows)
+    if knockout is not None and knockout.blocked.shape[0] != n_rows:
+        raise ValueError(f"knockout mask has {knockout.blocked.shape[0]} rows, the run {n_rows}")
+    plan = None
+    if rows is not None and on_thought is None and not capture_layers and not routing:
+        plan = _BranchPlan.of(rows, patch, n_thoughts)
+    if plan is None:
+        return _run_latent(
+            model,
+            prompt,
+            rows,
+            patch,
+            on_thought,
+            capture_layers,
+            attention_layers,
+            targets,
+            max_new_tokens,
+            generate,
+            n_thoughts,
+            knockout,
+            prefix,
+            routing,
+            None,
+        )
+    order = plan.order
+    run = _run_latent(
+        model,
+        prompt,
+        plan.rows,
+        None
+        if patch is None
+        else ThoughtPatch(patch.values[order], patch.mask[order], patch.layer),
+        None,
+        (),
+        attention_layers,
+        None
+        if targets is None
+        else ([targets[0][i] for i in order], [targets[1][i] for i in order]),
+        max_new_tokens,
+        generate,
+        n_thoughts,
+        None
+        if knockout is None
+        else KnockoutMask(knockout.blocked[order], knockout.answer_queries[order]),
+        prefix,
+        False,
+        plan,
+    )
+    return _reorder(run, plan.inverse)
+
+
+def _run_latent(
+    model: CodiModel,
+    prompt: Prompt,
+    rows: torch.Tensor | None,
+    patch: ThoughtPatch | None,
+    on_thought: OnThought | None,
+    capture_layers: Sequence[int],
+    attention_layers: Sequence[int],
+    targets: tuple[list[list[int]], list[int]] | None,
+    max_new_tokens: int,
+    generate: bool,
+    n_thoughts: int,
+    knockout: KnockoutMask | None,
+    prefix: tuple[LoopState, torch.Tensor] | None,
+    routing: bool,
+    plan: _BranchPlan | None,
+) -> LatentRun:
+    """:func:`run_latent` after validation; with a ``plan``, rows join the latent loop late."""
     records: list[list[torch.Tensor]] = [[] for _ in range(model.n_layers if routing else 0)]
     with ExitStack() as stack:
         for layer, store in enumerate(records):
@@ -626,25 +841,24 @@ def run_latent(
         q_lens = prompt.q_lens
         if rows is not None:
             rows = rows.to(prompt.input_ids.device)
-            state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
             q_lens = q_lens.index_select(0, rows.cpu())
+            if plan is not None:  # the trunks first, then the run rows
+                rows = torch.cat([plan.trunks.to(rows.device), rows])
+            state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
         state.row_ids = None  # state rows are run rows from here on
-        n_thoughts = model.spec.n_thoughts if n_thoughts is None else n_thoughts
-        if n_thoughts < 0:
-            raise ValueError(f"n_thoughts must be >= 0, got {n_thoughts}")
-        if knockout is not None and knockout.blocked.shape[0] != len(state.next_pos):
-            raise ValueError(
-                f"knockout mask has {knockout.blocked.shape[0]} rows, the run {len(state.next_pos)}"
+        if plan is not None:
+            blocks: dict[int, torch.Tensor] = {}
+            thoughts, bad = _branching_thoughts(model, state, bot_hidden, plan, patch, n_thoughts)
+        else:
+            thoughts, blocks, bad = run_thoughts(
+                model,
+                state,
+                bot_hidden,
+                n_thoughts=n_thoughts,
+                on_thought=on_thought,
+                patch=patch,
+                capture_layers=capture_layers,
             )
-        thoughts, blocks, bad = run_thoughts(
-            model,
-            state,
-            bot_hidden,
-            n_thoughts=n_thoughts,
-            on_thought=on_thought,
-            patch=patch,
-            capture_layers=capture_layers,
-        )
     if knockout is not None:
         if knockout.blocked.shape[-1] != n_thoughts:
             raise ValueError(f"knockout mask has {knockout.blocked.shape[-1]} thoughts")

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codi_fixtures.engine import (
+    KnockoutMask,
     LatentRun,
     Prompt,
     ThoughtPatch,
@@ -849,3 +850,46 @@ def test_verified_targets_skip_decoding_without_changing_answers(
     assert checked.answer_ids == free.answer_ids
     assert checked.answer_text == free.answer_text
     assert checked.answers == free.answers
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
+    tiny_model: CodiModel, questions: list[str], layer: int | None
+) -> None:
+    """Rows branch from their question's trunk where their patch starts: same results.
+
+    The plan (rows sorted by first patched thought, joining a shared trunk) is switched off
+    by an ``on_thought`` that changes nothing, which needs every row to run every step.
+    """
+    model = tiny_model
+    n = model.spec.n_thoughts
+    prompt = build_prompt(model, questions[:3])
+    rows = torch.tensor([0, 1, 2] * (n + 2))  # clean, every single thought, all thoughts
+    first = [n] * 3 + [t for t in range(n) for _ in range(3)] + [0] * 3
+    mask = torch.zeros((len(rows), n), dtype=torch.bool)
+    for r, f in enumerate(first):
+        if r >= len(rows) - 3:
+            mask[r] = True
+        elif f < n:
+            mask[r, f] = True
+    values = torch.randn(
+        (len(rows), n, model.codi.config.hidden_size), generator=torch.Generator().manual_seed(0)
+    )
+    patch = ThoughtPatch(values, mask, layer)
+    heads = int(unwrap_peft(model.codi).config.num_attention_heads)
+    blocked = torch.zeros((len(rows), model.n_layers, heads, n), dtype=torch.bool)
+    blocked[1, :, :, 2] = True  # a knockout on a clean row: joins after the loop
+    knockout = KnockoutMask(blocked, torch.ones(len(rows), dtype=torch.bool))
+    targets = answer_targets(model, ["12", "3", "45"] * (n + 2))
+    kwargs: dict[str, Any] = dict(
+        rows=rows, patch=patch, knockout=knockout, targets=targets, max_new_tokens=MAX_NEW
+    )
+    late = run_latent(model, prompt, attention_layers=_all_layers(model), **kwargs)
+    every = run_latent(
+        model, prompt, attention_layers=_all_layers(model), on_thought=lambda t, z: z, **kwargs
+    )
+    assert late.answer_ids == every.answer_ids and late.answers == every.answers
+    for name in ("thoughts", "first_logits", "attentions", "target_logp", "answer_logits"):
+        _close(getattr(late, name), getattr(every, name))
+    assert torch.equal(late.nonfinite, every.nonfinite)
+    assert torch.equal(late.q_lens, every.q_lens)

@@ -15,19 +15,31 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-__all__ = ["GrowingLayer", "branch_cache", "cache_kwargs", "new_cache"]
+__all__ = [
+    "GrowingLayer",
+    "branch_cache",
+    "cache_kwargs",
+    "copy_cached_rows",
+    "new_cache",
+    "set_live_rows",
+]
 
 _MIN_CAPACITY = 64
 
 
 class GrowingLayer(DynamicLayer):
-    """One layer's keys/values as views of a buffer with spare capacity."""
+    """One layer's keys/values as views of a buffer with spare capacity.
+
+    The views may cover a window of the buffer's rows (:meth:`set_rows`): a latent loop
+    that lets rows join one step at a time computes only the live rows, in place.
+    """
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Start empty; the buffer is allocated on the first append."""
         super().lazy_initialization(key_states, value_states)
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        self._rows = slice(None)
 
     @classmethod
     def gathered(cls, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> GrowingLayer:
@@ -41,34 +53,70 @@ class GrowingLayer(DynamicLayer):
         layer.values = torch.index_select(values, 0, rows, out=layer._value_buffer[..., :length, :])
         return layer
 
-    def _grow(self, needed: int, like: torch.Tensor) -> None:
+    def set_rows(self, rows: slice) -> None:
+        """Make the cache's views (and the next appends) cover these buffer rows only."""
+        assert self._key_buffer is not None and self._value_buffer is not None
         length = self.get_seq_length()
-        capacity = max(needed, 2 * (0 if self._key_buffer is None else self._key_buffer.shape[-2]))
+        self._rows = rows
+        self.keys = self._key_buffer[rows, ..., :length, :]
+        self.values = self._value_buffer[rows, ..., :length, :]
+
+    def copy_rows(self, dst: torch.Tensor, src: torch.Tensor, columns: slice) -> None:
+        """Buffer rows ``dst`` take rows ``src``'s keys/values in ``columns`` (in place)."""
+        assert self._key_buffer is not None and self._value_buffer is not None
+        for buffer in (self._key_buffer, self._value_buffer):
+            part = buffer[..., columns, :]
+            part.index_copy_(0, dst, part.index_select(0, src))
+
+    def _grow(self, needed: int, like: torch.Tensor) -> None:
+        """A larger buffer (all rows, not only the window's) holding what was written."""
+        old_keys, old_values = self._key_buffer, self._value_buffer
+        length = self.get_seq_length()
+        capacity = max(needed, 2 * (0 if old_keys is None else old_keys.shape[-2]))
         capacity = max(capacity, _MIN_CAPACITY)
-        shape = (*like.shape[:-2], capacity, like.shape[-1])
+        rows = like.shape[0] if old_keys is None else old_keys.shape[0]
+        shape = (rows, *like.shape[1:-2], capacity, like.shape[-1])
         keys, values = like.new_empty(shape), like.new_empty(shape)
-        if length:
-            keys[..., :length, :] = self.keys  # type: ignore[assignment]
-            values[..., :length, :] = self.values  # type: ignore[assignment]
+        if old_keys is not None and old_values is not None and length:
+            keys[..., :length, :] = old_keys[..., :length, :]
+            values[..., :length, :] = old_values[..., :length, :]
         self._key_buffer, self._value_buffer = keys, values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the new states in place and return views of the whole cache."""
+        """Append the new states in place and return views of the whole cache (window)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start = self.get_seq_length()
         end = start + key_states.shape[-2]
-        buffer = self._key_buffer
-        if buffer is None or end > buffer.shape[-2] or buffer.shape[0] != key_states.shape[0]:
+        if self._key_buffer is None or end > self._key_buffer.shape[-2]:
             self._grow(end, key_states)
         assert self._key_buffer is not None and self._value_buffer is not None
-        self._key_buffer[..., start:end, :] = key_states
-        self._value_buffer[..., start:end, :] = value_states
-        self.keys = self._key_buffer[..., :end, :]
-        self.values = self._value_buffer[..., :end, :]
+        keys, values = self._key_buffer[self._rows], self._value_buffer[self._rows]
+        if keys.shape[0] != key_states.shape[0]:
+            raise RuntimeError(
+                f"KV cache holds {keys.shape[0]} rows, the forward {key_states.shape[0]}"
+            )
+        keys[..., start:end, :] = key_states
+        values[..., start:end, :] = value_states
+        self.keys = keys[..., :end, :]
+        self.values = values[..., :end, :]
         return self.keys, self.values
+
+
+def set_live_rows(cache: Cache, rows: slice) -> None:
+    """Every layer of a growing ``cache`` computes and shows only these buffer rows."""
+    for layer in cache.layers:
+        assert isinstance(layer, GrowingLayer), "row windows need the growing cache"
+        layer.set_rows(rows)
+
+
+def copy_cached_rows(cache: Cache, dst: torch.Tensor, src: torch.Tensor, columns: slice) -> None:
+    """Every layer's buffer rows ``dst`` take rows ``src``'s keys/values in ``columns``."""
+    for layer in cache.layers:
+        assert isinstance(layer, GrowingLayer), "row copies need the growing cache"
+        layer.copy_rows(dst, src, columns)
 
 
 def new_cache() -> Cache:

@@ -22,6 +22,7 @@ from codi_fixtures.config import (
     ModelConfig,
     RunConfig,
     Settings,
+    parse_batch_rows,
     parse_kinds,
     parse_layers,
     parse_subset_kinds,
@@ -113,7 +114,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--codi-seed", type=int, default=0, help="seed for sampling and ablations")
     group.addoption("--quick-n", type=int, default=TIERS["quick"], help="problems in quick tier")
     group.addoption("--full-n", type=int, default=TIERS["full"], help="problems in full tier")
-    group.addoption("--batch-rows", type=int, default=512, help="sequences per forward pass")
+    group.addoption(
+        "--batch-rows",
+        default="auto",
+        help="sequences per forward pass, or auto: what free memory allows (default)",
+    )
     group.addoption(
         "--max-batch-rows", type=int, default=None, help="simulated memory budget (rows)"
     )
@@ -163,7 +168,7 @@ def _settings(config: pytest.Config) -> Settings:
             kinds=parse_kinds(opt("kinds")),
             site=opt("ablation_site"),
             seed=opt("codi_seed"),
-            batch_rows=opt("batch_rows"),
+            batch_rows=parse_batch_rows(opt("batch_rows")),
             max_rows=opt("max_batch_rows"),
         ),
         importance_kind=opt("importance_kind"),

@@ -29,7 +29,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from codi_fixtures.errors import ConfigError
 from codi_fixtures.model.architecture import unwrap_peft
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.model.devices import is_out_of_memory
+from codi_fixtures.study.batching import resolve_batch_rows
 from codi_fixtures.study.conditions import (
     AttentionReadout,
     Condition,
@@ -435,7 +436,7 @@ def _position_readouts(
         layers=layers,
         max_steps=step_columns,
         keep_hidden=bool(positions),
-        batch=max(1, min(256, cfg.batch_rows * 8 // n_sites)),
+        batch=max(1, min(256, (cfg.batch_rows or 512) * 8 // n_sites)),
     )
     out: dict[str, np.ndarray] = {}
     if lens:
@@ -695,11 +696,13 @@ def _compute(
     shard_dir: Path,
 ) -> StudyResults:
     start = time.monotonic()
+    batch_rows = resolve_batch_rows(cfg.batch_rows, model, problems, cfg.max_new_tokens)
+    cfg = replace(cfg, batch_rows=batch_rows)
     conditions = list(needs.conditions)
-    size = max(1, cfg.batch_rows // (1 + len(conditions)))  # problems per ablation chunk
+    size = max(1, batch_rows // (1 + len(conditions)))  # problems per ablation chunk
     chunks = [list(problems[i : i + size]) for i in range(0, len(problems), size)]
     offsets = [i * size for i in range(len(chunks))]
-    clean_size = max(1, cfg.batch_rows)  # one row per problem in the clean pass
+    clean_size = max(1, batch_rows)  # one row per problem in the clean pass
     clean_chunks = [list(problems[i : i + clean_size]) for i in range(0, len(problems), clean_size)]
     step_columns = max((len(p.intermediates) for p in problems), default=0)
     routing_width = question_width(model, problems) if RoutingReadout() in needs.readouts else 0
@@ -709,7 +712,7 @@ def _compute(
     with torch.no_grad():
         clean = _claim_shards(
             len(clean_chunks),
-            lambda i: shard_dir / f"clean-{i:05d}.npz",
+            lambda i: shard_dir / f"clean-{clean_size}-{i:05d}.npz",
             lambda i: _clean_pass(model, clean_chunks[i], cfg, needs, step_columns, routing_width),
             "clean runs + attention",
         )
@@ -718,7 +721,7 @@ def _compute(
         )
         ablated = _claim_shards(
             len(chunks),
-            lambda i: shard_dir / f"ablate-{i:05d}.npz",
+            lambda i: shard_dir / f"ablate-{size}-{i:05d}.npz",
             lambda i: _ablation_pass(model, chunks[i], offsets[i], conditions, ref, cfg, donors),
             "ablation runs",
         )
