@@ -374,3 +374,45 @@ def test_a_narrower_run_reuses_a_cached_superset_exactly(model, problems, tmp_pa
     # A study of another config is never taken for a superset.
     with pytest.raises(AssertionError, match="recomputed"):
         runs.compute_study(model, problems, _cfg(seed=1), tmp_path / "shared", only_rq1)
+
+
+def test_a_resumed_run_that_chunks_differently_never_mixes_shards(
+    model, problems, tmp_path, monkeypatch
+):
+    """Shards are named by chunk size: another --batch-rows recomputes, never misreads."""
+    real = runs._ablation_pass
+    calls = []
+
+    def stop_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "_ablation_pass", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        runs.compute_study(model, problems, _cfg(), tmp_path)  # 2 problems per chunk
+    monkeypatch.setattr(runs, "_ablation_pass", real)
+    resumed = runs.compute_study(
+        model, problems, RunConfig(kinds=KINDS, batch_rows=45), tmp_path
+    )  # 3 problems per chunk
+    _assert_same(runs.compute_study(model, problems, _cfg(), tmp_path / "fresh"), resumed)
+
+
+def test_auto_batch_rows_follow_the_memory_budget(model, problems, monkeypatch):
+    from codi_fixtures.model import budget
+    from codi_fixtures.study import batching
+
+    shape = budget.shape_of(model)
+    weights = budget.weights_bytes(shape, 4)
+    monkeypatch.setattr(batching, "memory_budget_bytes", lambda device: weights + 10**12)
+    assert batching.auto_batch_rows(model, problems, 24) == batching.AUTO_MAX_ROWS
+    monkeypatch.setattr(batching, "memory_budget_bytes", lambda device: weights)
+    assert batching.auto_batch_rows(model, problems, 24) == batching.AUTO_MIN_ROWS
+    tok = model.tokenizer
+    question = max(len(tok(p.question)["input_ids"]) for p in problems)
+    study = budget.StudyShape(question_tokens=question + 1, answer_tokens=24)
+    per_row = budget.per_row_bytes(shape, study.seq_len, 4, scored_tokens=study.scored_tokens)
+    monkeypatch.setattr(batching, "memory_budget_bytes", lambda device: weights + 300 * per_row)
+    assert batching.auto_batch_rows(model, problems, 24) == 300
+    assert batching.resolve_batch_rows(7, model, problems, 24) == 7

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 AUTO_MAX_ROWS = 8192
 """``auto`` never takes more rows than this (a chunk is also the unit of resumption)."""
 AUTO_MIN_ROWS = 64
-CPU_SHARE = 0.25
+CPU_SHARE = 0.5
 """Of the host's memory: past what is available Linux's OOM killer, not an allocation error
 (which would be split and retried), may end the run."""
 GPU_SHARE = 0.8
