@@ -19,13 +19,22 @@ __all__ = ["PNG_DPI", "as_base64", "png_base64", "save_figure"]
 
 PNG_DPI = 100
 """Resolution of the PNGs embedded in the HTML report (small files)."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNGs: 1 encodes ~6x faster than the default 6 for ~11% larger files
+(17% of the report's rendering time on the bundled model's RQ1/RQ2 figures)."""
 
 
 def _render(fig: Figure, fmt: str) -> bytes:
     """The figure rendered to bytes in ``fmt`` (png at PNG_DPI, or pdf)."""
     buffer = io.BytesIO()
     if fmt == "png":
-        fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+        fig.savefig(
+            buffer,
+            format="png",
+            dpi=PNG_DPI,
+            metadata={"Software": None},
+            pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+        )
     else:
         # No creation date, so that identical figures give identical files.
         fig.savefig(buffer, format=fmt, metadata={"CreationDate": None})
