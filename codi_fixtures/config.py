@@ -172,6 +172,8 @@ class Settings:
     """RQ5: ablation kinds whose every subset of thoughts is run (those among ``run.kinds``)."""
     knockout_heads: bool = False
     """RQ6: also knock out each (layer, head, thought) edge on its own."""
+    max_step: int = 3
+    """RQ3, RQ4 and routing: claims for reasoning steps 1..max_step."""
     tiers: dict[str, int] = field(default_factory=lambda: dict(TIERS))
     """Problems per tier."""
     cache_dir: Path = Path(".codi_cache")
@@ -180,6 +182,8 @@ class Settings:
     """Where report.html, figures/ and summary_statistics.json go."""
 
     def __post_init__(self) -> None:
+        if self.max_step < 1:
+            raise ConfigError(f"--max-step must be at least 1, got {self.max_step}")
         for tier, n in self.tiers.items():
             if n < 1:
                 raise ConfigError(f"--{tier}-n must be at least 1 problem, got {n}")

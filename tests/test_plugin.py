@@ -159,6 +159,23 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
     assert "[quick]" not in result.stdout.str()
 
 
+def test_max_step_sets_the_steps_claims_are_parametrised_over(pytester):
+    pytester.makepyfile(
+        test_steps="""
+        def test_step(analysis, tier, step):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--collect-only", "-q", "-m", "quick", "--max-step", "5", "--no-codi-report"
+    )
+    result.stdout.fnmatch_lines(["test_steps.py::test_step[[]quick-s5[]]"])
+    assert "-s6]" not in result.stdout.str()
+    default = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "quick")
+    default.stdout.fnmatch_lines(["test_steps.py::test_step[[]quick-s3[]]"])
+    assert "-s4]" not in default.stdout.str()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -178,6 +195,8 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         (["--layers=1,1,3"], "*the three layers must differ*"),
         (["--quick-n=0"], "*--quick-n must be at least 1*"),
         (["--batch-rows=0"], "*--batch-rows must be at least 1*"),
+        (["--batch-rows=lots"], "*--batch-rows 'lots': give a number of rows or auto*"),
+        (["--max-step=0"], "*--max-step must be at least 1*"),
         (["--alpha", "2"], "*--alpha must be between 0 and 0.5*"),
         (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
         (["--ablation-site", "block99"], "*layer 99 out of range*"),
@@ -200,6 +219,8 @@ def test_tiers_parametrise_and_select_by_marker(pytester):
         "layer-duplicate",
         "quick-n-zero",
         "batch-rows-zero",
+        "batch-rows-word",
+        "max-step-zero",
         "alpha",
         "importance-kind",
         "site",

@@ -14,6 +14,7 @@ example (a question's tokens shaded by each thought's attention).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -21,7 +22,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
-from codi_fixtures.analyses.rq3 import RQ3_STEPS
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
@@ -30,9 +30,9 @@ from codi_fixtures.study.conditions import Dimensions, Requirements, RoutingRead
 from codi_fixtures.study.roles import NAME, NUMBER, OPERATION, OTHER
 
 __all__ = [
-    "ROLE_COLUMNS",
     "Routing",
     "RoutingData",
+    "role_columns",
     "role_heatmap",
     "role_means",
     "routing_claim",
@@ -41,13 +41,18 @@ __all__ = [
     "worked_example",
 ]
 
-ROLE_COLUMNS = (
-    *(f"operands s{k}" for k in RQ3_STEPS),
-    "other numbers",
-    "operation words",
-    "names",
-    "other words",
-)
+
+def role_columns(steps: Sequence[int]) -> tuple[str, ...]:
+    """The token roles of the heatmap: operands of each step, then the other roles."""
+    return (
+        *(f"operands s{k}" for k in steps),
+        "other numbers",
+        "operation words",
+        "names",
+        "other words",
+    )
+
+
 """The heatmap's token roles (numbers read by steps past the last column are other numbers)."""
 
 
@@ -84,8 +89,8 @@ class Routing:
                 "RQ6 routing: a worked example",
                 "rq6_routing_example",
                 partial(worked_example, view),
-                f"one question (id {data.ids[_example_row(data)]}); one cell per (thought, "
-                f"question token): attention at layer L{layer} (the layer of the largest "
+                f"one question (id {data.ids[_example_row(data, view.steps)]}); one cell per "
+                f"(thought, question token): attention at layer L{layer} (the layer of the largest "
                 "operand contrast in the claim grid), head mean, colour scale capped at the "
                 "95th percentile; operands of steps 1-3 marked s1-s3",
             ),
@@ -115,7 +120,7 @@ class Routing:
             ),
             "sesoi": SESOI_ROUTING,
             "claims": claims,
-            "role_columns": list(ROLE_COLUMNS),
+            "role_columns": list(role_columns(view.steps)),
             "mean_attention_layer_x_thought_x_role": role_means(view).tolist(),
         }
 
@@ -177,7 +182,7 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
     def compute() -> dict[tuple[int, int, int], StatResult]:
         data = routing_data(a)
         n_layers = int(str(a.results.meta["n_layers"]))
-        keys = [(t, k, L) for t in range(a.n_thoughts) for k in RQ3_STEPS for L in range(n_layers)]
+        keys = [(t, k, L) for t in range(a.n_thoughts) for k in a.steps for L in range(n_layers)]
         reason = _no_steps_reason(data)
         if reason is not None:
             res = replace(inconclusive(reason, 0, "greater"), verdict="inconclusive")
@@ -199,9 +204,9 @@ def _effect(
     return routing_effect(routing_fit(att, q_len, target, numbers), alpha=a.alpha)
 
 
-def _role_masks(data: RoutingData) -> list[np.ndarray]:
+def _role_masks(data: RoutingData, steps: Sequence[int]) -> list[np.ndarray]:
     numbers = data.roles == NUMBER
-    operands = [data.operand_mask(k) for k in RQ3_STEPS]
+    operands = [data.operand_mask(k) for k in steps]
     read = np.logical_or.reduce(operands)
     return [
         *operands,
@@ -217,8 +222,8 @@ def role_means(a: StudyView) -> np.ndarray:
     data = routing_data(a)
     assert data is not None
     att = data.attention  # (N, L, T, W)
-    out = np.full((att.shape[1], att.shape[2], len(ROLE_COLUMNS)), np.nan)
-    for r, mask in enumerate(_role_masks(data)):
+    out = np.full((att.shape[1], att.shape[2], len(role_columns(a.steps))), np.nan)
+    for r, mask in enumerate(_role_masks(data, a.steps)):
         count = mask.sum(axis=1)  # (N,)
         rows = count > 0
         if not rows.any():
@@ -235,9 +240,9 @@ def example_layer(a: StudyView) -> int:
     return max(finite)[1] if finite else 0
 
 
-def _example_row(data: RoutingData) -> int:
+def _example_row(data: RoutingData, steps: Sequence[int]) -> int:
     """The first problem with the most steps among those with step information (at most 3)."""
-    target = min(int(data.steps.max()), len(RQ3_STEPS))
+    target = min(int(data.steps.max()), len(steps))
     return int(np.nonzero(data.steps >= target)[0][0])
 
 
@@ -258,7 +263,7 @@ def role_heatmap(a: StudyView) -> Figure:
             continue
         image = ax.imshow(values[layer], aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax)
         ax.set_title(f"L{layer}", fontsize=10)
-        ax.set_xticks(range(n_roles), ROLE_COLUMNS, rotation=40, ha="right", fontsize=8)
+        ax.set_xticks(range(n_roles), role_columns(a.steps), rotation=40, ha="right", fontsize=8)
         ax.set_yticks(range(n_thoughts), [f"t{t}" for t in range(n_thoughts)], fontsize=8)
     assert image is not None
     fig.colorbar(image, ax=list(axes[:n_layers]), shrink=0.8).set_label(
@@ -273,7 +278,7 @@ def worked_example(a: StudyView) -> Figure:
     """One question's tokens (columns) x thoughts (rows), shaded by attention at one layer."""
     data = routing_data(a)
     assert data is not None
-    row = _example_row(data)
+    row = _example_row(data, a.steps)
     layer = example_layer(a)
     q = int(data.q_len[row])
     values = data.attention[row, layer, :, :q]  # (T, q)
@@ -285,7 +290,7 @@ def worked_example(a: StudyView) -> Figure:
     ax.set_xticks(range(q), labels, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(values.shape[0]), [f"t{t}" for t in range(values.shape[0])])
     for j in range(q):
-        steps = [k for k in RQ3_STEPS if data.operand_mask(k)[row, j]]
+        steps = [k for k in a.steps if data.operand_mask(k)[row, j]]
         if steps:
             ax.text(j, -0.75, "s" + ",".join(map(str, steps)), ha="center", fontsize=7)
     ax.set_ylim(values.shape[0] - 0.5, -1.1)

@@ -24,6 +24,7 @@ take no part in step k's claims. Statistics (:mod:`codi_fixtures.stats.decoding`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -58,7 +59,6 @@ from codi_fixtures.study.conditions import (
 )
 
 __all__ = [
-    "RQ3_STEPS",
     "SESOI_RATE",
     "Rq3",
     "Rq3Probes",
@@ -72,8 +72,6 @@ __all__ = [
     "rq3_stats",
 ]
 
-RQ3_STEPS = (1, 2, 3)
-"""The steps the claims are about (the CODI paper reports the 1st, 2nd and 3rd step)."""
 SESOI_RATE = 0.1
 """Decoding-rate SESOI: 10 points above the baseline (lens rate, probe accuracy)."""
 PROBE_MAX_ITER, PROBE_TOL = 50, 1e-2
@@ -152,10 +150,10 @@ class Rq3:
         stats = view.of("rq3")
         probes = rq3_probes(view)
         return {
-            "steps": list(RQ3_STEPS),
+            "steps": list(view.steps),
             "sites": list(stats.sites),
             "probed_sites": list(probes.sites),
-            "value_baseline": _listed(stats.baseline[: len(RQ3_STEPS)]),
+            "value_baseline": _listed(stats.baseline[: len(view.steps)]),
             "lens_rate_embedding": _listed(stats.lens_embedding),
             "lens_rate_by_site_best_thought": _listed(stats.lens_by_site),
             "lens_step": {str(k): r.as_dict() | _verdict(r) for k, r in stats.lens_step.items()},
@@ -199,7 +197,7 @@ def probed_layers(settings: Settings, n_layers: int, all_layers: bool) -> list[i
 # --- statistics --------------------------------------------------------------------------------
 @dataclass
 class Rq3Stats:
-    """Everything RQ3 computes on one study (K steps = :data:`RQ3_STEPS`, T thoughts)."""
+    """Everything RQ3 computes on one study (K steps = the view's ``steps``, T thoughts)."""
 
     sites: tuple[str, ...]  # lens sites: emb, L0..
     baseline: np.ndarray  # (K_all,) value-distribution baseline per step column
@@ -231,7 +229,7 @@ def rq3_probes(view: StudyView) -> Rq3Probes:
     def compute() -> Rq3Probes:
         n_layers = int(str(view.results.meta["n_layers"]))
         n_cols = view.results.readouts["lens-tokens"].shape[1] - 1
-        steps = [k for k in RQ3_STEPS if k <= n_cols]
+        steps = [k for k in view.steps if k <= n_cols]
         cells, layer, acc, sel, sites, by_site, question = _probes(
             view, steps, readout_positions(view.n_thoughts), n_layers
         )
@@ -310,15 +308,15 @@ def _rq3_stats(view: StudyView) -> Rq3Stats:
     sites = ("emb", *(f"L{b}" for b in range(n_layers)))
     ranks, tokens, values = r["lens-rank"], r["lens-tokens"], r["step-values"]
     n_cols = tokens.shape[1] - 1  # step columns (the last is the answer)
-    steps = [k for k in RQ3_STEPS if k <= n_cols]
+    steps = [k for k in view.steps if k <= n_cols]
     _, base, _, _ = lens_rate_table(ranks, tokens, values)
-    k_n = len(RQ3_STEPS)
+    k_n = len(view.steps)
     lens_emb = np.full((k_n, n_t), np.nan)
     lens_site = np.full((k_n, len(sites)), np.nan)
     lens_step: dict[int, StatResult] = {}
     lens_grid: dict[tuple[int, int], StatResult] = {}
     best_site: dict[int, int] = {}
-    for i, k in enumerate(RQ3_STEPS):
+    for i, k in enumerate(view.steps):
         if k not in steps:
             lens_step[k] = _inconclusive(f"inconclusive: no problem has a step {k}")
             for t in range(n_t):
@@ -366,7 +364,7 @@ def _rq3_stats(view: StudyView) -> Rq3Stats:
         lens_by_site=lens_site,
         lens_step=lens_step,
         lens_grid=lens_grid,
-        codi_paper=_codi_paper(ranks, tokens, n_t, len(sites)),
+        codi_paper=_codi_paper(ranks, tokens, n_t, len(sites), view.steps),
         link=link,
         link_reason=link_reason,
     )
@@ -388,7 +386,7 @@ def _probes(
         f"positions-block{b}" for b in range(n_layers) if f"positions-block{b}" in r
     ]
     probe_sites = tuple("emb" if n.endswith("embedding") else "L" + n[15:] for n in names)
-    n_t, k_n = view.n_thoughts, len(RQ3_STEPS)
+    n_t, k_n = view.n_thoughts, len(view.steps)
     acc = np.full((k_n, n_t), np.nan)
     sel = np.full((k_n, n_t), np.nan)
     perm_cells: dict[tuple[int, int], StatResult] = {}
@@ -410,7 +408,7 @@ def _probes(
     m = len(probe_sites)
     by_site = np.full((k_n, n_t, m), np.nan)
     question = np.full((k_n, m), np.nan)
-    for i, k in enumerate(RQ3_STEPS):
+    for i, k in enumerate(view.steps):
         for t in range(n_t):
             if k not in steps:
                 perm_cells[(k, t)] = quest_cells[(k, t)] = _inconclusive(
@@ -487,8 +485,10 @@ def _permuted_cell(
     )
 
 
-def _codi_paper(ranks: np.ndarray, tokens: np.ndarray, n_t: int, n_sites: int) -> dict[str, object]:
-    """The CODI paper's form: share of problems whose k-th step value is decoded (1st-3rd).
+def _codi_paper(
+    ranks: np.ndarray, tokens: np.ndarray, n_t: int, n_sites: int, steps: Sequence[int]
+) -> dict[str, object]:
+    """The CODI paper's form: share of problems whose k-th step value is decoded (it reports 1-3).
 
     Decoded = the value's first token is among the lens top-1 (top-5) of *some* thought's
     last-block output (what the paper decodes: the continuous thought through the LM head).
@@ -496,7 +496,7 @@ def _codi_paper(ranks: np.ndarray, tokens: np.ndarray, n_t: int, n_sites: int) -
     """
     out: dict[str, object] = {"site": "last block output, any thought"}
     last = n_sites - 1
-    for k in RQ3_STEPS:
+    for k in steps:
         col = k - 1
         if col >= tokens.shape[1] - 1:
             continue
@@ -616,7 +616,7 @@ def _heatmap(values: np.ndarray, title: str, label: str, vmin: float, vmax: floa
         aspect="auto",
     )
     ax.set_xticks(range(values.shape[1]))
-    ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ3_STEPS[: values.shape[0]]])
+    ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in range(1, values.shape[0] + 1)])
     ax.set_xlabel("thought t (0-based)")
     ax.set_title(title)
     label_cells(ax, im, cell_text(values), fontsize=9)
@@ -647,7 +647,7 @@ def probe_by_layer(view: StudyView) -> Figure:
     fig = Figure(figsize=(6.4, 3.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(p.sites))
-    for i, k in enumerate(RQ3_STEPS):
+    for i, k in enumerate(view.steps):
         curve = p.by_site[i]
         if not np.isfinite(curve).any():
             continue
@@ -670,7 +670,7 @@ def lens_by_layer(view: StudyView) -> Figure:
     fig = Figure(figsize=(6.4, 3.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(s.sites))
-    for i, k in enumerate(RQ3_STEPS):
+    for i, k in enumerate(view.steps):
         (line,) = ax.plot(x, s.lens_by_site[i], marker="o", label=f"step {k}")
         if i < s.baseline.size and np.isfinite(s.baseline[i]):
             ax.axhline(s.baseline[i], color=line.get_color(), ls=":", lw=1)

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
 from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_cells
-from codi_fixtures.analyses.rq3 import RQ3_STEPS, SESOI_RATE, no_step_values_reason
+from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
@@ -34,16 +34,12 @@ from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdict
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
 
 __all__ = [
-    "RQ4_STEPS",
     "Rq4",
     "Rq4Stats",
     "iia_beats_random",
     "rq4_stats",
     "same_value_preserves",
 ]
-
-RQ4_STEPS = RQ3_STEPS
-"""The steps patched (1st to 3rd)."""
 
 
 class Rq4:
@@ -57,7 +53,7 @@ class Rq4:
             conditions=tuple(
                 Interchange(t, k, d)  # type: ignore[arg-type]
                 for t in range(dims.n_thoughts)
-                for k in RQ4_STEPS
+                for k in range(1, settings.max_step + 1)
                 for d in DONOR_KINDS
             )
         )
@@ -87,7 +83,7 @@ class Rq4:
             return {"skipped": reason}
         s = rq4_stats(view)
         return {
-            "steps": list(RQ4_STEPS),
+            "steps": list(view.steps),
             "iia": _listed(s.iia),
             "random_baseline": _listed(s.random_rate),
             "n": s.n.tolist(),
@@ -131,14 +127,14 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     res = view.results
     donors = res.readouts["interchange-donors"]  # (N, Kd, 3): same, different, random
     cf = res.readouts["interchange-counterfactual"]  # (N, Kd)
-    n_t, k_n = view.n_thoughts, len(RQ4_STEPS)
+    n_t, k_n = view.n_thoughts, len(view.steps)
     iia = np.full((k_n, n_t), np.nan)
     rand_rate = np.full((k_n, n_t), np.nan)
     n = np.zeros((k_n, n_t), dtype=np.int64)
     tests: dict[tuple[int, int], StatResult] = {}
     same_delta = np.full((len(res.problem_ids), k_n, n_t), np.nan)
     clean_ok = ~res.clean_nonfinite
-    for i, k in enumerate(RQ4_STEPS):
+    for i, k in enumerate(view.steps):
         for t in range(n_t):
             if k > donors.shape[1]:
                 tests[(t, k)] = _inconclusive(f"inconclusive: no problem has a step {k}")
@@ -253,7 +249,7 @@ def iia_heatmap(view: StudyView) -> Figure:
             aspect="auto",
         )
         ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in RQ4_STEPS])
+        ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in range(1, values.shape[0] + 1)])
         ax.set_xlabel("thought t (0-based)")
         ax.set_title(title)
         label_cells(ax, im, cell_text(values), fontsize=9)

@@ -55,6 +55,8 @@ class StudyView:
     sesoi_r: float = SESOI_R
     n_boot: int = 4999
     n_perm: int = 5000
+    steps: tuple[int, ...] = (1, 2, 3)
+    """Reasoning steps with claims (RQ3, RQ4, routing): 1..``--max-step``."""
     _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
     # The selected analyses (codi_fixtures.analyses.base.Analysis; typed Any here because the
     # protocol's methods take this class: base imports view, not the other way round).
@@ -78,6 +80,7 @@ class StudyView:
             sesoi_logp=settings.min_effect_logp,
             sesoi_accuracy=settings.min_effect_acc,
             sesoi_r=settings.min_effect_r,
+            steps=tuple(range(1, settings.max_step + 1)),
             settings=settings,
         )
 

@@ -131,6 +131,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--codi-pdf", action="store_true", help="also write every figure as PDF (PNG always)"
     )
     group.addoption(
+        "--max-step",
+        type=int,
+        default=3,
+        help="RQ3, RQ4 and routing claims for reasoning steps 1..N (default 3)",
+    )
+    group.addoption(
         "--rq3-all-layers",
         action="store_true",
         help="RQ3 probes at every layer (default: input embedding and the three role layers)",
@@ -174,6 +180,7 @@ def _settings(config: pytest.Config) -> Settings:
         importance_kind=opt("importance_kind"),
         subset_kinds=parse_subset_kinds(opt("subset_kinds")),
         knockout_heads=opt("knockout_heads"),
+        max_step=opt("max_step"),
         layers=parse_layers(opt("layers")),
         alpha=opt("alpha"),
         min_effect_logp=opt("min_effect_logp"),
@@ -293,9 +300,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "difficulty" in names:
         metafunc.parametrize("difficulty", DIFFICULTY_BINS)
     if "step" in names:
-        from codi_fixtures.analyses.rq3 import RQ3_STEPS
-
-        metafunc.parametrize("step", RQ3_STEPS, ids=[f"s{k}" for k in RQ3_STEPS])
+        steps = range(1, settings.max_step + 1)
+        metafunc.parametrize("step", steps, ids=[f"s{k}" for k in steps])
     if "pair" in names:
         pairs = list(itertools.combinations(range(n_thoughts), 2))
         metafunc.parametrize("pair", pairs, ids=[f"t{i}-t{j}" for i, j in pairs])
