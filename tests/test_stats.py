@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import get_args
@@ -848,6 +849,16 @@ class TestRq2Tests:
                 assert math.isnan(value) or -1.0 <= value <= 1.0
             expected = {"descriptive"} if name == "pooled" else set(get_args(Verdict))
             assert result.verdict in expected
+
+    def test_values_whose_squares_underflow_are_inconclusive_not_a_warning(self) -> None:
+        """Found by Hypothesis in CI: one value of 6e-98, the rest 0 (sums of squares -> 0)."""
+        x = np.zeros((3, 3))
+        x[0, 0] = 5.93886829e-98
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            results = rq2_tests(x, x.copy(), n_perm=20).questions()
+        assert results["beyond_position"].verdict == "inconclusive"
+        assert results["position"].verdict == "inconclusive"
 
     @pytest.mark.parametrize(
         ("args", "message"),

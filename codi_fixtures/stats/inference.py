@@ -1128,7 +1128,10 @@ def _loo_r(
     """Correlations from leave-one-out (co)variances; nan where a variance vanishes."""
     ok = (cxx > _LOO_RTOL * ref[0]) & (cyy > _LOO_RTOL * ref[1])
     r = np.full(cxy.shape, math.nan)
-    r[ok] = cxy[ok] / np.sqrt(cxx[ok] * cyy[ok])
+    scale = np.sqrt(cxx[ok] * cyy[ok])
+    tiny = scale == 0.0  # the product underflowed (values near 1e-100): scale each first
+    scale[tiny] = np.sqrt(cxx[ok][tiny]) * np.sqrt(cyy[ok][tiny])
+    r[ok] = cxy[ok] / scale
     return np.clip(r, -1.0, 1.0)
 
 
@@ -1442,11 +1445,13 @@ def rq2_tests(
         ),
         None,
     )
+    r_beyond = math.nan if flat is not None else _pearson(xr, yr)
+    if flat is None and not math.isfinite(r_beyond):  # residuals so small their squares underflow
+        flat = "attention or importance"
     if flat is not None:
         reason = f"{flat} has no variation beyond the problem and position baselines"
         beyond = _rq2_inconclusive(reason, n, sesoi, level, "inconclusive")
     else:
-        r_beyond = _pearson(xr, yr)
         p_perm = _problem_permutation_p(xr, yr, r_beyond, n_perm, np.random.default_rng(seed))
         beyond = result(
             r_beyond,
