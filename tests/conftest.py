@@ -6,10 +6,19 @@ Session-scoped fixtures are shared by many tests: treat them as read-only
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci) replays the same examples every run, so a verdict on
+# a commit never depends on the draw; local runs keep exploring new examples (that is how two
+# float-underflow bugs in the RQ2 statistics were found), and any failure they find is pinned
+# as an explicit regression test.
+hypothesis_settings.register_profile("ci", derandomize=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 if TYPE_CHECKING:
     from codi_fixtures.model.codi import CodiModel

@@ -850,6 +850,17 @@ class TestRq2Tests:
             expected = {"descriptive"} if name == "pooled" else set(get_args(Verdict))
             assert result.verdict in expected
 
+    def test_within_problem_test_survives_values_whose_squares_underflow(self) -> None:
+        """Found by Hypothesis in CI: values of 4e-159, whose sums of squares multiply to 0."""
+        x = np.zeros((3, 2))
+        x[0, 0] = 4.03289306e-159
+        y = np.full((3, 2), 4.03289306e-159)
+        y[0, 0] = 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = within_problem_permutation_test(x, y, n_perm=20)
+        assert -1.0 <= result.statistic <= 1.0 and 0.0 <= result.p_value <= 1.0
+
     def test_values_whose_squares_underflow_are_inconclusive_not_a_warning(self) -> None:
         """Found by Hypothesis in CI: one value of 6e-98, the rest 0 (sums of squares -> 0)."""
         x = np.zeros((3, 3))

@@ -762,6 +762,19 @@ def _profile_only_reason(
     return None
 
 
+def _root_product(a: ArrayLike, b: ArrayLike) -> FloatArray:
+    """``sqrt(a * b)`` for a, b >= 0, also where the product underflows to 0.
+
+    There (values ~1e-100) each factor is rooted first; elsewhere the usual form, so results
+    stay bit-identical.
+    """
+    out = np.sqrt(np.multiply(a, b))
+    tiny = (out == 0.0) & (np.asarray(a) > 0.0) & (np.asarray(b) > 0.0)
+    if np.any(tiny):
+        out = np.where(tiny, np.sqrt(a) * np.sqrt(b), out)
+    return np.asarray(out, dtype=np.float64)
+
+
 def _clip_r(r: float) -> float:
     """A correlation clipped to [-1, 1] (rounding can give 1.0000000000000004); nan stays nan."""
     return r if math.isnan(r) else min(max(r, -1.0), 1.0)
@@ -787,7 +800,7 @@ def _batch_pearson(x: FloatArray, y: FloatArray) -> FloatArray:
     """Pearson r of each row pair of (batch, m) arrays; nan where a row has zero variance."""
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean(axis=1, keepdims=True)
-    scale = np.sqrt(np.sum(xc * xc, axis=1) * np.sum(yc * yc, axis=1))
+    scale = _root_product(np.sum(xc * xc, axis=1), np.sum(yc * yc, axis=1))
     ok = scale > 0
     r = np.full(x.shape[0], math.nan)
     r[ok] = np.sum(xc[ok] * yc[ok], axis=1) / scale[ok]
@@ -905,7 +918,7 @@ def _within_row_permutation(
     stretches the null's within-row part around it.
     """
     xc, yc = x - x.mean(), y - y.mean()
-    scale = float(np.sqrt(np.sum(xc * xc) * np.sum(yc * yc)))
+    scale = float(_root_product(np.sum(xc * xc), np.sum(yc * yc)))
     observed = _clip_r(float(np.sum(xc * yc)) / scale)
     between = x.shape[1] * float(np.sum(xc.mean(axis=1) * yc.mean(axis=1))) / scale
     rows = np.arange(x.shape[0])[:, None]
@@ -1116,7 +1129,7 @@ class _RInference:
 def _pearson(x: FloatArray, y: FloatArray) -> float:
     """Pearson r of two equal-shape arrays, flattened, clipped to [-1, 1]; nan if constant."""
     xc, yc = x - x.mean(), y - y.mean()
-    scale = math.sqrt(float(np.sum(xc * xc)) * float(np.sum(yc * yc)))
+    scale = float(_root_product(float(np.sum(xc * xc)), float(np.sum(yc * yc))))
     if scale == 0.0:
         return math.nan
     return _clip_r(float(np.sum(xc * yc)) / scale)
@@ -1128,10 +1141,7 @@ def _loo_r(
     """Correlations from leave-one-out (co)variances; nan where a variance vanishes."""
     ok = (cxx > _LOO_RTOL * ref[0]) & (cyy > _LOO_RTOL * ref[1])
     r = np.full(cxy.shape, math.nan)
-    scale = np.sqrt(cxx[ok] * cyy[ok])
-    tiny = scale == 0.0  # the product underflowed (values near 1e-100): scale each first
-    scale[tiny] = np.sqrt(cxx[ok][tiny]) * np.sqrt(cyy[ok][tiny])
-    r[ok] = cxy[ok] / scale
+    r[ok] = cxy[ok] / _root_product(cxx[ok], cyy[ok])
     return np.clip(r, -1.0, 1.0)
 
 
@@ -1212,8 +1222,8 @@ def _profile_r(x: FloatArray, y: FloatArray) -> _ProfileR | str:
             )
     cxx, lxx = _profile_u_statistics(xt, xt)
     cyy, lyy = _profile_u_statistics(yt, yt)
-    r_full = cxy / math.sqrt(cxx * cyy)
-    r_loo = lxy / np.sqrt(lxx * lyy)
+    r_full = cxy / float(_root_product(cxx, cyy))
+    r_loo = lxy / _root_product(lxx, lyy)
     pseudo = n * r_full - (n - 1) * r_loo
     se = max(float(pseudo.std(ddof=1)) / math.sqrt(n), _TINY_SE)
     cov_se = math.sqrt((n - 1) / n * float(np.sum((lxy - lxy.mean()) ** 2)))
@@ -1268,7 +1278,7 @@ def _problem_permutation_p(
     """
     n = xr.shape[0]
     gram = xr @ yr.T  # gram[j, i]: attention residuals of problem j . importance of problem i
-    scale = math.sqrt(float(np.sum(xr * xr)) * float(np.sum(yr * yr)))
+    scale = float(_root_product(float(np.sum(xr * xr)), float(np.sum(yr * yr))))
     cols = np.arange(n)
     k = 0
     for size in _chunks(n_perm, n):
