@@ -548,7 +548,7 @@ class TestMeanEffect:
         deltas = np.random.default_rng(0).normal(1.0, 1.0, 40)
         result = mean_effect(deltas, sesoi=0.1)
         assert result.verdict == "supported"
-        assert result.statistic == pytest.approx(deltas.mean())
+        assert result.statistic == pytest.approx(sps.trim_mean(deltas, 0.2))
         assert result.ci_level == pytest.approx(0.9)
         assert result.ci_low > 0.1
         assert result.p_sesoi is not None
@@ -574,10 +574,35 @@ class TestMeanEffect:
     def test_studentized_ci_matches_t_interval_for_normal_data(self) -> None:
         """For Normal data and large n the bootstrap-t CI is close to the t interval."""
         deltas = np.random.default_rng(2).normal(0.5, 1.0, 400)
-        result = mean_effect(deltas, ci_level=0.95, n_boot=9999)
+        result = mean_effect(deltas, ci_level=0.95, n_boot=9999, trim=0.0)
         low, high = sps.t.interval(0.95, 399, deltas.mean(), sps.sem(deltas))
+        assert result.statistic == deltas.mean()
         assert result.ci_low == pytest.approx(low, abs=0.02)
         assert result.ci_high == pytest.approx(high, abs=0.02)
+
+    def test_trimmed_ci_matches_the_tukey_mclaughlin_interval_for_normal_data(self) -> None:
+        """Large n: trimmed bootstrap-t CI ~ trim_mean +- t(n - 2g - 1) * trimmed_stde."""
+        deltas = np.random.default_rng(3).normal(0.5, 1.0, 400)
+        result = mean_effect(deltas, ci_level=0.95, n_boot=9999)
+        centre = sps.trim_mean(deltas, 0.2)
+        se = sps.mstats.trimmed_stde(deltas, limits=(0.2, 0.2))
+        half = sps.t.ppf(0.975, 400 - 2 * 80 - 1) * se
+        assert result.statistic == pytest.approx(centre)
+        assert result.ci_low == pytest.approx(centre - half, abs=0.02)
+        assert result.ci_high == pytest.approx(centre + half, abs=0.02)
+        assert "20% trimmed mean" in result.method
+
+    def test_a_few_huge_deltas_do_not_carry_the_trimmed_effect(self) -> None:
+        """Two problems with enormous deltas: the mean clears the SESOI, the typical effect not."""
+        deltas = np.r_[np.zeros(8), 40.0, 60.0]
+        assert mean_effect(deltas, trim=0.0).statistic == pytest.approx(10.0)
+        result = mean_effect(deltas)
+        assert result.statistic == 0.0
+        assert result.verdict != "supported"
+
+    def test_trim_out_of_range_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="trim must be in"):
+            mean_effect(np.ones(5), trim=0.5)
 
 
 class TestAccuracyDropEffect:

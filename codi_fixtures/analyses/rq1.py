@@ -83,12 +83,12 @@ class Rq1:
         """The report's RQ1 overview figures."""
         return [
             FigureSpec(
-                "RQ1: importance by thought (mean with 95% CI), per ablation kind",
+                "RQ1: importance by thought (20% trimmed mean with 95% CI), per ablation kind",
                 "importance_by_thought",
                 partial(importance_by_thought, view),
-                "One point: the mean over problems of Δ log p(gold) (nats) when that thought is "
-                "ablated, with its 95% CI; one bar: the accuracy drop (percentage points); colour: "
-                "ablation kind; lines: all six thoughts ablated at once.",
+                "One point: the 20% trimmed mean over problems of Δ log p(gold) (nats) when "
+                "that thought is ablated, with its 95% CI; one bar: the accuracy drop (percentage "
+                "points); colour: ablation kind; lines: all six thoughts ablated at once.",
             ),
             FigureSpec(
                 "RQ1: problems x thoughts importance, grouped by difficulty",

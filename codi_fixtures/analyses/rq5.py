@@ -124,7 +124,7 @@ class Rq5:
                     f"RQ5: effect of ablating each subset of thoughts ({kind})",
                     f"rq5_subsets_{kind}",
                     partial(subset_bars, view, kind),
-                    "one bar per ablated subset: mean Δ log p(gold) over problems, 90% "
+                    "one bar per ablated subset: 20% trimmed mean Δ log p(gold) over problems, 90% "
                     "bootstrap-t CI; dashed line: 80% of the all-thoughts effect",
                 ),
                 FigureSpec(

@@ -113,9 +113,9 @@ class Rq6:
                 "RQ6: knockout effect per layer and thought",
                 "rq6_knockout_heatmap",
                 partial(knockout_heatmap, view),
-                "one cell per (layer, thought): mean Δ log p(gold) over problems when that "
-                "thought's key is hidden from the <eot> + answer queries (left) or <eot> only "
-                "(right); * supported after Holm over the grid",
+                "one cell per (layer, thought): 20% trimmed mean Δ log p(gold) over problems "
+                "when that thought's key is hidden from the <eot> + answer queries (left) or "
+                "<eot> only (right); * supported after Holm over the grid",
             ),
             FigureSpec(
                 "RQ6: knockout effect vs attention, per layer",

@@ -16,6 +16,7 @@ from codi_fixtures.stats.equivalence import (
 )
 from codi_fixtures.stats.inference import (
     MIN_PROBLEMS,
+    TRIM_FRACTION,
     Alternative,
     CorrelationMethod,
     Rq2Tests,
@@ -45,6 +46,7 @@ __all__ = [
     "SESOI_ACCURACY",
     "SESOI_LOGP",
     "SESOI_R",
+    "TRIM_FRACTION",
     "Alternative",
     "CorrelationMethod",
     "Outcome",
