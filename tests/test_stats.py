@@ -686,10 +686,21 @@ def _position_jackknife(x: np.ndarray, y: np.ndarray, level: float):
     return r, se, (max(r - q * se, -1.0), min(r + q * se, 1.0))
 
 
-def _beyond_r(x: np.ndarray, y: np.ndarray) -> float:
+def _normal_scores(x: np.ndarray) -> np.ndarray:
+    """Van der Waerden scores of all entries pooled: Phi^-1(average rank / (N + 1))."""
+    return sps.norm.ppf(sps.rankdata(x, axis=None).reshape(x.shape) / (x.size + 1))
+
+
+def _residual_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r of the two-way residuals (problem and position means removed)."""
     xr = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0) + x.mean()
     yr = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0) + y.mean()
     return float(np.corrcoef(xr.ravel(), yr.ravel())[0, 1])
+
+
+def _beyond_r(x: np.ndarray, y: np.ndarray) -> float:
+    """The beyond-position statistic: residual r of the pooled normal scores."""
+    return _residual_r(_normal_scores(x), _normal_scores(y))
 
 
 def _pooled_r(x: np.ndarray, y: np.ndarray) -> float:
@@ -705,27 +716,38 @@ class TestRq2Tests:
         return x, y
 
     def test_statistics_are_the_documented_quantities(self) -> None:
-        """Position r of column means, r of two-way residuals (= FE slope), pooled r."""
+        """Position r of column means, normal-score two-way residual r (= FE slope), pooled r."""
         x, y = self._data()
         tests = rq2_tests(x, y, n_perm=99)
         position, _, _ = _position_jackknife(x, y, 0.9)
         assert tests.position.statistic == pytest.approx(min(position, 1.0))
         assert tests.beyond_position.statistic == pytest.approx(_beyond_r(x, y))
-        assert tests.beyond_position.statistic == pytest.approx(_fe_slope_standardised(x, y))
+        scores = _normal_scores(x), _normal_scores(y)
+        assert tests.beyond_position.statistic == pytest.approx(_fe_slope_standardised(*scores))
+        # monotone transformations of either variable leave it unchanged
+        assert rq2_tests(np.exp(x), y**3, n_perm=9).beyond_position.statistic == pytest.approx(
+            tests.beyond_position.statistic
+        )
         assert tests.pooled.statistic == pytest.approx(_pooled_r(x, y))
         naive = sps.pearsonr(x.ravel(), y.ravel(), alternative="greater").pvalue
         assert tests.pooled.p_value == pytest.approx(naive, rel=1e-8)
 
     @pytest.mark.parametrize(
-        ("question", "stat"),
-        [("beyond_position", _beyond_r), ("pooled", _pooled_r)],
+        ("question", "stat", "scored"),
+        [("beyond_position", _residual_r, True), ("pooled", _pooled_r, False)],
     )
     def test_ci_is_the_cluster_jackknife_of_the_same_statistic(
-        self, question: str, stat: Callable[[np.ndarray, np.ndarray], float]
+        self, question: str, stat: Callable[[np.ndarray, np.ndarray], float], scored: bool
     ) -> None:
-        """Each CI equals a brute-force delete-one-problem jackknife of its own statistic."""
+        """Each CI equals a brute-force delete-one-problem jackknife of its own statistic.
+
+        Beyond position: the normal scores are computed once on all problems and the
+        jackknife leaves each problem's scores out (no re-ranking).
+        """
         x, y = self._data(n=12, seed=3)
         result = getattr(rq2_tests(x, y, n_perm=9, ci_level=0.95), question)
+        if scored:
+            x, y = _normal_scores(x), _normal_scores(y)
         low, high = _jackknife_ci(stat, x, y, 0.95)
         assert (result.ci_low, result.ci_high) == pytest.approx((low, high), rel=1e-9)
         assert result.ci_level == 0.95

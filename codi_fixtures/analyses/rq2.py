@@ -35,7 +35,14 @@ from codi_fixtures.analyses.plotting import (
 )
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
-from codi_fixtures.stats import Rq2Tests, StatResult, holm_rq2, is_constant, rq2_tests
+from codi_fixtures.stats import (
+    Rq2Tests,
+    StatResult,
+    holm_rq2,
+    is_constant,
+    pooled_normal_scores,
+    rq2_tests,
+)
 from codi_fixtures.study.conditions import (
     Ablation,
     AttentionReadout,
@@ -63,7 +70,7 @@ Rq2Test = Literal["position", "beyond_position", "pooled"]
 
 _RQ2_TEST_NAMES = {
     "position": "position level (r of the per-thought means)",
-    "beyond_position": "beyond position (two-way demeaned r)",
+    "beyond_position": "beyond position (two-way demeaned normal-score r)",
     "pooled": "pooled Pearson (descriptive)",
 }
 
@@ -238,11 +245,12 @@ def rq2_layer_scatter(a: StudyView, layer: int, test: str) -> Figure:
     x, y = a.attention(layer)[keep], imp[keep]
     xlabel, ylabel = ATTENTION_LABEL, f"{LOGP_LABEL}, {a.importance_kind} ablation"
     if test == "beyond_position" and y.shape[0]:
-        # Show what the test correlates: values minus each problem's and each thought's mean.
+        # Show what the test correlates: normal scores minus each problem's and thought's mean.
+        x, y = pooled_normal_scores(x), pooled_normal_scores(y)
         x = x - x.mean(axis=0) - x.mean(axis=1, keepdims=True) + x.mean()
         y = y - y.mean(axis=0) - y.mean(axis=1, keepdims=True) + y.mean()
-        xlabel = f"{xlabel}\nminus problem and thought means"
-        ylabel = f"{ylabel}\nminus problem and thought means"
+        xlabel = f"{xlabel}: normal score\nminus problem and thought means"
+        ylabel = f"{ylabel}: normal score\nminus problem and thought means"
     elif test == "position" and y.shape[0]:
         # One point per thought: the per-thought means the test correlates.
         x, y = x.mean(axis=0, keepdims=True), y.mean(axis=0, keepdims=True)
