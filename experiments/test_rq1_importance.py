@@ -14,7 +14,7 @@ pytestmark = pytest.mark.codi_analyses("rq1")  # the study computes only what ru
 
 
 def test_ablating_thought_lowers_gold_logp(analysis, claim, thought, kind):
-    """Ablating thought t lowers log p(gold answer) by more than the SESOI (mean over problems)."""
+    """Ablating thought t lowers log p(gold answer) by more than the SESOI (trimmed mean)."""
     claim.judge(rq1.lowers_logp(analysis, thought, kind))
 
 
