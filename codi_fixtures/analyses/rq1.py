@@ -81,14 +81,16 @@ class Rq1:
 
     def figures(self, view: StudyView) -> list[FigureSpec]:
         """The report's RQ1 overview figures."""
+        ci = f"{1 - 2 * view.alpha:.0%} CI"  # the verdicts' interval
         return [
             FigureSpec(
-                "RQ1: importance by thought (20% trimmed mean with 95% CI), per ablation kind",
+                f"RQ1: importance by thought (20% trimmed mean with {ci}), per ablation kind",
                 "importance_by_thought",
                 partial(importance_by_thought, view),
                 "One point: the 20% trimmed mean over problems of Δ log p(gold) (nats) when "
-                "that thought is ablated, with its 95% CI; one bar: the accuracy drop (percentage "
-                "points); colour: ablation kind; lines: all six thoughts ablated at once.",
+                f"that thought is ablated, with its {ci} (the verdict's); one bar: the accuracy "
+                "drop (percentage points) with its Tango score CI; colour: ablation kind; lines: "
+                "all six thoughts ablated at once.",
             ),
             FigureSpec(
                 "RQ1: problems x thoughts importance, grouped by difficulty",
@@ -254,11 +256,11 @@ def importance_by_thought(a: StudyView) -> Figure:
         ax.margins(y=0.12)
         _ensure_span(ax)
     ax_lp.set_ylabel(f"{LOGP_LABEL} (clean − ablated)")
-    ax_lp.set_title("log-probability of the gold answer")
+    ax_lp.set_title("log p of the gold answer (20% trimmed mean, bootstrap-t)")
     ax_acc.set_ylabel(f"{ACC_LABEL}")
-    ax_acc.set_title("accuracy (clean − ablated)")
+    ax_acc.set_title("accuracy (clean − ablated; Tango score CI)")
     fig.suptitle(
-        f"RQ1: ablating one thought (mean, bootstrap 95% CI; * Holm p < {a.alpha:g})",
+        f"RQ1: ablating one thought ({1 - 2 * a.alpha:.0%} CIs; * Holm p < {a.alpha:g})",
         fontsize=12,
     )
     fig.legend(
@@ -290,10 +292,10 @@ def rq1_kind_bars(a: StudyView, kind: str, measure: str) -> Figure:
     ax = fig.subplots()
     if measure == "logp":
         results, scale, ylabel = _attempt(rq1_logp, a, kind), 1.0, f"{LOGP_LABEL} (clean − ablated)"
-        title = f"Δ log p(gold) per thought, {kind} ablation"
+        title = f"Δ log p(gold) per thought, {kind} ablation\n(20% trimmed mean, bootstrap-t CI)"
     else:
         results, scale, ylabel = _attempt(rq1_accuracy, a, kind), 100.0, ACC_LABEL
-        title = f"Accuracy drop per thought, {kind} ablation"
+        title = f"Accuracy drop per thought, {kind} ablation\n(Tango score CI)"
     x = np.arange(n_t, dtype=np.float64)
     if results is not None:
         _draw_estimates(ax, x, results, scale=scale, colour=OKABE_ITO[0], bars=True, width=0.6)
@@ -303,7 +305,7 @@ def rq1_kind_bars(a: StudyView, kind: str, measure: str) -> Figure:
     _zero_line(ax)
     _ensure_span(ax)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\n(mean, bootstrap 95% CI)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return fig
 
 
