@@ -29,5 +29,5 @@ def test_ablating_all_thoughts_lowers_accuracy(analysis, claim, kind):
 
 
 def test_last_thought_is_most_important(analysis, claim, kind):
-    """The last thought matters most: its delta log p exceeds every other's by the SESOI."""
+    """The last thought matters most: per problem, its delta log p exceeds every other's."""
     claim.judge(rq1.last_is_most_important(analysis, kind))

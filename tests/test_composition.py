@@ -187,6 +187,23 @@ def test_trend_and_saturation_on_planted_curves() -> None:
     assert trend_test(null, ks, n_perm=499).p_permutation > 0.01
 
 
+def test_trend_is_the_slope_of_the_mean_curve_even_when_most_slopes_are_zero():
+    """0/1 correctness: half the problems always right, a fifth improving with k.
+
+    Most per-problem slopes are exactly 0; the claim is about the mean curve (plain mean of
+    the slopes), which rises 20 points over k = 0..6, so it must be supported.
+    """
+    ks = list(range(7))
+    rng = np.random.default_rng(0)
+    correct = np.zeros((100, 7))
+    correct[:50] = 1.0
+    for i in range(50, 70):
+        correct[i, int(rng.integers(1, 7)) :] = 1.0
+    trend = trend_test(correct, ks, n_perm=499)
+    assert trend.slope.statistic == pytest.approx(float(np.polyfit(ks, correct.mean(axis=0), 1)[0]))
+    assert trend.slope.verdict == "supported", trend.slope.verdict_reason
+
+
 def test_composition_stats_never_imports_torch() -> None:
     """The statistics layer stays numpy/scipy only."""
     code = "import sys, codi_fixtures.stats.composition; assert 'torch' not in sys.modules"

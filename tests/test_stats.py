@@ -35,9 +35,11 @@ from codi_fixtures.stats import (
     paired_shift_test,
     pooled_correlation,
     position_centred_correlation,
+    pvalue_or_one,
     rq2_tests,
     within_problem_permutation_test,
 )
+from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.stats.inference import _tango_z
 
 ALPHA = 0.05
@@ -603,6 +605,20 @@ class TestMeanEffect:
     def test_trim_out_of_range_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="trim must be in"):
             mean_effect(np.ones(5), trim=0.5)
+
+    @pytest.mark.parametrize("values", [[0] * 8 + [5, 7], [-1, -2, 0, 0, 0, 0, 0, 0, 5, 7]])
+    def test_a_tied_middle_is_inconclusive_not_certain(self, values: list[float]) -> None:
+        """Values that vary but whose middle 60% tie: SE 0 is not certainty (no p = 0)."""
+        result = mean_effect(np.array(values, dtype=float))
+        assert result.verdict == "inconclusive"
+        assert result.p_equivalence == result.p_sesoi == result.p_value == 1.0
+        assert "middle values tie" in (result.verdict_reason or "")
+
+    def test_equivalence_of_no_change_at_all_is_supported(self) -> None:
+        """A p-value of exactly 0 stays 0 (``p or 1.0`` had made it 1)."""
+        assert pvalue_or_one(0.0) == 0.0 and pvalue_or_one(None) == 1.0
+        assert equivalence_effect(np.zeros(10), sesoi=0.1).verdict == "supported"
+        assert equivalence_effect(np.array([0.0] * 8 + [3, -4]), sesoi=0.1).verdict != "supported"
 
 
 class TestAccuracyDropEffect:

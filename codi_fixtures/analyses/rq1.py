@@ -47,6 +47,7 @@ from codi_fixtures.stats import (
     apply_holm_verdicts,
     holm,
     mean_effect,
+    pvalue_or_one,
 )
 from codi_fixtures.study.conditions import Dimensions, Requirements, conditions_for
 
@@ -179,7 +180,7 @@ def last_most_important(a: StudyView, kind: str) -> StatResult:
         tests = [_mean_effect(a, imp[:, last] - imp[:, t]) for t in range(last)]
         if any(t.inconclusive for t in tests):
             return next(t for t in tests if t.inconclusive)
-        p_equiv = holm([float(t.p_equivalence or 1.0) for t in tests])
+        p_equiv = holm([pvalue_or_one(t.p_equivalence) for t in tests])
         rivals = [
             replace(t, p_equivalence_corrected=p).with_verdict(a.alpha)
             for t, p in zip(tests, p_equiv, strict=True)
@@ -196,7 +197,7 @@ def last_most_important(a: StudyView, kind: str) -> StatResult:
             base,
             p_value=max(r.p_value for r in rivals),
             p_corrected=max(r.p_value for r in rivals),
-            p_sesoi=max(float(r.p_sesoi or 1.0) for r in rivals),
+            p_sesoi=max(pvalue_or_one(r.p_sesoi) for r in rivals),
             method=(
                 f"intersection-union over {last} paired comparisons "
                 f"(shown: thought {closest}); {base.method}"

@@ -37,7 +37,7 @@ from codi_fixtures.analyses.plotting import _diverging_cmap, _no_data, cell_text
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
+from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive, pvalue_or_one
 from codi_fixtures.stats.decoding import (
     LinkResult,
     ProbeGrid,
@@ -343,7 +343,7 @@ def _rq3_stats(view: StudyView) -> Rq3Stats:
             sesoi=SESOI_RATE,
             alpha=alpha / m,
         ).result
-        p_eq = max(float(c.result.p_equivalence or 1.0) for c in cells.values())
+        p_eq = max(pvalue_or_one(c.result.p_equivalence) for c in cells.values())
         lens_step[k] = replace(
             _bonferroni(chosen, m),
             p_equivalence=p_eq,

@@ -38,6 +38,7 @@ from codi_fixtures.stats.inference import (
     pooled_correlation,
     pooled_normal_scores,
     position_centred_correlation,
+    pvalue_or_one,
     rq2_tests,
     within_problem_permutation_test,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "pooled_correlation",
     "pooled_normal_scores",
     "position_centred_correlation",
+    "pvalue_or_one",
     "rq2_tests",
     "within_problem_permutation_test",
 ]

@@ -3,17 +3,20 @@
 - :func:`interaction`: the interaction of a set of thoughts per problem, by Moebius
   inversion over its subsets (pairs: ``I_ij = E_ij - E_i - E_j``; triples:
   ``E_ijk - E_ij - E_ik - E_jk + E_i + E_j + E_k``), with ``E_{}`` = 0.
-- :func:`interaction_tests`: per pair (or triple), synergy (mean I > SESOI) and
-  redundancy (mean I < -SESOI) as two claims, each by :func:`~codi_fixtures.stats.mean_effect`
-  (bootstrap-t), Holm across the family of interactions of that order.
+- :func:`interaction_tests`: per pair (or triple), synergy (typical I > SESOI) and
+  redundancy (typical I < -SESOI) as two claims, each by :func:`~codi_fixtures.stats.mean_effect`
+  (the 20% trimmed mean of the per-problem I, bootstrap-t), Holm across the family of
+  interactions of that order.
 - :func:`smallest_reaching_subset`: the smallest subset whose ablation effect reaches a
-  fraction of the all-thoughts effect (on means), with the contrast test
-  ``E_S - f E_all > 0``; :func:`per_problem_smallest_size` the same per problem.
-- :func:`trend_test`: "accuracy (or any score) increases with k": the mean per-problem
-  least-squares slope over k, bootstrap-t CI, plus a within-problem permutation p-value.
+  fraction of the all-thoughts effect (on plain means), with the contrast test
+  ``E_S - f E_all > 0`` (plain mean: a ratio of means needs linearity);
+  :func:`per_problem_smallest_size` the same per problem.
+- :func:`trend_test`: "accuracy (or any score) increases with k": the plain mean per-problem
+  least-squares slope over k (the slope of the mean curve), bootstrap-t CI, plus a
+  within-problem permutation p-value.
 - :func:`saturation`: the smallest k from which no larger k loses more than a SESOI of
   accuracy against the full run (non-inferiority, Holm across k).
-- :func:`effect_grid`: mean delta log p and accuracy drop per condition, Holm across them.
+- :func:`effect_grid`: trimmed-mean delta log p and accuracy drop per condition, Holm across them.
 
 Why not Cochran-Armitage: it assumes independent observations in each k group, but every
 problem is run at every k, so the groups share problems (repeated measures). The tests
@@ -195,7 +198,7 @@ def smallest_reaching_subset(
     contrast = None
     if chosen is not None and int(ok.sum()) >= 2:
         diff = effects[chosen][ok] - fraction * effects[full_key][ok]
-        contrast = mean_effect(diff, sesoi=0.0, alpha=alpha, seed=seed)
+        contrast = mean_effect(diff, sesoi=0.0, alpha=alpha, seed=seed, trim=0.0)  # as chosen
     return SmallestSubset(
         subset=chosen,
         fraction_reached=means[chosen] / full if chosen is not None and full else math.nan,
@@ -259,7 +262,9 @@ def trend_test(
     xc = x - x.mean()
     denom = float(xc @ xc)
     slopes = (y @ xc) / denom
-    slope = mean_effect(slopes, sesoi=sesoi, alpha=alpha, seed=seed)
+    # the plain mean (trim=0): it is the slope of the mean curve, and with 0/1 correctness
+    # most problems' slopes are exactly 0, so a trimmed mean would test only those
+    slope = mean_effect(slopes, sesoi=sesoi, alpha=alpha, seed=seed, trim=0.0)
     rng = np.random.default_rng(seed)
     observed = float(slopes.sum())
     count = 0

@@ -39,6 +39,7 @@ from codi_fixtures.stats.inference import (
     accuracy_drop_effect,
     holm,
     mean_effect,
+    pvalue_or_one,
 )
 
 __all__ = [
@@ -259,12 +260,12 @@ def probe_grid(
 def paired_effect(
     a: FloatArray, b: FloatArray, *, sesoi: float = 0.1, alpha: float = 0.05, seed: int = 0
 ) -> StatResult:
-    """mean(a - b) over problems where both are finite, with a SESOI verdict.
+    """The paired difference a - b over problems where both are finite, with a SESOI verdict.
 
     0/1 outcomes (probe correctness, IIA hits) are a paired difference of proportions:
     Tango's score test and CI (:func:`codi_fixtures.stats.accuracy_drop_effect`, finite even
-    when hits are rare); other values: studentized bootstrap over problems
-    (:func:`codi_fixtures.stats.mean_effect`).
+    when hits are rare); other values: the 20% trimmed mean of a - b, studentized bootstrap
+    over problems (:func:`codi_fixtures.stats.mean_effect`).
     """
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 2:
@@ -536,7 +537,10 @@ def equivalence_effect(
     n_boot: int = 4999,
     seed: int = 0,
 ) -> StatResult:
-    """Is the mean of ``deltas`` within (-sesoi, sesoi)? Two one-sided tests (TOST).
+    """Is the trimmed mean of ``deltas`` within (-sesoi, sesoi)? Two one-sided tests (TOST).
+
+    The estimand is :func:`~codi_fixtures.stats.mean_effect`'s 20% trimmed mean: the typical
+    problem's change, not every problem's.
 
     One studentized bootstrap (:func:`~codi_fixtures.stats.mean_effect` on ``deltas`` and on
     ``-deltas``, same seed) gives the ``1 - 2 alpha`` CI and the one-sided p-values.
@@ -549,8 +553,8 @@ def equivalence_effect(
     d = d[np.isfinite(d)]
     up = mean_effect(d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
     down = mean_effect(-d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
-    p_tost = max(float(up.p_equivalence or 1.0), float(down.p_equivalence or 1.0))
-    p_beyond = float(up.p_sesoi or 1.0) if up.statistic >= 0 else float(down.p_sesoi or 1.0)
+    p_tost = max(pvalue_or_one(up.p_equivalence), pvalue_or_one(down.p_equivalence))
+    p_beyond = pvalue_or_one(up.p_sesoi) if up.statistic >= 0 else pvalue_or_one(down.p_sesoi)
     result = StatResult(
         statistic=up.statistic,
         p_value=p_tost,
@@ -558,7 +562,8 @@ def equivalence_effect(
         ci_high=up.ci_high,
         n=up.n,
         method=(
-            f"mean within +/-{sesoi:g}: two one-sided tests (TOST) and |mean| > SESOI, "
+            f"trimmed mean within +/-{sesoi:g}: two one-sided tests (TOST) and |trimmed mean| "
+            "> SESOI, "
             f"studentized bootstrap ({n_boot} resamples)"
         ),
         alternative="equivalence",

@@ -90,6 +90,7 @@ __all__ = [
     "pooled_correlation",
     "pooled_normal_scores",
     "position_centred_correlation",
+    "pvalue_or_one",
     "rq2_tests",
     "within_problem_permutation_test",
 ]
@@ -314,6 +315,8 @@ class _BootstrapT:
     mean: float
     se: float
     t: FloatArray
+    tied_middle: bool = False
+    """The values vary but their middle (after trimming) ties: the SE is 0 without certainty."""
 
     def ci(self, level: float) -> tuple[float, float]:
         """Two-sided bootstrap-t interval; (mean, mean) when the values are all equal."""
@@ -370,6 +373,7 @@ def _bootstrap_t(
     estimate, se_all = _trimmed_mean_se(values, trim)
     tiny = _CONSTANT_RTOL * float(np.max(np.abs(values))) / math.sqrt(n)
     se = 0.0 if float(se_all) <= tiny else float(se_all)
+    tied = se == 0.0 and float(np.ptp(values)) > _CONSTANT_RTOL * float(np.max(np.abs(values)))
     parts = []
     for size in _chunks(n_boot, n):
         boot, se_b = _trimmed_mean_se(values[rng.integers(0, n, (size, n))], trim)
@@ -381,7 +385,7 @@ def _bootstrap_t(
         t[~ok & (diff < 0)] = -math.inf
         parts.append(t[~np.isnan(t)])
     t_all = np.sort(np.concatenate(parts)) if parts else np.empty(0)
-    return _BootstrapT(mean=float(estimate), se=se, t=t_all)
+    return _BootstrapT(mean=float(estimate), se=se, t=t_all, tied_middle=tied)
 
 
 def _bootstrap_mean_ci(
@@ -635,6 +639,14 @@ def _decision_level(alpha: float, ci_level: float | None) -> float:
     return level
 
 
+def pvalue_or_one(p: float | None) -> float:
+    """A p-value that may be absent (a descriptive result) as a float: 1.0 when absent.
+
+    Not ``p or 1.0``, which would turn a p-value of exactly 0 into 1.
+    """
+    return 1.0 if p is None else float(p)
+
+
 def _check_sesoi(sesoi: float) -> float:
     """Raise ValueError unless ``sesoi`` is finite and >= 0."""
     if not (math.isfinite(sesoi) and sesoi >= 0):
@@ -680,8 +692,29 @@ def mean_effect(
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5), got {trim}")
     boot = _bootstrap_t(d, n_boot, np.random.default_rng(seed), trim)
+    g = math.floor(trim * d.size)
+    what = "mean" if g == 0 else f"{trim:.0%} trimmed mean ({g} of {d.size} cut at each end)"
+    if boot.tied_middle:  # a zero SE here is not certainty: say so instead of deciding
+        reason = (
+            f"inconclusive: the middle values tie ({what} = {boot.mean:.3g}), so its "
+            "standard error is 0 although the values vary; no interval can be given"
+        )
+        return StatResult(
+            statistic=boot.mean,
+            p_value=1.0,
+            ci_low=math.nan,
+            ci_high=math.nan,
+            n=int(d.size),
+            method=f"{what}; {reason}",
+            alternative="greater",
+            ci_level=level,
+            sesoi=sesoi,
+            p_sesoi=1.0,
+            p_equivalence=1.0,
+            verdict="inconclusive",
+            verdict_reason=reason,
+        )
     low, high = boot.ci(level)
-    what = "mean" if math.floor(trim * d.size) == 0 else f"{trim:.0%} trimmed mean"
     result = StatResult(
         statistic=boot.mean,
         p_value=boot.p_greater(0.0),
@@ -823,7 +856,8 @@ def pooled_normal_scores(values: ArrayLike) -> FloatArray:
     differences between columns. Pearson r of normal scores is the Gaussian rank
     correlation (Boudt, Cornelissen & Croux 2012): invariant to monotone
     transformations, as efficient as Pearson's r for Normal data, and with a
-    bounded influence of single values.
+    bounded influence of single values. A NaN anywhere makes every score NaN (drop NaN
+    rows first, as :func:`rq2_tests` does).
     """
     arr = np.asarray(values, dtype=np.float64)
     scores: FloatArray = special.ndtri(_pooled_ranks(arr) / (arr.size + 1))
