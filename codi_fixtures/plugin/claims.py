@@ -40,7 +40,7 @@ def evidence(result: StatResult) -> str:
     sesoi = "" if result.sesoi is None else f", SESOI={f(result.sesoi)}"
     return (
         f"statistic={f(result.statistic)}{sesoi}, p={f(result.p_value)}, "
-        f"p_holm={f(result.p_corrected)}, {100 * result.ci_level:.0f}% CI="
+        f"p_holm={f(result.p_corrected)}, {100 * result.ci_level:.3g}% CI="
         f"[{f(result.ci_low)}, {f(result.ci_high)}], n={result.n} ({result.method})"
     )
 

@@ -58,7 +58,7 @@ def stats_table_html(result: StatResult, context: Mapping[str, object]) -> str:
             "p (H0: effect >= SESOI), Holm",
             result.p_equivalence_corrected if result.p_equivalence_corrected is not None else "n/a",
         ),
-        (f"{100 * result.ci_level:.0f}% CI", f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}]"),
+        (f"{100 * result.ci_level:.3g}% CI", f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}]"),
         ("n (problems)", result.n),
         ("alternative", result.alternative),
         ("method", result.method),
