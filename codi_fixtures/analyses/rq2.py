@@ -42,6 +42,7 @@ from codi_fixtures.stats import (
     is_constant,
     pooled_normal_scores,
     rq2_tests,
+    two_way_residuals,
 )
 from codi_fixtures.study.conditions import (
     Ablation,
@@ -246,9 +247,8 @@ def rq2_layer_scatter(a: StudyView, layer: int, test: str) -> Figure:
     xlabel, ylabel = ATTENTION_LABEL, f"{LOGP_LABEL}, {a.importance_kind} ablation"
     if test == "beyond_position" and y.shape[0]:
         # Show what the test correlates: normal scores minus each problem's and thought's mean.
-        x, y = pooled_normal_scores(x), pooled_normal_scores(y)
-        x = x - x.mean(axis=0) - x.mean(axis=1, keepdims=True) + x.mean()
-        y = y - y.mean(axis=0) - y.mean(axis=1, keepdims=True) + y.mean()
+        x = two_way_residuals(pooled_normal_scores(x))
+        y = two_way_residuals(pooled_normal_scores(y))
         xlabel = f"{xlabel}: normal score\nminus problem and thought means"
         ylabel = f"{ylabel}: normal score\nminus problem and thought means"
     elif test == "position" and y.shape[0]:

@@ -40,6 +40,7 @@ from codi_fixtures.stats.inference import (
     position_centred_correlation,
     pvalue_or_one,
     rq2_tests,
+    two_way_residuals,
     within_problem_permutation_test,
 )
 
@@ -75,5 +76,6 @@ __all__ = [
     "position_centred_correlation",
     "pvalue_or_one",
     "rq2_tests",
+    "two_way_residuals",
     "within_problem_permutation_test",
 ]

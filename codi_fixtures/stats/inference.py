@@ -92,6 +92,7 @@ __all__ = [
     "position_centred_correlation",
     "pvalue_or_one",
     "rq2_tests",
+    "two_way_residuals",
     "within_problem_permutation_test",
 ]
 
@@ -373,7 +374,7 @@ def _bootstrap_t(
     estimate, se_all = _trimmed_mean_se(values, trim)
     tiny = _CONSTANT_RTOL * float(np.max(np.abs(values))) / math.sqrt(n)
     se = 0.0 if float(se_all) <= tiny else float(se_all)
-    tied = se == 0.0 and float(np.ptp(values)) > _CONSTANT_RTOL * float(np.max(np.abs(values)))
+    tied = se == 0.0 and not is_constant(values)
     parts = []
     for size in _chunks(n_boot, n):
         boot, se_b = _trimmed_mean_se(values[rng.integers(0, n, (size, n))], trim)
@@ -1309,7 +1310,7 @@ def _profile_r(x: FloatArray, y: FloatArray) -> _ProfileR | str:
     return _ProfileR(r=float(pseudo.mean()), se=se, cov=cxy, cov_se=max(cov_se, _TINY_SE), df=n - 1)
 
 
-def _two_way_residuals(x: FloatArray) -> FloatArray:
+def two_way_residuals(x: FloatArray) -> FloatArray:
     """Remove each problem's (row) and each position's (column) mean."""
     return x - x.mean(axis=1, keepdims=True) - x.mean(axis=0) + x.mean()
 
@@ -1540,7 +1541,7 @@ def rq2_tests(
                 p_equivalence=prof.p_less(sesoi),
             ).with_verdict(alpha)
 
-    xr, yr = _two_way_residuals(x), _two_way_residuals(y)
+    xr, yr = two_way_residuals(x), two_way_residuals(y)
     flat = next(
         (
             name
@@ -1554,7 +1555,7 @@ def rq2_tests(
     # The statistic and all its inference use the pooled normal scores (the raw values decide
     # only whether there is anything beyond the baselines at all).
     xs, ys = pooled_normal_scores(x), pooled_normal_scores(y)
-    xsr, ysr = _two_way_residuals(xs), _two_way_residuals(ys)
+    xsr, ysr = two_way_residuals(xs), two_way_residuals(ys)
     if flat is None:
         flat = next(
             (
