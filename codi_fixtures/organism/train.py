@@ -26,7 +26,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,8 +363,14 @@ def run_phase(
     *,
     on_checkpoint: object = None,
     monitor: object = None,
+    loss_context: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> None:
-    """Run the current phase (``teacher`` or ``codi``) from ``state.step`` to its end."""
+    """Run the current phase (``teacher`` or ``codi``) from ``state.step`` to its end.
+
+    ``loss_context`` wraps each step's forward + loss only (e.g. a bfloat16 autocast): the
+    backward, the gradient clipping and the optimiser step stay outside it (an autocast
+    around AdamW's step stopped a LoRA run from learning at all).
+    """
     codi = state.phase == "codi"
     total = cfg.codi_steps if codi else cfg.teacher_steps
     peak = cfg.codi_lr if codi else cfg.teacher_lr
@@ -376,13 +383,14 @@ def run_phase(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, peak, cfg.min_lr, cfg.warmup)
         batch = make_batch(model, _batch_problems(train, cfg, state.phase, step))
-        if codi:
-            ramp = min(1.0, step / max(1, cfg.distill_ramp))
-            weight = 1.0 + (cfg.distill_factor - 1.0) * ramp
-            loss, parts = codi_loss(model, batch, weight, cfg.planted_weight)
-        else:
-            loss, _ = teacher_loss(model, batch)
-            parts = {"teacher_ce": loss.item()}
+        with loss_context():
+            if codi:
+                ramp = min(1.0, step / max(1, cfg.distill_ramp))
+                weight = 1.0 + (cfg.distill_factor - 1.0) * ramp
+                loss, parts = codi_loss(model, batch, weight, cfg.planted_weight)
+            else:
+                loss, _ = teacher_loss(model, batch)
+                parts = {"teacher_ce": loss.item()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
