@@ -235,3 +235,17 @@ def test_bfloat16_training_wraps_only_the_forward_and_still_learns(tiny_parts):
     assert min(losses[-3:]) < losses[0]
     with pytest.raises(ValueError, match="train_dtype"):
         _precision(SmolConfig(train_dtype="float16"), "cpu")
+
+
+def test_time_plan_keeps_the_evaluation_reserve_once(tmp_path):
+    """``stop_by`` is the run's end: the CODI phase stops one reserve before it, not two."""
+    import time
+
+    from codi_fixtures.organism.train import TrainState
+    from codi_fixtures.smol.train import SmolConfig, _plan_codi_steps
+
+    cfg = SmolConfig(codi_steps=100_000, eval_reserve_s=100.0)
+    state = TrainState(phase="codi", step=10, wall_s=10.0)  # 1 s per step
+    steps = _plan_codi_steps(cfg, state, time.time() + 1_000.0, tmp_path / "plan.json")
+    assert 10 + int(890 / 1.1) <= steps <= 10 + int(900 / 1.1)
+    assert json.loads((tmp_path / "plan.json").read_text())["codi_steps"] == steps

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stop-by", default=None, help="UTC HH:MM by which training, eval and export end"
     )
     train.add_argument(
-        "--budget-s", type=float, default=None, help="seconds from now by which training ends"
+        "--budget-s", type=float, default=None, help="seconds from now by which the run ends"
     )
     train.add_argument("--device", default="cpu", help="where training runs (cpu, cuda)")
     train.add_argument(
@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         stop = _stop_by(args.stop_by)
         if args.budget_s is not None:
             stop = time.time() + args.budget_s
-        if stop is not None:
-            stop -= cfg.eval_reserve_s
         train_smol(
             cfg,
             out_dir=args.out,

@@ -7,12 +7,13 @@ engine's latent loop. What differs is the model: a frozen pretrained base, LoRA 
 q,k,v,o,gate,up,down, a trainable ``prj`` and three trainable added token rows (see
 :mod:`codi_fixtures.smol.lora`); the optimiser sees only those.
 
-Time budget: ``stop_by`` (a UTC wall-clock time) bounds the run. After the first
+Time budget: ``stop_by`` (a UTC wall-clock time) is when the whole run (training, evaluation,
+export) should end. After the first
 ``probe_steps`` CODI steps (inside the warm-up, where the schedule does not depend on the
 total) the measured step time fixes ``codi_steps`` so that training ends before
 ``stop_by`` minus the evaluation reserve; the plan is stored in the work directory so that a
-resumed run keeps it. If training still runs past ``stop_by`` it stops at the next
-checkpoint and the report says so.
+resumed run keeps it. If training still runs past ``stop_by`` minus the reserve it stops at
+the next checkpoint and the report says so.
 
 Resumable: the trainable parameters, optimiser state and progress are saved every
 ``checkpoint_every`` steps to ``WORK/state.pt``; rerunning the same command resumes.
@@ -297,6 +298,8 @@ def train_smol(
     the shipped numbers are measured on the CPU from the exported adapter
     (:func:`evaluate_adapter`); without, ``codi.json`` holds only the training device's
     quick metrics (``extra["device_metrics"]``), to be replaced by ``evaluate`` later.
+    ``stop_by``: when training, evaluation and export should be done (the evaluation keeps
+    ``cfg.eval_reserve_s`` of it).
     """
     torch.set_num_threads(threads)
     if device.startswith("cuda"):  # float32 weights; TF32 matmuls (about 8x faster there)
@@ -323,10 +326,11 @@ def train_smol(
     teacher_file = work_dir / "teacher.json"
     notes: list[str] = []
     precision = partial(_precision, cfg, device)
+    train_until = None if stop_by is None else stop_by - cfg.eval_reserve_s
 
     def checkpoint(current: TrainState) -> None:
         _save(state_path, model, optimizer, current)
-        if stop_by is not None and time.time() > stop_by:
+        if train_until is not None and time.time() > train_until:
             raise _Stop
 
     def monitor(current_model: CodiModel, current: TrainState) -> None:
@@ -413,7 +417,11 @@ def train_smol(
     if not evaluate:  # the training device's own numbers, replaced by `evaluate` on the CPU
         extra["device_metrics"] = evaluate_smol(model, evals, optional=False)
     _export(stage, model, cfg, evals, extra, state)
-    metrics = evaluate_adapter(stage, gsm8k=gsm8k, stop_by=stop_by) if evaluate else {}
+    metrics = (
+        evaluate_adapter(stage, gsm8k=gsm8k, stop_by=train_until, eval_reserve_s=cfg.eval_reserve_s)
+        if evaluate
+        else {}
+    )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(stage, out_dir)
