@@ -220,7 +220,7 @@ def test_bfloat16_training_wraps_only_the_forward_and_still_learns(tiny_parts):
     autocast_at_step: list[bool] = []
 
     class SpyAdamW(torch.optim.AdamW):
-        def step(self, closure=None):  # type: ignore[no-untyped-def]
+        def step(self, closure=None):
             autocast_at_step.append(torch.is_autocast_enabled("cpu"))
             return super().step(closure)
 

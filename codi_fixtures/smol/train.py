@@ -103,6 +103,10 @@ class SmolConfig:
     at these lengths on CPU, so training and evaluation use the same kernel."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.train_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"train_dtype must be float32 or bfloat16, got {self.train_dtype!r}")
+
     def recipe(self, teacher: bool) -> TrainConfig:
         """The organism's TrainConfig carrying this run's schedule (model fields unused)."""
         return TrainConfig(
@@ -141,8 +145,6 @@ class _Stop(Exception):
 
 def _precision(cfg: SmolConfig, device: str) -> torch.autocast:
     """The autocast context each step's forward + loss runs in (disabled for ``float32``)."""
-    if cfg.train_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"train_dtype must be float32 or bfloat16, got {cfg.train_dtype!r}")
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=cfg.train_dtype == "bfloat16")
 
