@@ -20,6 +20,7 @@ from codi_fixtures.config import ModelConfig
 from codi_fixtures.engine import build_prompt, encode_prompt, forward_step
 from codi_fixtures.errors import CheckpointError
 from codi_fixtures.model.architecture import hidden_state_index, unwrap_peft
+from codi_fixtures.model.attention import GROUPED_EAGER
 from codi_fixtures.model.checkpoint import SPEC_FILE, WEIGHT_FILES
 from codi_fixtures.model.codi import N_SPECIAL, CodiModel, load_codi
 from codi_fixtures.model.hooks import count_forward_hooks
@@ -28,6 +29,14 @@ from codi_fixtures.testing import save_tiny_checkpoint, tiny_codi
 PROMPT = "Tom has 3 apples. Then Tom gets 4 more. How many apples does Tom have?"
 SAFETENSORS, BIN = WEIGHT_FILES
 MARKER = "pwned.txt"
+
+
+def _probability_attention(model: CodiModel) -> str:
+    """The attention a loaded model must run: eager, or grouped eager for a GQA backbone."""
+    config = unwrap_peft(model.codi).config
+    heads = config.num_attention_heads
+    grouped = (getattr(config, "num_key_value_heads", None) or heads) < heads
+    return GROUPED_EAGER if grouped else "eager"
 
 
 def _load(directory: Path, **kwargs: object) -> CodiModel:
@@ -101,7 +110,7 @@ def test_save_load_reproduces_logits(
     assert loaded.eos_id == source.eos_id
     is_peft = type(loaded.codi).__name__.startswith("Peft")
     assert is_peft == (lora and not merge_lora)
-    assert unwrap_peft(loaded.codi).config._attn_implementation == "eager"
+    assert unwrap_peft(loaded.codi).config._attn_implementation == _probability_attention(loaded)
     assert not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     assert loaded.fingerprint
@@ -126,7 +135,7 @@ def test_tiny_models_are_shaped_as_requested(tiny_llama: CodiModel, tiny_gpt2: C
         assert config.tie_word_embeddings
         head = model.codi.get_output_embeddings()
         assert head.weight.data_ptr() == model.embeddings.weight.data_ptr()
-        assert config._attn_implementation == "eager"
+        assert config._attn_implementation == _probability_attention(model)
         assert not any(m.training for m in model.modules())
         lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
         assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
@@ -436,7 +445,7 @@ def test_sdpa_returns_no_attentions_so_loader_uses_eager(
     assert len(attentions) == tiny_llama.n_layers
     assert attentions[0].shape == (1, config.num_attention_heads, ids.shape[1], ids.shape[1])
     loaded = _load(tiny_llama_dir)
-    assert unwrap_peft(loaded.codi).config._attn_implementation == "eager"
+    assert unwrap_peft(loaded.codi).config._attn_implementation == _probability_attention(loaded)
 
 
 def test_transformers_keeps_its_output_capturing_hooks() -> None:

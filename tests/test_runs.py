@@ -87,12 +87,20 @@ def test_fingerprint_tracks_problems_and_config_but_not_batch_size(model, proble
 
 @pytest.mark.parametrize(
     "change",
-    ["dtype", "merge_lora", "base", "tokenizer", "torch_version", "transformers_version"],
+    [
+        "dtype",
+        "merge_lora",
+        "base",
+        "tokenizer",
+        "attention",
+        "torch_version",
+        "transformers_version",
+    ],
 )
 def test_the_cache_key_covers_everything_that_changes_numbers(
     change, model, problems, tiny_llama_dir, tmp_path, monkeypatch
 ):
-    """A bfloat16 run, an unmerged LoRA, another base/tokenizer or library must miss the cache."""
+    """Any change that alters the numbers (dtype, LoRA merge, base, attention...) misses."""
     import shutil
 
     import transformers
@@ -111,15 +119,25 @@ def test_the_cache_key_covers_everything_that_changes_numbers(
                 config.read_text().replace('"eos_token": "</s>"', '"eos_token": "<s>"')
             )
         cfg = ModelConfig(ckpt=tiny_llama_dir, base=str(base), device="cpu")
-    else:  # another library release: the fingerprint of the same load must change
+    else:  # another attention or library release: the same load's fingerprint must change
+        from codi_fixtures.model.attention import GROUPED_EAGER
         from codi_fixtures.model.codi import _numerics
 
-        def numerics() -> dict[str, object]:
+        def numerics(attention: str = "eager") -> dict[str, object]:
             return _numerics(
-                cfg, str(tiny_llama_dir), model.codi.config, model.tokenizer, torch.float32, "cpu"
+                cfg,
+                str(tiny_llama_dir),
+                model.codi.config,
+                model.tokenizer,
+                torch.float32,
+                "cpu",
+                attention,
             )
 
         before = numerics()
+        if change == "attention":
+            assert numerics(GROUPED_EAGER) != before
+            return
         library = torch if change == "torch_version" else transformers
         monkeypatch.setattr(library, "__version__", "9.9.9")
         assert numerics() != before

@@ -20,7 +20,8 @@ from torch import nn
 
 from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig
 from codi_fixtures.errors import CheckpointError
-from codi_fixtures.model.architecture import decoder_layers
+from codi_fixtures.model.architecture import decoder_layers, unwrap_peft
+from codi_fixtures.model.attention import use_grouped_eager
 from codi_fixtures.model.checkpoint import (
     CodiSpec,
     KeyReport,
@@ -50,7 +51,9 @@ def build_projection(dim: int, prj_dim: int) -> nn.Sequential:
 class CodiModel(nn.Module):
     """A CODI model: a causal LM (``codi``) plus the latent projection (``prj``).
 
-    Read-only during analysis: fixtures share one instance, so never mutate it.
+    Read-only during analysis: fixtures share one instance, so never mutate it. An eager
+    grouped-query backbone is switched to :mod:`codi_fixtures.model.attention` (the same
+    attention without a copy of the keys/values per query head).
     """
 
     codi: Any  # a transformers causal LM, possibly peft-wrapped (dynamic attributes)
@@ -59,6 +62,7 @@ class CodiModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, prj: nn.Sequential, spec: CodiSpec, tokenizer: object):
         super().__init__()
+        use_grouped_eager(unwrap_peft(backbone))
         self.codi = backbone
         self.prj = prj
         self.spec = spec
@@ -233,7 +237,13 @@ def _check_shapes(module: CodiModel, found: dict[str, torch.Tensor], spec: CodiS
 
 
 def _numerics(
-    cfg: ModelConfig, base: str, base_config: Any, tokenizer: Any, dtype: torch.dtype, device: Any
+    cfg: ModelConfig,
+    base: str,
+    base_config: Any,
+    tokenizer: Any,
+    dtype: torch.dtype,
+    device: Any,
+    attention: str,
 ) -> dict[str, object]:
     """Everything besides the weights that changes a run's numbers (part of the cache key)."""
     import transformers
@@ -251,6 +261,7 @@ def _numerics(
             tokenizer.eos_token_id,
         ],
         "merge_lora": cfg.merge_lora,
+        "attention": attention,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
@@ -259,8 +270,9 @@ def _numerics(
 def _fingerprint(weights: Path, spec: CodiSpec, numerics: dict[str, object]) -> str:
     """Cheap, stable content hash: whole file when small, sampled blocks when large.
 
-    ``numerics`` (dtype, device type, base and tokenizer, LoRA merging, library versions)
-    is hashed too, so a run that would compute other numbers never reuses a cached study.
+    ``numerics`` (dtype, device type, base and tokenizer, LoRA merging, attention
+    implementation, library versions) is hashed too, so a run that would compute other
+    numbers never reuses a cached study.
     """
     digest = hashlib.sha256(spec.to_json().encode())
     digest.update(json.dumps(numerics, sort_keys=True, default=str).encode())
@@ -306,7 +318,17 @@ def load_codi(cfg: ModelConfig | None = None) -> CodiModel:
     if spec.lora_r and cfg.merge_lora:
         module.codi = module.codi.merge_and_unload()
     module.fingerprint = _fingerprint(
-        weights, spec, _numerics(cfg, base, base_config, tokenizer, dtype, device)
+        weights,
+        spec,
+        _numerics(
+            cfg,
+            base,
+            base_config,
+            tokenizer,
+            dtype,
+            device,
+            module.codi.config._attn_implementation,
+        ),
     )
     module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     log.info("loaded CODI %s (%s, %s on %s)", ckpt_dir, base, dtype, device)

@@ -153,6 +153,7 @@ def load_smol(
         "dtype": str(torch_dtype),
         "device_type": torch.device(dev).type,
         "merge_lora": merge_lora,
+        "attention": model.codi.config._attn_implementation,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
