@@ -44,6 +44,7 @@ __all__ = [
     "answer_targets",
     "build_prompt",
     "encode_prompt",
+    "finite_rows",
     "forward_step",
     "greedy_decode",
     "mask_specials",
@@ -415,11 +416,48 @@ def _routing(store: list[torch.Tensor], prompt: Prompt) -> Callable[[torch.Tenso
     return fn
 
 
-def mask_specials(model: CodiModel, logits: torch.Tensor) -> torch.Tensor:
-    """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored (returns a new tensor)."""
-    logits = logits.float().clone()
+def mask_specials(
+    model: CodiModel, logits: torch.Tensor, *, in_place: bool = False
+) -> torch.Tensor:
+    """Pad, ``<bot>`` and ``<eot>`` can never be generated or scored (float32 logits).
+
+    Returns a new tensor, or with ``in_place`` masks float32 ``logits`` themselves: for
+    logits the caller has just computed and reads nowhere else (no copy of a (rows, vocab)
+    tensor per decoding step).
+    """
+    logits = logits.float() if in_place else logits.float().clone()
     logits[..., model.base_vocab_size :] = float("-inf")
     return logits
+
+
+def finite_rows(values: torch.Tensor) -> torch.Tensor:
+    """Whether each row (last dim) is free of NaN and inf: ``isfinite(values).all(-1)``.
+
+    One min/max pass instead of a boolean copy of ``values`` (a (rows, vocab) tensor per
+    decoding step): NaN propagates to both, +inf to the max, -inf to the min.
+    """
+    low, high = torch.aminmax(values, dim=-1)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
+_LOG_SOFTMAX_CHUNK = 1 << 21
+"""Elements per ``log_softmax`` call in :func:`_score` (8 MiB of float32): row chunks reuse
+one small buffer instead of allocating a second (rows, tokens, vocab) tensor."""
+
+
+def _target_logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits).gather(ids)`` (B, W), computed a few rows at a time.
+
+    Each row's softmax is computed exactly as in one call (the kernel reduces rows
+    independently), so the values are bit-identical.
+    """
+    per_row = max(1, logits[0].numel())
+    step = max(1, _LOG_SOFTMAX_CHUNK // per_row)
+    parts = [
+        torch.log_softmax(logits[i : i + step], dim=-1).gather(2, ids[i : i + step, :, None])
+        for i in range(0, logits.shape[0], step)
+    ]
+    return torch.cat(parts)[:, :, 0]
 
 
 def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[int]], list[int]]:
@@ -478,11 +516,11 @@ def _score(
             model, state, input_ids=ids[:, :-1], new_mask=real[:, :-1], logits=True
         ).logits
         assert rest is not None
-        logits.append(mask_specials(model, rest))
+        logits.append(mask_specials(model, rest, in_place=True))
     stacked = torch.cat(logits, dim=1)
-    token_logp = torch.log_softmax(stacked, dim=-1).gather(2, ids[:, :, None])[:, :, 0]
+    token_logp = _target_logp(stacked, ids)
     total = torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(dim=1)
-    finite = torch.isfinite(stacked[..., : model.base_vocab_size]).all(dim=-1) | (real == 0)
+    finite = finite_rows(stacked[..., : model.base_vocab_size]) | (real == 0)
     first = torch.tensor(n_prompt, dtype=torch.long, device=device)
     first_logp = token_logp.gather(1, first[:, None])[:, 0]
     return _Scored(ids, real, stacked, total, ~finite.all(dim=1), first, first_logp)
@@ -505,7 +543,7 @@ def greedy_decode(
     """
     batch, device = first_logits.shape[0], first_logits.device
     stops = torch.tensor(model.stop_ids, device=device)
-    bad = ~torch.isfinite(first_logits[:, : model.base_vocab_size]).all(dim=-1)
+    bad = ~finite_rows(first_logits[:, : model.base_vocab_size])
     out = torch.full((batch, max_new_tokens), model.pad_id, dtype=torch.long, device=device)
     length = torch.zeros(batch, dtype=torch.long, device=device)
     for row, prefix in enumerate(prefixes or ()):
@@ -531,9 +569,9 @@ def greedy_decode(
             alive, done, next_ids = alive[keep], done[keep], next_ids[keep]
         new_logits = forward_step(model, state, input_ids=next_ids[:, None], logits=True).logits
         assert new_logits is not None
-        finite = torch.isfinite(new_logits[:, -1]).all(dim=-1)
+        finite = finite_rows(new_logits[:, -1])
         bad[alive[~finite & ~done]] = True
-        logits = mask_specials(model, new_logits[:, -1])
+        logits = mask_specials(model, new_logits[:, -1], in_place=True)
     answers = [row[:n] for row, n in zip(out.tolist(), length.tolist(), strict=True)]
     return answers, bad, truncated
 
@@ -866,7 +904,7 @@ def _run_latent(
     eot = model.embed(torch.full_like(state.next_pos, model.eot_id))[:, None, :]
     out = forward_step(model, state, embeds=eot, logits=True, attentions=bool(attention_layers))
     assert out.logits is not None
-    first_logits = mask_specials(model, out.logits[:, -1])
+    first_logits = mask_specials(model, out.logits[:, -1], in_place=True)
     bad |= ~torch.isfinite(out.hidden[:, -1]).all(dim=-1)
     attn = out.attentions
     attentions = None

@@ -893,3 +893,31 @@ def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
         _close(getattr(late, name), getattr(every, name))
     assert torch.equal(late.nonfinite, every.nonfinite)
     assert torch.equal(late.q_lens, every.q_lens)
+
+
+def test_finite_rows_equals_isfinite_all() -> None:
+    """The one-pass check flags exactly the rows holding a NaN, +inf or -inf."""
+    from codi_fixtures.engine import finite_rows
+
+    values = torch.randn(6, 3, 50, generator=torch.Generator().manual_seed(0))
+    values[1, 0, 7] = float("nan")
+    values[2, 2, 0] = float("inf")
+    values[4, 1, 49] = float("-inf")
+    values[5, 0, :] = float("nan")
+    expected = torch.isfinite(values).all(dim=-1)
+    assert torch.equal(finite_rows(values), expected)
+    assert torch.equal(finite_rows(values[..., :20]), torch.isfinite(values[..., :20]).all(-1))
+    assert int((~expected).sum()) == 4
+
+
+def test_chunked_target_logp_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring a few rows per log_softmax call gives exactly the one-call values."""
+    import codi_fixtures.engine as engine
+
+    logits = 8 * torch.randn(7, 4, 301, generator=torch.Generator().manual_seed(1))
+    logits[..., 298:] = float("-inf")  # masked specials, as in scoring
+    ids = torch.randint(0, 298, (7, 4), generator=torch.Generator().manual_seed(2))
+    whole = torch.log_softmax(logits, dim=-1).gather(2, ids[:, :, None])[:, :, 0]
+    for chunk in (1, 4 * 301, 3 * 4 * 301, 10**9):  # one row, one, three, all rows per call
+        monkeypatch.setattr(engine, "_LOG_SOFTMAX_CHUNK", chunk)
+        assert torch.equal(engine._target_logp(logits, ids), whole)
