@@ -212,6 +212,13 @@ class Settings:
             return "bundled"
         return Path(ckpt).name
 
+    @property
+    def problems_label(self) -> str:
+        """The ``--problems`` file, or which checkpoint's own held-out set is used."""
+        if self.problems is not None:
+            return str(self.problems)
+        return f"{self.model_label} held-out set (eval.jsonl)"
+
     def describe(self) -> dict[str, object]:
         """Plain-JSON view for reports."""
         data = asdict(self)

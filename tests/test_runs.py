@@ -434,3 +434,14 @@ def test_auto_batch_rows_follow_the_memory_budget(model, problems, monkeypatch):
     monkeypatch.setattr(batching, "memory_budget_bytes", lambda device: weights + 300 * per_row)
     assert batching.auto_batch_rows(model, problems, 24) == 300
     assert batching.resolve_batch_rows(7, model, problems, 24) == 7
+
+
+def test_reports_name_the_problem_set_a_run_used(tmp_path: Path) -> None:
+    """A run without --problems names its checkpoint's own held-out set, not the bundled one."""
+    from codi_fixtures.config import Settings
+
+    assert Settings().problems_label == "bundled held-out set (eval.jsonl)"
+    smol = Settings(model=ModelConfig(ckpt=tmp_path / "smol_organism"))
+    assert smol.problems_label == "smol_organism held-out set (eval.jsonl)"
+    gsm8k = tmp_path / "test.jsonl"
+    assert Settings(model=smol.model, problems=gsm8k).problems_label == str(gsm8k)

@@ -258,7 +258,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say which model and problems a run uses."""
     settings = config.stash[SESSION_KEY].settings
-    source = settings.problems or "bundled held-out set"
+    source = settings.problems_label
     return [f"codi: model={settings.model_label} problems={source} kinds={settings.run.kinds}"]
 
 

@@ -115,7 +115,7 @@ def build_summary(
         "checkpoint": str(settings.model.ckpt or "bundled"),
         "device": settings.model.device,
         "dtype": settings.model.dtype,
-        "problems": str(settings.problems or "bundled held-out set"),
+        "problems": settings.problems_label,
         "settings": settings.describe(),
         "versions": package_versions(),
         "wall_time_s": round(wall_time_s, 1),
