@@ -461,9 +461,12 @@ def _target_logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-    """Token ids of ``"<answer prompt> <gold>" + eos`` and how many leading ids are prompt.
+    """Token ids of ``"<answer prompt> <gold>" + eos`` and how many leading ids are not scored.
 
-    Only the tokens after the prompt (the number and eos) are scored.
+    Only the number and eos are scored: the prompt, and a whitespace-only token between it
+    and the number, are not. Tokenizers that write that space as a token of its own
+    (SmolLM2's, LLaMA-3's: ``" 82"`` is ``" "`` then digits) would otherwise put the
+    number's "first token" (``logp_first``, KL) on a space every answer shares.
     """
     tok = model.tokenizer
     prompt = model.spec.answer_prompt
@@ -475,6 +478,8 @@ def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[in
     for gold in golds:
         ids = list(by_gold[gold])
         shared = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
+        while shared < len(ids) - 1 and not tok.decode([ids[shared]]).strip():
+            shared += 1  # a whitespace-only token before the number
         targets.append([*ids, model.eos_id])
         n_prompt.append(shared)
     return targets, n_prompt

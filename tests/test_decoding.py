@@ -51,6 +51,9 @@ def test_lens_rate_against_the_value_baseline():
     assert never.result.verdict == "refuted" and blind.result.verdict == "refuted"
     missing = lens_rate(np.full(3, -1), np.full(3, -1))
     assert missing.result.n == 0 and np.isnan(missing.rate)
+    # no target at all is a verdict a claim can judge (skipped, with the reason), not a crash
+    assert missing.result.verdict == "inconclusive"
+    assert "no problem has a target" in str(missing.result.verdict_reason)
 
 
 def test_lens_rate_table_counts_undecodable_targets_apart():

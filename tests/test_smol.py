@@ -249,3 +249,24 @@ def test_time_plan_keeps_the_evaluation_reserve_once(tmp_path):
     steps = _plan_codi_steps(cfg, state, time.time() + 1_000.0, tmp_path / "plan.json")
     assert 10 + int(890 / 1.1) <= steps <= 10 + int(900 / 1.1)
     assert json.loads((tmp_path / "plan.json").read_text())["codi_steps"] == steps
+
+
+@needs_smol
+def test_the_space_token_before_a_number_is_not_the_numbers_first_token():
+    """SmolLM2 writes " 82" as " ", "8", "2": scoring and the lens start at the "8"."""
+    from types import SimpleNamespace
+
+    from codi_fixtures.engine import answer_targets
+    from codi_fixtures.study.readouts import first_token_ids
+
+    _, tok = base_mod.load_base()
+    model = SimpleNamespace(
+        tokenizer=tok, spec=SimpleNamespace(answer_prompt="The answer is:"), eos_id=2
+    )
+    (target,), (skip,) = answer_targets(model, ["82"])  # type: ignore[arg-type]
+    prompt = tok("The answer is:", add_special_tokens=False)["input_ids"]
+    assert target[: len(prompt)] == prompt and tok.decode([target[len(prompt)]]) == " "
+    assert skip == len(prompt) + 1  # the space is not scored
+    assert [tok.decode([i]) for i in target[skip:-1]] == ["8", "2"] and target[-1] == 2
+    ids, ok = first_token_ids(model, [82.0, 7.0])  # type: ignore[arg-type]
+    assert [tok.decode([i]) for i in ids] == ["8", "7"] and ok == [True, True]

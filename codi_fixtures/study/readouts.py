@@ -107,7 +107,11 @@ def lens_logits(model: CodiModel, vectors: torch.Tensor) -> torch.Tensor:
 
 
 def first_token_ids(model: CodiModel, values: Sequence[float]) -> tuple[list[int], list[bool]]:
-    """First token of each value after the answer prompt, and whether it is decodable."""
+    """First token of each value after the answer prompt, and whether it is decodable.
+
+    The number's first token as :func:`answer_targets` scores it (a whitespace-only token
+    between the prompt and the number, as SmolLM2 writes, is not the number's).
+    """
     if not values:
         return [], []
     texts = [format_number(v) for v in values]

@@ -105,7 +105,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _READOUT = "readout__"  # clean-pass shard keys of the hidden-state read-outs
-CACHE_VERSION = "2"  # 2: leave-one-out mean / noise references; KL and logp at the number
+CACHE_VERSION = "3"  # 3: a whitespace-only token before the number is not scored
+# 2: leave-one-out mean / noise references; KL and logp at the number
 
 
 def dimensions_of(model: CodiModel) -> Dimensions:
