@@ -368,7 +368,7 @@ def run_thoughts(
     z = model.project(bot_hidden)  # z for thought 0
     fed: list[torch.Tensor] = []
     captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in capture_layers}
-    bad = ~torch.isfinite(bot_hidden).all(dim=-1)
+    bad = ~finite_rows(bot_hidden)
     for t in range(n_thoughts):
         if patch is not None and patch.layer is None:
             z = patch.apply(t, z)
@@ -385,7 +385,7 @@ def run_thoughts(
                     block_output_hook(model.codi, layer, _recorder(captured[layer]))
                 )
             h = forward_step(model, state, embeds=z[:, None, :]).hidden[:, -1]
-        bad |= ~torch.isfinite(h).all(dim=-1)
+        bad |= ~finite_rows(h)
         z = model.project(h)  # the (T+1)-th projection is computed and never fed, as upstream
     thoughts = torch.stack(fed, dim=1) if fed else bot_hidden.new_zeros((len(bot_hidden), 0, 0))
     return thoughts, {k: torch.stack(v, dim=1) for k, v in captured.items()}, bad
@@ -471,18 +471,17 @@ def answer_targets(model: CodiModel, golds: Sequence[str]) -> tuple[list[list[in
     tok = model.tokenizer
     prompt = model.spec.answer_prompt
     prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
-    targets, n_prompt = [], []
     unique = sorted(set(golds))
     encoded = tok([f"{prompt} {gold}" for gold in unique], add_special_tokens=False)["input_ids"]
-    by_gold = dict(zip(unique, encoded, strict=True))
-    for gold in golds:
-        ids = list(by_gold[gold])
-        shared = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
+    skips: dict[str, int] = {}  # per distinct gold: leading ids not scored
+    for gold, ids in zip(unique, encoded, strict=True):
+        shared = len(prompt_ids) if list(ids[: len(prompt_ids)]) == prompt_ids else 0
         while shared < len(ids) - 1 and not tok.decode([ids[shared]]).strip():
             shared += 1  # a whitespace-only token before the number
-        targets.append([*ids, model.eos_id])
-        n_prompt.append(shared)
-    return targets, n_prompt
+        skips[gold] = shared
+    by_gold = dict(zip(unique, encoded, strict=True))
+    targets = [[*by_gold[gold], model.eos_id] for gold in golds]
+    return targets, [skips[gold] for gold in golds]
 
 
 @dataclass(frozen=True)
@@ -693,7 +692,7 @@ def _branching_thoughts(
         mask = torch.cat([patch.mask.new_zeros((n_trunks, patch.mask.shape[1])), patch.mask])
         patch = ThoughtPatch(values, mask, patch.layer)
     z = model.project(bot_hidden)  # thought 0's input, every cache row
-    bad = ~torch.isfinite(bot_hidden).all(dim=-1)
+    bad = ~finite_rows(bot_hidden)
     fed: list[torch.Tensor] = []
     live = n_trunks
 
@@ -730,7 +729,7 @@ def _branching_thoughts(
                     block_output_hook(model.codi, step_patch.layer, _last_position(step_patch, t))
                 )
             h = forward_step(model, state, embeds=zt[:, None, :]).hidden[:, -1]
-        bad[:live] |= ~torch.isfinite(h).all(dim=-1)
+        bad[:live] |= ~finite_rows(h)
         z = torch.cat([model.project(h), z[live:]])
     if n_trunks + n_rows > live:
         join(n_trunks + n_rows, n_thoughts)
@@ -910,7 +909,7 @@ def _run_latent(
     out = forward_step(model, state, embeds=eot, logits=True, attentions=bool(attention_layers))
     assert out.logits is not None
     first_logits = mask_specials(model, out.logits[:, -1], in_place=True)
-    bad |= ~torch.isfinite(out.hidden[:, -1]).all(dim=-1)
+    bad |= ~finite_rows(out.hidden[:, -1])
     attn = out.attentions
     attentions = None
     if attention_layers:

@@ -895,11 +895,12 @@ def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
     assert torch.equal(late.q_lens, every.q_lens)
 
 
-def test_finite_rows_equals_isfinite_all() -> None:
-    """The one-pass check flags exactly the rows holding a NaN, +inf or -inf."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finite_rows_equals_isfinite_all(dtype: torch.dtype) -> None:
+    """The one-pass check flags exactly the rows holding a NaN, +inf or -inf (any dtype)."""
     from codi_fixtures.engine import finite_rows
 
-    values = torch.randn(6, 3, 50, generator=torch.Generator().manual_seed(0))
+    values = torch.randn(6, 3, 50, generator=torch.Generator().manual_seed(0)).to(dtype)
     values[1, 0, 7] = float("nan")
     values[2, 2, 0] = float("inf")
     values[4, 1, 49] = float("-inf")

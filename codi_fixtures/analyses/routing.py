@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from codi_fixtures.analyses.base import Evidence, FigureSpec
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
+from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive_verdict
 from codi_fixtures.stats.routing import SESOI_ROUTING, routing_effect, routing_fit
 from codi_fixtures.study.conditions import Dimensions, Requirements, RoutingReadout
 from codi_fixtures.study.roles import NAME, NUMBER, OPERATION, OTHER
@@ -185,8 +185,7 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
         keys = [(t, k, L) for t in range(a.n_thoughts) for k in a.steps for L in range(n_layers)]
         reason = _no_steps_reason(data)
         if reason is not None:
-            res = replace(inconclusive(reason, 0, "greater"), verdict="inconclusive")
-            return dict.fromkeys(keys, replace(res, verdict_reason=reason))
+            return dict.fromkeys(keys, inconclusive_verdict(reason))
         assert data is not None
         numbers = data.roles == NUMBER
         flat = []

@@ -37,7 +37,12 @@ from codi_fixtures.analyses.plotting import _diverging_cmap, _no_data, cell_text
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive, pvalue_or_one
+from codi_fixtures.stats import (
+    StatResult,
+    apply_holm_verdicts,
+    inconclusive_verdict,
+    pvalue_or_one,
+)
 from codi_fixtures.stats.decoding import (
     LinkResult,
     ProbeGrid,
@@ -251,12 +256,6 @@ def no_step_values_reason(view: StudyView) -> str | None:
     return None
 
 
-def _inconclusive(reason: str, n: int = 0) -> StatResult:
-    return replace(
-        inconclusive(reason, n, "greater"), verdict="inconclusive", verdict_reason=reason
-    )
-
-
 def _bonferroni(r: StatResult, m: int) -> StatResult:
     """``r`` with p_value and p_sesoi multiplied by ``m`` (a best-of-m selection)."""
     return replace(
@@ -318,7 +317,7 @@ def _rq3_stats(view: StudyView) -> Rq3Stats:
     best_site: dict[int, int] = {}
     for i, k in enumerate(view.steps):
         if k not in steps:
-            lens_step[k] = _inconclusive(f"inconclusive: no problem has a step {k}")
+            lens_step[k] = inconclusive_verdict(f"inconclusive: no problem has a step {k}")
             for t in range(n_t):
                 lens_grid[(k, t)] = lens_step[k]
             continue
@@ -411,7 +410,7 @@ def _probes(
     for i, k in enumerate(view.steps):
         for t in range(n_t):
             if k not in steps:
-                perm_cells[(k, t)] = quest_cells[(k, t)] = _inconclusive(
+                perm_cells[(k, t)] = quest_cells[(k, t)] = inconclusive_verdict(
                     f"inconclusive: no problem has a step {k}"
                 )
                 continue
@@ -441,7 +440,7 @@ def _probes(
             for cells, key in ((perm_cells, "minus_permuted"), (quest_cells, "minus_question")):
                 result = chosen[key]
                 if result.sesoi is None or math.isnan(result.statistic):
-                    cells[(k, t)] = _inconclusive(
+                    cells[(k, t)] = inconclusive_verdict(
                         f"inconclusive: too few problems with step {k} to probe "
                         f"(n={chosen['accuracy'].n}; need >= 20)",
                         chosen["accuracy"].n,
@@ -544,7 +543,7 @@ def _link(
 def _skip_or(view: StudyView, get: object) -> StatResult:
     reason = no_step_values_reason(view)
     if reason is not None:  # n = every problem: the claim names this reason, not "too few"
-        return _inconclusive(reason, len(view.results.problem_ids))
+        return inconclusive_verdict(reason, len(view.results.problem_ids))
     assert callable(get)
     result = get(rq3_stats(view))
     assert isinstance(result, StatResult)
@@ -594,7 +593,7 @@ def link_to_importance(view: StudyView) -> Evidence:
     """The thought that best encodes each step is among the most important (RQ1)."""
 
     def get(s: Rq3Stats) -> StatResult:
-        return s.link.result if s.link is not None else _inconclusive(s.link_reason)
+        return s.link.result if s.link is not None else inconclusive_verdict(s.link_reason)
 
     return Evidence(
         "the thoughts that best encode the steps are the important ones (RQ1)",

@@ -17,7 +17,7 @@ replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -29,7 +29,7 @@ from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_ce
 from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive
+from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive_verdict
 from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
 
@@ -112,12 +112,6 @@ class Rq4Stats:
     same_tests: list[StatResult]  # per thought
 
 
-def _inconclusive(reason: str, n: int = 0) -> StatResult:
-    return replace(
-        inconclusive(reason, n, "greater"), verdict="inconclusive", verdict_reason=reason
-    )
-
-
 def rq4_stats(view: StudyView) -> Rq4Stats:
     """IIA and baselines, same-value Δ log p (memoised)."""
     return view.memoised(("rq4_stats",), lambda: _rq4_stats(view))
@@ -137,7 +131,7 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     for i, k in enumerate(view.steps):
         for t in range(n_t):
             if k > donors.shape[1]:
-                tests[(t, k)] = _inconclusive(f"inconclusive: no problem has a step {k}")
+                tests[(t, k)] = inconclusive_verdict(f"inconclusive: no problem has a step {k}")
                 continue
             cols = {d: res.column(f"ic-t{t}-s{k}-{d}") for d in DONOR_KINDS}
             ok = clean_ok & ~res.nonfinite[:, list(cols.values())].any(axis=1)
@@ -150,7 +144,7 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
                 iia[i, t] = float(np.nanmean(hit))
                 rand_rate[i, t] = float(np.nanmean(rand))
             if n[i, t] < 5:
-                tests[(t, k)] = _inconclusive(
+                tests[(t, k)] = inconclusive_verdict(
                     f"inconclusive: only {n[i, t]} problems have a different-value donor for "
                     f"step {k} (need >= 5)",
                     int(n[i, t]),
@@ -164,7 +158,7 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     tests.update(zip(keys, judged_iia, strict=True))
     for key, r in tests.items():
         if r.verdict is None:
-            tests[key] = _inconclusive(f"inconclusive: {r.method}", r.n)
+            tests[key] = inconclusive_verdict(f"inconclusive: {r.method}", r.n)
     same_tests: list[StatResult] = []
     for t in range(n_t):
         cells = same_delta[:, :, t]
@@ -173,7 +167,7 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
         per_problem = per_problem[np.isfinite(per_problem)]
         if per_problem.size < 5:
             same_tests.append(
-                _inconclusive(
+                inconclusive_verdict(
                     f"inconclusive: only {per_problem.size} problems have a same-value donor",
                     int(per_problem.size),
                 )
@@ -201,7 +195,7 @@ def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:
 def _skip_or(view: StudyView, pick: object) -> StatResult:
     reason = no_step_values_reason(view)
     if reason is not None:  # n = every problem: the claim names this reason, not "too few"
-        return _inconclusive(reason, len(view.results.problem_ids))
+        return inconclusive_verdict(reason, len(view.results.problem_ids))
     assert callable(pick)
     result = pick(rq4_stats(view))
     assert isinstance(result, StatResult)

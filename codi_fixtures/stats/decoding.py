@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,7 +38,7 @@ from codi_fixtures.stats.inference import (
     StatResult,
     accuracy_drop_effect,
     holm,
-    inconclusive,
+    inconclusive_verdict,
     mean_effect,
     pvalue_or_one,
 )
@@ -109,10 +109,7 @@ def lens_rate(
     n = int(valid.sum())
     if n == 0:  # a verdict, not a crash: the claim is skipped with this reason
         reason = "no problem has a target whose first token the lens can read"
-        result = replace(
-            inconclusive(reason, 0, "greater"), verdict="inconclusive", verdict_reason=reason
-        )
-        return RateResult(math.nan, math.nan, result, 0)
+        return RateResult(math.nan, math.nan, inconclusive_verdict(reason), 0)
     hits = int((ranks[valid] < topk).sum())
     base, _ = value_baseline(tokens[valid])
     bound = min(base + sesoi, 1.0 - 1e-12)

@@ -83,6 +83,7 @@ __all__ = [
     "holm",
     "holm_rq2",
     "inconclusive",
+    "inconclusive_verdict",
     "is_constant",
     "mcnemar_accuracy_drop",
     "mean_effect",
@@ -803,6 +804,13 @@ def inconclusive(reason: str, n: int, alternative: str) -> StatResult:
         n=n,
         method=f"inconclusive: {reason}",
         alternative=alternative,
+    )
+
+
+def inconclusive_verdict(reason: str, n: int = 0, alternative: str = "greater") -> StatResult:
+    """:func:`inconclusive` already judged: a claim reading it is skipped with ``reason``."""
+    return replace(
+        inconclusive(reason, n, alternative), verdict="inconclusive", verdict_reason=reason
     )
 
 
