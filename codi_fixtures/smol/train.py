@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -437,8 +438,17 @@ def _machine(device: str, threads: int) -> str:
         return f"{name} GPU (float32, TF32 matmuls); torch {torch.__version__}"
     return (
         f"{platform.machine()} CPU, {threads} torch thread(s), "
-        f"{platform.node() or 'unknown host'}; torch {torch.__version__}"
+        f"{platform.node() or 'unknown host'}; torch {torch.__version__}; {_allocator()}"
     )
+
+
+def _allocator() -> str:
+    """The C allocator in use: a preloaded jemalloc/tcmalloc makes CPU training ~1.5x faster."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            return f"allocator {name} (LD_PRELOAD)"
+    return "allocator glibc malloc"
 
 
 def _export(
