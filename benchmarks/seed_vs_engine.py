@@ -289,19 +289,31 @@ def run_phase(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_loaded = _peak_rss_bytes()
+
+    def run(problems: Sequence[Problem]) -> dict[str, Any]:
+        with torch.no_grad():
+            if job["phase"] == "reference":
+                ref = SeedReference(model, job["reference_max_new_tokens"], job["layers"])
+                result: dict[str, Any] = ref.run(problems, job["kinds"][0])
+            else:
+                result = run_engine(model, problems, tuple(job["kinds"]), job)
+        if cuda:
+            torch.cuda.synchronize()
+        return result
+
+    warmup_wall = None
+    if job["warmup"]:  # first-call costs (lazy initialisation, allocator) outside the timing
+        start = time.perf_counter()
+        run(job["problems"][: job["warmup"]])
+        warmup_wall = time.perf_counter() - start
+        counter.calls = counter.token_rows = 0
     start = time.perf_counter()
-    with torch.no_grad():
-        if job["phase"] == "reference":
-            ref = SeedReference(model, job["reference_max_new_tokens"], job["layers"])
-            out = ref.run(job["problems"], job["kinds"][0])
-        else:
-            out = run_engine(model, job["problems"], tuple(job["kinds"]), job)
-    if cuda:
-        torch.cuda.synchronize()
+    out = run(job["problems"])
     wall = time.perf_counter() - start
     handle.remove()
     out.update(
         wall_s=wall,
+        warmup_wall_s=warmup_wall,
         peak_rss_bytes=_peak_rss_bytes(),
         rss_after_load_bytes=rss_loaded,
         gpu_peak_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None,
@@ -431,6 +443,11 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _warmup(phase: dict[str, Any]) -> str:
+    warm = phase.get("warmup_wall_s")
+    return "none (cold)" if warm is None else f"{warm:.2f} s"
+
+
 def format_table(
     ref: dict[str, Any], eng: dict[str, Any], cmp: dict[str, Any], layers: Sequence[int]
 ) -> str:
@@ -438,6 +455,7 @@ def format_table(
     rows = [
         ("", "seed reference", "engine"),
         ("wall time", f"{ref['wall_s']:.2f} s", f"{eng['wall_s']:.2f} s"),
+        ("warm-up run (untimed)", *(_warmup(x) for x in (ref, eng))),
         ("peak RSS", _mib(ref["peak_rss_bytes"]), _mib(eng["peak_rss_bytes"])),
         ("  of which model load", *(_mib(x["rss_after_load_bytes"]) for x in (ref, eng))),
         ("peak GPU memory", _mib(ref["gpu_peak_bytes"]), _mib(eng["gpu_peak_bytes"])),
@@ -549,6 +567,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=SCALING_NS,
         help="problem counts for --scaling (default 10,100,1000)",
     )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="each phase first runs its own algorithm on this many problems, untimed, so that "
+        "first-call costs are not timed (default 0: a cold first run)",
+    )
     p.add_argument("--atol", type=float, default=1e-4, help="attention tolerance (1e-4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per phase (0: default)")
     p.add_argument("--json", type=Path, default=None, help="write results to this JSON file")
@@ -563,6 +588,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.problems = args.ckpt / "eval.jsonl"
     if args.n < 1:
         p.error("--n must be >= 1")
+    if not 0 <= args.warmup <= args.n:
+        p.error("--warmup must be between 0 and --n")
     return args
 
 
@@ -593,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_rows": args.batch_rows,
         "reference_max_new_tokens": ref_cap,
         "engine_max_new_tokens": eng_cap,
+        "warmup": args.warmup,
     }
     log.info("phase 1/2: seed reference (batch 1, %d answer tokens max)", ref_cap)
     ref = in_child({**job, "phase": "reference"}, args.same_process)
@@ -666,8 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _summary(phase: dict[str, Any]) -> dict[str, Any]:
     keep = (
-        "wall_s peak_rss_bytes rss_after_load_bytes gpu_peak_bytes decoder_calls token_rows "
-        "threads accuracy model_fingerprint"
+        "wall_s warmup_wall_s peak_rss_bytes rss_after_load_bytes gpu_peak_bytes decoder_calls "
+        "token_rows threads accuracy model_fingerprint"
     ).split()
     return {k: phase.get(k) for k in keep}
 
