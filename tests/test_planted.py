@@ -14,12 +14,16 @@ from codi_fixtures.organism import train as train_mod
 from codi_fixtures.organism.task import make_splits
 from codi_fixtures.organism.tokenizer import build_tokenizer
 from codi_fixtures.organism.train import (
+    InterchangePair,
     TrainConfig,
     build_model,
     codi_loss,
+    interchange_loss,
+    interchange_pairs,
     make_batch,
     planted_targets,
 )
+from codi_fixtures.study.interchange import counterfactual_answer
 
 PLANTED_CHECKPOINT = Path(__file__).resolve().parents[1] / "codi_fixtures" / "planted"
 
@@ -100,15 +104,95 @@ def test_planted_weight_zero_leaves_the_codi_loss_unchanged(tokenizer, monkeypat
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
 
 
-def test_cli_passes_planted_weight(monkeypatch, tmp_path):
+def test_cli_passes_planted_and_interchange_weights(monkeypatch, tmp_path):
     from codi_fixtures.organism import __main__ as cli
 
     seen = {}
     monkeypatch.setattr(cli, "train_organism", lambda cfg, **kw: seen.update(cfg=cfg))
     cli.main(["--out", str(tmp_path / "o"), "--planted-weight", "0.5"])
     assert seen["cfg"].planted_weight == 0.5
+    assert seen["cfg"].interchange_weight == 0.0
+    cli.main(["--out", str(tmp_path / "o"), "--planted-weight", "1", "--interchange-weight", "2"])
+    assert seen["cfg"].interchange_weight == 2.0
     cli.main(["--out", str(tmp_path / "o")])
     assert seen["cfg"].planted_weight == 0.0
+
+
+def test_interchange_pairs_pick_a_different_value_donor_and_its_counterfactual():
+    import random
+
+    problems, _ = make_splits(200, 1)
+    batch = problems[:64]
+    pairs = interchange_pairs(batch, 6, random.Random(3), limit=40, value_max=19)
+    assert 35 <= len(pairs) <= 40
+    assert len({p.recipient for p in pairs}) == len(pairs)
+    for p in pairs:
+        rec, don = batch[p.recipient], batch[p.donor]
+        assert p.donor != p.recipient
+        assert 0 <= p.thought < rec.steps  # thought t carries step t+1
+        assert don.intermediates[p.thought] != rec.intermediates[p.thought]
+        expected = counterfactual_answer(rec, p.thought + 1, don.intermediates[p.thought])
+        assert p.counterfactual == expected != rec.answer
+        assert 0 <= p.counterfactual <= 19
+    again = interchange_pairs(batch, 6, random.Random(3), limit=40, value_max=19)
+    assert again == pairs  # seeded: a resumed run draws the same pairs
+    assert len({p.thought for p in pairs}) >= 4  # every planted thought gets examples
+
+
+def test_interchange_with_the_recipients_own_thought_is_the_clean_student_loss(tokenizer):
+    """An identity interchange reproduces the clean student cross-entropy.
+
+    Patching thought t with the recipient's own thought and targeting its own answer is the
+    clean run.
+    """
+    _, model = _tiny(tokenizer)
+    model.eval()
+    problems = make_splits(64, 1)[0][:8]
+    batch = make_batch(model, problems)
+    with torch.no_grad():
+        _, parts = codi_loss(model, batch, 1.0)
+        from codi_fixtures.engine import build_prompt, encode_prompt, run_thoughts
+
+        state, bot = encode_prompt(model, build_prompt(model, [p.question for p in problems]))
+        thoughts, _, _ = run_thoughts(model, state, bot, n_thoughts=6)
+        own = [InterchangePair(i, i, i % p.steps, p.answer) for i, p in enumerate(problems)]
+        loss = interchange_loss(model, thoughts, problems, own)
+    assert loss.item() == pytest.approx(parts["ce"], rel=1e-5)
+
+
+def test_interchange_loss_is_added_and_learned(tokenizer, monkeypatch):
+    import random
+
+    _, model = _tiny(tokenizer)
+    problems = make_splits(64, 1)[0][:16]
+    batch = make_batch(model, problems)
+    pairs = interchange_pairs(problems, 6, random.Random(0), limit=16, value_max=19)
+    assert pairs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    swapped = []
+    for _ in range(12):
+        loss, parts = codi_loss(model, batch, 2.0, 1.0, interchange_weight=0.5, interchange=pairs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert set(parts) == {"ce", "distill", "teacher_ce", "planted", "interchange"}
+        assert loss.item() == pytest.approx(
+            parts["ce"]
+            + 2.0 * parts["distill"]
+            + parts["teacher_ce"]
+            + parts["planted"]
+            + 0.5 * parts["interchange"],
+            rel=1e-5,
+        )
+        swapped.append(parts["interchange"])
+    assert swapped[-1] < 0.7 * swapped[0]
+
+    def never(*args, **kwargs):
+        raise AssertionError("interchange_loss computed at interchange_weight 0")
+
+    monkeypatch.setattr(train_mod, "interchange_loss", never)
+    _, parts = codi_loss(model, batch, 2.0, 1.0, interchange_weight=0.0, interchange=pairs)
+    assert "interchange" not in parts
 
 
 planted_built = pytest.mark.skipif(

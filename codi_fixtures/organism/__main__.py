@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> None:
         "0 = the bundled recipe, > 0 = the planted organism",
     )
     parser.add_argument(
+        "--interchange-weight",
+        type=float,
+        default=TrainConfig.interchange_weight,
+        help="weight of the interchange-intervention loss (thought t replaced by another "
+        "problem's: the counterfactual answer is the target); makes planted values used",
+    )
+    parser.add_argument(
         "--control",
         type=Path,
         default=None,
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         hidden=args.hidden,
         seed=args.seed,
         planted_weight=args.planted_weight,
+        interchange_weight=args.interchange_weight,
     )
     work = args.work or args.out.parent / f".work-{args.out.name}"
     train_organism(

@@ -10,6 +10,7 @@ import torch
 from codi_fixtures.answers import numbers_equal, parse_answer
 from codi_fixtures.engine import (
     LoopState,
+    ThoughtPatch,
     build_prompt,
     forward_step,
     greedy_decode,
@@ -20,6 +21,7 @@ from codi_fixtures.model import CodiModel
 from codi_fixtures.model.kvcache import new_cache
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import thought_lens_logits, value_target
+from codi_fixtures.study.interchange import choose_donors
 from codi_fixtures.study.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.study.problems import Problem
 
@@ -28,6 +30,7 @@ __all__ = [
     "cot_answers",
     "latent_answers",
     "mean_ablation_answers",
+    "planted_interchange_rates",
     "planted_lens_rates",
 ]
 
@@ -123,6 +126,44 @@ def planted_lens_rates(
             "first_token": 100.0 * hits_first / len(rows),
             "value": 100.0 * hits_value / len(rows),
         }
+    return rates
+
+
+@torch.no_grad()
+def planted_interchange_rates(
+    model: CodiModel, problems: Sequence[Problem]
+) -> dict[str, dict[str, float]]:
+    """Per thought t: how often patching it with a donor's gives the counterfactual answer.
+
+    Donors per (recipient, step t+1) as the suite's RQ4 chooses them
+    (:func:`~codi_fixtures.study.interchange.choose_donors`, seed 0, counterfactual answers
+    in 0..MAX_VALUE): ``iia`` = % of recipients whose answer with thought t's input embedding
+    replaced by the *different*-value donor's is the counterfactual answer; ``random`` = the
+    same rate with a random donor's thought (chance); ``n``: recipients with such a donor.
+    """
+    prompt = build_prompt(model, [p.question for p in problems])
+    clean = run_latent(model, prompt, generate=False)
+    n_thoughts = clean.thoughts.shape[1]
+    donors = choose_donors(problems, value_range=(0, MAX_VALUE), seed=0)
+    rates: dict[str, dict[str, float]] = {}
+    for t in range(min(n_thoughts, donors.different.shape[1])):
+        recipients = [r for r in range(len(problems)) if donors.different[r, t] >= 0]
+        if not recipients:
+            continue
+        rows = torch.tensor(recipients)
+        counterfactual = donors.counterfactual[recipients, t]
+        result: dict[str, float] = {"n": float(len(recipients))}
+        for kind, table in (("iia", donors.different), ("random", donors.random)):
+            values = clean.thoughts.index_select(0, torch.tensor(table[recipients, t]))
+            mask = torch.zeros((len(recipients), n_thoughts), dtype=torch.bool)
+            mask[:, t] = True
+            patched = run_latent(model, prompt, rows=rows, patch=ThoughtPatch(values, mask))
+            hits = sum(
+                numbers_equal(answer, float(cf))
+                for answer, cf in zip(patched.answers, counterfactual, strict=True)
+            )
+            result[kind] = 100.0 * hits / len(recipients)
+        rates[f"t{t}"] = result
     return rates
 
 

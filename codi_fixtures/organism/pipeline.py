@@ -19,6 +19,7 @@ from codi_fixtures.organism.evaluate import (
     cot_answers,
     latent_answers,
     mean_ablation_answers,
+    planted_interchange_rates,
     planted_lens_rates,
 )
 from codi_fixtures.organism.report import write_training_report
@@ -52,7 +53,9 @@ def evaluate_organism(
 ) -> dict[str, object]:
     """Accuracy by bin in latent and explicit-CoT mode, and under mean ablations.
 
-    ``planted`` adds ``planted_lens``: how often each thought's logit lens names step t+1.
+    ``planted`` adds ``planted_lens`` (how often each thought's logit lens names step t+1)
+    and ``planted_interchange`` (how often patching thought t with a donor's gives the
+    counterfactual answer of step t+1, and with a random donor's).
     """
     clean = latent_answers(model, problems)
     metrics: dict[str, object] = {
@@ -75,6 +78,7 @@ def evaluate_organism(
         metrics["mean_ablate_one"] = singles
     if planted and n:
         metrics["planted_lens"] = planted_lens_rates(model, problems)
+        metrics["planted_interchange"] = planted_interchange_rates(model, problems)
     return metrics
 
 
@@ -154,6 +158,12 @@ def planted_record(cfg: TrainConfig) -> dict[str, object]:
         "loss": "cross-entropy of the readout vs the target, mean over (problem, thought) "
         "pairs that have a step; added to the CODI loss times weight",
         "weight": cfg.planted_weight,
+        "interchange_weight": cfg.interchange_weight,
+        "interchange": "thought t replaced by a donor's thought t (input embedding), later "
+        "thoughts recomputed; cross-entropy of the counterfactual answer (the recipient's "
+        "chain replayed with the donor's step t+1 value), times interchange_weight"
+        if cfg.interchange_weight > 0
+        else "none: the planted values need not be used for the answer",
     }
 
 
@@ -170,6 +180,8 @@ def _export(
     retrain = f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}"
     if cfg.planted_weight > 0:
         retrain += f" --planted-weight {cfg.planted_weight:g}"
+    if cfg.interchange_weight > 0:
+        retrain += f" --interchange-weight {cfg.interchange_weight:g}"
     extra = {
         "recipe": cfg.to_dict(),
         "heldout_accuracy": metrics,

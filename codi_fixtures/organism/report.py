@@ -62,6 +62,8 @@ def write_training_report(
     _plot(out / "loss_curve.png", history)
     planted = cfg.planted_weight > 0
     flag = f" --planted-weight {cfg.planted_weight:g}" if planted else ""
+    if cfg.interchange_weight > 0:
+        flag += f" --interchange-weight {cfg.interchange_weight:g}"
     lines = [
         f"# Training report: the {'planted' if planted else 'bundled'} CODI organism",
         "",
@@ -120,6 +122,23 @@ def write_training_report(
                 f"| {name} | {step} | {vals['n']:.0f} | {vals['first_token']:.1f} "
                 f"| {vals['value']:.1f} |"
             )
+    swaps = metrics.get("planted_interchange")
+    if isinstance(swaps, Mapping):
+        lines += [
+            "",
+            "Planted map check, causal: thought t's input embedding replaced by a donor's "
+            "(a held-out problem whose step t+1 value differs, chosen as the suite's RQ4 "
+            "does), % of recipients whose answer is the counterfactual one (their chain "
+            "replayed with the donor's value); random = a random donor's thought (chance):",
+            "",
+            "| thought | step | recipients | counterfactual answer % | random donor % |",
+            "|---|---|---|---|---|",
+        ]
+        for name, vals in swaps.items():
+            step = int(name.lstrip("t")) + 1
+            lines.append(
+                f"| {name} | {step} | {vals['n']:.0f} | {vals['iia']:.1f} | {vals['random']:.1f} |"
+            )
     lines += ["", "![loss curves](loss_curve.png)", ""]
     atomic_write_text(out / "training_report.md", "\n".join(lines))
 
@@ -132,6 +151,19 @@ def _planted_intro(cfg: TrainConfig) -> list[str]:
         "on thought t's input embedding against step t+1's value (0-based thought t; "
         "two-digit values: 2/3 on the first digit's token, 1/3 on the second's); thoughts "
         "past a problem's last step get no target. So thought t <-> step t+1 by construction.",
+        *(
+            [
+                "",
+                f"Interchange training (`interchange_weight` {cfg.interchange_weight:g}, up to "
+                f"{cfg.interchange_rows} recipients per step): thought t's input embedding is "
+                "replaced by another problem's of the same batch (a donor whose step t+1 value "
+                "differs), later thoughts are recomputed, and the answer's target is the "
+                "counterfactual one (the recipient's chain replayed with the donor's value), "
+                "so the planted value is what the answer uses.",
+            ]
+            if cfg.interchange_weight > 0
+            else []
+        ),
     ]
 
 

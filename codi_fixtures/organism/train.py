@@ -17,6 +17,11 @@ The student's latent loop is the engine's ``run_thoughts`` with gradients on.
 The *planted* organism adds one loss (``TrainConfig.planted_weight`` > 0, see
 :func:`planted_loss`): thought t's input embedding, read through the logit lens,
 must name step t+1's value, so where each step is stored is known by construction.
+A second, optional loss (``TrainConfig.interchange_weight`` > 0, see
+:func:`interchange_loss`; interchange intervention training, Geiger et al. 2022) makes the
+planted value *used*: thought t is replaced by another problem's thought t, and the model is
+trained to give the counterfactual answer (the recipient's chain replayed with the donor's
+step t+1 value). Without it the planted values are readable but recomputed downstream.
 """
 
 from __future__ import annotations
@@ -37,18 +42,29 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi_fixtures.atomic import atomic_write_bytes
-from codi_fixtures.engine import build_prompt, encode_prompt, forward_step, run_thoughts
+from codi_fixtures.engine import (
+    ThoughtPatch,
+    build_prompt,
+    encode_prompt,
+    forward_step,
+    run_thoughts,
+)
 from codi_fixtures.model import N_SPECIAL, CodiModel, build_projection
 from codi_fixtures.model.architecture import unwrap_peft
 from codi_fixtures.model.checkpoint import CodiSpec
+from codi_fixtures.organism.task import MAX_VALUE
+from codi_fixtures.study.interchange import counterfactual_answer
 from codi_fixtures.study.problems import Problem
 
 __all__ = [
     "PLANTED_SITE",
     "Batch",
+    "InterchangePair",
     "TrainConfig",
     "build_model",
     "codi_loss",
+    "interchange_loss",
+    "interchange_pairs",
     "make_batch",
     "planted_loss",
     "planted_targets",
@@ -113,6 +129,17 @@ class TrainConfig:
     read through the logit lens, must name step t+1's value. 0 (the bundled recipe) adds
     nothing and leaves training bit-for-bit unchanged; > 0 trains the *planted* organism,
     whose storage map is known by construction, to test interpretability methods against."""
+    interchange_weight: float = 0.0
+    """Weight of the interchange-intervention loss (:func:`interchange_loss`): with thought t
+    replaced by a donor problem's thought t, the answer must be the counterfactual one (the
+    recipient's chain replayed with the donor's step t+1 value). 0 adds nothing; > 0 makes
+    the planted values *used* for the answer, not only readable."""
+    interchange_rows: int = 32
+    """Recipients per step for the interchange loss (the first rows of the batch that have a
+    donor in the batch)."""
+    value_max: int = MAX_VALUE
+    """Largest value a counterfactual answer may take (the task's range: its answers are
+    never larger, and the model has never seen one)."""
 
     def to_dict(self) -> dict[str, object]:
         """Plain-JSON view."""
@@ -173,13 +200,26 @@ def _right_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _answer_ids(model: CodiModel, value: float) -> list[int]:
+    """``<eot> The answer is: N </s>``: what the student is trained to emit after its thoughts."""
+    return [
+        model.eot_id,
+        *_ids(model.tokenizer, f"{ANSWER_PROMPT} {_number_text(value)}", special=False),
+        model.eos_id,
+    ]
+
+
 def make_batch(model: CodiModel, problems: list[Problem]) -> Batch:
     """Tokenize teacher sequences and student answer parts for ``problems``."""
     tok = model.tokenizer
     teacher, labels, colons, answers = [], [], [], []
     prompt_ids = _ids(tok, ANSWER_PROMPT, special=False)
     for p in problems:
-        number = str(int(p.answer)) if float(p.answer).is_integer() else str(p.answer)
+        number = _number_text(p.answer)
         question = _ids(tok, p.question, special=True)
         up_to_colon = _ids(tok, f"{p.question} {p.cot} {ANSWER_PROMPT}", special=True)
         full = _ids(tok, f"{p.question} {p.cot} {ANSWER_PROMPT} {number}", special=True)
@@ -187,9 +227,7 @@ def make_batch(model: CodiModel, problems: list[Problem]) -> Batch:
         teacher.append(full)
         labels.append([IGNORE] * len(question) + full[len(question) :])
         colons.append(len(up_to_colon) - 1)
-        answers.append(
-            [model.eot_id, *_ids(tok, f"{ANSWER_PROMPT} {number}", special=False), model.eos_id]
-        )
+        answers.append(_answer_ids(model, p.answer))
     device = model.device
     teacher_ids, teacher_mask = _right_pad(teacher, model.pad_id)
     label_ids, _ = _right_pad(labels, IGNORE)
@@ -289,13 +327,105 @@ def planted_loss(
     return nll[mask.to(nll.device)].mean()
 
 
+@dataclass(frozen=True)
+class InterchangePair:
+    """One interchange-training example: recipient row, donor row, thought, target answer."""
+
+    recipient: int
+    donor: int
+    thought: int  # 0-based; carries step thought + 1
+    counterfactual: float
+
+
+def interchange_pairs(
+    problems: Sequence[Problem],
+    n_thoughts: int,
+    rng: random.Random,
+    *,
+    limit: int,
+    value_max: float,
+) -> list[InterchangePair]:
+    """Up to ``limit`` (recipient, donor, thought) triples drawn inside one batch.
+
+    Per recipient: a thought t uniform over those that carry a step (t < its step count),
+    then the first donor (in a seeded random order) whose step t+1 value differs and whose
+    counterfactual answer exists, differs from the recipient's and lies in 0..``value_max``.
+    Recipients with no such donor are skipped.
+    """
+    pairs: list[InterchangePair] = []
+    order = list(range(len(problems)))
+    for r, rec in enumerate(problems):
+        if len(pairs) >= limit:
+            break
+        steps = min(len(rec.intermediates), n_thoughts)
+        if steps == 0:
+            continue
+        t = rng.randrange(steps)
+        rng.shuffle(order)
+        for d in order:
+            donor = problems[d]
+            if d == r or len(donor.intermediates) <= t:
+                continue
+            value = donor.intermediates[t]
+            if value == rec.intermediates[t]:
+                continue
+            answer = counterfactual_answer(rec, t + 1, value)
+            if answer is None or answer == rec.answer or not 0 <= answer <= value_max:
+                continue
+            pairs.append(InterchangePair(r, d, t, answer))
+            break
+    return pairs
+
+
+def interchange_loss(
+    model: CodiModel,
+    thoughts: torch.Tensor,
+    problems: Sequence[Problem],
+    pairs: Sequence[InterchangePair],
+) -> torch.Tensor:
+    """Cross-entropy of the counterfactual answer after an interchange intervention.
+
+    Each recipient's question is encoded again and its latent loop run with thought t's
+    input embedding replaced by the donor's (from ``thoughts``, the clean run of the same
+    batch, detached: the loss teaches *reading* the thought; :func:`planted_loss` teaches
+    writing it); later thoughts are recomputed, as in the suite's RQ4 interchange. The
+    target is ``<eot> The answer is: N </s>`` with N the counterfactual answer.
+    """
+    if not pairs:
+        return thoughts.new_zeros(())
+    recipients = [p.recipient for p in pairs]
+    prompt = build_prompt(model, [problems[r].question for r in recipients])
+    state, bot_hidden = encode_prompt(model, prompt)
+    donors = torch.tensor([p.donor for p in pairs], device=thoughts.device)
+    mask = torch.zeros((len(pairs), thoughts.shape[1]), dtype=torch.bool)
+    mask[torch.arange(len(pairs)), torch.tensor([p.thought for p in pairs])] = True
+    patch = ThoughtPatch(thoughts.detach().index_select(0, donors), mask.to(thoughts.device))
+    run_thoughts(model, state, bot_hidden, n_thoughts=thoughts.shape[1], patch=patch)
+    answer_ids, answer_mask = _right_pad(
+        [_answer_ids(model, p.counterfactual) for p in pairs], model.pad_id
+    )
+    answer_ids, answer_mask = answer_ids.to(model.device), answer_mask.to(model.device)
+    out = forward_step(model, state, input_ids=answer_ids, new_mask=answer_mask, logits=True)
+    assert out.logits is not None
+    targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, IGNORE)
+    return _ce(out.logits[:, :-1], targets)
+
+
 def codi_loss(
-    model: CodiModel, batch: Batch, distill_weight: float, planted_weight: float = 0.0
+    model: CodiModel,
+    batch: Batch,
+    distill_weight: float,
+    planted_weight: float = 0.0,
+    *,
+    interchange_weight: float = 0.0,
+    interchange: Sequence[InterchangePair] = (),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Student CE + weighted distillation + teacher CE (the CODI objective).
 
     ``planted_weight`` > 0 adds ``planted_weight * planted_loss`` (reported as
-    ``planted``); at 0 nothing is computed and the objective is exactly CODI's.
+    ``planted``); ``interchange_weight`` > 0 adds that times :func:`interchange_loss` over
+    ``interchange`` (reported as ``interchange``). At 0 nothing is computed and the
+    objective is exactly CODI's.
     """
     ref_ce, ref_hidden = teacher_loss(model, batch)
     prompt = build_prompt(model, [p.question for p in batch.problems])
@@ -325,6 +455,10 @@ def codi_loss(
         planted = planted_loss(model, thoughts, batch.problems)
         loss = loss + planted_weight * planted
         parts["planted"] = planted.item()
+    if interchange_weight > 0 and interchange:
+        swapped = interchange_loss(model, thoughts, batch.problems, interchange)
+        loss = loss + interchange_weight * swapped
+        parts["interchange"] = swapped.item()
     return loss, parts
 
 
@@ -387,7 +521,23 @@ def run_phase(
             if codi:
                 ramp = min(1.0, step / max(1, cfg.distill_ramp))
                 weight = 1.0 + (cfg.distill_factor - 1.0) * ramp
-                loss, parts = codi_loss(model, batch, weight, cfg.planted_weight)
+                pairs: list[InterchangePair] = []
+                if cfg.interchange_weight > 0:
+                    pairs = interchange_pairs(
+                        batch.problems,
+                        cfg.n_thoughts,
+                        random.Random(f"{cfg.seed}-interchange-{step}"),
+                        limit=cfg.interchange_rows,
+                        value_max=cfg.value_max,
+                    )
+                loss, parts = codi_loss(
+                    model,
+                    batch,
+                    weight,
+                    cfg.planted_weight,
+                    interchange_weight=cfg.interchange_weight,
+                    interchange=pairs,
+                )
             else:
                 loss, _ = teacher_loss(model, batch)
                 parts = {"teacher_ce": loss.item()}
