@@ -117,4 +117,7 @@ def test_problems_without_step_values_make_rq3_and_rq4_claims_skip(pytester, tmp
     assert outcomes.get("passed", 0) == outcomes.get("failed", 0) == 0
     assert outcomes.get("errors", 0) == 0
     assert outcomes["skipped"] == 3 + 18 + 18 + 1 + 18 + 6
-    assert "no step values" in result.stdout.str()
+    # one reason, said once: pytest folds the 64 identical skips into one summary line
+    lines = [line for line in result.outlines if "no step values" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"SKIPPED [{outcomes['skipped']}] ")

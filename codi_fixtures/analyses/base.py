@@ -12,7 +12,10 @@ An analysis declares
 (c) its figures: :meth:`Analysis.figures`, drawn into the report; optionally, what its
     settings switch off, in words (``left_out(settings) -> list[str]``, listed in the report),
     and numbers for ``summary_statistics.json``: a ``summary(view) -> Mapping`` method (under
-    ``analyses.<name>``; values JSON-able or numpy arrays).
+    ``analyses.<name>``; values JSON-able or numpy arrays); and why *none* of its claims can
+    be judged on a study (``unjudgeable(view) -> str | None``, e.g. a problem set without
+    step values): every claim of the analysis then skips with that one reason, which pytest
+    folds into one line of its summary.
 
 Claims reach an analysis's statistics through the ``analysis`` fixture:
 ``analysis.of("name")``. RQ1 and RQ2 (:mod:`~codi_fixtures.analyses.rq1`,

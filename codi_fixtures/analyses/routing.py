@@ -96,6 +96,10 @@ class Routing:
             ),
         ]
 
+    def unjudgeable(self, view: StudyView) -> str | None:
+        """Why no routing claim can be judged (no problem has step information), or None."""
+        return _no_steps_reason(routing_data(view))
+
     def summary(self, view: StudyView) -> dict[str, object]:
         """Numbers for ``summary_statistics.json`` (under ``analyses.routing``)."""
         if routing_data(view) is None:

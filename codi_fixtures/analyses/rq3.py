@@ -147,6 +147,10 @@ class Rq3:
             ),
         ]
 
+    def unjudgeable(self, view: StudyView) -> str | None:
+        """Why no RQ3 claim can be judged (the problem set has no step values), or None."""
+        return no_step_values_reason(view)
+
     def summary(self, view: StudyView) -> dict[str, object]:
         """Numbers for ``summary_statistics.json`` (``analyses.rq3``)."""
         reason = no_step_values_reason(view)

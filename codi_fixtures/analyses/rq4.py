@@ -76,6 +76,10 @@ class Rq4:
             )
         ]
 
+    def unjudgeable(self, view: StudyView) -> str | None:
+        """Why no RQ4 claim can be judged (the problem set has no step values), or None."""
+        return no_step_values_reason(view)
+
     def summary(self, view: StudyView) -> dict[str, object]:
         """Numbers for ``summary_statistics.json`` (``analyses.rq4``)."""
         reason = no_step_values_reason(view)

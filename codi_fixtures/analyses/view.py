@@ -138,6 +138,22 @@ class StudyView:
             )
         return None
 
+    def unjudgeable_reason(self, names: Sequence[str] = ()) -> str | None:
+        """Why no claim of the named analyses can be judged on this study, or None.
+
+        The study-wide reason (:meth:`inconclusive_reason`) first, then each selected named
+        analysis's optional ``unjudgeable(view)``. One reason for all of them, so the console
+        says it once.
+        """
+        reason = self.inconclusive_reason()
+        for analysis in self.analyses:
+            if reason is not None:
+                break
+            check = getattr(analysis, "unjudgeable", None)
+            if analysis.name in names and callable(check):
+                reason = check(self)
+        return reason
+
     def memoised(self, key: tuple[object, ...], compute: Callable[[], _T]) -> _T:
         """``compute()``, once per key for the lifetime of this object."""
         if key not in self._memo:

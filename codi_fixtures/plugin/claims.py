@@ -119,7 +119,7 @@ class Claim:
         if excluded:
             context["excluded (NaN/inf)"] = ", ".join(excluded)
         self._attach(label, result, context, figure)
-        reason = self.analysis.inconclusive_reason()
+        reason = self.analysis.unjudgeable_reason(marked_analyses(self.node))
         if reason is not None:
             pytest.skip(reason)
         if result.n < self.min_n:
