@@ -352,6 +352,60 @@ def test_a_study_that_crashes_is_one_paragraph_and_errors_never_expected_failure
     assert "Traceback" in log and "forward exploded on purpose" in log
 
 
+CRASHING_CLAIMS = """
+import pytest
+
+from codi_fixtures.analyses import rq1
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_crashing_statistic(analysis, claim, tier, which):
+    \"\"\"A claim whose statistics raise: an ERROR, never a verdict.\"\"\"
+    claim.judge(rq1.lowers_logp(analysis, which, "no-such-kind"))
+
+
+def test_known_failure(analysis, claim, tier):
+    \"\"\"Declared a known outcome, but it crashes: an ERROR, not an expected failure.\"\"\"
+    raise ZeroDivisionError("division by zero on purpose")
+"""
+
+
+@pytest.mark.slow
+def test_a_claim_that_crashes_is_an_error_reported_once(pytester, shared_cache, tmp_path):
+    _fake_project(pytester)
+    pytester.makepyfile(test_fake=CRASHING_CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-m",
+        "quick",
+        f"--codi-cache={tmp_path / 'cache'}",
+        "--report-dir=out",
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+    )
+    result.assert_outcomes(errors=4, deselected=4)
+    assert not (pytester.path / "out").exists()  # no claim was judged: no report
+    out = result.stdout.str()
+    assert "Traceback" not in out and "XFAIL" not in out and " failed" not in out
+    assert out.count("CODI claims crashed:") == 2  # one paragraph per distinct cause
+    result.stdout.fnmatch_lines(
+        [
+            "CODI claims crashed: 3 claim(s) raised the same error, so none of them was judged*",
+            "  cause: *no-such-kind*",
+            "  full traceback: *claim-*.log",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "CODI claims crashed: 1 claim(s) raised the same error*",
+            "  cause: ZeroDivisionError: division by zero on purpose",
+        ]
+    )
+    logs = sorted((tmp_path / "cache" / "errors").glob("claim-*.log"))
+    assert len(logs) == 2  # one traceback per cause, not one per claim
+    assert all("Traceback" in log.read_text() for log in logs)
+
+
 def _tree(path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()

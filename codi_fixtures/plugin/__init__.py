@@ -22,6 +22,7 @@ from codi_fixtures.plugin.hooks import (
     pytest_configure,
     pytest_generate_tests,
     pytest_report_header,
+    pytest_report_teststatus,
     pytest_runtest_makereport,
     pytest_sessionfinish,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "pytest_configure",
     "pytest_generate_tests",
     "pytest_report_header",
+    "pytest_report_teststatus",
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
 ]

@@ -55,16 +55,22 @@ def summary_lines(
     params: Mapping[str, Mapping[str, Any]],
     failures: Mapping[str, Any],
     *,
+    crashes: Mapping[Any, list[str]] | None = None,
     model: str,
     report_dir: Path | None,
 ) -> list[str]:
-    """Everything printed under "CODI findings" (about 30 lines for one tier)."""
+    """Everything printed under "CODI findings" (about 30 lines for one tier).
+
+    Study failures and claim crashes come first, one paragraph per distinct cause.
+    """
     if not outcomes:
         return []
     lines: list[str] = []
     for tier, failure in sorted(failures.items()):
         n = sum(1 for nodeid in outcomes if params.get(nodeid, {}).get("tier") == tier)
         lines += [*failure.paragraph(n).splitlines(), ""]
+    for crash, claims in (crashes or {}).items():
+        lines += [*crash.paragraph(claims).splitlines(), ""]
     by_tier: dict[str, dict[str, dict[str, dict[tuple[str, ...], str]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(dict))
     )

@@ -40,6 +40,7 @@ __all__ = [
     "pytest_configure",
     "pytest_generate_tests",
     "pytest_report_header",
+    "pytest_report_teststatus",
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
 ]
@@ -412,13 +413,44 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A claim whose study is unavailable shows one line, not the fixture's traceback."""
-    from codi_fixtures.plugin.outcomes import StudyUnavailable
+    """A claim that did not reach a verdict shows one line, not a traceback per claim.
+
+    A study that is unavailable says so; a claim that crashed (anything but a verdict,
+    raised while it ran) becomes an ERROR whose full traceback is written once per cause
+    and summarised once at the end of the run (:class:`~.outcomes.ClaimCrash`).
+    """
+    from codi_fixtures.plugin.outcomes import (
+        CRASH_PROPERTY,
+        ClaimNotSupported,
+        StudyUnavailable,
+    )
 
     report = yield
-    if call.excinfo is not None and isinstance(call.excinfo.value, StudyUnavailable):
-        report.longrepr = str(call.excinfo.value)
+    err = None if call.excinfo is None else call.excinfo.value
+    if isinstance(err, StudyUnavailable):
+        report.longrepr = str(err)
+    elif (
+        call.when == "call"
+        and report.failed
+        and err is not None
+        and not isinstance(err, ClaimNotSupported)
+        and {"claim", "analysis"} & set(getattr(item, "fixturenames", ()))
+    ):
+        crash = item.config.stash[SESSION_KEY].record_crash(err)
+        report.longrepr = crash.short()
+        report.user_properties.append((CRASH_PROPERTY, crash.to_json()))
     return report
+
+
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, str] | None:
+    """A crashed claim counts as an error (``E``, ``ERROR``), never as a failed verdict."""
+    from codi_fixtures.plugin.outcomes import CRASH_PROPERTY
+
+    if report.when == "call" and report.failed and CRASH_PROPERTY in dict(report.user_properties):
+        return "error", "E", "ERROR"
+    return None
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

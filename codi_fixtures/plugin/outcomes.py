@@ -25,9 +25,11 @@ import pytest
 from codi_fixtures.report.vocabulary import OUTCOMES
 
 __all__ = [
+    "CRASH_PROPERTY",
     "OUTCOMES",
     "STUDY_ERROR_PROPERTY",
     "VERDICT_PROPERTY",
+    "ClaimCrash",
     "ClaimNotSupported",
     "StudyFailure",
     "StudyUnavailable",
@@ -36,6 +38,7 @@ __all__ = [
 
 VERDICT_PROPERTY = "codi_verdict"
 STUDY_ERROR_PROPERTY = "codi_study_error"
+CRASH_PROPERTY = "codi_claim_crash"
 
 
 class ClaimNotSupported(pytest.fail.Exception):  # type: ignore[name-defined]
@@ -77,6 +80,41 @@ class StudyFailure:
             f"CODI study failed: the {self.tier} tier's study could not be computed, so none of "
             f"its {n_claims} claims was judged (each is reported as an ERROR, not as a verdict).\n"
             f"  cause: {self.cause}\n  where: {self.where}\n  full traceback: {self.log}"
+        )
+
+
+@dataclass(frozen=True)
+class ClaimCrash:
+    """A claim whose test raised something other than a verdict (shown once per cause)."""
+
+    cause: str  # one line: exception type and message
+    where: str  # the innermost project frame (else the innermost frame), "file:line in function"
+    log: str  # path of the file holding the full traceback (written once per cause)
+
+    def to_json(self) -> str:
+        """For the report's user properties (crosses the xdist boundary as text)."""
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClaimCrash:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+    def short(self) -> str:
+        """The one line each affected claim shows."""
+        return (
+            f"crashed, not a verdict: {self.cause} (at {self.where}); "
+            "see 'CODI claims crashed' at the end of the run"
+        )
+
+    def paragraph(self, claims: list[str]) -> str:
+        """The one readable explanation printed at the end of the run."""
+        first = claims[0] if claims else "?"
+        return (
+            f"CODI claims crashed: {len(claims)} claim(s) raised the same error, so none of "
+            f"them was judged (each is reported as an ERROR, not as a verdict).\n"
+            f"  cause: {self.cause}\n  where: {self.where}\n  first: {first}\n"
+            f"  full traceback: {self.log}"
         )
 
 

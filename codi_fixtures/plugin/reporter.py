@@ -113,6 +113,7 @@ class CodiReporter:
         self.reports: list[pytest.TestReport] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
         self.failures: dict[str, Any] = {}  # tier -> StudyFailure
+        self.crashes: dict[Any, list[str]] = {}  # ClaimCrash -> the claims it ended
         self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
         self.summary_html = ""
         self.published = False
@@ -120,12 +121,21 @@ class CodiReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Classify every claim report; keep call-phase reports that carry a judged claim."""
         from codi_fixtures.plugin.console import PARAMS_PROPERTY
-        from codi_fixtures.plugin.outcomes import STUDY_ERROR_PROPERTY, StudyFailure, outcome_of
+        from codi_fixtures.plugin.outcomes import (
+            CRASH_PROPERTY,
+            STUDY_ERROR_PROPERTY,
+            ClaimCrash,
+            StudyFailure,
+            outcome_of,
+        )
 
         props = dict(report.user_properties)
         is_claim = PARAMS_PROPERTY in props
         if is_claim:
             self.params[report.nodeid] = json.loads(str(props[PARAMS_PROPERTY]))
+        if CRASH_PROPERTY in props:
+            crash = ClaimCrash.from_json(str(props[CRASH_PROPERTY]))
+            self.crashes.setdefault(crash, []).append(report.nodeid)
         if STUDY_ERROR_PROPERTY in props:
             failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
             self.failures.setdefault(failure.tier, failure)
@@ -211,6 +221,7 @@ class CodiReporter:
             self.outcomes,
             self.params,
             self.failures,
+            crashes=self.crashes,
             model=self.codi.settings.model_label,
             report_dir=self.target.final if self.published else None,
         )

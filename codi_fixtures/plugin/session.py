@@ -48,6 +48,7 @@ class CodiSession:
     _registered: tuple[Any, ...] | None = None
     _wanted: frozenset[str] | None = None  # analyses the collected claims read; None: all
     _failures: dict[str, Any] = field(default_factory=dict)
+    _crash_logs: set[str] = field(default_factory=set)  # causes whose traceback is written
     _validated: bool = False
 
     def tiers(self) -> list[str]:
@@ -201,17 +202,46 @@ class CodiSession:
         return self._analyses[tier] if tier in self._analyses else self._failures[tier]
 
     def _record_failure(self, tier: str, err: Exception) -> Any:
-        import traceback
-
-        from codi_fixtures.atomic import atomic_write_text
         from codi_fixtures.plugin.outcomes import StudyFailure
 
-        frames = traceback.extract_tb(err.__traceback__)
-        own = [f for f in frames if "codi_fixtures" in f.filename] or frames
-        where = f"{own[-1].filename}:{own[-1].lineno} in {own[-1].name}" if own else "?"
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         log_path = self.settings.cache_dir / "errors" / f"study-{tier}-{worker}.log"
-        atomic_write_text(log_path, "".join(traceback.format_exception(err)))
-        message = " ".join(str(err).split())
-        cause = message if isinstance(err, CodiError) else f"{type(err).__name__}: {message}"
-        return StudyFailure(tier, cause[:300], where, str(log_path))
+        cause, where = describe_exception(err)
+        write_traceback(err, log_path)
+        return StudyFailure(tier, cause, where, str(log_path))
+
+    def record_crash(self, err: BaseException) -> Any:
+        """A claim's crash, its full traceback written once per distinct cause and place."""
+        import hashlib
+
+        from codi_fixtures.plugin.outcomes import ClaimCrash
+
+        cause, where = describe_exception(err)
+        digest = hashlib.sha256(f"{cause}\n{where}".encode()).hexdigest()[:12]
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        log_path = self.settings.cache_dir / "errors" / f"claim-{digest}-{worker}.log"
+        if digest not in self._crash_logs:
+            self._crash_logs.add(digest)
+            write_traceback(err, log_path)
+        return ClaimCrash(cause, where, str(log_path))
+
+
+def describe_exception(err: BaseException) -> tuple[str, str]:
+    """(one-line cause, innermost project frame as "file:line in function") of ``err``."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if "codi_fixtures" in f.filename] or frames
+    where = f"{own[-1].filename}:{own[-1].lineno} in {own[-1].name}" if own else "?"
+    message = " ".join(str(err).split())
+    cause = message if isinstance(err, CodiError) else f"{type(err).__name__}: {message}"
+    return cause[:300], where
+
+
+def write_traceback(err: BaseException, path: Path) -> None:
+    """The full traceback of ``err``, written atomically to ``path``."""
+    import traceback
+
+    from codi_fixtures.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(traceback.format_exception(err)))
