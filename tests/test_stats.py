@@ -748,6 +748,31 @@ class TestRq2Tests:
         naive = sps.pearsonr(x.ravel(), y.ravel(), alternative="greater").pvalue
         assert tests.pooled.p_value == pytest.approx(naive, rel=1e-8)
 
+    def test_negligible_importance_judges_nothing(self) -> None:
+        """Importance at noise level (an unused thought) makes every question inconclusive.
+
+        The same data scaled so that importance reaches its SESOI are judged as usual: a
+        strong correlation with noise-level effects (r is scale-free) is not a finding.
+        """
+        x, y = self._data(n=60)
+        tiny = 1e-3 * y  # |y| ~ 1e-3 nats: far below a 0.1-nat SESOI everywhere
+        plain = rq2_tests(x, tiny, n_perm=99)
+        assert plain.beyond_position.verdict == "supported"  # r is scale-free
+        guarded = rq2_tests(x, tiny, n_perm=99, sesoi_target=0.1)
+        for result in guarded.questions().values():
+            assert result.inconclusive and result.verdict in ("inconclusive", "descriptive")
+        assert "importance is negligible" in guarded.beyond_position.method
+        assert "0 of 360" in guarded.beyond_position.method
+        judged = rq2_tests(x, y, n_perm=99, sesoi_target=0.1)  # most |y| >= 0.1
+        assert judged.beyond_position.verdict == plain.beyond_position.verdict
+        assert judged.beyond_position.statistic == plain.beyond_position.statistic
+        # the threshold is a share of (problem, thought) pairs: 4% large is negligible, 6% not
+        for share, negligible in ((0.04, True), (0.06, False)):
+            mixed = tiny.copy().ravel()
+            mixed[: int(share * mixed.size)] = 1.0
+            result = rq2_tests(x, mixed.reshape(tiny.shape), n_perm=9, sesoi_target=0.1)
+            assert result.beyond_position.inconclusive == negligible
+
     @pytest.mark.parametrize(
         ("question", "stat", "scored"),
         [("beyond_position", _residual_r, True), ("pooled", _pooled_r, False)],

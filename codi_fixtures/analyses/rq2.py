@@ -148,6 +148,7 @@ def rq2_all(a: StudyView, difficulty: str | None = None) -> dict[int, Rq2Tests]:
                 seed=a.seed,
                 sesoi_r=a.sesoi_r,
                 n_perm=a.n_perm,
+                sesoi_target=a.sesoi_logp,
             )
             for layer in layers
         ]

@@ -263,6 +263,8 @@ def _rq2_family(a: StudyView, target: str) -> dict[int, Rq2Tests]:
                 seed=a.seed,
                 sesoi_r=a.sesoi_r,
                 n_perm=a.n_perm,
+                sesoi_target=a.sesoi_logp,
+                target="importance" if imp is not None else "the knockout effect",
             )
         )
     return dict(zip(layers, holm_rq2(tests, alpha=a.alpha), strict=True))

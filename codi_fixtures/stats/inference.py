@@ -1376,6 +1376,10 @@ def _problem_permutation_p(
     return (k + 1) / (n_perm + 1)
 
 
+MIN_TARGET_SHARE = 0.05
+"""RQ2 judges nothing when fewer than this share of importance values reach their SESOI."""
+
+
 def _rq2_inconclusive(
     reason: str, n: int, sesoi: float, level: float, verdict: Outcome
 ) -> StatResult:
@@ -1443,6 +1447,8 @@ def rq2_tests(
     sesoi_r: float = SESOI_R,
     n_perm: int = 5000,
     ci_level: float | None = None,
+    sesoi_target: float | None = None,
+    target: str = "importance",
 ) -> Rq2Tests:
     """Does attention predict importance? Three questions on ``(n_problems, n_thoughts)`` arrays.
 
@@ -1489,6 +1495,13 @@ def rq2_tests(
     ``p_value`` and ``p_sesoi`` are below ``alpha`` and the CI lies above
     ``sesoi_r``; refuted when ``p_equivalence`` is below ``alpha`` and the CI
     lies below ``sesoi_r``; inconclusive otherwise.
+
+    ``sesoi_target`` (the importance's own SESOI, e.g. 0.1 nats): when fewer than
+    ``MIN_TARGET_SHARE`` of the (problem, thought) importance values reach it in magnitude,
+    every question is inconclusive: there is no importance for attention to predict, and a
+    correlation with noise-level effects (a model whose thoughts are unused) would say
+    "attention predicts importance" about nothing. ``target`` names the predicted quantity
+    in that reason (e.g. "the knockout effect").
     """
     level = _decision_level(alpha, ci_level)
     sesoi = _check_sesoi(sesoi_r)
@@ -1505,6 +1518,14 @@ def rq2_tests(
 
     if n < MIN_PROBLEMS:
         return fallback(f"fewer than {MIN_PROBLEMS} problems ({n})")
+    if sesoi_target is not None:
+        large = int((np.abs(y) >= sesoi_target).sum())
+        if large < MIN_TARGET_SHARE * y.size:
+            return fallback(
+                f"{target} is negligible: it reaches the SESOI ({sesoi_target:g}) in magnitude "
+                f"in {large} of {y.size} (problem, thought) pairs (< {MIN_TARGET_SHARE:.0%}), so "
+                "there is nothing for attention to predict"
+            )
     for name, arr in (("attention", x), ("importance", y)):
         if is_constant(arr):
             return fallback(f"{name} is constant")
