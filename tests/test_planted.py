@@ -116,6 +116,10 @@ def test_cli_passes_planted_and_interchange_weights(monkeypatch, tmp_path):
     assert seen["cfg"].interchange_weight == 2.0
     cli.main(["--out", str(tmp_path / "o")])
     assert seen["cfg"].planted_weight == 0.0
+    seen.clear()
+    with pytest.raises(SystemExit):  # interchange training needs the planted map
+        cli.main(["--out", str(tmp_path / "o"), "--interchange-weight", "1"])
+    assert not seen
 
 
 def test_interchange_pairs_pick_a_different_value_donor_and_its_counterfactual():

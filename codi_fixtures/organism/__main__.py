@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.control is not None:
         add_control(args.out, args.control)
         return
+    if args.interchange_weight > 0 and args.planted_weight <= 0:
+        parser.error(
+            "--interchange-weight trains thought t to carry step t+1's value for the answer, "
+            "which is the planted map: give --planted-weight > 0 too"
+        )
     cfg = TrainConfig(
         n_thoughts=args.thoughts,
         teacher_steps=args.teacher_steps,

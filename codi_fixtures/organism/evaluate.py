@@ -150,11 +150,12 @@ def planted_interchange_rates(
         recipients = [r for r in range(len(problems)) if donors.different[r, t] >= 0]
         if not recipients:
             continue
-        rows = torch.tensor(recipients)
+        rows = torch.tensor(recipients, device=clean.thoughts.device)
         counterfactual = donors.counterfactual[recipients, t]
         result: dict[str, float] = {"n": float(len(recipients))}
         for kind, table in (("iia", donors.different), ("random", donors.random)):
-            values = clean.thoughts.index_select(0, torch.tensor(table[recipients, t]))
+            donors_t = torch.tensor(table[recipients, t], device=clean.thoughts.device)
+            values = clean.thoughts.index_select(0, donors_t)
             mask = torch.zeros((len(recipients), n_thoughts), dtype=torch.bool)
             mask[:, t] = True
             patched = run_latent(model, prompt, rows=rows, patch=ThoughtPatch(values, mask))

@@ -436,9 +436,13 @@ def pytest_runtest_makereport(
         and not isinstance(err, ClaimNotSupported)
         and {"claim", "analysis"} & set(getattr(item, "fixturenames", ()))
     ):
-        crash = item.config.stash[SESSION_KEY].record_crash(err)
-        report.longrepr = crash.short()
-        report.user_properties.append((CRASH_PROPERTY, crash.to_json()))
+        try:
+            crash = item.config.stash[SESSION_KEY].record_crash(err)
+        except Exception as failure:  # e.g. an unwritable cache: keep pytest's own report
+            log.warning("could not record the crash of %s: %s", item.nodeid, failure)
+        else:
+            report.longrepr = crash.short()
+            report.user_properties.append((CRASH_PROPERTY, crash.to_json()))
     return report
 
 

@@ -113,7 +113,8 @@ class CodiReporter:
         self.reports: list[pytest.TestReport] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
         self.failures: dict[str, Any] = {}  # tier -> StudyFailure
-        self.crashes: dict[Any, list[str]] = {}  # ClaimCrash -> the claims it ended
+        # (cause, where) -> (the first ClaimCrash reported, the claims it ended)
+        self.crashes: dict[tuple[str, str], tuple[Any, list[str]]] = {}
         self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
         self.summary_html = ""
         self.published = False
@@ -135,7 +136,9 @@ class CodiReporter:
             self.params[report.nodeid] = json.loads(str(props[PARAMS_PROPERTY]))
         if CRASH_PROPERTY in props:
             crash = ClaimCrash.from_json(str(props[CRASH_PROPERTY]))
-            self.crashes.setdefault(crash, []).append(report.nodeid)
+            # one paragraph per cause and place, whichever xdist worker logged it
+            first = self.crashes.setdefault((crash.cause, crash.where), (crash, []))
+            first[1].append(report.nodeid)
         if STUDY_ERROR_PROPERTY in props:
             failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
             self.failures.setdefault(failure.tier, failure)
@@ -221,7 +224,7 @@ class CodiReporter:
             self.outcomes,
             self.params,
             self.failures,
-            crashes=self.crashes,
+            crashes=dict(self.crashes.values()),
             model=self.codi.settings.model_label,
             report_dir=self.target.final if self.published else None,
         )
