@@ -232,3 +232,22 @@ def test_planted_checkpoint_reproduces_its_recorded_accuracy_and_lens_rates():
     recorded = model.spec.extra["heldout_accuracy"]
     assert accuracy_by_bin(problems, latent_answers(model, problems)) == recorded["codi"]
     assert planted_lens_rates(model, problems) == recorded["planted_lens"]
+
+
+def test_retrain_command_names_every_option_that_differs_from_the_defaults(monkeypatch):
+    from codi_fixtures.organism import __main__ as cli
+    from codi_fixtures.organism.train import retrain_command
+
+    assert (
+        retrain_command(TrainConfig())
+        == "python -m codi_fixtures.organism --out <dir> --thoughts 6"
+    )
+    cfg = TrainConfig(planted_weight=1.0, interchange_weight=0.5, codi_steps=3600, seed=2)
+    command = retrain_command(cfg)
+    assert command.endswith(
+        "--codi-steps 3600 --seed 2 --planted-weight 1 --interchange-weight 0.5"
+    )
+    seen = {}
+    monkeypatch.setattr(cli, "train_organism", lambda c, **kw: seen.update(cfg=c))
+    cli.main(command.split()[3:])  # the command's own options give the same recipe
+    assert seen["cfg"] == cfg

@@ -32,6 +32,7 @@ from codi_fixtures.organism.train import (
     TrainState,
     build_model,
     load_train_state,
+    retrain_command,
     run_phase,
     save_train_state,
 )
@@ -177,11 +178,7 @@ def _export(
     teacher_wall: float,
     train_wall: float,
 ) -> None:
-    retrain = f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}"
-    if cfg.planted_weight > 0:
-        retrain += f" --planted-weight {cfg.planted_weight:g}"
-    if cfg.interchange_weight > 0:
-        retrain += f" --interchange-weight {cfg.interchange_weight:g}"
+    retrain = retrain_command(cfg)
     extra = {
         "recipe": cfg.to_dict(),
         "heldout_accuracy": metrics,

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from codi_fixtures.atomic import atomic_write_text
-from codi_fixtures.organism.train import TrainConfig
+from codi_fixtures.organism.train import TrainConfig, retrain_command
 
 __all__ = ["add_control", "write_training_report"]
 
@@ -61,13 +61,10 @@ def write_training_report(
     """
     _plot(out / "loss_curve.png", history)
     planted = cfg.planted_weight > 0
-    flag = f" --planted-weight {cfg.planted_weight:g}" if planted else ""
-    if cfg.interchange_weight > 0:
-        flag += f" --interchange-weight {cfg.interchange_weight:g}"
     lines = [
         f"# Training report: the {'planted' if planted else 'bundled'} CODI organism",
         "",
-        f"Recipe: `python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}{flag}` "
+        f"Recipe: `{retrain_command(cfg)}` "
         f"(seed {cfg.seed}); LLaMA {cfg.layers} layers x d={cfg.hidden}, {cfg.heads} heads, "
         f"ffn {cfg.ffn}, prj {cfg.prj_dim}; batch {cfg.batch_size}; teacher {cfg.teacher_steps} "
         f"steps at lr {cfg.teacher_lr}; CODI {cfg.codi_steps} steps at lr {cfg.codi_lr} "

@@ -68,6 +68,7 @@ __all__ = [
     "make_batch",
     "planted_loss",
     "planted_targets",
+    "retrain_command",
     "teacher_loss",
     "thought_lens_logits",
     "value_target",
@@ -144,6 +145,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, object]:
         """Plain-JSON view."""
         return asdict(self)
+
+
+def retrain_command(cfg: TrainConfig) -> str:
+    """The command that trains ``cfg`` (its options that differ from the defaults)."""
+    default = TrainConfig()
+    command = f"python -m codi_fixtures.organism --out <dir> --thoughts {cfg.n_thoughts}"
+    for flag, value, usual in (
+        ("--teacher-steps", cfg.teacher_steps, default.teacher_steps),
+        ("--codi-steps", cfg.codi_steps, default.codi_steps),
+        ("--layers", cfg.layers, default.layers),
+        ("--hidden", cfg.hidden, default.hidden),
+        ("--seed", cfg.seed, default.seed),
+        ("--planted-weight", cfg.planted_weight, default.planted_weight),
+        ("--interchange-weight", cfg.interchange_weight, default.interchange_weight),
+    ):
+        if value != usual:
+            command += f" {flag} {value:g}"
+    return command
 
 
 def build_model(cfg: TrainConfig, tokenizer: object) -> CodiModel:
