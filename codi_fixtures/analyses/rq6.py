@@ -355,9 +355,12 @@ def knockout_vs_attention(a: StudyView) -> Figure:
         keep = ~np.isnan(y).any(axis=1)
         _scatter_by_thought(ax, a.attention(layer)[keep], y[keep], colours)
         beyond = tests[layer].beyond_position
-        ax.set_title(
-            f"L{layer}: beyond-position r={beyond.statistic:.2f} ({beyond.verdict})", fontsize=9
-        )
+        if beyond.inconclusive:  # not judged: say why in a few words (the reason's head)
+            why = beyond.method.removeprefix("inconclusive: ").split(":")[0]
+            title = f"L{layer}: not judged ({why})"
+        else:
+            title = f"L{layer}: beyond-position r={beyond.statistic:.2f} ({beyond.verdict})"
+        ax.set_title(title, fontsize=9)
     fig.supxlabel(ATTENTION_LABEL, fontsize=10)
     fig.supylabel(f"knockout {LOGP_LABEL}", fontsize=10)
     _thought_legend(fig, a.n_thoughts, colours)
