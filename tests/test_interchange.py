@@ -141,7 +141,7 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
         if t == 4:
             assert effect.verdict == "supported", effect.verdict_reason
     for c in cells:
-        assert c.same_unchanged >= 0.6
+        assert c.same_unchanged >= 0.5
         assert c.unpatched_baseline <= 0.05  # counterfactuals differ from the answer
 
 
@@ -149,9 +149,10 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
     strict=True,
     raises=AssertionError,
     reason=(
-        "measured: the planted map is readable (lens, probes) but not used causally -- "
-        "IIA at the planted thoughts is 0-6%, within 0.03 of the random-donor baseline "
-        "(benchmarks/rq3_rq4_validation.py); the model recomputes the steps downstream"
+        "measured: with interchange training the planted thoughts are used -- IIA at thoughts "
+        "0-4 is 23 / 36 / 29 / 33 / 59% against 5 / 8 / 3 / 6 / 5% for random donors (the "
+        "training report's check, 400 problems) -- but below 50% at thoughts 0-3: a patch "
+        "carries problem-specific information besides the value"
     ),
 )
 def test_iia_is_well_above_baseline_at_the_planted_thoughts(planted_iia):

@@ -211,6 +211,7 @@ def test_planted_checkpoint_records_its_map_and_is_small():
     assert extra["planted"]["thought_to_step"] == [1, 2, 3, 4, 5, None]
     assert extra["planted"]["site"] == "input embedding"
     assert extra["recipe"]["planted_weight"] == extra["planted"]["weight"] > 0
+    assert extra["recipe"]["interchange_weight"] == extra["planted"]["interchange_weight"] > 0
     size = sum(p.stat().st_size for p in PLANTED_CHECKPOINT.rglob("*") if p.is_file())
     assert size < 2 * 2**20
 
@@ -221,6 +222,7 @@ def test_planted_checkpoint_reproduces_its_recorded_accuracy_and_lens_rates():
     from codi_fixtures.organism.evaluate import (
         accuracy_by_bin,
         latent_answers,
+        planted_interchange_rates,
         planted_lens_rates,
     )
     from codi_fixtures.study.data import load_problem_jsonl
@@ -232,6 +234,10 @@ def test_planted_checkpoint_reproduces_its_recorded_accuracy_and_lens_rates():
     recorded = model.spec.extra["heldout_accuracy"]
     assert accuracy_by_bin(problems, latent_answers(model, problems)) == recorded["codi"]
     assert planted_lens_rates(model, problems) == recorded["planted_lens"]
+    # the causal map check (interchange training): reproduced exactly, and far above chance
+    assert planted_interchange_rates(model, problems) == recorded["planted_interchange"]
+    for t, rates in recorded["planted_interchange"].items():
+        assert rates["iia"] >= 2 * rates["random"] + 10, t
 
 
 def test_retrain_command_names_every_option_that_differs_from_the_defaults(monkeypatch):

@@ -67,9 +67,11 @@ def test_planted_map_is_recovered_by_the_lens_claims(pytester, tmp_path):
         assert got[f"test_thought_embedding_holds_step_value[full-t{k - 1}-s{k}]"] == "PASSED"
         others = [t for t in range(6) if t != k - 1]
         for t in others:
-            assert got[f"test_thought_embedding_holds_step_value[full-t{t}-s{k}]"] != "PASSED"
-    # validation finding: the best-encoding thoughts are the least important ones
-    assert got["test_best_encoding_thoughts_are_the_important_ones[full]"] == "FAILED"
+            # refuted, or inconclusive (a skip, not listed by name): never supported
+            assert got.get(f"test_thought_embedding_holds_step_value[full-t{t}-s{k}]") != "PASSED"
+    # with interchange training the planted thoughts are used: the best-encoding thoughts are
+    # the important ones (without it they were the least important: readable, not used)
+    assert got["test_best_encoding_thoughts_are_the_important_ones[full]"] == "PASSED"
     summary = json.loads((tmp_path / "report" / "summary_statistics.json").read_text())
     rq3 = summary["analyses"]["rq3"]
     rates = rq3["lens_rate_embedding"]
