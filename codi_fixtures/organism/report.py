@@ -101,43 +101,47 @@ def write_training_report(
         ]
         for name, vals in singles.items():
             lines.append(f"| {name} | {vals['accuracy']:.1f} | {vals['answers_changed']:.1f} |")
-    lens = metrics.get("planted_lens")
-    if isinstance(lens, Mapping):
-        lines += [
-            "",
-            "Planted map check: the logit lens (final norm + LM head) on thought t's input "
-            "embedding vs step t+1's value, % of held-out problems that have a step t+1 "
-            "(first token = argmax is the value's first token; value = the whole value "
-            "decoded as the closest planted target in KL):",
-            "",
-            "| thought | step | problems | first token % | value % |",
-            "|---|---|---|---|---|",
-        ]
-        for name, vals in lens.items():
-            step = int(name.lstrip("t")) + 1
-            lines.append(
-                f"| {name} | {step} | {vals['n']:.0f} | {vals['first_token']:.1f} "
-                f"| {vals['value']:.1f} |"
-            )
-    swaps = metrics.get("planted_interchange")
-    if isinstance(swaps, Mapping):
-        lines += [
-            "",
-            "Planted map check, causal: thought t's input embedding replaced by a donor's "
-            "(a held-out problem whose step t+1 value differs, chosen as the suite's RQ4 "
-            "does), % of recipients whose answer is the counterfactual one (their chain "
-            "replayed with the donor's value); random = a random donor's thought (chance):",
-            "",
-            "| thought | step | recipients | counterfactual answer % | random donor % |",
-            "|---|---|---|---|---|",
-        ]
-        for name, vals in swaps.items():
-            step = int(name.lstrip("t")) + 1
-            lines.append(
-                f"| {name} | {step} | {vals['n']:.0f} | {vals['iia']:.1f} | {vals['random']:.1f} |"
-            )
+    lines += _per_thought_table(
+        metrics.get("planted_lens"),
+        "Planted map check: the logit lens (final norm + LM head) on thought t's input "
+        "embedding vs step t+1's value, % of held-out problems that have a step t+1 "
+        "(first token = argmax is the value's first token; value = the whole value "
+        "decoded as the closest planted target in KL):",
+        ("problems", "first token %", "value %"),
+        ("first_token", "value"),
+    )
+    lines += _per_thought_table(
+        metrics.get("planted_interchange"),
+        "Planted map check, causal: thought t's input embedding replaced by a donor's "
+        "(a held-out problem whose step t+1 value differs, chosen as the suite's RQ4 "
+        "does), % of recipients whose answer is the counterfactual one (their chain "
+        "replayed with the donor's value); random = a random donor's thought (chance):",
+        ("recipients", "counterfactual answer %", "random donor %"),
+        ("iia", "random"),
+    )
     lines += ["", "![loss curves](loss_curve.png)", ""]
     atomic_write_text(out / "training_report.md", "\n".join(lines))
+
+
+def _per_thought_table(
+    rows: object, intro: str, headers: tuple[str, str, str], keys: tuple[str, str]
+) -> list[str]:
+    """A planted-map check as a markdown table, one row per thought t (its step is t+1)."""
+    if not isinstance(rows, Mapping):
+        return []
+    lines = [
+        "",
+        intro,
+        "",
+        f"| thought | step | {' | '.join(headers)} |",
+        "|---|---|---|---|---|",
+    ]
+    for name, vals in rows.items():
+        step = int(name.lstrip("t")) + 1
+        lines.append(
+            f"| {name} | {step} | {vals['n']:.0f} | {vals[keys[0]]:.1f} | {vals[keys[1]]:.1f} |"
+        )
+    return lines
 
 
 def _planted_intro(cfg: TrainConfig) -> list[str]:
