@@ -9,7 +9,7 @@ whose cumulative times give the split. The phases are the project's own entry po
 - model load: :func:`codi_fixtures.models.load_model`;
 - engine: :func:`codi_fixtures.study.runs.compute_study` (every condition, every row);
 - statistics: the analyses' ``compute`` (through ``StudyView.of``);
-- figures: drawing and rendering (``FigureSpec.draw`` callers and ``save_figure``);
+- figures: drawing and rendering (``render_figures``; in forked workers where it can);
 - report: the HTML summary and JSON (``build_summary`` less its figures) and pytest-html.
 
 cProfile slows Python-heavy code, so the split is shown as shares of the profiled run and
@@ -35,7 +35,7 @@ PHASES = {  # (file suffix, function name) of each phase's entry point in the pr
     "model load": ("codi_fixtures/models.py", "load_model"),
     "engine (study runs)": ("codi_fixtures/study/runs.py", "compute_study"),
     "statistics (analyses)": ("codi_fixtures/analyses/view.py", "of"),
-    "figures (draw + render)": ("codi_fixtures/report/figures.py", "save_figure"),
+    "figures (draw + render)": ("codi_fixtures/report/figures.py", "render_figures"),
     "report (HTML, JSON)": ("codi_fixtures/report/build.py", "build_summary"),
 }
 

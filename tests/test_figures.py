@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,6 +142,50 @@ def test_saved_files_are_reproducible(studies: dict[str, StudyAnalysis], tmp_pat
     for fmt in both:
         assert first[fmt] == again[fmt]
         assert (tmp_path / f"a.{fmt}").read_bytes() == (tmp_path / f"b.{fmt}").read_bytes()
+
+
+def test_parallel_rendering_matches_serial(
+    studies: dict[str, StudyAnalysis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figures drawn by forked workers are byte-identical to those drawn here, in order.
+
+    PDFs are rendered here only: their bytes depend on what the process rendered before.
+    """
+    a = studies["n12"]
+    jobs: list[figures.FigureJob] = [(lambda a=a, n=n: FIGURES[n](a), n) for n in FIGURES]
+    assert figures._workers(len(jobs), ("png", "pdf")) == 0
+    if figures._workers(len(jobs)) == 0:
+        pytest.skip("this platform cannot fork, or only one core is usable")
+    parallel = figures.render_figures(jobs, tmp_path / "parallel")
+    monkeypatch.setattr(figures, "_workers", lambda n_jobs, formats: 0)
+    serial = figures.render_figures(jobs, tmp_path / "serial")
+    assert parallel == serial
+    for name in FIGURES:
+        written = (tmp_path / "parallel" / f"{name}.png").read_bytes()
+        assert written == (tmp_path / "serial" / f"{name}.png").read_bytes()
+
+
+def test_a_dead_figure_worker_falls_back_to_serial_rendering(
+    studies: dict[str, StudyAnalysis], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed mid-figure (out of memory, a signal) costs time, not the report."""
+    here = os.getpid()
+
+    def dies_in_a_worker() -> Figure:
+        if os.getpid() != here:
+            os._exit(1)
+        return rq1.importance_heatmap(studies["n12"])
+
+    jobs: list[figures.FigureJob] = [
+        (dies_in_a_worker, "a"),
+        (lambda: rq1.importance_heatmap(studies["n12"]), "b"),
+    ]
+    if figures._workers(len(jobs)) == 0:
+        pytest.skip("this platform cannot fork, or only one core is usable")
+    rendered = figures.render_figures(jobs, tmp_path, ("png",))
+    assert rendered[0]["png"] == rendered[1]["png"]
+    assert "a figure worker died" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
 def _lightness(cmap: object) -> np.ndarray:

@@ -25,6 +25,7 @@ from codi_fixtures.plugin.hooks import (
     pytest_report_teststatus,
     pytest_runtest_makereport,
     pytest_sessionfinish,
+    pytest_unconfigure,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "pytest_report_teststatus",
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
+    "pytest_unconfigure",
 ]

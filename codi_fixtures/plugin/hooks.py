@@ -29,6 +29,7 @@ from codi_fixtures.config import (
     tier_of_markexpr,
 )
 from codi_fixtures.errors import CodiError, ConfigError
+from codi_fixtures.plugin import gcpolicy
 from codi_fixtures.plugin.properties import ANALYSES_MARK, marked_analyses
 from codi_fixtures.plugin.session import SESSION_KEY, CodiSession, collection_shape
 
@@ -43,6 +44,7 @@ __all__ = [
     "pytest_report_teststatus",
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
+    "pytest_unconfigure",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,6 +226,7 @@ def _selects_every_claim(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Markers, the session object, input validation, and the staged HTML report location."""
+    gcpolicy.session_started()
     config.addinivalue_line("markers", "quick: the ten-problem smoke tier of a research claim")
     config.addinivalue_line("markers", "full: the 100-problem study tier of a research claim")
     config.addinivalue_line(
@@ -239,6 +242,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     if _runs_claims(config):
         session.validate_inputs()  # every bad option is a usage error before anything runs
+        gcpolicy.long_lived_ready()  # torch, transformers: imported by the validation
     if _writes_report(config) and not hasattr(config, "workerinput"):
         from codi_fixtures.report.publish import ReportTarget
 
@@ -407,6 +411,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         codi.select_analyses(analyses_read_by(session.items))
     except CodiError as err:
         raise pytest.UsageError(str(err)) from None
+    gcpolicy.long_lived_ready()  # the imports and the collected claims
 
 
 @pytest.hookimpl(wrapper=True)
@@ -455,6 +460,15 @@ def pytest_report_teststatus(
     if report.when == "call" and report.failed and CRASH_PROPERTY in dict(report.user_properties):
         return "error", "E", "ERROR"
     return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run is over: freeze what is left, so that the last collections skip it.
+
+    pytest's and the interpreter's final collections, :mod:`~codi_fixtures.plugin.gcpolicy`.
+    """
+    gcpolicy.session_ended()
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

@@ -13,6 +13,7 @@ import pytest
 
 from codi_fixtures.config import BUNDLED_CHECKPOINT, TIERS, Settings, tier_of_markexpr
 from codi_fixtures.errors import CodiError
+from codi_fixtures.plugin import gcpolicy
 
 __all__ = ["SESSION_KEY", "CodiSession", "collection_shape"]
 
@@ -106,6 +107,7 @@ class CodiSession:
             from codi_fixtures.models import load_model
 
             self._model = load_model(replace(self.settings.model, device=self._device()))
+            gcpolicy.long_lived_ready()
         return self._model
 
     def problem_pool(self) -> list[Any]:
@@ -182,6 +184,7 @@ class CodiSession:
             self._studies[tier] = compute_study(
                 model, self.problems(tier), self.settings.run, self.settings.cache_dir, needs
             )
+            gcpolicy.long_lived_ready()
         return self._studies[tier]
 
     def analysis(self, tier: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from codi_fixtures.analyses import BUILTIN_ANALYSES, Analysis, StudyAnalysis
 from codi_fixtures.config import Settings
-from codi_fixtures.report.figures import as_base64, save_figure
+from codi_fixtures.report.figures import as_base64, render_figures
 from codi_fixtures.report.summary import (
     ClaimRow,
     package_versions,
@@ -88,15 +88,16 @@ def build_summary(
         if results is None:
             continue
         analysis = StudyAnalysis.for_run(results, settings, analyses)
-        encoded: dict[str, RenderedFigure] = {}
         formats = tuple(dict.fromkeys(("png", *figure_formats)))
-        for selected in analysis.analyses:
-            for spec in selected.figures(analysis):
-                stem = f"{tier}-{spec.name}"
-                rendered = save_figure(spec.draw(), fig_dir, stem, formats)
-                encoded[spec.title] = RenderedFigure(
-                    as_base64(rendered["png"]), spec.caption, selected.name, f"fig-{stem}"
-                )
+        specs = [(a, spec) for a in analysis.analyses for spec in a.figures(analysis)]
+        jobs = [(spec.draw, f"{tier}-{spec.name}") for _a, spec in specs]
+        rendered = render_figures(jobs, fig_dir, formats)
+        encoded: dict[str, RenderedFigure] = {
+            spec.title: RenderedFigure(
+                as_base64(data["png"]), spec.caption, selected.name, f"fig-{stem}"
+            )
+            for (selected, spec), (_draw, stem), data in zip(specs, jobs, rendered, strict=True)
+        }
         problems = problems_of(tier)
         questions = {p.id: p.question for p in problems}
         meta = {

@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from codi_fixtures.atomic import atomic_write_bytes
 
-__all__ = ["PNG_DPI", "as_base64", "png_base64", "save_figure"]
+__all__ = ["PNG_DPI", "as_base64", "png_base64", "render_figures", "save_figure"]
+
+log = logging.getLogger(__name__)
+
+FigureJob = tuple[Callable[[], Figure], str]
+"""A figure to make: the function that draws it and its file stem."""
+
+_JOBS: Sequence[FigureJob] = ()
+"""The jobs of the current :func:`render_figures` call, inherited by forked workers."""
 
 PNG_DPI = 100
 """Resolution of the PNGs embedded in the HTML report (small files)."""
@@ -49,14 +64,79 @@ def save_figure(
     Each figure is rendered once per format (PNG by default; PDF on request), and the PNG
     bytes returned here are what the HTML embeds (:func:`as_base64`).
     """
+    return render_figures([(lambda: fig, name)], directory, formats)[0]
+
+
+def _check_stem(name: str) -> None:
     if not name or Path(name).name != name or name in {".", ".."}:
         raise ValueError(f"figure name must be a plain file stem without '/', got {name!r}")
-    out = {}
-    for fmt in formats:
-        data = _render(fig, fmt)
-        atomic_write_bytes(Path(directory) / f"{name}.{fmt}", data)
-        out[fmt] = data
-    return out
+
+
+def _draw_and_render(index: int, formats: tuple[str, ...]) -> dict[str, bytes]:
+    """Job ``index`` of :data:`_JOBS` drawn and rendered in each format (in a worker)."""
+    fig = _JOBS[index][0]()
+    return {fmt: _render(fig, fmt) for fmt in formats}
+
+
+def _workers(n_jobs: int, formats: tuple[str, ...] = ("png",)) -> int:
+    """Worker processes for ``n_jobs`` figures: one per usable core; none without fork.
+
+    None for PDF either: matplotlib's PDF bytes depend on what the process rendered
+    before (measured: the same heatmap differs after another figure), so only one
+    process in a fixed order keeps PDFs reproducible. PNG bytes do not (tested).
+    """
+    if n_jobs < 2 or formats != ("png",) or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(n_jobs, cores or 1) if (cores or 1) > 1 else 0
+
+
+def _render_parallel(
+    jobs: Sequence[FigureJob], formats: tuple[str, ...], workers: int
+) -> list[dict[str, bytes]]:
+    """Every job drawn and rendered by ``workers`` forked processes, in order."""
+    global _JOBS
+    _JOBS = jobs
+    try:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns that forking a threaded process may deadlock the child;
+            # the workers only draw with numpy and matplotlib (no torch, no locks held).
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            with ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork")
+            ) as pool:
+                futures = [pool.submit(_draw_and_render, i, formats) for i in range(len(jobs))]
+                return [f.result() for f in futures]
+    finally:
+        _JOBS = ()
+
+
+def render_figures(
+    jobs: Sequence[FigureJob], directory: Path, formats: tuple[str, ...] = ("png",)
+) -> list[dict[str, bytes]]:
+    """Draw, render and write every figure (``stem.<fmt>``, atomically); return the bytes.
+
+    Figures are independent, so where the platform can fork, more than one core is
+    usable and only PNGs are asked for (the default), forked worker processes draw and
+    render them in parallel (the bytes are identical either way); the files are written
+    here, in order. A worker that dies
+    (killed, out of memory) makes them all render here, one by one, with a warning.
+    """
+    for _draw, stem in jobs:
+        _check_stem(stem)
+    workers = _workers(len(jobs), formats)
+    rendered: list[dict[str, bytes]] | None = None
+    if workers:
+        try:
+            rendered = _render_parallel(jobs, formats, workers)
+        except BrokenProcessPool as err:
+            log.warning("a figure worker died (%s); rendering the figures here instead", err)
+    if rendered is None:
+        rendered = [{fmt: _render(draw(), fmt) for fmt in formats} for draw, _stem in jobs]
+    for (_draw, stem), data in zip(jobs, rendered, strict=True):
+        for fmt, content in data.items():
+            atomic_write_bytes(Path(directory) / f"{stem}.{fmt}", content)
+    return rendered
 
 
 def as_base64(data: bytes) -> str:
