@@ -1,8 +1,10 @@
 """Where the time of a whole research run goes: interpreter, imports, model, engine, stats, report.
 
-Runs ``pytest experiments -m <tier>`` twice in fresh subprocesses with a fresh cache and
-report folder each time: once plainly (the wall time a user sees) and once under cProfile,
-whose cumulative times give the split. The phases are the project's own entry points:
+Runs ``pytest experiments -m <tier>`` in fresh subprocesses with a fresh cache and report
+folder each time: once to write the bytecode caches (not counted), ``--runs`` times plainly
+(the median is the wall time a user sees) and once under cProfile, whose cumulative times
+give the split. ``PYTHONDONTWRITEBYTECODE`` is unset for the runs, as on a user's machine.
+The phases are the project's own entry points:
 
 - interpreter + imports: ``python -c pass`` and ``import torch, transformers, matplotlib,
   codi_fixtures.plugin`` timed in their own processes;
@@ -15,7 +17,7 @@ whose cumulative times give the split. The phases are the project's own entry po
 cProfile slows Python-heavy code, so the split is shown as shares of the profiled run and
 scaled to the plain run's wall time. A script that prints measurements, not a test::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/e2e_breakdown.py --tier full
+    .venv/bin/python benchmarks/e2e_breakdown.py --tier full -- -k 'rq1 or rq2'
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,20 +80,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tier", default="full", choices=("quick", "full"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=3, help="timed plain runs (median shown)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = dict(os.environ)  # torch's threads as a user gets them (all cores, or OMP_NUM_THREADS)
+    # As a user runs it: bytecode caches on (pytest's rewritten test modules included).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     python = sys.executable
     interpreter = _run([python, "-c", "pass"], env)
     imports = (
         _run([python, "-c", "import torch, transformers, matplotlib, codi_fixtures.plugin"], env)
         - interpreter
     )
-    with tempfile.TemporaryDirectory() as plain_dir:
-        wall = _run(
-            [python, "-m", "pytest", *_pytest_args(args.tier, Path(plain_dir), args.pytest_args)],
-            env,
-        )
+    walls = []
+    for _ in range(1 + args.runs):  # the first run writes the bytecode caches: not counted
+        with tempfile.TemporaryDirectory() as plain_dir:
+            walls.append(
+                _run(
+                    [
+                        python,
+                        "-m",
+                        "pytest",
+                        *_pytest_args(args.tier, Path(plain_dir), args.pytest_args),
+                    ],
+                    env,
+                )
+            )
+    walls = walls[1:]
+    wall = statistics.median(walls)
     with tempfile.TemporaryDirectory() as prof_dir:
         work = Path(prof_dir)
         profile = work / "run.prof"
@@ -112,7 +129,12 @@ def main() -> None:
     scale = wall / profiled
     rows = {name: seconds * scale for name, seconds in phases.items()}
     rest = wall - interpreter - imports - sum(rows.values())
-    print(f"pytest experiments -m {args.tier}: {wall:.2f} s wall (profiled {profiled:.2f} s)")
+    runs = " / ".join(f"{w:.2f}" for w in walls)
+    threads = os.environ.get("OMP_NUM_THREADS", f"default ({os.cpu_count()} cores)")
+    print(
+        f"pytest experiments -m {args.tier}: {wall:.2f} s wall, median of {runs} s "
+        f"(profiled {profiled:.2f} s); torch threads: {threads}"
+    )
     print(f"  {'interpreter start':28} {interpreter:6.2f} s")
     print(f"  {'imports (torch, plugin, ...)':28} {imports:6.2f} s")
     for name, seconds in rows.items():
@@ -124,6 +146,7 @@ def main() -> None:
                 {
                     "tier": args.tier,
                     "wall_s": wall,
+                    "walls_s": walls,
                     "profiled_s": profiled,
                     "interpreter_s": interpreter,
                     "imports_s": imports,

@@ -177,6 +177,7 @@ class CodiReporter:
             analyses,
             run_info=run_info,
             figure_formats=("png", "pdf") if self.codi.config.getoption("codi_pdf") else ("png",),
+            loaded=self.codi.loaded_analyses(),
         )
 
     def _analyses(self) -> tuple[Any, ...]:

@@ -187,6 +187,10 @@ class CodiSession:
             gcpolicy.long_lived_ready()
         return self._studies[tier]
 
+    def loaded_analyses(self) -> dict[str, Any]:
+        """The analyses this process computed, by study fingerprint (for the report)."""
+        return {a.results.meta["fingerprint"]: a for a in self._analyses.values()}
+
     def analysis(self, tier: str) -> Any:
         """Statistics over the tier's study; if it cannot be computed, :class:`StudyFailure`.
 

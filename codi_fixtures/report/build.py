@@ -13,7 +13,7 @@ from pathlib import Path
 
 from codi_fixtures.analyses import BUILTIN_ANALYSES, Analysis, StudyAnalysis
 from codi_fixtures.config import Settings
-from codi_fixtures.report.figures import as_base64, render_figures
+from codi_fixtures.report.figures import as_base64, start_rendering
 from codi_fixtures.report.summary import (
     ClaimRow,
     package_versions,
@@ -72,6 +72,7 @@ def build_summary(
     analyses: Sequence[Analysis] = BUILTIN_ANALYSES,
     run_info: Mapping[str, object] | None = None,
     figure_formats: tuple[str, ...] = ("png",),
+    loaded: Mapping[str, StudyAnalysis] | None = None,
 ) -> str:
     """Write figures + JSON for every tier that ran into ``out_dir``; return the HTML block.
 
@@ -79,38 +80,53 @@ def build_summary(
     tier's problem set; ``rows`` are the verdicts, in the order they are shown; the figures are
     those of the selected ``analyses``, in their order, rendered in ``figure_formats`` (PNG
     always: the HTML embeds it); ``run_info`` adds what actually ran (device, dtype, command).
+    ``loaded`` maps study fingerprints to analyses already in memory (with their statistics
+    computed) for the same ``analyses``; other studies are read from the cache.
     """
     fig_dir = out_dir / "figures"
-    tiers: dict[str, tuple[StudyAnalysis, dict[str, RenderedFigure], dict[str, str]]] = {}
-    stats_by_tier: dict[str, dict[str, object]] = {}
+    formats = tuple(dict.fromkeys(("png", *figure_formats)))
+    studies: dict[str, StudyAnalysis] = {}
     for tier, fingerprint in sorted(fingerprints.items()):
-        results = load_cached_study(settings.cache_dir, fingerprint)
-        if results is None:
+        in_memory = (loaded or {}).get(fingerprint)
+        if in_memory is not None and tuple(in_memory.analyses) == tuple(analyses):
+            studies[tier] = in_memory  # its statistics already computed by the claims
             continue
-        analysis = StudyAnalysis.for_run(results, settings, analyses)
-        formats = tuple(dict.fromkeys(("png", *figure_formats)))
-        specs = [(a, spec) for a in analysis.analyses for spec in a.figures(analysis)]
-        jobs = [(spec.draw, f"{tier}-{spec.name}") for _a, spec in specs]
-        rendered = render_figures(jobs, fig_dir, formats)
-        encoded: dict[str, RenderedFigure] = {
-            spec.title: RenderedFigure(
-                as_base64(data["png"]), spec.caption, selected.name, f"fig-{stem}"
-            )
-            for (selected, spec), (_draw, stem), data in zip(specs, jobs, rendered, strict=True)
-        }
+        results = load_cached_study(settings.cache_dir, fingerprint)
+        if results is not None:
+            studies[tier] = StudyAnalysis.for_run(results, settings, analyses)
+    specs = [
+        (tier, selected, spec)
+        for tier, analysis in studies.items()
+        for selected in analysis.analyses
+        for spec in selected.figures(analysis)
+    ]
+    # Figures render (in parallel where it can) while the statistics are gathered here.
+    rendering = start_rendering(
+        [(spec.draw, f"{tier}-{spec.name}") for tier, _a, spec in specs], fig_dir, formats
+    )
+    stats_by_tier: dict[str, dict[str, object]] = {}
+    for tier, analysis in studies.items():
         problems = problems_of(tier)
-        questions = {p.id: p.question for p in problems}
         meta = {
             "tier": tier,
-            "study_fingerprint": fingerprint,
-            "model_fingerprint": results.meta.get("model_fingerprint"),
+            "study_fingerprint": fingerprints[tier],
+            "model_fingerprint": analysis.results.meta.get("model_fingerprint"),
             "problem_set_fingerprint": problem_set_fingerprint(problems),
         }
         stats_by_tier[tier] = summary_statistics(analysis, meta)
         extra = analysis_summaries(analysis)
         if extra:
             stats_by_tier[tier]["analyses"] = extra
-        tiers[tier] = (analysis, encoded, questions)
+    encoded: dict[str, dict[str, RenderedFigure]] = {tier: {} for tier in studies}
+    for (tier, selected, spec), data in zip(specs, rendering.wait(), strict=True):
+        stem = f"{tier}-{spec.name}"
+        encoded[tier][spec.title] = RenderedFigure(
+            as_base64(data["png"]), spec.caption, selected.name, f"fig-{stem}"
+        )
+    tiers = {
+        tier: (analysis, encoded[tier], {p.id: p.question for p in problems_of(tier)})
+        for tier, analysis in studies.items()
+    }
     run_meta = {
         "model": settings.model_label,
         "checkpoint": str(settings.model.ckpt or "bundled"),

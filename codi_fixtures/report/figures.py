@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -22,7 +22,15 @@ from matplotlib.figure import Figure
 
 from codi_fixtures.atomic import atomic_write_bytes
 
-__all__ = ["PNG_DPI", "as_base64", "png_base64", "render_figures", "save_figure"]
+__all__ = [
+    "PNG_DPI",
+    "FigureRendering",
+    "as_base64",
+    "png_base64",
+    "render_figures",
+    "save_figure",
+    "start_rendering",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ FigureJob = tuple[Callable[[], Figure], str]
 """A figure to make: the function that draws it and its file stem."""
 
 _JOBS: Sequence[FigureJob] = ()
-"""The jobs of the current :func:`render_figures` call, inherited by forked workers."""
+"""The jobs of the rendering under way, inherited by its forked workers."""
 
 PNG_DPI = 100
 """Resolution of the PNGs embedded in the HTML report (small files)."""
@@ -91,52 +99,81 @@ def _workers(n_jobs: int, formats: tuple[str, ...] = ("png",)) -> int:
     return min(n_jobs, cores or 1) if (cores or 1) > 1 else 0
 
 
-def _render_parallel(
-    jobs: Sequence[FigureJob], formats: tuple[str, ...], workers: int
-) -> list[dict[str, bytes]]:
-    """Every job drawn and rendered by ``workers`` forked processes, in order."""
-    global _JOBS
-    _JOBS = jobs
-    try:
+class FigureRendering:
+    """Figures being drawn and rendered, started by :func:`start_rendering`; :meth:`wait`.
+
+    Where the platform can fork, more than one core is usable and only PNGs are asked for
+    (the default), forked worker processes draw and render the figures in parallel while
+    the caller goes on (the bytes are identical either way); otherwise :meth:`wait`
+    renders them here, in order. A worker that dies (killed, out of memory) makes them all
+    render here, one by one, with a warning.
+    """
+
+    def __init__(
+        self, jobs: Sequence[FigureJob], directory: Path, formats: tuple[str, ...]
+    ) -> None:
+        for _draw, stem in jobs:
+            _check_stem(stem)
+        self.jobs, self.directory, self.formats = list(jobs), Path(directory), formats
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[Future[dict[str, bytes]]] = []
+        workers = _workers(len(self.jobs), formats)
+        if workers:
+            self._start(workers)
+
+    def _start(self, workers: int) -> None:
+        global _JOBS
+        _JOBS = self.jobs  # inherited by the workers, forked at the first submit
         with warnings.catch_warnings():
             # Python >= 3.12 warns that forking a threaded process may deadlock the child;
             # the workers only draw with numpy and matplotlib (no torch, no locks held).
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            with ProcessPoolExecutor(
+            self._pool = ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("fork")
-            ) as pool:
-                futures = [pool.submit(_draw_and_render, i, formats) for i in range(len(jobs))]
-                return [f.result() for f in futures]
-    finally:
-        _JOBS = ()
+            )
+            self._futures = [
+                self._pool.submit(_draw_and_render, i, self.formats) for i in range(len(self.jobs))
+            ]
+
+    def _collect(self) -> list[dict[str, bytes]] | None:
+        """The workers' results, or None where there were none or one died."""
+        if self._pool is None:
+            return None
+        global _JOBS
+        try:
+            return [f.result() for f in self._futures]
+        except BrokenProcessPool as err:
+            log.warning("a figure worker died (%s); rendering the figures here instead", err)
+            return None
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool, _JOBS = None, ()
+
+    def wait(self) -> list[dict[str, bytes]]:
+        """Every figure's bytes by format, in job order; the files written (atomically)."""
+        rendered = self._collect()
+        if rendered is None:
+            rendered = [
+                {fmt: _render(draw(), fmt) for fmt in self.formats} for draw, _stem in self.jobs
+            ]
+        for (_draw, stem), data in zip(self.jobs, rendered, strict=True):
+            for fmt, content in data.items():
+                atomic_write_bytes(self.directory / f"{stem}.{fmt}", content)
+        return rendered
+
+
+def start_rendering(
+    jobs: Sequence[FigureJob], directory: Path, formats: tuple[str, ...] = ("png",)
+) -> FigureRendering:
+    """Start drawing and rendering ``jobs`` (in parallel where it can); ``.wait()`` for them."""
+    return FigureRendering(jobs, directory, formats)
 
 
 def render_figures(
     jobs: Sequence[FigureJob], directory: Path, formats: tuple[str, ...] = ("png",)
 ) -> list[dict[str, bytes]]:
-    """Draw, render and write every figure (``stem.<fmt>``, atomically); return the bytes.
-
-    Figures are independent, so where the platform can fork, more than one core is
-    usable and only PNGs are asked for (the default), forked worker processes draw and
-    render them in parallel (the bytes are identical either way); the files are written
-    here, in order. A worker that dies
-    (killed, out of memory) makes them all render here, one by one, with a warning.
-    """
-    for _draw, stem in jobs:
-        _check_stem(stem)
-    workers = _workers(len(jobs), formats)
-    rendered: list[dict[str, bytes]] | None = None
-    if workers:
-        try:
-            rendered = _render_parallel(jobs, formats, workers)
-        except BrokenProcessPool as err:
-            log.warning("a figure worker died (%s); rendering the figures here instead", err)
-    if rendered is None:
-        rendered = [{fmt: _render(draw(), fmt) for fmt in formats} for draw, _stem in jobs]
-    for (_draw, stem), data in zip(jobs, rendered, strict=True):
-        for fmt, content in data.items():
-            atomic_write_bytes(Path(directory) / f"{stem}.{fmt}", content)
-    return rendered
+    """Draw, render and write every figure (``stem.<fmt>``, atomically); return the bytes."""
+    return start_rendering(jobs, directory, formats).wait()
 
 
 def as_base64(data: bytes) -> str:
