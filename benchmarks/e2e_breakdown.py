@@ -10,8 +10,9 @@ The phases are the project's own entry points:
   codi_fixtures.plugin`` timed in their own processes;
 - model load: :func:`codi_fixtures.models.load_model`;
 - engine: :func:`codi_fixtures.study.runs.compute_study` (every condition, every row);
-- statistics: the analyses' ``compute`` (through ``StudyView.of``);
-- figures: drawing and rendering (``render_figures``; in forked workers where it can);
+- statistics: every memoised statistic (``StudyView.memoised``), in this process;
+- figures: waiting for the figures (``FigureRendering.wait``): drawn and rendered in forked
+  workers where it can, while the report's statistics are gathered;
 - report: the HTML summary and JSON (``build_summary`` less its figures) and pytest-html.
 
 cProfile slows Python-heavy code, so the split is shown as shares of the profiled run and
@@ -37,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 PHASES = {  # (file suffix, function name) of each phase's entry point in the profile
     "model load": ("codi_fixtures/models.py", "load_model"),
     "engine (study runs)": ("codi_fixtures/study/runs.py", "compute_study"),
-    "statistics (analyses)": ("codi_fixtures/analyses/view.py", "of"),
-    "figures (draw + render)": ("codi_fixtures/report/figures.py", "render_figures"),
+    "statistics (analyses)": ("codi_fixtures/analyses/view.py", "memoised"),
+    "figures (draw + render)": ("codi_fixtures/report/figures.py", "wait"),
     "report (HTML, JSON)": ("codi_fixtures/report/build.py", "build_summary"),
 }
 

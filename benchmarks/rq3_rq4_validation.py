@@ -35,7 +35,7 @@ from codi_fixtures.stats.decoding import (
     rq1_link_test,
 )
 from codi_fixtures.study.data import load_problem_jsonl, stratified_sample
-from codi_fixtures.study.interchange import choose_donors, run_interchange
+from codi_fixtures.study.interchange import ValueDomain, choose_donors, run_interchange
 from codi_fixtures.study.readouts import ablation_importance, collect_readouts
 
 log = logging.getLogger("rq3_rq4_validation")
@@ -227,7 +227,7 @@ def run(model_name: str, n: int, seed: int) -> tuple[str, dict[str, Any]]:
 
     # --- interchange --------------------------------------------------------------------------
     start = time.perf_counter()
-    donors = choose_donors(problems, value_range=(0, MAX_VALUE), seed=seed)
+    donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=seed)
     ic_cells = [(t, k) for t in range(n_t) for k in range(1, steps + 1)]
     ic = run_interchange(model, problems, donors, ic_cells)
     wall["interchange"] = time.perf_counter() - start

@@ -16,8 +16,10 @@ from codi_fixtures.study.data import load_problem_jsonl, stratified_sample
 from codi_fixtures.study.interchange import (
     Donors,
     InterchangeRun,
+    ValueDomain,
     choose_donors,
     counterfactual_answer,
+    counterfactual_chain,
     parse_chain,
     run_interchange,
 )
@@ -55,6 +57,34 @@ def test_counterfactual_substitutes_results_in_a_gsm8k_chain():
     assert counterfactual_answer(q, 1, 5.0) is None  # division by zero
 
 
+def test_a_counterfactual_chain_that_leaves_the_tasks_values_finds_no_donor():
+    """A chain that passes through a value the task never takes does not qualify a donor.
+
+    Replayed from the donor's value the chain reaches 34 (values 0..25 here): not an input
+    of the task, even though its final answer is back in range.
+    """
+    recipient = _problem("<<9+2=11>> <<11*2=22>> <<22-10=12>>", (11.0, 22.0, 12.0), 12.0)
+    assert counterfactual_chain(recipient, 1, 17.0) == [17.0, 34.0, 24.0]
+    assert counterfactual_chain(recipient, 2, 14.0) == [14.0, 4.0]
+    domain = ValueDomain(0, 25, integers=True)
+    assert domain.contains([14.0, 4.0]) and not domain.contains([17.0, 34.0, 24.0])
+    assert not domain.contains([2.5]) and ValueDomain(0, 25, integers=False).contains([2.5])
+    donor_out = _problem("<<15+2=17>> <<17*2=34>> <<34-10=24>>", (17.0, 34.0, 24.0), 24.0)
+    donors = choose_donors([recipient, donor_out], domain=domain, seed=0)
+    assert donors.different[0, 0] == -1  # 17 -> 34 leaves 0..25
+    unchecked = choose_donors([recipient, donor_out], seed=0)
+    assert unchecked.different[0, 0] == 1 and unchecked.counterfactual[0, 0] == 24.0
+
+
+def test_the_value_domain_is_the_problem_sets_own():
+    problems = [
+        _problem("<<3+4=7>> <<7*2=14>>", (7.0, 14.0), 14.0),
+        _problem("<<9-2=7>>", (7.0,), 7.0),
+    ]
+    assert ValueDomain.of(problems) == ValueDomain(7.0, 14.0, integers=True)
+    assert ValueDomain.of([]) is None
+
+
 @pytest.fixture(scope="module")
 def organism_problems() -> list[Problem]:
     return stratified_sample(load_problem_jsonl(PLANTED / "eval.jsonl"), 200, seed=2)
@@ -62,8 +92,8 @@ def organism_problems() -> list[Problem]:
 
 def test_donors_match_their_definitions(organism_problems):
     problems = organism_problems
-    donors = choose_donors(problems, value_range=(0, MAX_VALUE), seed=3)
-    again = choose_donors(problems, value_range=(0, MAX_VALUE), seed=3)
+    donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=3)
+    again = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=3)
     assert np.array_equal(donors.different, again.different)  # seeded
     found = 0
     for r, p in enumerate(problems):
@@ -78,7 +108,8 @@ def test_donors_match_their_definitions(organism_problems):
                 assert value != p.intermediates[k - 1]
                 cf = counterfactual_answer(p, k, value)
                 assert cf == donors.counterfactual[r, k - 1] != p.answer
-                assert 0 <= cf <= MAX_VALUE
+                chain = counterfactual_chain(p, k, value)
+                assert chain is not None and all(0 <= v <= MAX_VALUE for v in chain)
         assert (donors.same[r, p.steps :] == -1).all()
     assert found > 0.9 * sum(p.steps for p in problems)
 
@@ -104,7 +135,9 @@ def test_a_patch_with_the_recipients_own_thought_changes_nothing(planted_model, 
 
 @pytest.fixture(scope="module")
 def planted_iia(planted_model, organism_problems) -> tuple[InterchangeRun, list[IiaSummary]]:
-    donors = choose_donors(organism_problems, value_range=(0, MAX_VALUE), seed=0)
+    donors = choose_donors(
+        organism_problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0
+    )
     run = run_interchange(planted_model, organism_problems, donors, DIAGONAL)
     cells = iia_summary(
         recipient=run.recipient,
@@ -123,8 +156,9 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
     """At the planted thoughts the step value matters: a same-value patch moves log p less.
 
     The difference (20% trimmed mean over recipients) is above 0 at both cells and beyond
-    the SESOI at thought 4 (1.7 nats); at thought 3 the typical difference is 0.19 nats with
-    a 90% CI reaching below the 0.1 SESOI (a few recipients carry the plain mean's 0.47).
+    the SESOI at thought 4; and at every diagonal cell a same-value patch leaves the answer
+    unchanged more often than a different-value one (by > 20 points) -- though not always
+    (at thought 4 for 41% of recipients only: a patch carries more than the value).
     """
     run, cells = planted_iia
     kinds = np.array(run.kind)
@@ -140,8 +174,11 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
         assert effect.p_value < 0.05 and effect.ci_low > 0, effect.verdict_reason
         if t == 4:
             assert effect.verdict == "supported", effect.verdict_reason
+    unchanged = run.answer == run.clean_answer[run.recipient]
     for c in cells:
-        assert c.same_unchanged >= 0.5
+        cell = (run.thought == c.thought) & (run.step == c.step)
+        different_unchanged = unchanged[cell & (kinds == "different")].mean()
+        assert c.same_unchanged > different_unchanged + 0.2, (c, different_unchanged)
         assert c.unpatched_baseline <= 0.05  # counterfactuals differ from the answer
 
 
@@ -150,7 +187,7 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
     raises=AssertionError,
     reason=(
         "measured: with interchange training the planted thoughts are used -- IIA at thoughts "
-        "0-4 is 23 / 36 / 29 / 33 / 59% against 5 / 8 / 3 / 6 / 5% for random donors (the "
+        "0-4 is 25 / 34 / 32 / 36 / 59% against 5 / 7 / 6 / 5 / 2% for random donors (the "
         "training report's check, 400 problems) -- but below 50% at thoughts 0-3: a patch "
         "carries problem-specific information besides the value"
     ),

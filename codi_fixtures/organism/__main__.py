@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from codi_fixtures.organism.pipeline import train_organism
+from codi_fixtures.organism.pipeline import recheck_planted_map, train_organism
 from codi_fixtures.organism.report import add_control
 from codi_fixtures.organism.train import TrainConfig
 
@@ -54,10 +54,19 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="no training: add this 0-thought control checkpoint's accuracy to OUT's report",
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="no training: re-run the planted map's causal check on OUT's weights (after a "
+        "change of its rule) and rewrite OUT's codi.json and report",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.control is not None:
         add_control(args.out, args.control)
+        return
+    if args.recheck:
+        recheck_planted_map(args.out)
         return
     if args.interchange_weight > 0 and args.planted_weight <= 0:
         parser.error(

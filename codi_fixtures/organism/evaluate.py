@@ -21,7 +21,7 @@ from codi_fixtures.model import CodiModel
 from codi_fixtures.model.kvcache import new_cache
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import thought_lens_logits, value_target
-from codi_fixtures.study.interchange import choose_donors
+from codi_fixtures.study.interchange import ValueDomain, choose_donors
 from codi_fixtures.study.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.study.problems import Problem
 
@@ -136,15 +136,16 @@ def planted_interchange_rates(
     """Per thought t: how often patching it with a donor's gives the counterfactual answer.
 
     Donors per (recipient, step t+1) as the suite's RQ4 chooses them
-    (:func:`~codi_fixtures.study.interchange.choose_donors`, seed 0, counterfactual answers
-    in 0..MAX_VALUE): ``iia`` = % of recipients whose answer with thought t's input embedding
-    replaced by the *different*-value donor's is the counterfactual answer; ``random`` = the
-    same rate with a random donor's thought (chance); ``n``: recipients with such a donor.
+    (:func:`~codi_fixtures.study.interchange.choose_donors`, seed 0, counterfactual chains
+    in the task's values 0..MAX_VALUE): ``iia`` = % of recipients whose answer with thought
+    t's input embedding replaced by the *different*-value donor's is the counterfactual
+    answer; ``random`` = the same rate with a random donor's thought (chance); ``n``:
+    recipients with such a donor.
     """
     prompt = build_prompt(model, [p.question for p in problems])
     clean = run_latent(model, prompt, generate=False)
     n_thoughts = clean.thoughts.shape[1]
-    donors = choose_donors(problems, value_range=(0, MAX_VALUE), seed=0)
+    donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0)
     rates: dict[str, dict[str, float]] = {}
     for t in range(min(n_thoughts, donors.different.shape[1])):
         recipients = [r for r in range(len(problems)) if donors.different[r, t] >= 0]

@@ -22,7 +22,7 @@ from codi_fixtures.organism.evaluate import (
     planted_interchange_rates,
     planted_lens_rates,
 )
-from codi_fixtures.organism.report import write_training_report
+from codi_fixtures.organism.report import rewrite_record, write_training_report
 from codi_fixtures.organism.task import STEP_COUNTS, make_splits
 from codi_fixtures.organism.tokenizer import build_tokenizer
 from codi_fixtures.organism.train import (
@@ -36,10 +36,16 @@ from codi_fixtures.organism.train import (
     run_phase,
     save_train_state,
 )
-from codi_fixtures.study.data import write_problem_jsonl
+from codi_fixtures.study.data import load_problem_jsonl, write_problem_jsonl
 from codi_fixtures.study.problems import Problem
 
-__all__ = ["EVAL_FILE", "evaluate_organism", "planted_record", "train_organism"]
+__all__ = [
+    "EVAL_FILE",
+    "evaluate_organism",
+    "planted_record",
+    "recheck_planted_map",
+    "train_organism",
+]
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
@@ -81,6 +87,22 @@ def evaluate_organism(
         metrics["planted_lens"] = planted_lens_rates(model, problems)
         metrics["planted_interchange"] = planted_interchange_rates(model, problems)
     return metrics
+
+
+def recheck_planted_map(model_dir: Path) -> dict[str, dict[str, float]]:
+    """Re-run the causal planted-map check on a trained organism; rewrite its record.
+
+    For a change of the check's rule (e.g. which donors qualify): the weights are the same,
+    so only ``planted_interchange`` in codi.json and the training report change.
+    """
+    from codi_fixtures.config import ModelConfig
+    from codi_fixtures.model.codi import load_codi
+
+    model = load_codi(ModelConfig(ckpt=model_dir, device="cpu", dtype="float32"))
+    rates = planted_interchange_rates(model, load_problem_jsonl(model_dir / EVAL_FILE))
+    rewrite_record(model_dir, {"planted_interchange": rates})
+    log.info("planted map's causal check of %s: %s", model_dir, json.dumps(rates))
+    return rates
 
 
 def train_organism(

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import TrainConfig, retrain_command
 
-__all__ = ["add_control", "write_training_report"]
+__all__ = ["add_control", "rewrite_record", "write_training_report"]
 
 _BINS = ("2-step", "3-step", "4-step", "5+step", "all")
 
@@ -114,8 +115,9 @@ def write_training_report(
         metrics.get("planted_interchange"),
         "Planted map check, causal: thought t's input embedding replaced by a donor's "
         "(a held-out problem whose step t+1 value differs, chosen as the suite's RQ4 "
-        "does), % of recipients whose answer is the counterfactual one (their chain "
-        "replayed with the donor's value); random = a random donor's thought (chance):",
+        "does: the recipient's chain replayed with the donor's value stays within the "
+        f"task's values 0..{MAX_VALUE}), % of recipients whose answer is the counterfactual one; "
+        "random = a random donor's thought (chance):",
         ("recipients", "counterfactual answer %", "random donor %"),
         ("iia", "random"),
     )
@@ -168,17 +170,19 @@ def _planted_intro(cfg: TrainConfig) -> list[str]:
     ]
 
 
-def add_control(model_dir: Path, control_dir: Path) -> None:
-    """Rewrite ``model_dir``'s report (and codi.json) with the 0-thought control's numbers."""
+def _rewrite(model_dir: Path, update: Mapping[str, object]) -> None:
+    """Merge ``update`` into ``model_dir``'s codi.json ``extra`` and rewrite its report.
+
+    The weights, the recipe and the training history stay as they are.
+    """
     import json
 
     from codi_fixtures.model.checkpoint import SPEC_FILE
 
     spec = json.loads((model_dir / SPEC_FILE).read_text())
-    control = json.loads((control_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
     extra = spec["extra"]
+    extra.update(update)
     recipe = {k: v for k, v in extra["recipe"].items() if k in TrainConfig.__dataclass_fields__}
-    extra["control_0_thoughts"] = {"codi": control["codi"]}
     atomic_write_text(model_dir / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True) + "\n")
     write_training_report(
         model_dir,
@@ -187,5 +191,25 @@ def add_control(model_dir: Path, control_dir: Path) -> None:
         json.loads((model_dir / "training_log.json").read_text()),
         extra["wall_time_s"]["teacher_phase"],
         extra["wall_time_s"]["total"],
-        control=control,
+        control=extra.get("control_0_thoughts"),
     )
+
+
+def rewrite_record(model_dir: Path, metrics: Mapping[str, object]) -> None:
+    """Replace held-out metrics of ``model_dir`` (checks re-run on the same weights)."""
+    import json
+
+    from codi_fixtures.model.checkpoint import SPEC_FILE
+
+    recorded = json.loads((model_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
+    _rewrite(model_dir, {"heldout_accuracy": {**recorded, **metrics}})
+
+
+def add_control(model_dir: Path, control_dir: Path) -> None:
+    """Rewrite ``model_dir``'s report (and codi.json) with the 0-thought control's numbers."""
+    import json
+
+    from codi_fixtures.model.checkpoint import SPEC_FILE
+
+    control = json.loads((control_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
+    _rewrite(model_dir, {"control_0_thoughts": {"codi": control["codi"]}})

@@ -8,7 +8,8 @@ Donors per (recipient, step k), shared by every thought:
   not move);
 - ``different``: one whose step-k value differs, chosen so that the *counterfactual
   answer* (the recipient's chain replayed from step k with the donor's value, see
-  :func:`counterfactual_answer`) exists and differs from the recipient's answer;
+  :func:`counterfactual_answer`) exists, differs from the recipient's answer, and the
+  replayed chain stays among the values the task takes (:class:`ValueDomain`);
 - ``random``: any other problem (the baseline: how often a patch gives the counterfactual
   answer of the ``different`` donor by chance).
 
@@ -40,8 +41,10 @@ __all__ = [
     "DONOR_KINDS",
     "Donors",
     "InterchangeRun",
+    "ValueDomain",
     "choose_donors",
     "counterfactual_answer",
+    "counterfactual_chain",
     "parse_chain",
     "run_interchange",
 ]
@@ -90,8 +93,8 @@ def _evaluate(expr: str) -> float | None:
         return None
 
 
-def counterfactual_answer(problem: Problem, step: int, value: float) -> float | None:
-    """The answer of ``problem`` with step ``step``'s (1-based) result set to ``value``.
+def counterfactual_chain(problem: Problem, step: int, value: float) -> list[float] | None:
+    """Step ``step``'s (1-based) result set to ``value``, and the later results recomputed.
 
     The later equations of ``problem.cot`` are recomputed: in a linear chain (each
     equation's first operand is the previous result, as in the organism's task) only that
@@ -111,6 +114,7 @@ def counterfactual_answer(problem: Problem, step: int, value: float) -> float | 
     results = [r for _, r in chain]
     changed = {results[step - 1]: value}
     current = value
+    out = [value]
     for expr, result in chain[step:]:
         if linear:
             m = _NUMBER.match(expr)
@@ -125,7 +129,47 @@ def counterfactual_answer(problem: Problem, step: int, value: float) -> float | 
             return None
         changed[result] = new
         current = new
-    return current
+        out.append(new)
+    return out
+
+
+def counterfactual_answer(problem: Problem, step: int, value: float) -> float | None:
+    """The answer of ``problem`` with step ``step``'s (1-based) result set to ``value``.
+
+    The last value of :func:`counterfactual_chain`; None where it is None.
+    """
+    chain = counterfactual_chain(problem, step, value)
+    return None if chain is None else chain[-1]
+
+
+@dataclass(frozen=True)
+class ValueDomain:
+    """The values a problem set's chains take: a counterfactual must stay inside them.
+
+    A counterfactual whose replayed chain leaves the values the task ever produces (e.g. 23
+    or -4 for an organism whose values are 0..19, or 2.5 where every value is an integer)
+    is not an input of the task: its "answer" tests extrapolation, not what the patched
+    thought carries, and would count as a miss for every model.
+    """
+
+    low: float
+    high: float
+    integers: bool  # every observed value is an integer
+
+    @classmethod
+    def of(cls, problems: Sequence[Problem]) -> ValueDomain | None:
+        """The range (and integrality) of every step value and answer; None without any."""
+        values = [float(v) for p in problems for v in (*p.intermediates, p.answer)]
+        if not values:
+            return None
+        return cls(min(values), max(values), all(float(v).is_integer() for v in values))
+
+    def contains(self, values: Sequence[float]) -> bool:
+        """Every value inside the range (and an integer where the set's values all are)."""
+        return all(
+            self.low <= v <= self.high and (not self.integers or float(v).is_integer())
+            for v in values
+        )
 
 
 @dataclass(frozen=True)
@@ -142,13 +186,14 @@ def choose_donors(
     problems: Sequence[Problem],
     *,
     max_steps: int | None = None,
-    value_range: tuple[float, float] | None = None,
+    domain: ValueDomain | None = None,
     seed: int = 0,
 ) -> Donors:
     """Seeded donors for every recipient and step (see the module docstring).
 
-    ``value_range``: a counterfactual answer outside it does not qualify a donor (e.g.
-    (0, 19) for the organism, whose values never leave it).
+    ``domain``: a counterfactual chain that leaves it (any replayed step value or the
+    answer) does not qualify a donor; the suite passes the problem set's own
+    (:meth:`ValueDomain.of`: 0..19, integers, for the organisms' tasks).
     """
     k_max = max_steps or max((len(p.intermediates) for p in problems), default=0)
     n = len(problems)
@@ -176,12 +221,12 @@ def choose_donors(
                 other = problems[i].intermediates[k - 1]
                 if other == value:
                     continue
-                answer = counterfactual_answer(rec, k, other)
-                if answer is None or abs(answer - rec.answer) < 1e-6:
+                chain = counterfactual_chain(rec, k, other)
+                if chain is None or abs(chain[-1] - rec.answer) < 1e-6:
                     continue
-                if value_range is not None and not value_range[0] <= answer <= value_range[1]:
+                if domain is not None and not domain.contains(chain):
                     continue
-                options.append((i, answer))
+                options.append((i, chain[-1]))
             chosen = pick([i for i, _ in options])
             if chosen >= 0:
                 diff[r, k - 1] = chosen

@@ -72,7 +72,7 @@ from codi_fixtures.study.conditions import (
     default_requirements,
 )
 from codi_fixtures.study.data import problem_set_fingerprint
-from codi_fixtures.study.interchange import Donors, choose_donors
+from codi_fixtures.study.interchange import Donors, ValueDomain, choose_donors
 from codi_fixtures.study.interventions import (
     Ablation,
     AblationRef,
@@ -105,7 +105,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _READOUT = "readout__"  # clean-pass shard keys of the hidden-state read-outs
-CACHE_VERSION = "3"  # 3: a whitespace-only token before the number is not scored
+CACHE_VERSION = "4"  # 4: RQ4 counterfactual chains stay in the problem set's values
+# 3: a whitespace-only token before the number is not scored
 # 2: leave-one-out mean / noise references; KL and logp at the number
 
 
@@ -709,7 +710,12 @@ def _compute(
     routing_width = question_width(model, problems) if RoutingReadout() in needs.readouts else 0
     donors = None
     if any(isinstance(c, Interchange) for c in conditions):
-        donors = choose_donors(problems, max_steps=max(step_columns, 1), seed=cfg.seed)
+        donors = choose_donors(
+            problems,
+            max_steps=max(step_columns, 1),
+            domain=ValueDomain.of(problems),
+            seed=cfg.seed,
+        )
     with torch.no_grad():
         clean = _claim_shards(
             len(clean_chunks),
