@@ -89,14 +89,14 @@ def test_lens_positions_and_interchange_rows_are_computed_and_cached(tiny, tmp_p
 
 def test_interchange_row_equals_the_validated_interchange_run(tiny, tmp_path):
     from codi_fixtures.study import runs
-    from codi_fixtures.study.interchange import choose_donors, run_interchange
+    from codi_fixtures.study.interchange import ValueDomain, choose_donors, run_interchange
 
     model, problems = tiny
     cfg = RunConfig(kinds=("zero",))
     dims = runs.dimensions_of(model)
     study = runs.compute_study(model, problems, cfg, tmp_path, _needs(cfg, dims, steps=(1,)))
     k = max(len(p.intermediates) for p in problems)
-    donors = choose_donors(problems, max_steps=k, seed=cfg.seed)
+    donors = choose_donors(problems, max_steps=k, domain=ValueDomain.of(problems), seed=cfg.seed)
     direct = run_interchange(model, problems, donors, [(2, 1)])
     for row, (r, kind) in enumerate(zip(direct.recipient, direct.kind, strict=True)):
         col = study.column(f"ic-t2-s1-{kind}")
