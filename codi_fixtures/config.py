@@ -72,6 +72,10 @@ class RunConfig:
     batch_rows // (1 + conditions) problems."""
     max_rows: int | None = None
     """Simulated device budget: a batch above it raises OutOfMemoryError (then split)."""
+    value_domain: tuple[float, float, bool] | None = None
+    """The values the task's step chains take (low, high, integers only): RQ4's counterfactual
+    chains must stay inside them. None: the run's problem set's own. The plugin passes the
+    whole problem source's, so that every tier sample uses the same rule."""
 
     def __post_init__(self) -> None:
         if self.batch_rows is not None and self.batch_rows < 1:

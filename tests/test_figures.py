@@ -188,6 +188,29 @@ def test_a_dead_figure_worker_falls_back_to_serial_rendering(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
+def test_a_refused_fork_renders_the_figures_here(
+    studies: dict[str, StudyAnalysis],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fork the system refuses (memory, process limit) costs time, not the report."""
+    jobs: list[figures.FigureJob] = [
+        (lambda: rq1.importance_heatmap(studies["n12"]), name) for name in ("a", "b")
+    ]
+    if figures._workers(len(jobs)) == 0:
+        pytest.skip("this platform cannot fork, or only one core is usable")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(figures.ProcessPoolExecutor, "submit", refuse)
+    rendered = figures.render_figures(jobs, tmp_path)
+    assert rendered[0]["png"] == rendered[1]["png"]
+    assert "cannot fork figure workers" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
 def _lightness(cmap: object) -> np.ndarray:
     """CIE L* of 256 samples of a colour map (what a greyscale print shows)."""
     rgb = np.asarray(cmap(np.linspace(0.0, 1.0, 256)))[:, :3]  # type: ignore[operator]

@@ -76,6 +76,18 @@ def test_a_counterfactual_chain_that_leaves_the_tasks_values_finds_no_donor():
     assert unchecked.different[0, 0] == 1 and unchecked.counterfactual[0, 0] == 24.0
 
 
+def test_the_value_domain_allows_float_error_in_replayed_chains():
+    """60 * 1.1 replays as 66.00000000000001: still an integer inside 0..66."""
+    recipient = _problem("<<40+20=60>> <<60*1.1=66>>", (60.0, 66.0), 66.0)
+    donor = _problem("<<30+20=50>> <<50*1.1=55>>", (50.0, 55.0), 55.0)
+    chain = counterfactual_chain(recipient, 1, 50.0)
+    assert chain is not None and chain[1] != 55.0 and chain[1] == pytest.approx(55.0)
+    domain = ValueDomain.of([recipient, donor])
+    assert domain == ValueDomain(50.0, 66.0, integers=True)
+    assert domain.contains(chain)
+    assert choose_donors([recipient, donor], domain=domain, seed=0).different[0, 0] == 1
+
+
 def test_the_value_domain_is_the_problem_sets_own():
     problems = [
         _problem("<<3+4=7>> <<7*2=14>>", (7.0, 14.0), 14.0),

@@ -226,7 +226,7 @@ def _selects_every_claim(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Markers, the session object, input validation, and the staged HTML report location."""
-    gcpolicy.session_started()
+    gcpolicy.session_started(config)
     config.addinivalue_line("markers", "quick: the ten-problem smoke tier of a research claim")
     config.addinivalue_line("markers", "full: the 100-problem study tier of a research claim")
     config.addinivalue_line(
@@ -468,7 +468,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     pytest's and the interpreter's final collections, :mod:`~codi_fixtures.plugin.gcpolicy`.
     """
-    gcpolicy.session_ended()
+    gcpolicy.session_ended(config)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

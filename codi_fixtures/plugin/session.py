@@ -182,7 +182,7 @@ class CodiSession:
             model = self.model()
             needs = requirements_of(self.selected_analyses(), self.settings, dimensions_of(model))
             self._studies[tier] = compute_study(
-                model, self.problems(tier), self.settings.run, self.settings.cache_dir, needs
+                model, self.problems(tier), self._run_config(needs), self.settings.cache_dir, needs
             )
             gcpolicy.long_lived_ready()
         return self._studies[tier]
@@ -190,6 +190,24 @@ class CodiSession:
     def loaded_analyses(self) -> dict[str, Any]:
         """The analyses this process computed, by study fingerprint (for the report)."""
         return {a.results.meta["fingerprint"]: a for a in self._analyses.values()}
+
+    def _run_config(self, needs: Any) -> Any:
+        """The run config, with RQ4's value domain taken from the whole problem source.
+
+        So the quick and full samples of one source replay counterfactuals under one rule
+        (a 10-problem sample's own range is narrower than the task's).
+        """
+        from dataclasses import replace
+
+        from codi_fixtures.study.conditions import Interchange
+        from codi_fixtures.study.interchange import ValueDomain
+
+        if not any(isinstance(c, Interchange) for c in needs.conditions):
+            return self.settings.run
+        domain = ValueDomain.of(self.problem_pool())
+        return replace(
+            self.settings.run, value_domain=None if domain is None else domain.as_tuple()
+        )
 
     def analysis(self, tier: str) -> Any:
         """Statistics over the tier's study; if it cannot be computed, :class:`StudyFailure`.

@@ -101,24 +101,25 @@ def build_summary(
         for spec in selected.figures(analysis)
     ]
     # Figures render (in parallel where it can) while the statistics are gathered here.
-    rendering = start_rendering(
+    with start_rendering(
         [(spec.draw, f"{tier}-{spec.name}") for tier, _a, spec in specs], fig_dir, formats
-    )
-    stats_by_tier: dict[str, dict[str, object]] = {}
-    for tier, analysis in studies.items():
-        problems = problems_of(tier)
-        meta = {
-            "tier": tier,
-            "study_fingerprint": fingerprints[tier],
-            "model_fingerprint": analysis.results.meta.get("model_fingerprint"),
-            "problem_set_fingerprint": problem_set_fingerprint(problems),
-        }
-        stats_by_tier[tier] = summary_statistics(analysis, meta)
-        extra = analysis_summaries(analysis)
-        if extra:
-            stats_by_tier[tier]["analyses"] = extra
+    ) as rendering:
+        stats_by_tier: dict[str, dict[str, object]] = {}
+        for tier, analysis in studies.items():
+            problems = problems_of(tier)
+            meta = {
+                "tier": tier,
+                "study_fingerprint": fingerprints[tier],
+                "model_fingerprint": analysis.results.meta.get("model_fingerprint"),
+                "problem_set_fingerprint": problem_set_fingerprint(problems),
+            }
+            stats_by_tier[tier] = summary_statistics(analysis, meta)
+            extra = analysis_summaries(analysis)
+            if extra:
+                stats_by_tier[tier]["analyses"] = extra
+        rendered = rendering.wait()
     encoded: dict[str, dict[str, RenderedFigure]] = {tier: {} for tier in studies}
-    for (tier, selected, spec), data in zip(specs, rendering.wait(), strict=True):
+    for (tier, selected, spec), data in zip(specs, rendered, strict=True):
         stem = f"{tier}-{spec.name}"
         encoded[tier][spec.title] = RenderedFigure(
             as_base64(data["png"]), spec.caption, selected.name, f"fig-{stem}"

@@ -105,8 +105,10 @@ class FigureRendering:
     Where the platform can fork, more than one core is usable and only PNGs are asked for
     (the default), forked worker processes draw and render the figures in parallel while
     the caller goes on (the bytes are identical either way); otherwise :meth:`wait`
-    renders them here, in order. A worker that dies (killed, out of memory) makes them all
-    render here, one by one, with a warning.
+    renders them here, in order. A fork that fails or a worker that dies (killed, out of
+    memory) makes them all render here, one by one, with a warning. Use it as a context
+    manager (or call :meth:`close`) where the caller may raise before :meth:`wait`.
+    Warnings and log records of the workers' draw functions stay in the workers.
     """
 
     def __init__(
@@ -126,28 +128,45 @@ class FigureRendering:
         _JOBS = self.jobs  # inherited by the workers, forked at the first submit
         with warnings.catch_warnings():
             # Python >= 3.12 warns that forking a threaded process may deadlock the child;
-            # the workers only draw with numpy and matplotlib (no torch, no locks held).
+            # the workers only draw with numpy and matplotlib (the layer contracts keep torch
+            # out of analyses and reports).
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             self._pool = ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("fork")
             )
-            self._futures = [
-                self._pool.submit(_draw_and_render, i, self.formats) for i in range(len(self.jobs))
-            ]
+            try:
+                self._futures = [
+                    self._pool.submit(_draw_and_render, i, self.formats)
+                    for i in range(len(self.jobs))
+                ]
+            except OSError as err:  # fork refused (memory, process limit): render here
+                log.warning("cannot fork figure workers (%s); rendering the figures here", err)
+                self.close()
+
+    def close(self) -> None:
+        """Stop the workers (figures not yet drawn are dropped); safe to call again."""
+        global _JOBS
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._futures, _JOBS = None, [], ()
+
+    def __enter__(self) -> FigureRendering:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _collect(self) -> list[dict[str, bytes]] | None:
         """The workers' results, or None where there were none or one died."""
         if self._pool is None:
             return None
-        global _JOBS
         try:
             return [f.result() for f in self._futures]
         except BrokenProcessPool as err:
             log.warning("a figure worker died (%s); rendering the figures here instead", err)
             return None
         finally:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool, _JOBS = None, ()
+            self.close()
 
     def wait(self) -> list[dict[str, bytes]]:
         """Every figure's bytes by format, in job order; the files written (atomically)."""

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DONOR_KINDS = ("same", "different", "random")
+_VALUE_TOLERANCE = 1e-6  # replayed chains are float arithmetic
 _EQUATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _OPS: dict[type, Callable[[float, float], float]] = {
@@ -162,14 +163,24 @@ class ValueDomain:
         values = [float(v) for p in problems for v in (*p.intermediates, p.answer)]
         if not values:
             return None
-        return cls(min(values), max(values), all(float(v).is_integer() for v in values))
+        integers = all(abs(v - round(v)) <= _VALUE_TOLERANCE for v in values)
+        return cls(min(values), max(values), integers)
 
     def contains(self, values: Sequence[float]) -> bool:
-        """Every value inside the range (and an integer where the set's values all are)."""
+        """Every value inside the range (and an integer where the set's values all are).
+
+        Within a float tolerance: a replayed ``60*1.1`` is 66.00000000000001.
+        """
+        tol = _VALUE_TOLERANCE
         return all(
-            self.low <= v <= self.high and (not self.integers or float(v).is_integer())
+            self.low - tol <= v <= self.high + tol
+            and (not self.integers or abs(v - round(v)) <= tol)
             for v in values
         )
+
+    def as_tuple(self) -> tuple[float, float, bool]:
+        """(low, high, integers): the form :class:`~codi_fixtures.config.RunConfig` keeps."""
+        return (self.low, self.high, self.integers)
 
 
 @dataclass(frozen=True)
@@ -192,8 +203,9 @@ def choose_donors(
     """Seeded donors for every recipient and step (see the module docstring).
 
     ``domain``: a counterfactual chain that leaves it (any replayed step value or the
-    answer) does not qualify a donor; the suite passes the problem set's own
-    (:meth:`ValueDomain.of`: 0..19, integers, for the organisms' tasks).
+    answer) does not qualify a donor; the suite passes its problem source's
+    (:meth:`ValueDomain.of` over every problem of the file: 0..19, integers, for the
+    organisms' held-out sets).
     """
     k_max = max_steps or max((len(p.intermediates) for p in problems), default=0)
     n = len(problems)
@@ -222,7 +234,7 @@ def choose_donors(
                 if other == value:
                     continue
                 chain = counterfactual_chain(rec, k, other)
-                if chain is None or abs(chain[-1] - rec.answer) < 1e-6:
+                if chain is None or abs(chain[-1] - rec.answer) <= _VALUE_TOLERANCE:
                     continue
                 if domain is not None and not domain.contains(chain):
                     continue

@@ -713,7 +713,9 @@ def _compute(
         donors = choose_donors(
             problems,
             max_steps=max(step_columns, 1),
-            domain=ValueDomain.of(problems),
+            domain=(
+                ValueDomain(*cfg.value_domain) if cfg.value_domain else ValueDomain.of(problems)
+            ),
             seed=cfg.seed,
         )
     with torch.no_grad():
