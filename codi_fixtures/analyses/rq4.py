@@ -11,7 +11,8 @@ replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions
   SESOI (paired difference of proportions, Tango's score test; Holm over the grid).
 - ``same``: a donor with the same step-k value. Claim per thought: the patch preserves the
   answer, an equivalence on Δ log p(gold) (pooled per problem over the steps) within
-  ``--min-effect-logp`` (TOST; Holm over the thoughts).
+  ``--min-effect-logp`` (TOST; Holm over the thoughts) -- inconclusive where the thought's
+  different-value patches hardly ever move log p(gold) either (nothing to preserve).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_ce
 from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive_verdict
+from codi_fixtures.stats import (
+    MIN_TARGET_SHARE,
+    StatResult,
+    apply_holm_verdicts,
+    inconclusive_verdict,
+)
 from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
 
@@ -131,6 +137,7 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     n = np.zeros((k_n, n_t), dtype=np.int64)
     tests: dict[tuple[int, int], StatResult] = {}
     same_delta = np.full((len(res.problem_ids), k_n, n_t), np.nan)
+    diff_delta = np.full((len(res.problem_ids), k_n, n_t), np.nan)
     clean_ok = ~res.clean_nonfinite
     for i, k in enumerate(view.steps):
         for t in range(n_t):
@@ -157,6 +164,9 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
                 tests[(t, k)] = paired_effect(hit, rand, sesoi=SESOI_RATE, alpha=view.alpha)
             has_same = ok & (donors[:, k - 1, 0] >= 0)
             same_delta[has_same, i, t] = res.clean_logp[has_same] - res.logp[has_same, cols["same"]]
+            diff_delta[has_diff, i, t] = (
+                res.clean_logp[has_diff] - res.logp[has_diff, cols["different"]]
+            )
     keys = [key for key, r in tests.items() if not r.inconclusive and r.sesoi is not None]
     judged_iia = apply_holm_verdicts([tests[k] for k in keys], alpha=view.alpha)
     tests.update(zip(keys, judged_iia, strict=True))
@@ -165,6 +175,10 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
             tests[key] = inconclusive_verdict(f"inconclusive: {r.method}", r.n)
     same_tests: list[StatResult] = []
     for t in range(n_t):
+        vacuous = _nothing_to_preserve(diff_delta[:, :, t], view.sesoi_logp, t)
+        if vacuous is not None:
+            same_tests.append(vacuous)
+            continue
         cells = same_delta[:, :, t]
         seen = np.isfinite(cells).any(axis=1)
         per_problem = np.nanmean(cells[seen], axis=1)
@@ -187,6 +201,30 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     for i, r in zip(judged, judged_same, strict=True):
         same_tests[i] = r
     return Rq4Stats(iia, rand_rate, n, tests, same_tests)
+
+
+def _nothing_to_preserve(diff_delta: np.ndarray, sesoi: float, thought: int) -> StatResult | None:
+    """An inconclusive verdict when thought t's content does not matter to the answer.
+
+    "A same-value patch preserves the answer" means something only where a different-value
+    patch does *not*: if patches with a different step value move log p(gold) by at least
+    the SESOI in fewer than ``MIN_TARGET_SHARE`` of the (problem, step) pairs, every patch
+    of the thought preserves the answer, whatever it carries (a model that ignores its
+    thoughts), and "supported" would be a verdict about nothing.
+    """
+    values = diff_delta[np.isfinite(diff_delta)]
+    if values.size == 0:
+        return None
+    large = int((np.abs(values) >= sesoi).sum())
+    if large >= MIN_TARGET_SHARE * values.size:
+        return None
+    return inconclusive_verdict(
+        f"inconclusive: nothing to preserve: a different-value patch of thought {thought} "
+        f"moves log p(gold) by >= {sesoi:g} nats in {large} of {values.size} (problem, step) "
+        f"pairs (< {MIN_TARGET_SHARE:.0%}), so the answer does not depend on what the "
+        "thought holds",
+        int(values.size),
+    )
 
 
 def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from codi_fixtures.stats.equivalence import (
 )
 from codi_fixtures.stats.inference import (
     MIN_PROBLEMS,
+    MIN_TARGET_SHARE,
     TRIM_FRACTION,
     Alternative,
     CorrelationMethod,
@@ -47,6 +48,7 @@ from codi_fixtures.stats.inference import (
 
 __all__ = [
     "MIN_PROBLEMS",
+    "MIN_TARGET_SHARE",
     "SESOI_ACCURACY",
     "SESOI_LOGP",
     "SESOI_R",

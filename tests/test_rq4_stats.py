@@ -1,0 +1,75 @@
+"""RQ4's same-value claims on a real study of the bundled model, and on patches that do nothing.
+
+The second is the same study with every interchange patch leaving log p(gold) as it was: a
+model that ignores its thoughts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codi_fixtures.analyses import StudyAnalysis, requirements_of
+from codi_fixtures.analyses.rq4 import Rq4, rq4_stats
+from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, Settings
+from codi_fixtures.study.results import StudyResults
+
+pytestmark = pytest.mark.skipif(
+    not (BUNDLED_CHECKPOINT / "model.safetensors").exists(), reason="bundled model not built"
+)
+
+
+@pytest.fixture(scope="module")
+def bundled_rq4(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyResults, Settings]:
+    from codi_fixtures.models import load_model
+    from codi_fixtures.study.data import load_problems, stratified_sample
+    from codi_fixtures.study.runs import compute_study, dimensions_of
+
+    settings = Settings(model=ModelConfig(device="cpu"))
+    model = load_model(settings.model)
+    problems = stratified_sample(load_problems(BUNDLED_CHECKPOINT / "eval.jsonl"), 40, seed=0)
+    needs = requirements_of((Rq4(),), settings, dimensions_of(model))
+    cache = Path(tmp_path_factory.mktemp("rq4"))
+    return compute_study(model, problems, settings.run, cache, needs), settings
+
+
+def _same_tests(results: StudyResults, settings: Settings) -> list:
+    return rq4_stats(StudyAnalysis.for_run(results, settings, (Rq4(),))).same_tests
+
+
+def test_same_value_patches_are_judged_where_different_ones_move_the_answer(bundled_rq4):
+    """The bundled model's thoughts matter: its same-value claims get verdicts."""
+    results, settings = bundled_rq4
+    for r in _same_tests(results, settings):
+        assert "nothing to preserve" not in (r.verdict_reason or "")
+        assert r.verdict in ("supported", "refuted"), r.verdict_reason
+
+
+def test_a_model_whose_patches_change_nothing_preserves_nothing(bundled_rq4):
+    """No patch changes anything: "preserves the answer" would be a verdict about nothing.
+
+    So it is inconclusive, with the reason; different-value patches that do move log p
+    give it back its verdict.
+    """
+    results, settings = bundled_rq4
+    columns = [i for i, c in enumerate(results.conditions) if c.startswith("ic-")]
+    logp = results.logp.copy()
+    logp[:, columns] = results.clean_logp[:, None]
+    inert = replace(results, logp=logp)
+    tests = _same_tests(inert, settings)
+    assert len(tests) == 6
+    for r in tests:
+        assert r.verdict == "inconclusive"
+        assert "nothing to preserve" in r.verdict_reason
+        assert "in 0 of" in r.verdict_reason
+    # Different-value patches that move log p by 1 nat in a fifth of the pairs restore it.
+    moved = logp.copy()
+    diff_cols = [i for i, c in enumerate(results.conditions) if c.endswith("-different")]
+    rows = np.arange(results.logp.shape[0]) % 5 == 0
+    moved[np.ix_(rows, diff_cols)] -= 1.0
+    for r in _same_tests(replace(results, logp=moved), settings):
+        assert "nothing to preserve" not in (r.verdict_reason or "")
+        assert r.verdict == "supported", r.verdict_reason  # same-value Δ log p is exactly 0
