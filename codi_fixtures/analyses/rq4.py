@@ -35,6 +35,7 @@ from codi_fixtures.stats import (
     StatResult,
     apply_holm_verdicts,
     inconclusive_verdict,
+    negligible_share,
 )
 from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
@@ -213,17 +214,16 @@ def _nothing_to_preserve(diff_delta: np.ndarray, sesoi: float, thought: int) -> 
     thoughts), and "supported" would be a verdict about nothing.
     """
     values = diff_delta[np.isfinite(diff_delta)]
-    if values.size == 0:
+    rare = negligible_share(values, sesoi) if values.size else None
+    if rare is None:
         return None
-    large = int((np.abs(values) >= sesoi).sum())
-    if large >= MIN_TARGET_SHARE * values.size:
-        return None
+    large, n = rare
     return inconclusive_verdict(
         f"inconclusive: nothing to preserve: a different-value patch of thought {thought} "
-        f"moves log p(gold) by >= {sesoi:g} nats in {large} of {values.size} (problem, step) "
+        f"moves log p(gold) by >= {sesoi:g} nats in {large} of {n} (problem, step) "
         f"pairs (< {MIN_TARGET_SHARE:.0%}), so the answer does not depend on what the "
         "thought holds",
-        int(values.size),
+        n,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.model.checkpoint import SPEC_FILE
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import TrainConfig, retrain_command
 
@@ -170,18 +173,14 @@ def _planted_intro(cfg: TrainConfig) -> list[str]:
     ]
 
 
-def _rewrite(model_dir: Path, update: Mapping[str, object]) -> None:
-    """Merge ``update`` into ``model_dir``'s codi.json ``extra`` and rewrite its report.
+def _rewrite(model_dir: Path, update: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``update`` to ``model_dir``'s codi.json ``extra`` and rewrite its report.
 
     The weights, the recipe and the training history stay as they are.
     """
-    import json
-
-    from codi_fixtures.model.checkpoint import SPEC_FILE
-
     spec = json.loads((model_dir / SPEC_FILE).read_text())
     extra = spec["extra"]
-    extra.update(update)
+    update(extra)
     recipe = {k: v for k, v in extra["recipe"].items() if k in TrainConfig.__dataclass_fields__}
     atomic_write_text(model_dir / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True) + "\n")
     write_training_report(
@@ -197,19 +196,10 @@ def _rewrite(model_dir: Path, update: Mapping[str, object]) -> None:
 
 def rewrite_record(model_dir: Path, metrics: Mapping[str, object]) -> None:
     """Replace held-out metrics of ``model_dir`` (checks re-run on the same weights)."""
-    import json
-
-    from codi_fixtures.model.checkpoint import SPEC_FILE
-
-    recorded = json.loads((model_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
-    _rewrite(model_dir, {"heldout_accuracy": {**recorded, **metrics}})
+    _rewrite(model_dir, lambda extra: extra["heldout_accuracy"].update(metrics))
 
 
 def add_control(model_dir: Path, control_dir: Path) -> None:
     """Rewrite ``model_dir``'s report (and codi.json) with the 0-thought control's numbers."""
-    import json
-
-    from codi_fixtures.model.checkpoint import SPEC_FILE
-
     control = json.loads((control_dir / SPEC_FILE).read_text())["extra"]["heldout_accuracy"]
-    _rewrite(model_dir, {"control_0_thoughts": {"codi": control["codi"]}})
+    _rewrite(model_dir, lambda extra: extra.update(control_0_thoughts={"codi": control["codi"]}))

@@ -105,8 +105,10 @@ def build_summary(
         [(spec.draw, f"{tier}-{spec.name}") for tier, _a, spec in specs], fig_dir, formats
     ) as rendering:
         stats_by_tier: dict[str, dict[str, object]] = {}
+        questions: dict[str, dict[str, str]] = {}
         for tier, analysis in studies.items():
             problems = problems_of(tier)
+            questions[tier] = {p.id: p.question for p in problems}
             meta = {
                 "tier": tier,
                 "study_fingerprint": fingerprints[tier],
@@ -124,10 +126,7 @@ def build_summary(
         encoded[tier][spec.title] = RenderedFigure(
             as_base64(data["png"]), spec.caption, selected.name, f"fig-{stem}"
         )
-    tiers = {
-        tier: (analysis, encoded[tier], {p.id: p.question for p in problems_of(tier)})
-        for tier, analysis in studies.items()
-    }
+    tiers = {tier: (analysis, encoded[tier], questions[tier]) for tier, analysis in studies.items()}
     run_meta = {
         "model": settings.model_label,
         "checkpoint": str(settings.model.ckpt or "bundled"),

@@ -80,10 +80,15 @@ def _check_stem(name: str) -> None:
         raise ValueError(f"figure name must be a plain file stem without '/', got {name!r}")
 
 
-def _draw_and_render(index: int, formats: tuple[str, ...]) -> dict[str, bytes]:
-    """Job ``index`` of :data:`_JOBS` drawn and rendered in each format (in a worker)."""
-    fig = _JOBS[index][0]()
+def _draw_and_render(draw: Callable[[], Figure], formats: tuple[str, ...]) -> dict[str, bytes]:
+    """The figure ``draw`` makes, rendered in each format."""
+    fig = draw()
     return {fmt: _render(fig, fmt) for fmt in formats}
+
+
+def _draw_and_render_job(index: int, formats: tuple[str, ...]) -> dict[str, bytes]:
+    """Job ``index`` of :data:`_JOBS` (in a forked worker, which inherited them)."""
+    return _draw_and_render(_JOBS[index][0], formats)
 
 
 def _workers(n_jobs: int, formats: tuple[str, ...] = ("png",)) -> int:
@@ -95,8 +100,9 @@ def _workers(n_jobs: int, formats: tuple[str, ...] = ("png",)) -> int:
     """
     if n_jobs < 2 or formats != ("png",) or "fork" not in multiprocessing.get_all_start_methods():
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(n_jobs, cores or 1) if (cores or 1) > 1 else 0
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores = (len(usable) if usable is not None else os.cpu_count()) or 1
+    return min(n_jobs, cores) if cores > 1 else 0
 
 
 class FigureRendering:
@@ -136,7 +142,7 @@ class FigureRendering:
             )
             try:
                 self._futures = [
-                    self._pool.submit(_draw_and_render, i, self.formats)
+                    self._pool.submit(_draw_and_render_job, i, self.formats)
                     for i in range(len(self.jobs))
                 ]
             except OSError as err:  # fork refused (memory, process limit): render here
@@ -172,9 +178,7 @@ class FigureRendering:
         """Every figure's bytes by format, in job order; the files written (atomically)."""
         rendered = self._collect()
         if rendered is None:
-            rendered = [
-                {fmt: _render(draw(), fmt) for fmt in self.formats} for draw, _stem in self.jobs
-            ]
+            rendered = [_draw_and_render(draw, self.formats) for draw, _stem in self.jobs]
         for (_draw, stem), data in zip(self.jobs, rendered, strict=True):
             for fmt, content in data.items():
                 atomic_write_bytes(self.directory / f"{stem}.{fmt}", content)

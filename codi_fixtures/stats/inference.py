@@ -1382,6 +1382,15 @@ RQ4 judges no same-value patch of a thought whose different-value patches move l
 that rarely (there is no answer-relevant content to preserve)."""
 
 
+def negligible_share(values: FloatArray, sesoi: float) -> tuple[int, int] | None:
+    """An effect too rare to judge anything by: (how many reach the SESOI, how many).
+
+    None when at least ``MIN_TARGET_SHARE`` of ``values`` reach ``sesoi`` in magnitude.
+    """
+    large = int((np.abs(values) >= sesoi).sum())
+    return (large, int(values.size)) if large < MIN_TARGET_SHARE * values.size else None
+
+
 def _rq2_inconclusive(
     reason: str, n: int, sesoi: float, level: float, verdict: Outcome
 ) -> StatResult:
@@ -1520,14 +1529,13 @@ def rq2_tests(
 
     if n < MIN_PROBLEMS:
         return fallback(f"fewer than {MIN_PROBLEMS} problems ({n})")
-    if sesoi_target is not None:
-        large = int((np.abs(y) >= sesoi_target).sum())
-        if large < MIN_TARGET_SHARE * y.size:
-            return fallback(
-                f"{target} is negligible: it reaches the SESOI ({sesoi_target:g}) in magnitude "
-                f"in {large} of {y.size} (problem, thought) pairs (< {MIN_TARGET_SHARE:.0%}), so "
-                "there is nothing for attention to predict"
-            )
+    rare = None if sesoi_target is None else negligible_share(y, sesoi_target)
+    if rare is not None:
+        return fallback(
+            f"{target} is negligible: it reaches the SESOI ({sesoi_target:g}) in magnitude "
+            f"in {rare[0]} of {rare[1]} (problem, thought) pairs (< {MIN_TARGET_SHARE:.0%}), so "
+            "there is nothing for attention to predict"
+        )
     for name, arr in (("attention", x), ("importance", y)):
         if is_constant(arr):
             return fallback(f"{name} is constant")

@@ -143,6 +143,11 @@ def counterfactual_answer(problem: Problem, step: int, value: float) -> float | 
     return None if chain is None else chain[-1]
 
 
+def _is_integer(value: float) -> bool:
+    """An integer up to the float error of replayed chains."""
+    return abs(value - round(value)) <= _VALUE_TOLERANCE
+
+
 @dataclass(frozen=True)
 class ValueDomain:
     """The values a problem set's chains take: a counterfactual must stay inside them.
@@ -163,8 +168,7 @@ class ValueDomain:
         values = [float(v) for p in problems for v in (*p.intermediates, p.answer)]
         if not values:
             return None
-        integers = all(abs(v - round(v)) <= _VALUE_TOLERANCE for v in values)
-        return cls(min(values), max(values), integers)
+        return cls(min(values), max(values), all(_is_integer(v) for v in values))
 
     def contains(self, values: Sequence[float]) -> bool:
         """Every value inside the range (and an integer where the set's values all are).
@@ -173,8 +177,7 @@ class ValueDomain:
         """
         tol = _VALUE_TOLERANCE
         return all(
-            self.low - tol <= v <= self.high + tol
-            and (not self.integers or abs(v - round(v)) <= tol)
+            self.low - tol <= v <= self.high + tol and (not self.integers or _is_integer(v))
             for v in values
         )
 
