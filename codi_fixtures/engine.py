@@ -30,6 +30,7 @@ from codi_fixtures.model.hooks import attention_weights_hook, block_output_hook
 from codi_fixtures.model.kvcache import (
     branch_cache,
     cache_kwargs,
+    compact_cached_rows,
     copy_cached_rows,
     new_cache,
     set_live_rows,
@@ -140,6 +141,19 @@ class LoopState:
             self.rows().index_select(0, rows.to(self.mask.device)),
             self.knockout,
         )
+
+    def keep(self, rows: torch.Tensor) -> LoopState:
+        """Only ``rows`` (ascending, no repeats): in place where the cache allows, else a copy.
+
+        For a state that is consumed (decoding): dropping finished rows this way moves the
+        kept rows inside the buffers already written instead of gathering them into new ones.
+        """
+        if not compact_cached_rows(self.cache, rows):
+            return self.select(rows)
+        self.row_ids = self.rows().index_select(0, rows.to(self.mask.device))
+        self.mask = self.mask.index_select(0, rows)
+        self.next_pos = self.next_pos.index_select(0, rows)
+        return self
 
 
 @dataclass(frozen=True)
@@ -569,7 +583,7 @@ def greedy_decode(
             break
         if int(done.sum()) * 4 >= len(done):  # compact: drop finished rows
             keep = torch.nonzero(~done).squeeze(1)
-            state = state.select(keep)
+            state = state.keep(keep)
             alive, done, next_ids = alive[keep], done[keep], next_ids[keep]
         new_logits = forward_step(model, state, input_ids=next_ids[:, None], logits=True).logits
         assert new_logits is not None
@@ -616,7 +630,7 @@ def _decode_after_scoring(
     todo = torch.nonzero(~finished & (resume < max_new_tokens)).squeeze(1)
     if len(todo):
         first = scored.logits[todo, resume[todo]]
-        sub_state = state if len(todo) == len(prefixes) else state.select(todo)
+        sub_state = state if len(todo) == len(prefixes) else state.keep(todo)
         sub_ids, sub_bad, sub_cut = greedy_decode(
             model,
             sub_state,

@@ -26,6 +26,7 @@ from codi_fixtures.organism.train import (
     TrainConfig,
     build_model,
     codi_loss,
+    distill_scale,
     make_batch,
     teacher_loss,
 )
@@ -125,6 +126,36 @@ def test_a_few_steps_reduce_the_teacher_and_codi_losses(tokenizer):
         codi.append(loss.item())
         assert set(parts) == {"ce", "distill", "teacher_ce"}
     assert codi[-1] < codi[0]
+
+
+def test_the_spread_scale_ignores_activations_every_problem_shares():
+    """'spread' measures how teacher states differ between problems.
+
+    'std' (the published divisor) grows with a constant massive activation, as a pretrained
+    LM's residual stream has.
+    """
+    states = torch.randn((8, 32), generator=torch.Generator().manual_seed(0))
+    massive = states.clone()
+    massive[:, :3] += 1000.0  # three dimensions large and alike for every problem
+    assert torch.allclose(distill_scale(massive, "spread"), distill_scale(states, "spread"))
+    assert distill_scale(massive, "std") > 100 * distill_scale(massive, "spread")
+    alike = torch.ones((8, 32))  # nothing varies (the ':' token's own embedding)
+    assert distill_scale(alike * 5.0, "spread") > 0
+    with pytest.raises(ValueError, match="distill"):
+        TrainConfig(distill_scale="variance")
+
+
+def test_the_spread_scale_changes_only_the_distillation_term(tokenizer):
+    cfg = _tiny_config()
+    model = build_model(cfg, tokenizer)
+    train, _ = make_splits(16, 1)
+    batch = make_batch(model, train[:8])
+    with torch.no_grad():
+        _, std_parts = codi_loss(model, batch, distill_weight=2.0)
+        _, spread_parts = codi_loss(model, batch, distill_weight=2.0, scale="spread")
+    assert spread_parts["ce"] == std_parts["ce"]
+    assert spread_parts["teacher_ce"] == std_parts["teacher_ce"]
+    assert spread_parts["distill"] != std_parts["distill"]
 
 
 def test_distillation_targets_the_colon_before_the_answer_number(tokenizer):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from codi_fixtures import engine
 from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.config import ModelConfig, RunConfig
 from codi_fixtures.engine import ThoughtPatch, build_prompt, run_latent
@@ -329,7 +330,8 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
         import os, sys
         from pathlib import Path
         from codi_fixtures.study import runs
-        from codi_fixtures.config import ModelConfig, RunConfig
+        from codi_fixtures import engine
+from codi_fixtures.config import ModelConfig, RunConfig
         from codi_fixtures.model.codi import load_codi
         from codi_fixtures.organism.task import make_splits
 
@@ -445,3 +447,41 @@ def test_reports_name_the_problem_set_a_run_used(tmp_path: Path) -> None:
     assert smol.problems_label == "smol_organism held-out set (eval.jsonl)"
     gsm8k = tmp_path / "test.jsonl"
     assert Settings(model=smol.model, problems=gsm8k).problems_label == str(gsm8k)
+
+
+def test_one_chunk_encodes_its_questions_once_and_equals_a_resumed_run_exactly(
+    model, problems, tmp_path, monkeypatch
+):
+    """A study in one chunk encodes the questions once for both passes.
+
+    Bit for bit the same as a run resumed after its clean pass, whose ablation pass encodes
+    the questions itself.
+    """
+    cfg = RunConfig(kinds=KINDS, batch_rows=10_000)  # every problem in one chunk per pass
+    encoded: list[int] = []
+    real_encode = runs.encode_prompt
+
+    def counting(model_, prompt):
+        encoded.append(len(prompt))
+        return real_encode(model_, prompt)
+
+    monkeypatch.setattr(runs, "encode_prompt", counting)
+    monkeypatch.setattr(engine, "encode_prompt", counting)  # run_latent's own encodings
+    shared = runs.compute_study(model, problems, cfg, tmp_path / "shared")
+    assert encoded == [len(problems)]
+
+    real_ablation = runs._ablation_pass
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "_ablation_pass", stop)
+    with pytest.raises(KeyboardInterrupt):
+        runs.compute_study(model, problems, cfg, tmp_path / "resumed")
+    monkeypatch.setattr(runs, "_ablation_pass", real_ablation)
+    encoded.clear()
+    resumed = runs.compute_study(model, problems, cfg, tmp_path / "resumed")
+    assert encoded == [len(problems)]  # the clean pass came from its shard
+    for name in runs.StudyResults._ARRAYS:
+        assert np.array_equal(getattr(shared, name), getattr(resumed, name), equal_nan=True), name
+    assert shared.clean_text == resumed.clean_text

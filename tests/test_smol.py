@@ -237,6 +237,14 @@ def test_bfloat16_training_wraps_only_the_forward_and_still_learns(tiny_parts):
         _precision(SmolConfig(train_dtype="float16"), "cpu")
 
 
+def test_a_bad_distillation_scale_fails_before_the_base_loads():
+    from codi_fixtures.smol.train import SmolConfig
+
+    assert SmolConfig(distill_scale="spread").recipe(teacher=False).distill_scale == "spread"
+    with pytest.raises(ValueError, match="distill_scale"):
+        SmolConfig(distill_scale="variance")
+
+
 def test_time_plan_keeps_the_evaluation_reserve_once(tmp_path):
     """``stop_by`` is the run's end: the CODI phase stops one reserve before it, not two."""
     import time

@@ -40,7 +40,7 @@ from codi_fixtures.stats import (
     within_problem_permutation_test,
 )
 from codi_fixtures.stats.decoding import equivalence_effect
-from codi_fixtures.stats.inference import _tango_z
+from codi_fixtures.stats.inference import _tango_z, inconclusive_verdict
 
 ALPHA = 0.05
 MAX_FALSE_POSITIVE = 0.08  # 0.05 plus about three binomial SDs at 300-500 simulations
@@ -972,3 +972,11 @@ class TestRq2Tests:
         """Malformed arrays raise ValueError naming the problem."""
         with pytest.raises(ValueError, match=message):
             rq2_tests(*args)
+
+
+def test_an_inconclusive_result_names_itself_inconclusive_once() -> None:
+    """Callers that already say 'inconclusive: ...' do not get the prefix twice."""
+    for reason in ("no problem has a step 3", "inconclusive: no problem has a step 3"):
+        result = inconclusive_verdict(reason)
+        assert result.method == "inconclusive: no problem has a step 3"
+        assert result.verdict == "inconclusive"

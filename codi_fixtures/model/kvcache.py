@@ -19,6 +19,7 @@ __all__ = [
     "GrowingLayer",
     "branch_cache",
     "cache_kwargs",
+    "compact_cached_rows",
     "copy_cached_rows",
     "new_cache",
     "set_live_rows",
@@ -68,6 +69,22 @@ class GrowingLayer(DynamicLayer):
             part = buffer[..., columns, :]
             part.index_copy_(0, dst, part.index_select(0, src))
 
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only window rows ``keep`` (ascending), moved to the window's start (in place).
+
+        Cheaper than gathering into a new buffer: the moved rows reuse the pages already
+        written, and only one tensor's rows are in flight at a time.
+        """
+        assert self._key_buffer is not None and self._value_buffer is not None
+        start = self._rows.start or 0
+        length = self.get_seq_length()
+        moved = slice(start, start + len(keep))
+        source = keep + start
+        for buffer in (self._key_buffer, self._value_buffer):
+            part = buffer[..., :length, :]
+            part[moved] = part.index_select(0, source)
+        self.set_rows(moved)
+
     def _grow(self, needed: int, like: torch.Tensor) -> None:
         """A larger buffer (all rows, not only the window's) holding what was written."""
         old_keys, old_values = self._key_buffer, self._value_buffer
@@ -110,6 +127,19 @@ def set_live_rows(cache: Cache, rows: slice) -> None:
     for layer in cache.layers:
         assert isinstance(layer, GrowingLayer), "row windows need the growing cache"
         layer.set_rows(rows)
+
+
+def compact_cached_rows(cache: Cache, keep: torch.Tensor) -> bool:
+    """Keep only rows ``keep`` (ascending) of every layer, in place; False if it cannot.
+
+    Only a growing cache compacts in place (the caller then copies with :func:`branch_cache`).
+    """
+    if not all(isinstance(layer, GrowingLayer) for layer in cache.layers):
+        return False
+    for layer in cache.layers:
+        assert isinstance(layer, GrowingLayer)
+        layer.compact(keep)
+    return True
 
 
 def copy_cached_rows(cache: Cache, dst: torch.Tensor, src: torch.Tensor, columns: slice) -> None:

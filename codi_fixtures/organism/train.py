@@ -63,6 +63,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "codi_loss",
+    "distill_scale",
     "interchange_loss",
     "interchange_pairs",
     "make_batch",
@@ -77,6 +78,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 ANSWER_PROMPT = "The answer is:"
 IGNORE = -100
+DISTILL_SCALES = ("std", "spread")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,18 @@ class TrainConfig:
     value_max: int = MAX_VALUE
     """Largest value a counterfactual answer may take (the task's range: its answers are
     never larger, and the model has never seen one)."""
+    distill_scale: str = "std"
+    """What each layer's distillation loss is divided by (:func:`distill_scale`): ``std``, the
+    teacher states' standard deviation (the published recipe), or ``spread``, their variation
+    across the batch's problems (for a pretrained base whose constant massive activations
+    inflate the std; see :func:`distill_scale`)."""
+
+    def __post_init__(self) -> None:
+        if self.distill_scale not in DISTILL_SCALES:
+            raise ValueError(
+                f"distill_scale must be one of {', '.join(DISTILL_SCALES)}, "
+                f"got {self.distill_scale!r}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         """Plain-JSON view."""
@@ -430,6 +444,26 @@ def interchange_loss(
     return _ce(out.logits[:, :-1], targets)
 
 
+def distill_scale(target: torch.Tensor, how: str = "std") -> torch.Tensor:
+    """The divisor of one layer's distillation loss, from the teacher states ``target`` (B, d).
+
+    ``std``: their standard deviation over batch and width, as the published recipe. ``spread``:
+    the root-mean-square of their deviation from the batch mean, i.e. how much the state at the
+    answer's ``:`` differs between problems. In a pretrained LM's residual stream a few
+    dimensions carry large activations that are the same for every input (SmolLM2-135M at the
+    ``:``: std 1,600-1,850 at layers 19-29, spread 3.6-5.0), so dividing by the std made the
+    distillation ~400x weaker than the differences it is meant to remove. Floored at 1e-3 std
+    (a layer that hardly varies, e.g. the embedding of ``:`` itself).
+    """
+    std = target.std().clamp_min(1e-6)
+    if how == "std":
+        return std
+    if how == "spread":
+        spread = (target - target.mean(dim=0)).pow(2).mean().sqrt()
+        return torch.maximum(spread, 1e-3 * std)
+    raise ValueError(f"distill scale must be one of {', '.join(DISTILL_SCALES)}, got {how!r}")
+
+
 def codi_loss(
     model: CodiModel,
     batch: Batch,
@@ -438,13 +472,15 @@ def codi_loss(
     *,
     interchange_weight: float = 0.0,
     interchange: Sequence[InterchangePair] = (),
+    scale: str = "std",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Student CE + weighted distillation + teacher CE (the CODI objective).
 
     ``planted_weight`` > 0 adds ``planted_weight * planted_loss`` (reported as
     ``planted``); ``interchange_weight`` > 0 adds that times :func:`interchange_loss` over
     ``interchange`` (reported as ``interchange``). At 0 nothing is computed and the
-    objective is exactly CODI's.
+    objective is exactly CODI's. ``scale`` is what each layer's distillation term is divided
+    by (:func:`distill_scale`).
     """
     ref_ce, ref_hidden = teacher_loss(model, batch)
     prompt = build_prompt(model, [p.question for p in batch.problems])
@@ -466,7 +502,7 @@ def codi_loss(
     for student, teacher in zip(out.hidden_states, ref_hidden, strict=True):
         target = teacher[rows, batch.teacher_colon].detach()
         pred = student[:, batch.answer_colon]
-        distill = distill + F.smooth_l1_loss(pred, target) / target.std().clamp_min(1e-6)
+        distill = distill + F.smooth_l1_loss(pred, target) / distill_scale(target, scale)
     distill = distill / len(out.hidden_states)
     loss = ce + distill_weight * distill + ref_ce
     parts = {"ce": ce.item(), "distill": distill.item(), "teacher_ce": ref_ce.item()}
@@ -556,6 +592,7 @@ def run_phase(
                     cfg.planted_weight,
                     interchange_weight=cfg.interchange_weight,
                     interchange=pairs,
+                    scale=cfg.distill_scale,
                 )
             else:
                 loss, _ = teacher_loss(model, batch)

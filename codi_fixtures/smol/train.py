@@ -103,10 +103,14 @@ class SmolConfig:
     """Attention kernel while training; eager (what the engine runs) measured as fast as sdpa
     at these lengths on CPU, so training and evaluation use the same kernel."""
     seed: int = 0
+    distill_scale: str = "std"
+    """Divisor of each layer's distillation term: ``std`` (published recipe) or ``spread``
+    (the teacher states' variation across problems; see ``organism.train.distill_scale``)."""
 
     def __post_init__(self) -> None:
         if self.train_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"train_dtype must be float32 or bfloat16, got {self.train_dtype!r}")
+        self.recipe(teacher=False)  # its checks (the distillation scale) before any base loads
 
     def recipe(self, teacher: bool) -> TrainConfig:
         """The organism's TrainConfig carrying this run's schedule (model fields unused)."""
@@ -124,6 +128,7 @@ class SmolConfig:
             eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every,
             seed=self.seed,
+            distill_scale=self.distill_scale,
         )
 
     def spec(self) -> CodiSpec:

@@ -795,14 +795,17 @@ def is_constant(values: FloatArray, reference: FloatArray | None = None) -> bool
 
 
 def inconclusive(reason: str, n: int, alternative: str) -> StatResult:
-    """Result for a degenerate input: nan statistic, p = 1, the reason in ``method``."""
+    """Result for a degenerate input: nan statistic, p = 1, the reason in ``method``.
+
+    ``method`` starts with ``inconclusive:`` once, whether or not ``reason`` already does.
+    """
     return StatResult(
         statistic=math.nan,
         p_value=1.0,
         ci_low=math.nan,
         ci_high=math.nan,
         n=n,
-        method=f"inconclusive: {reason}",
+        method=reason if reason.startswith("inconclusive: ") else f"inconclusive: {reason}",
         alternative=alternative,
     )
 

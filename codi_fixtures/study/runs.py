@@ -351,6 +351,25 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """A chunk's prompt and its encoded question prefix, which the two passes can share."""
+
+    prompt: Prompt
+    prefix: tuple[LoopState, torch.Tensor]
+
+
+def _encode_for_sharing(model: CodiModel, prompt: Prompt) -> _Encoded | None:
+    """The chunk's prefix encoded once for both passes; None where that runs out of memory."""
+    try:
+        return _Encoded(prompt, encode_prompt(model, prompt))
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+    _release_device_memory()
+    return None
+
+
 def _clean_pass(
     model: CodiModel,
     chunk: Sequence[Problem],
@@ -358,16 +377,27 @@ def _clean_pass(
     needs: Requirements,
     step_columns: int = 0,
     routing_width: int = 0,
+    keep: list[_Encoded] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The clean run of each problem of ``chunk`` (one row each) and its read-outs."""
+    """The clean run of each problem of ``chunk`` (one row each) and its read-outs.
+
+    With ``keep``, the question prefix is encoded once, up front, and appended to ``keep`` for
+    the ablation pass of the same chunk (which then does not encode it again).
+    """
     prompt = build_prompt(model, [p.question for p in chunk])
-    return _halving_on_oom(
-        lambda rows: _clean_rows(
-            model, chunk[rows], prompt.take(rows), cfg, needs, step_columns, routing_width
-        ),
-        len(chunk),
-        "problems (clean runs)",
-    )
+    shared = _encode_for_sharing(model, prompt) if keep is not None else None
+
+    def rows_of(rows: slice) -> dict[str, np.ndarray]:
+        own = prompt.take(rows) if shared is None else prompt  # a shared prefix has every row
+        first = 0 if shared is None else rows.start
+        return _clean_rows(
+            model, chunk[rows], own, cfg, needs, step_columns, routing_width, shared, first
+        )
+
+    out = _halving_on_oom(rows_of, len(chunk), "problems (clean runs)")
+    if keep is not None and shared is not None:
+        keep.append(shared)
+    return out
 
 
 def _clean_rows(
@@ -378,7 +408,10 @@ def _clean_rows(
     needs: Requirements,
     step_columns: int,
     routing_width: int,
+    shared: _Encoded | None = None,
+    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
+    """``chunk``'s clean rows: prompt rows ``first_row...`` of ``shared``'s prefix, if given."""
     site = parse_site(cfg.site, model.n_layers)
     hidden = [r for r in needs.readouts if isinstance(r, HiddenReadout)]
     capture = [] if isinstance(site, EmbeddingSite) else [site.layer]
@@ -388,6 +421,8 @@ def _clean_rows(
     run = run_latent(
         model,
         prompt,
+        rows=None if shared is None else torch.arange(len(chunk)) + first_row,
+        prefix=None if shared is None else shared.prefix,
         attention_layers=range(model.n_layers) if attention else (),
         capture_layers=capture,
         generate=False,
@@ -482,23 +517,27 @@ def _ablation_pass(
     ref: AblationRef,
     cfg: RunConfig,
     donors: Donors | None = None,
+    shared: _Encoded | None = None,
 ) -> dict[str, np.ndarray]:
     """Per problem the clean row and one row per condition, from one encoding of the prefix.
 
     Ablations and knockouts are rows of one engine call; each number of thoughts k of the
     :class:`FewerThoughts` conditions is one more call branching from the same prefix.
+    ``shared`` is the clean pass's encoding of this very chunk, used instead of encoding again.
     """
-    prompt = build_prompt(model, [p.question for p in chunk])
+    prompt = build_prompt(model, [p.question for p in chunk]) if shared is None else shared.prompt
     return _halving_on_oom(
         lambda rows: _ablation_rows(
             model,
             chunk[rows],
-            prompt.take(rows),
+            prompt if shared is not None else prompt.take(rows),
             offset + rows.start,
             conditions,
             ref,
             cfg,
             donors,
+            shared,
+            rows.start,
         ),
         len(chunk),
         "problems (ablation runs)",
@@ -514,6 +553,8 @@ def _ablation_rows(
     ref: AblationRef,
     cfg: RunConfig,
     donors: Donors | None,
+    shared: _Encoded | None = None,
+    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
     n = len(chunk)
     per = 1 + len(conditions)
@@ -523,7 +564,7 @@ def _ablation_rows(
     for i, c in enumerate(conditions):
         if isinstance(c, FewerThoughts):
             fewer.setdefault(c.k, []).append(i)
-    prefix = encode_prompt(model, prompt)
+    prefix = encode_prompt(model, prompt) if shared is None else shared.prefix
     parts: list[_Rows] = []
     placed: list[int] = []  # final (problem * per + column) of each produced row, in order
     # clean + ablations + knockouts: one call
@@ -539,12 +580,13 @@ def _ablation_rows(
     knockouts = [c if isinstance(c, Knockout) else None for c in row_conds]
     mask = knockout_mask(model, knockouts) if any(k is not None for k in knockouts) else None
     targets = answer_targets(model, [golds[int(r)] for r in rows])
-    parts.append(_run_rows(model, prompt, _Group(rows, patch, mask), targets, cfg, prefix))
+    group = _Group(rows + first_row, patch, mask)  # prompt rows
+    parts.append(_run_rows(model, prompt, group, targets, cfg, prefix))
     placed += [p * per + c for p in range(n) for c in columns]
     for k, idxs in fewer.items():
         rows = torch.arange(n).repeat_interleave(len(idxs))
         targets = answer_targets(model, [golds[int(r)] for r in rows])
-        group = _Group(rows, n_thoughts=k)
+        group = _Group(rows + first_row, n_thoughts=k)
         parts.append(_run_rows(model, prompt, group, targets, cfg, prefix))
         placed += [p * per + 1 + i for p in range(n) for i in idxs]
     order = [0] * len(placed)
@@ -718,11 +760,18 @@ def _compute(
             ),
             seed=cfg.seed,
         )
+    # One chunk per pass, the same problems: the ablation pass reuses the clean pass's
+    # encoding of the questions (bit-identical: the same prompt, encoded the same way).
+    encoded: list[_Encoded] | None = None
+    if len(clean_chunks) == len(chunks) == 1 and RoutingReadout() not in needs.readouts:
+        encoded = []
     with torch.no_grad():
         clean = _claim_shards(
             len(clean_chunks),
             lambda i: shard_dir / f"clean-{clean_size}-{i:05d}.npz",
-            lambda i: _clean_pass(model, clean_chunks[i], cfg, needs, step_columns, routing_width),
+            lambda i: _clean_pass(
+                model, clean_chunks[i], cfg, needs, step_columns, routing_width, encoded
+            ),
             "clean runs + attention",
         )
         ref = AblationRef.from_values(
@@ -731,7 +780,16 @@ def _compute(
         ablated = _claim_shards(
             len(chunks),
             lambda i: shard_dir / f"ablate-{size}-{i:05d}.npz",
-            lambda i: _ablation_pass(model, chunks[i], offsets[i], conditions, ref, cfg, donors),
+            lambda i: _ablation_pass(
+                model,
+                chunks[i],
+                offsets[i],
+                conditions,
+                ref,
+                cfg,
+                donors,
+                encoded.pop() if encoded else None,
+            ),
             "ablation runs",
         )
     joined = {k: np.concatenate([s[k] for s in ablated]) for k in ablated[0]}
