@@ -201,7 +201,7 @@ def test_mixed_rows_with_decoding_equal_each_condition_alone(
 def test_row_masks_follow_rows_when_the_engine_drops_and_reorders_them(
     request: pytest.FixtureRequest, name: str
 ) -> None:
-    """After ``LoopState.select`` (the engine's row dropping), each row keeps its own knockout."""
+    """After ``LoopState.select`` (a branch; ``keep`` drops rows), each row keeps its knockout."""
     from codi_fixtures.engine import _ActiveKnockout
 
     model = _model(request, name)

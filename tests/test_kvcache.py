@@ -47,3 +47,29 @@ def test_a_concatenating_cache_is_not_compacted_in_place() -> None:
     cache = DynamicCache()
     cache.update(torch.zeros((2, 1, 1, 1)), torch.zeros((2, 1, 1, 1)), 0)
     assert not compact_cached_rows(cache, torch.tensor([1]))
+
+
+def test_repeated_compaction_and_growth_keep_the_right_rows() -> None:
+    cache, keys, _ = _filled(rows=8, length=60)  # capacity 64: the appends below grow it
+    set_live_rows(cache, slice(1, 8))
+    assert compact_cached_rows(cache, torch.tensor([0, 3, 4, 6]))  # buffer rows 1, 4, 5, 7
+    assert compact_cached_rows(cache, torch.tensor([1, 3]))  # of those: buffer rows 4, 7
+    extra = torch.randn((2, 2, 10, 3), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        k, _ = cache.update(extra, extra, 0)  # 70 > 64 columns: a new, larger buffer
+    assert k.shape == (2, 2, 70, 3)
+    assert torch.equal(k[:, :, :60], keys[[4, 7]]) and torch.equal(k[:, :, 60:], extra)
+
+
+def test_keeping_rows_of_a_loop_state_keeps_their_mask_positions_and_ids() -> None:
+    from codi_fixtures.engine import LoopState
+
+    cache, keys, _ = _filled(rows=5)
+    mask = torch.arange(25).reshape(5, 5)
+    state = LoopState(cache, mask, torch.arange(5) + 10, row_ids=torch.tensor([9, 8, 7, 6, 5]))
+    kept = state.keep(torch.tensor([1, 4]))
+    assert kept is state  # in place: the state is consumed
+    assert torch.equal(kept.mask, mask[[1, 4]])
+    assert torch.equal(kept.next_pos, torch.tensor([11, 14]))
+    assert torch.equal(kept.rows(), torch.tensor([8, 5]))
+    assert torch.equal(kept.cache.layers[0].keys, keys[[1, 4]])

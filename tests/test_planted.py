@@ -248,10 +248,17 @@ def test_retrain_command_names_every_option_that_differs_from_the_defaults(monke
         retrain_command(TrainConfig())
         == "python -m codi_fixtures.organism --out <dir> --thoughts 6"
     )
-    cfg = TrainConfig(planted_weight=1.0, interchange_weight=0.5, codi_steps=3600, seed=2)
+    cfg = TrainConfig(
+        planted_weight=1.0,
+        interchange_weight=0.5,
+        codi_steps=3600,
+        seed=2,
+        distill_scale="spread",
+    )
     command = retrain_command(cfg)
     assert command.endswith(
         "--codi-steps 3600 --seed 2 --planted-weight 1 --interchange-weight 0.5"
+        " --distill-scale spread"
     )
     seen = {}
     monkeypatch.setattr(cli, "train_organism", lambda c, **kw: seen.update(cfg=c))

@@ -330,8 +330,7 @@ def test_two_processes_on_an_empty_cache_compute_each_chunk_once(
         import os, sys
         from pathlib import Path
         from codi_fixtures.study import runs
-        from codi_fixtures import engine
-from codi_fixtures.config import ModelConfig, RunConfig
+        from codi_fixtures.config import ModelConfig, RunConfig
         from codi_fixtures.model.codi import load_codi
         from codi_fixtures.organism.task import make_splits
 
@@ -449,13 +448,22 @@ def test_reports_name_the_problem_set_a_run_used(tmp_path: Path) -> None:
     assert Settings(model=smol.model, problems=gsm8k).problems_label == str(gsm8k)
 
 
-def test_one_chunk_encodes_its_questions_once_and_equals_a_resumed_run_exactly(
+def _assert_identical(a: runs.StudyResults, b: runs.StudyResults) -> None:
+    for name in runs.StudyResults._ARRAYS:
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    assert a.clean_text == b.clean_text
+    assert a.readouts.keys() == b.readouts.keys()
+    for name in a.readouts:
+        assert np.array_equal(a.readouts[name], b.readouts[name], equal_nan=True), name
+
+
+def test_one_chunk_encodes_its_questions_once_with_the_same_numbers(
     model, problems, tmp_path, monkeypatch
 ):
-    """A study in one chunk encodes the questions once for both passes.
+    """A study in one chunk per pass encodes the questions once, not once per pass.
 
-    Bit for bit the same as a run resumed after its clean pass, whose ablation pass encodes
-    the questions itself.
+    Bit for bit the same as the same study without sharing, and as a run resumed after its
+    clean pass (whose ablation pass encodes the questions itself).
     """
     cfg = RunConfig(kinds=KINDS, batch_rows=10_000)  # every problem in one chunk per pass
     encoded: list[int] = []
@@ -470,6 +478,12 @@ def test_one_chunk_encodes_its_questions_once_and_equals_a_resumed_run_exactly(
     shared = runs.compute_study(model, problems, cfg, tmp_path / "shared")
     assert encoded == [len(problems)]
 
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "_encode_for_sharing", lambda model_, prompt: None)
+        encoded.clear()
+        _assert_identical(shared, runs.compute_study(model, problems, cfg, tmp_path / "own"))
+        assert encoded == [len(problems)] * 2
+
     real_ablation = runs._ablation_pass
 
     def stop(*args, **kwargs):
@@ -482,6 +496,26 @@ def test_one_chunk_encodes_its_questions_once_and_equals_a_resumed_run_exactly(
     encoded.clear()
     resumed = runs.compute_study(model, problems, cfg, tmp_path / "resumed")
     assert encoded == [len(problems)]  # the clean pass came from its shard
-    for name in runs.StudyResults._ARRAYS:
-        assert np.array_equal(getattr(shared, name), getattr(resumed, name), equal_nan=True), name
-    assert shared.clean_text == resumed.clean_text
+    _assert_identical(shared, resumed)
+
+
+@pytest.mark.parametrize("where", ["_clean_rows", "_ablation_rows"])
+def test_out_of_memory_on_the_shared_encoding_drops_it_and_keeps_the_numbers(
+    model, problems, tmp_path, monkeypatch, where
+):
+    """Halving cannot shrink a prefix that holds every problem: it is dropped instead."""
+    cfg = RunConfig(kinds=KINDS, batch_rows=10_000)
+    reference = runs.compute_study(model, problems, cfg, tmp_path / "reference")
+    real = getattr(runs, where)
+    calls: list[bool] = []
+
+    def short_of_memory(*args, **kwargs):
+        shared = args[-1]  # both passes give the encoding (or None) last
+        calls.append(shared is not None)
+        if shared is not None:
+            raise torch.OutOfMemoryError("simulated: the shared prefix does not fit")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, where, short_of_memory)
+    _assert_identical(reference, runs.compute_study(model, problems, cfg, tmp_path / "oom"))
+    assert calls[0] and not any(calls[1:]) and len(calls) >= 2

@@ -976,7 +976,11 @@ class TestRq2Tests:
 
 def test_an_inconclusive_result_names_itself_inconclusive_once() -> None:
     """Callers that already say 'inconclusive: ...' do not get the prefix twice."""
-    for reason in ("no problem has a step 3", "inconclusive: no problem has a step 3"):
+    for reason in (
+        "no problem has a step 3",
+        "inconclusive: no problem has a step 3",
+        "inconclusive: inconclusive: no problem has a step 3",
+    ):
         result = inconclusive_verdict(reason)
         assert result.method == "inconclusive: no problem has a step 3"
         assert result.verdict == "inconclusive"

@@ -5,7 +5,8 @@ adds one), ``T`` thoughts, ``A`` generated answer tokens, ``K`` teacher-forced
 (scored) tokens and ``C`` conditions, the engine (:mod:`codi_fixtures.study.runs`)
 does:
 
-- prefix: the question + ``<bot>`` encoded twice (clean pass, ablation pass);
+- prefix: the question + ``<bot>`` encoded twice (clean pass, ablation pass; a study that is
+  one chunk per pass encodes it once and shares it: counted twice here, an upper bound);
 - rows: ``1 + C`` rows branch from the prefix; each feeds T thoughts (no
   logits), then ``<eot>``, A answer tokens and K scored tokens (with logits);
 - the clean pass adds one row of T thoughts + ``<eot>``.
@@ -17,9 +18,10 @@ tokens, the final length S = Q + 1 + T + 1 + A for row tokens.
 
 Memory = weights + per-row bytes x rows, per row:
 
-- KV cache ``2 * L * kv_heads * hd * S * bytes``, counted twice: greedy decoding
-  compacts finished rows by copying the live rows' cache
-  (:func:`codi_fixtures.engine.greedy_decode`), an upper bound on the transient;
+- KV cache ``2 * L * kv_heads * hd * S * bytes``, counted twice: the question prefix the
+  rows branch from stays alive beside them, and dropping finished rows moves one layer's
+  tensor at a time through a temporary (:meth:`codi_fixtures.engine.LoopState.keep`): an
+  upper bound on the transient;
 - logits of the K scored positions: ``V * K * (bytes + 3 * 4)`` (head output,
   float32 copy, concatenation and log-softmax), at least one float32 row of
   ``V * 4`` for the last-position logits;
@@ -129,7 +131,7 @@ class StudyShape:
     scored_tokens: int = 8  # K, teacher-forced target width
     n_thoughts: int = 6  # T
     conditions: int = 28  # C: 4 kinds x (6 single thoughts + all)
-    prefix_passes: int = 2  # the clean pass and the ablation pass each encode the prefix
+    prefix_passes: int = 2  # clean and ablation pass each encode it (one chunk each: shared)
     clean_pass_rows: int = 1  # latent-only rows of the clean pass
 
     @property

@@ -134,7 +134,9 @@ def compact_cached_rows(cache: Cache, keep: torch.Tensor) -> bool:
 
     Only a growing cache compacts in place (the caller then copies with :func:`branch_cache`).
     """
-    if not all(isinstance(layer, GrowingLayer) for layer in cache.layers):
+    if not all(
+        isinstance(layer, GrowingLayer) and layer._key_buffer is not None for layer in cache.layers
+    ):
         return False
     for layer in cache.layers:
         assert isinstance(layer, GrowingLayer)

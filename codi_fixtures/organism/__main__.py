@@ -8,7 +8,7 @@ from pathlib import Path
 
 from codi_fixtures.organism.pipeline import recheck_planted_map, train_organism
 from codi_fixtures.organism.report import add_control
-from codi_fixtures.organism.train import TrainConfig
+from codi_fixtures.organism.train import DISTILL_SCALES, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> None:
         "problem's: the counterfactual answer is the target); makes planted values used",
     )
     parser.add_argument(
+        "--distill-scale",
+        choices=DISTILL_SCALES,
+        default=TrainConfig.distill_scale,
+        help="divisor of each layer's distillation term: the teacher states' std (published) "
+        "or their spread across the batch's problems",
+    )
+    parser.add_argument(
         "--control",
         type=Path,
         default=None,
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         planted_weight=args.planted_weight,
         interchange_weight=args.interchange_weight,
+        distill_scale=args.distill_scale,
     )
     work = args.work or args.out.parent / f".work-{args.out.name}"
     train_organism(

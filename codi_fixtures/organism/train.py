@@ -176,6 +176,8 @@ def retrain_command(cfg: TrainConfig) -> str:
     ):
         if value != usual:
             command += f" {flag} {value:g}"
+    if cfg.distill_scale != default.distill_scale:
+        command += f" --distill-scale {cfg.distill_scale}"
     return command
 
 
@@ -453,10 +455,11 @@ def distill_scale(target: torch.Tensor, how: str = "std") -> torch.Tensor:
     dimensions carry large activations that are the same for every input (SmolLM2-135M at the
     ``:``: std 1,600-1,850 at layers 19-29, spread 3.6-5.0), so dividing by the std made the
     distillation ~400x weaker than the differences it is meant to remove. Floored at 1e-3 std
-    (a layer that hardly varies, e.g. the embedding of ``:`` itself).
+    (a layer that hardly varies, e.g. the embedding of ``:`` itself); a batch of one problem
+    has no spread and gets the std.
     """
     std = target.std().clamp_min(1e-6)
-    if how == "std":
+    if how == "std" or (how == "spread" and target.shape[0] < 2):  # one problem: no spread
         return std
     if how == "spread":
         spread = (target - target.mean(dim=0)).pow(2).mean().sqrt()

@@ -145,6 +145,9 @@ class SmolConfig:
         )
 
 
+_SCALE_WORDS = {"std": "std", "spread": "spread across the batch's problems"}
+
+
 class _Stop(Exception):
     """Raised from the checkpoint hook to end a phase early (time budget)."""
 
@@ -574,7 +577,9 @@ def _write_report(out: Path, extra: dict[str, object], history: list[dict[str, f
         f"Schedule: batch {recipe['batch_size']}; teacher phase {recipe['teacher_steps']} steps "
         f"at lr {recipe['teacher_lr']}; CODI phase {recipe['codi_steps_run']} steps at lr "
         f"{recipe['codi_lr']} (warm-up {recipe['warmup']}, cosine to {recipe['min_lr']}, "
-        f"distillation 1 -> {recipe['distill_factor']} over {recipe['distill_ramp']} steps). "
+        f"distillation 1 -> {recipe['distill_factor']} over {recipe['distill_ramp']} steps, "
+        f"each layer's term divided by the teacher states' "
+        f"{_SCALE_WORDS[str(recipe.get('distill_scale', 'std'))]}). "
         f"Wall time: teacher {wall['teacher'] / 60:.1f} min, total {wall['train'] / 60:.1f} min "
         f"on {extra.get('machine', 'unknown')}.",
         "",

@@ -794,6 +794,13 @@ def is_constant(values: FloatArray, reference: FloatArray | None = None) -> bool
     return centred_norm <= _CONSTANT_RTOL * float(np.linalg.norm(ref))
 
 
+def _bare(reason: str) -> str:
+    """``reason`` without any leading ``inconclusive:`` prefixes."""
+    while reason.startswith("inconclusive: "):
+        reason = reason.removeprefix("inconclusive: ")
+    return reason
+
+
 def inconclusive(reason: str, n: int, alternative: str) -> StatResult:
     """Result for a degenerate input: nan statistic, p = 1, the reason in ``method``.
 
@@ -805,7 +812,7 @@ def inconclusive(reason: str, n: int, alternative: str) -> StatResult:
         ci_low=math.nan,
         ci_high=math.nan,
         n=n,
-        method=reason if reason.startswith("inconclusive: ") else f"inconclusive: {reason}",
+        method=f"inconclusive: {_bare(reason)}",
         alternative=alternative,
     )
 

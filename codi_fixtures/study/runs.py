@@ -370,6 +370,36 @@ def _encode_for_sharing(model: CodiModel, prompt: Prompt) -> _Encoded | None:
     return None
 
 
+class _Sharing:
+    """Runs a pass's rows on a shared encoding until they run out of memory, then on their own.
+
+    A shared prefix holds every problem of the chunk, so halving the rows would not shrink it:
+    on the first out-of-memory the encoding is dropped, and this and every later part of the
+    pass encodes its own problems (as without sharing: the same numbers).
+    """
+
+    def __init__(self, encoded: _Encoded | None) -> None:
+        self.encoded = encoded
+
+    def run(
+        self, compute: Callable[[_Encoded | None], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """``compute(encoding)``: on the shared one while there is one, else on its own (None).
+
+        The first call of a pass is on all its rows, so a shared encoding's rows are the rows.
+        """
+        if self.encoded is not None:
+            try:
+                return compute(self.encoded)
+            except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+            log.info("out of memory with the shared question encoding; encoding per part")
+            self.encoded = None  # dropped outside the handler, so its memory can go
+            _release_device_memory()
+        return compute(None)
+
+
 def _clean_pass(
     model: CodiModel,
     chunk: Sequence[Problem],
@@ -385,18 +415,25 @@ def _clean_pass(
     the ablation pass of the same chunk (which then does not encode it again).
     """
     prompt = build_prompt(model, [p.question for p in chunk])
-    shared = _encode_for_sharing(model, prompt) if keep is not None else None
+    sharing = _Sharing(_encode_for_sharing(model, prompt) if keep is not None else None)
 
     def rows_of(rows: slice) -> dict[str, np.ndarray]:
-        own = prompt.take(rows) if shared is None else prompt  # a shared prefix has every row
-        first = 0 if shared is None else rows.start
-        return _clean_rows(
-            model, chunk[rows], own, cfg, needs, step_columns, routing_width, shared, first
+        return sharing.run(
+            lambda shared: _clean_rows(
+                model,
+                chunk[rows],
+                prompt if shared is not None else prompt.take(rows),
+                cfg,
+                needs,
+                step_columns,
+                routing_width,
+                shared,
+            ),
         )
 
     out = _halving_on_oom(rows_of, len(chunk), "problems (clean runs)")
-    if keep is not None and shared is not None:
-        keep.append(shared)
+    if keep is not None and sharing.encoded is not None:
+        keep.append(sharing.encoded)
     return out
 
 
@@ -409,9 +446,8 @@ def _clean_rows(
     step_columns: int,
     routing_width: int,
     shared: _Encoded | None = None,
-    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
-    """``chunk``'s clean rows: prompt rows ``first_row...`` of ``shared``'s prefix, if given."""
+    """``chunk``'s clean rows, branching from ``shared`` (the chunk's encoding) if given."""
     site = parse_site(cfg.site, model.n_layers)
     hidden = [r for r in needs.readouts if isinstance(r, HiddenReadout)]
     capture = [] if isinstance(site, EmbeddingSite) else [site.layer]
@@ -421,7 +457,7 @@ def _clean_rows(
     run = run_latent(
         model,
         prompt,
-        rows=None if shared is None else torch.arange(len(chunk)) + first_row,
+        rows=None if shared is None else torch.arange(len(chunk)),
         prefix=None if shared is None else shared.prefix,
         attention_layers=range(model.n_layers) if attention else (),
         capture_layers=capture,
@@ -526,18 +562,21 @@ def _ablation_pass(
     ``shared`` is the clean pass's encoding of this very chunk, used instead of encoding again.
     """
     prompt = build_prompt(model, [p.question for p in chunk]) if shared is None else shared.prompt
+    sharing = _Sharing(shared)
+    shared = None  # only ``sharing`` holds the encoding: it lets go of it on out-of-memory
     return _halving_on_oom(
-        lambda rows: _ablation_rows(
-            model,
-            chunk[rows],
-            prompt if shared is not None else prompt.take(rows),
-            offset + rows.start,
-            conditions,
-            ref,
-            cfg,
-            donors,
-            shared,
-            rows.start,
+        lambda rows: sharing.run(
+            lambda encoded: _ablation_rows(
+                model,
+                chunk[rows],
+                prompt if encoded is not None else prompt.take(rows),
+                offset + rows.start,
+                conditions,
+                ref,
+                cfg,
+                donors,
+                encoded,
+            ),
         ),
         len(chunk),
         "problems (ablation runs)",
@@ -554,7 +593,6 @@ def _ablation_rows(
     cfg: RunConfig,
     donors: Donors | None,
     shared: _Encoded | None = None,
-    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
     n = len(chunk)
     per = 1 + len(conditions)
@@ -580,13 +618,12 @@ def _ablation_rows(
     knockouts = [c if isinstance(c, Knockout) else None for c in row_conds]
     mask = knockout_mask(model, knockouts) if any(k is not None for k in knockouts) else None
     targets = answer_targets(model, [golds[int(r)] for r in rows])
-    group = _Group(rows + first_row, patch, mask)  # prompt rows
-    parts.append(_run_rows(model, prompt, group, targets, cfg, prefix))
+    parts.append(_run_rows(model, prompt, _Group(rows, patch, mask), targets, cfg, prefix))
     placed += [p * per + c for p in range(n) for c in columns]
     for k, idxs in fewer.items():
         rows = torch.arange(n).repeat_interleave(len(idxs))
         targets = answer_targets(model, [golds[int(r)] for r in rows])
-        group = _Group(rows + first_row, n_thoughts=k)
+        group = _Group(rows, n_thoughts=k)
         parts.append(_run_rows(model, prompt, group, targets, cfg, prefix))
         placed += [p * per + 1 + i for p in range(n) for i in idxs]
     order = [0] * len(placed)
