@@ -75,6 +75,16 @@ def test_problem_text_and_messages_are_escaped(synthetic):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in page
 
 
+def test_a_lone_inconclusive_claim_without_a_statistic_says_why():
+    from codi_fixtures.report.findings import answers_html
+
+    why = "inconclusive: no step's value is decodable by the logit lens"
+    row = ClaimRow("test_rq3_x.py::test_link[quick]", "inconclusive", "quick", "link", why, {})
+    page = answers_html([row])
+    assert "no step&#x27;s value is decodable by the logit lens." in page
+    assert "n/a" not in page
+
+
 CHECK_SCRIPT = """
 <script>
 window.addEventListener('load', () => setTimeout(() => {

@@ -128,6 +128,14 @@ def _extremes(rows: Sequence[Row]) -> str:
     )
 
 
+def _single(row: Row) -> str:
+    """A lone claim's effect with its CI; an inconclusive one without a statistic: why."""
+    effect = _effect(row)
+    if effect == "n/a" and row.outcome == "inconclusive" and row.message:
+        return row.message.removeprefix("inconclusive: ").rstrip(".")
+    return effect
+
+
 def answers_html(rows: Sequence[Row]) -> str:
     """One paragraph per research question: each claim's hypothesis, its tally and extremes."""
     parts = []
@@ -141,7 +149,7 @@ def answers_html(rows: Sequence[Row]) -> str:
                 verdict = frows[0].outcome
                 sentences.append(
                     f"<li><b>{_e(hypothesis)}</b> — <span class='codi-{_e(verdict)}'>"
-                    f"{_e(verdict)}</span>: {_e(_effect(frows[0]))}.</li>"
+                    f"{_e(verdict)}</span>: {_e(_single(frows[0]))}.</li>"
                 )
                 continue
             sentences.append(
