@@ -110,6 +110,8 @@ def test_verdicts_pass_fail_skip_and_known_xfail(pytester, shared_cache):
         "test_too_few_problems[quick]": "inconclusive",
         "test_unsupported[quick]": "refuted",
     }
+    evidence = {v["test"].split("::")[1]: v["evidence"] for v in _summary(out)["verdicts"]}
+    assert evidence["test_too_few_problems[quick]"].startswith("inconclusive: only 2 usable")
     result.stdout.fnmatch_lines(
         [
             "*= CODI findings =*",

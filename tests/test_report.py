@@ -78,7 +78,7 @@ def test_problem_text_and_messages_are_escaped(synthetic):
 def test_a_lone_inconclusive_claim_without_a_statistic_says_why():
     from codi_fixtures.report.findings import answers_html
 
-    why = "Skipped: inconclusive: no step's value is decodable by the logit lens"  # as pytest
+    why = "inconclusive: no step's value is decodable by the logit lens"  # as claim_rows
     row = ClaimRow("test_rq3_x.py::test_link[quick]", "inconclusive", "quick", "link", why, {})
     page = answers_html([row])
     assert "no step&#x27;s value is decodable by the logit lens." in page

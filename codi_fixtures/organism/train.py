@@ -458,13 +458,13 @@ def distill_scale(target: torch.Tensor, how: str = "std") -> torch.Tensor:
     (a layer that hardly varies, e.g. the embedding of ``:`` itself); a batch of one problem
     has no spread and gets the std.
     """
+    if how not in DISTILL_SCALES:
+        raise ValueError(f"distill scale must be one of {', '.join(DISTILL_SCALES)}, got {how!r}")
     std = target.std().clamp_min(1e-6)
-    if how == "std" or (how == "spread" and target.shape[0] < 2):  # one problem: no spread
+    if how == "std" or target.shape[0] < 2:  # one problem has no spread
         return std
-    if how == "spread":
-        spread = (target - target.mean(dim=0)).pow(2).mean().sqrt()
-        return torch.maximum(spread, 1e-3 * std)
-    raise ValueError(f"distill scale must be one of {', '.join(DISTILL_SCALES)}, got {how!r}")
+    spread = (target - target.mean(dim=0)).pow(2).mean().sqrt()
+    return torch.maximum(spread, 1e-3 * std)
 
 
 def codi_loss(

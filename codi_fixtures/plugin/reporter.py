@@ -35,8 +35,9 @@ def claim_rows(
     for report in reports:
         payload = json.loads(str(dict(report.user_properties)[CLAIM_PROPERTY]))
         message = payload["message"]
-        if report.skipped and not hasattr(report, "wasxfail"):
-            message = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else message
+        if report.skipped and not hasattr(report, "wasxfail"):  # the reason, not pytest's label
+            if isinstance(report.longrepr, tuple):
+                message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif hasattr(report, "wasxfail"):  # a known outcome: what was declared, what was measured
             message = f"declared: {report.wasxfail}; measured: {message}"
         rows.append(

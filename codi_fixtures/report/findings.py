@@ -132,7 +132,7 @@ def _single(row: Row) -> str:
     """A lone claim's effect with its CI; an inconclusive one without a statistic: why."""
     effect = _effect(row)
     if effect == "n/a" and row.outcome == "inconclusive" and row.message:
-        return row.message.removeprefix("Skipped: ").removeprefix("inconclusive: ").rstrip(".")
+        return row.message.removeprefix("inconclusive: ").rstrip(".")
     return effect
 
 

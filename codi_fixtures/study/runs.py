@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _READOUT = "readout__"  # clean-pass shard keys of the hidden-state read-outs
 CACHE_VERSION = "4"  # 4: RQ4 counterfactual chains stay in the problem set's values
 # 3: a whitespace-only token before the number is not scored
@@ -359,15 +360,20 @@ class _Encoded:
     prefix: tuple[LoopState, torch.Tensor]
 
 
-def _encode_for_sharing(model: CodiModel, prompt: Prompt) -> _Encoded | None:
-    """The chunk's prefix encoded once for both passes; None where that runs out of memory."""
+def _unless_out_of_memory(compute: Callable[[], _T]) -> _T | None:
+    """``compute()``, or None where it runs out of device memory (freed after the handler)."""
     try:
-        return _Encoded(prompt, encode_prompt(model, prompt))
+        return compute()
     except RuntimeError as err:
         if not is_out_of_memory(err):
             raise
     _release_device_memory()
     return None
+
+
+def _encode_for_sharing(model: CodiModel, prompt: Prompt) -> _Encoded | None:
+    """The chunk's prefix encoded once for both passes; None where that runs out of memory."""
+    return _unless_out_of_memory(lambda: _Encoded(prompt, encode_prompt(model, prompt)))
 
 
 class _Sharing:
@@ -388,14 +394,13 @@ class _Sharing:
 
         The first call of a pass is on all its rows, so a shared encoding's rows are the rows.
         """
-        if self.encoded is not None:
-            try:
-                return compute(self.encoded)
-            except RuntimeError as err:
-                if not is_out_of_memory(err):
-                    raise
+        encoded = self.encoded
+        if encoded is not None:
+            out = _unless_out_of_memory(lambda: compute(encoded))
+            if out is not None:
+                return out
             log.info("out of memory with the shared question encoding; encoding per part")
-            self.encoded = None  # dropped outside the handler, so its memory can go
+            self.encoded = encoded = None  # dropped, so its memory can go too
             _release_device_memory()
         return compute(None)
 
