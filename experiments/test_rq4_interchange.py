@@ -17,6 +17,6 @@ def test_patched_value_changes_the_answer(analysis, claim, thought, step):
     claim.judge(rq4.iia_beats_random(analysis, thought, step))
 
 
-def test_same_value_patch_preserves_the_answer(analysis, claim, thought):
-    """Patching thought t from a donor with the same step value leaves log p(gold) unchanged."""
-    claim.judge(rq4.same_value_preserves(analysis, thought))
+def test_same_value_patch_preserves_the_answer(analysis, claim, thought, step):
+    """Patching thought t from a donor with the same step-k value leaves log p(gold) unchanged."""
+    claim.judge(rq4.same_value_preserves(analysis, thought, step))

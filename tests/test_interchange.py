@@ -194,17 +194,13 @@ def test_same_value_donors_leave_the_answer_more_often_than_different_ones(plant
         assert c.unpatched_baseline <= 0.05  # counterfactuals differ from the answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "measured: with interchange training the planted thoughts are used -- IIA at thoughts "
-        "0-4 is 25 / 34 / 32 / 36 / 59% against 5 / 7 / 6 / 5 / 2% for random donors (the "
-        "training report's check, 400 problems) -- but below 50% at thoughts 0-3: a patch "
-        "carries problem-specific information besides the value"
-    ),
-)
 def test_iia_is_well_above_baseline_at_the_planted_thoughts(planted_iia):
+    """At every planted thought the patched answer is the counterfactual one >= 50% of the time.
+
+    Measured on the shipped organism (interchange weight 4; 200 problems): 70 / 66 / 57% at
+    thoughts 0-2 against 3-8% for random donors. With weight 1 (the organism shipped before
+    2026-12-07) it was 23-38%: a patch carried problem-specific information besides the value.
+    """
     _, cells = planted_iia
     for c in cells:
         assert c.iia_minus_random.verdict == "supported", (c.thought, c.step, c.iia)

@@ -518,6 +518,11 @@ def test_redeclaring_known_outcomes_keeps_the_measured_evidence_once(tmp_path):
                 "outcome": "refuted",
                 "evidence": "claim b: statistic=0.01, SESOI=0.1, p=1",
             },
+            {  # as the reporter writes it: the numbers, and a method that has ": " in it
+                "test": "experiments/test_x.py::test_c[quick]",
+                "outcome": "refuted",
+                "evidence": "statistic=2.4, SESOI=0.1, n=99 (trimmed mean within +/-0.1: TOST)",
+            },
         ],
     }
     path = tmp_path / "summary_statistics.json"
@@ -527,4 +532,6 @@ def test_redeclaring_known_outcomes_keeps_the_measured_evidence_once(tmp_path):
     assert outcomes == {
         "test_x.py::test_a[quick]": prefix + "statistic=-1.6, SESOI=0.1, p=0.99",
         "test_x.py::test_b[quick]": prefix + "statistic=0.01, SESOI=0.1, p=1",
+        "test_x.py::test_c[quick]": prefix
+        + "statistic=2.4, SESOI=0.1, n=99 (trimmed mean within +/-0.1: TOST)",
     }

@@ -1,8 +1,9 @@
 """RQ3 / RQ4 claims end to end through the plugin (pytester, real models).
 
-On the planted organism (thought t holds step t+1's value at its input embedding) the lens
-claims recover the planted map; the bundled model does not show it under the lens; a problem
-file without step values makes every RQ3 / RQ4 claim skip with that reason.
+On the planted organism (thought t holds step t+1's value at its input embedding, and the
+answer uses it) the lens claims and the interchange claims recover the planted map; the
+bundled model (the same recipe without the planted losses: the control) shows it under
+neither; a problem file without step values makes every RQ3 / RQ4 claim skip with that reason.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _outcomes(result: pytest.RunResult) -> dict[str, str]:
     return out
 
 
-def test_planted_map_is_recovered_by_the_lens_claims(pytester, tmp_path):
+def test_planted_map_is_recovered_by_the_lens_and_interchange_claims(pytester, tmp_path):
     _project(pytester)
     result = pytester.runpytest_subprocess(
         "-m",
@@ -54,7 +55,7 @@ def test_planted_map_is_recovered_by_the_lens_claims(pytester, tmp_path):
         f"--codi-cache={tmp_path / 'cache'}",
         f"--report-dir={tmp_path / 'report'}",
         "-k",
-        "lens or embedding_holds or important_ones",
+        "lens or embedding_holds or important_ones or rq4",
         "-p",
         "no:cacheprovider",
         "-rA",
@@ -72,14 +73,27 @@ def test_planted_map_is_recovered_by_the_lens_claims(pytester, tmp_path):
     # with interchange training the planted thoughts are used: the best-encoding thoughts are
     # the important ones (without it they were the least important: readable, not used)
     assert got["test_best_encoding_thoughts_are_the_important_ones[full]"] == "PASSED"
+    # RQ4: a different step-k value patched into thought k-1 gives the counterfactual answer
+    # (measured IIA 66 / 72 / 67% vs 14 / 6 / 7% for random donors), and only there; a
+    # same-value patch anywhere else moves log p(gold) by nats (another step's value changes)
+    for k in (1, 2, 3):
+        for t in range(6):
+            iia = got.get(f"test_patched_value_changes_the_answer[full-t{t}-s{k}]")
+            same = got.get(f"test_same_value_patch_preserves_the_answer[full-t{t}-s{k}]")
+            if t == k - 1:
+                assert iia == "PASSED"
+                assert same != "FAILED"  # measured: inconclusive, trimmed mean 0.12-0.26 nats
+            else:
+                assert iia != "PASSED"
+                assert same == "FAILED"
     summary = json.loads((tmp_path / "report" / "summary_statistics.json").read_text())
     rq3 = summary["analyses"]["rq3"]
     rates = rq3["lens_rate_embedding"]
-    assert all(rates[k][k] >= 0.95 for k in range(3))
+    assert all(rates[k][k] >= 0.9 for k in range(3))  # measured 100 / 100 / 93%
     assert rq3["codi_paper_step_decoding"]["step1"]["top5"] >= 0.9
 
 
-def test_bundled_model_does_not_show_steps_under_the_lens(pytester, tmp_path):
+def test_bundled_model_shows_no_map_under_the_lens_or_interchange(pytester, tmp_path):
     _project(pytester)
     result = pytester.runpytest_subprocess(
         "-m",
@@ -88,13 +102,19 @@ def test_bundled_model_does_not_show_steps_under_the_lens(pytester, tmp_path):
         f"--codi-cache={tmp_path / 'cache'}",
         "--no-codi-report",
         "-k",
-        "lens",
+        "lens or patched_value",
         "-p",
         "no:cacheprovider",
         "-rA",
     )
-    result.assert_outcomes(failed=3, deselected=result.parseoutcomes()["deselected"])
-    assert "refuted" in result.stdout.str()
+    got = _outcomes(result)
+    lens = {k: v for k, v in got.items() if "lens" in k}
+    assert list(lens.values()) == ["FAILED"] * 3, lens  # refuted at every step
+    # no thought carries a step's value for the answer: no interchange cell is supported
+    # (measured: 5 of 18 refuted, the rest inconclusive)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 0 and outcomes.get("errors", 0) == 0, outcomes
+    assert outcomes["failed"] + outcomes["skipped"] == 3 + 18
 
 
 def test_problems_without_step_values_make_rq3_and_rq4_claims_skip(pytester, tmp_path):
@@ -118,8 +138,8 @@ def test_problems_without_step_values_make_rq3_and_rq4_claims_skip(pytester, tmp
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) == outcomes.get("failed", 0) == 0
     assert outcomes.get("errors", 0) == 0
-    assert outcomes["skipped"] == 3 + 18 + 18 + 1 + 18 + 6
-    # one reason, said once: pytest folds the 64 identical skips into one summary line
+    assert outcomes["skipped"] == 3 + 18 + 18 + 1 + 18 + 18
+    # one reason, said once: pytest folds the 76 identical skips into one summary line
     lines = [line for line in result.outlines if "no step values" in line]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"SKIPPED [{outcomes['skipped']}] ")

@@ -9,10 +9,13 @@ replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions
 - ``random``: any other problem; how often its patch gives that same counterfactual answer
   is the baseline. Claim per (thought, step): IIA exceeds the random-donor rate by the
   SESOI (paired difference of proportions, Tango's score test; Holm over the grid).
-- ``same``: a donor with the same step-k value. Claim per thought: the patch preserves the
-  answer, an equivalence on Δ log p(gold) (pooled per problem over the steps) within
-  ``--min-effect-logp`` (TOST; Holm over the thoughts) -- inconclusive where the thought's
-  different-value patches hardly ever move log p(gold) either (nothing to preserve).
+- ``same``: a donor with the same step-k value. Claim per (thought, step): the patch
+  preserves the answer, an equivalence on Δ log p(gold) within ``--min-effect-logp`` (TOST;
+  Holm over the grid) -- inconclusive where the cell's different-value patches hardly ever
+  move log p(gold) either (nothing to preserve). Per cell, not pooled over the steps: a
+  thought that carries step 1 only is *expected* to change the answer when patched from a
+  donor that shares step 2's value (its step-1 value differs), so a pooled claim would mix
+  the patches that test preservation with patches that test nothing of the kind.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ class Rq4:
                 for (t, k), r in s.iia_tests.items()
             },
             "same_value_delta_logp": {
-                f"t{t}": r.as_dict() | {"verdict": r.verdict} for t, r in enumerate(s.same_tests)
+                f"t{t}-s{k}": r.as_dict() | {"verdict": r.verdict}
+                for (t, k), r in s.same_tests.items()
             },
         }
 
@@ -114,13 +118,13 @@ def _listed(a: np.ndarray) -> list[object]:
 
 @dataclass
 class Rq4Stats:
-    """IIA per (step, thought) and the same-value equivalence per thought."""
+    """IIA per (step, thought) and the same-value equivalence per (thought, step)."""
 
     iia: np.ndarray  # (K, T)
     random_rate: np.ndarray  # (K, T)
     n: np.ndarray  # (K, T) recipients with a different-value donor
     iia_tests: dict[tuple[int, int], StatResult]  # (thought, step)
-    same_tests: list[StatResult]  # per thought
+    same_tests: dict[tuple[int, int], StatResult]  # (thought, step)
 
 
 def rq4_stats(view: StudyView) -> Rq4Stats:
@@ -174,42 +178,49 @@ def _rq4_stats(view: StudyView) -> Rq4Stats:
     for key, r in tests.items():
         if r.verdict is None:
             tests[key] = inconclusive_verdict(f"inconclusive: {r.method}", r.n)
-    same_tests: list[StatResult] = []
-    for t in range(n_t):
-        vacuous = _nothing_to_preserve(diff_delta[:, :, t], view.sesoi_logp, t)
-        if vacuous is not None:
-            same_tests.append(vacuous)
-            continue
-        cells = same_delta[:, :, t]
-        seen = np.isfinite(cells).any(axis=1)
-        per_problem = np.nanmean(cells[seen], axis=1)
-        per_problem = per_problem[np.isfinite(per_problem)]
-        if per_problem.size < 5:
-            same_tests.append(
-                inconclusive_verdict(
-                    f"inconclusive: only {per_problem.size} problems have a same-value donor",
-                    int(per_problem.size),
-                )
+    same_tests: dict[tuple[int, int], StatResult] = {}
+    for i, k in enumerate(view.steps):
+        for t in range(n_t):
+            same_tests[(t, k)] = _same_value_test(
+                view, same_delta[:, i, t], diff_delta[:, i, t], t, k
             )
-            continue
-        same_tests.append(
-            equivalence_effect(
-                per_problem, sesoi=view.sesoi_logp, alpha=view.alpha, n_boot=1999, seed=view.seed
-            )
-        )
-    judged = [i for i, r in enumerate(same_tests) if not r.inconclusive]
-    judged_same = equivalence_verdicts([same_tests[i] for i in judged], alpha=view.alpha)
-    for i, r in zip(judged, judged_same, strict=True):
-        same_tests[i] = r
+    judged = [key for key, r in same_tests.items() if not r.inconclusive]
+    judged_same = equivalence_verdicts([same_tests[key] for key in judged], alpha=view.alpha)
+    same_tests.update(zip(judged, judged_same, strict=True))
     return Rq4Stats(iia, rand_rate, n, tests, same_tests)
 
 
-def _nothing_to_preserve(diff_delta: np.ndarray, sesoi: float, thought: int) -> StatResult | None:
-    """An inconclusive verdict when thought t's content does not matter to the answer.
+def _same_value_test(
+    view: StudyView, same: np.ndarray, different: np.ndarray, thought: int, step: int
+) -> StatResult:
+    """The equivalence test of one cell's same-value Δ log p (not yet Holm-corrected).
+
+    ``same`` / ``different``: (N,) Δ log p(gold) of the cell's same- / different-value
+    patch, NaN where the problem has no such donor.
+    """
+    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
+    if vacuous is not None:
+        return vacuous
+    values = same[np.isfinite(same)]
+    if values.size < 5:
+        return inconclusive_verdict(
+            f"inconclusive: only {values.size} problems have a same-value donor for step {step}"
+            " (need >= 5)",
+            int(values.size),
+        )
+    return equivalence_effect(
+        values, sesoi=view.sesoi_logp, alpha=view.alpha, n_boot=1999, seed=view.seed
+    )
+
+
+def _nothing_to_preserve(
+    diff_delta: np.ndarray, sesoi: float, thought: int, step: int
+) -> StatResult | None:
+    """An inconclusive verdict when what thought t holds about step k does not matter.
 
     "A same-value patch preserves the answer" means something only where a different-value
-    patch does *not*: if patches with a different step value move log p(gold) by at least
-    the SESOI in fewer than ``MIN_TARGET_SHARE`` of the (problem, step) pairs, every patch
+    patch does *not*: if the cell's patches with a different step-k value move log p(gold)
+    by at least the SESOI in fewer than ``MIN_TARGET_SHARE`` of the problems, every patch
     of the thought preserves the answer, whatever it carries (a model that ignores its
     thoughts), and "supported" would be a verdict about nothing.
     """
@@ -219,9 +230,9 @@ def _nothing_to_preserve(diff_delta: np.ndarray, sesoi: float, thought: int) -> 
         return None
     large, n = rare
     return inconclusive_verdict(
-        f"inconclusive: nothing to preserve: a different-value patch of thought {thought} "
-        f"moves log p(gold) by >= {sesoi:g} nats in {large} of {n} (problem, step) "
-        f"pairs (< {MIN_TARGET_SHARE:.0%}), so the answer does not depend on what the "
+        f"inconclusive: nothing to preserve: a patch of thought {thought} with a different "
+        f"step-{step} value moves log p(gold) by >= {sesoi:g} nats in {large} of {n} "
+        f"problems (< {MIN_TARGET_SHARE:.0%}), so the answer does not depend on what the "
         "thought holds",
         n,
     )
@@ -259,12 +270,16 @@ def iia_beats_random(view: StudyView, thought: int, step: int) -> Evidence:
     )
 
 
-def same_value_preserves(view: StudyView, thought: int) -> Evidence:
-    """Patching thought t from a donor with the same step value leaves log p(gold) unchanged."""
+def same_value_preserves(view: StudyView, thought: int, step: int) -> Evidence:
+    """Patching thought t from a donor with the same step-k value leaves log p(gold) unchanged."""
     return Evidence(
-        f"a same-value patch of thought {thought} preserves the answer",
-        _skip_or(view, lambda s: s.same_tests[thought]),
-        {"thought": thought, "measure": "delta log p(gold), same-value donor [nats]"},
+        f"a patch of thought {thought} with the same step-{step} value preserves the answer",
+        _skip_or(view, lambda s: s.same_tests[(thought, step)]),
+        {
+            "thought": thought,
+            "step": step,
+            "measure": "delta log p(gold), same-value donor [nats]",
+        },
         ("rq4-iia", lambda: iia_heatmap(view)),
     )
 

@@ -52,8 +52,8 @@ def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
                 evidence = verdict["evidence"]
                 if "; measured: " in evidence:  # a known outcome: keep what was measured
                     evidence = evidence.rsplit("; measured: ", 1)[1]
-                else:
-                    evidence = evidence.split(": ", 1)[-1]
+                elif "statistic=" in evidence:  # the numbers, less any label before them
+                    evidence = evidence[evidence.index("statistic=") :]
                 outcomes[test_id] = f"not supported on this model: {evidence}"[:300]
     return {
         "problem_sets": dict(sorted(problem_sets.items())),
