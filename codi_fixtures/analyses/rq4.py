@@ -73,16 +73,19 @@ class Rq4:
         return rq4_stats(view)
 
     def figures(self, view: StudyView) -> list[FigureSpec]:
-        """Step x thought heatmap of IIA minus the random-donor rate."""
+        """Step x thought heatmaps: IIA, IIA minus the random-donor rate, same-value Δ log p."""
         if no_step_values_reason(view) is not None:
             return []
         return [
             FigureSpec(
-                "RQ4: interchange intervention accuracy (different-value donor)",
+                "RQ4: interchange interventions (different- and same-value donors)",
                 "rq4_iia_heatmap",
                 partial(iia_heatmap, view),
-                "One cell: the share of problems (%) whose answer becomes the counterfactual one "
-                "when thought t takes a donor's input with a different step-k value.",
+                "One cell (step k, thought t): left, the share of problems whose answer becomes "
+                "the counterfactual one when thought t takes a donor's input with a different "
+                "step-k value; middle, that share minus a random donor's; right, the trimmed "
+                "mean of Δ log p(gold) when the donor has the same step-k value (near 0: the "
+                "patch preserves the answer).",
             )
         ]
 
@@ -286,21 +289,25 @@ def same_value_preserves(view: StudyView, thought: int, step: int) -> Evidence:
 
 # --- figures -------------------------------------------------------------------------------------
 def iia_heatmap(view: StudyView) -> Figure:
-    """Step x thought: IIA, and IIA minus the random-donor rate."""
+    """Step x thought: IIA, IIA minus the random-donor rate, and the same-value Δ log p(gold)."""
     s = rq4_stats(view)
-    fig = Figure(figsize=(9.6, 2.8), layout="constrained")
-    axes = fig.subplots(1, 2)
-    panels = ((s.iia, "IIA", 0.0, 1.0), (s.iia - s.random_rate, "IIA - random donor", -1.0, 1.0))
-    for ax, (values, title, vmin, vmax) in zip(axes, panels, strict=True):
-        signed = vmin < 0 < vmax  # a difference: diverging, centred on 0
-        im = ax.imshow(
-            values,
-            cmap=_diverging_cmap() if signed else "viridis",
-            norm=TwoSlopeNorm(0.0, vmin, vmax) if signed else Normalize(vmin, vmax),
-            aspect="auto",
-        )
+    same = np.full(s.iia.shape, np.nan)
+    for i, k in enumerate(view.steps):
+        for t in range(s.iia.shape[1]):
+            same[i, t] = s.same_tests[(t, k)].statistic
+    fig = Figure(figsize=(14.0, 2.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    finite = same[np.isfinite(same)]
+    top = max(1.0, float(finite.max())) if finite.size else 1.0
+    panels = (
+        (s.iia, "IIA", Normalize(0.0, 1.0), "viridis"),
+        (s.iia - s.random_rate, "IIA - random donor", TwoSlopeNorm(0.0, -1.0, 1.0), None),
+        (same, "same-value patch: Δ log p(gold) [nats]", Normalize(0.0, top), "magma_r"),
+    )
+    for ax, (values, title, norm, cmap) in zip(axes, panels, strict=True):
+        im = ax.imshow(values, cmap=cmap or _diverging_cmap(), norm=norm, aspect="auto")
         ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in range(1, values.shape[0] + 1)])
+        ax.set_yticks(range(values.shape[0]), [f"step {k}" for k in view.steps])
         ax.set_xlabel("thought t (0-based)")
         ax.set_title(title)
         label_cells(ax, im, cell_text(values), fontsize=9)
