@@ -535,3 +535,19 @@ def test_redeclaring_known_outcomes_keeps_the_measured_evidence_once(tmp_path):
         "test_x.py::test_c[quick]": prefix
         + "statistic=2.4, SESOI=0.1, n=99 (trimmed mean within +/-0.1: TOST)",
     }
+
+
+def test_a_refuted_equivalence_shows_the_p_value_that_refuted_it():
+    """An equivalence claim is refuted by p(|effect| > SESOI): the evidence line carries it."""
+    import numpy as np
+
+    from codi_fixtures.plugin.claims import evidence
+    from codi_fixtures.stats.decoding import equivalence_effect
+
+    deltas = np.random.default_rng(0).normal(2.0, 0.5, size=60)  # far beyond +/-0.1
+    result = equivalence_effect(deltas, sesoi=0.1, n_boot=999)
+    assert result.verdict == "refuted"
+    line = evidence(result)
+    assert "p=1," in line  # the TOST p: not equivalent
+    assert f"p_sesoi_holm={result.p_sesoi_corrected:.3g}," in line
+    assert result.p_sesoi_corrected is not None and result.p_sesoi_corrected < 0.05

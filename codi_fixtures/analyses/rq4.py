@@ -12,10 +12,11 @@ replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions
 - ``same``: a donor with the same step-k value. Claim per (thought, step): the patch
   preserves the answer, an equivalence on Δ log p(gold) within ``--min-effect-logp`` (TOST;
   Holm over the grid) -- inconclusive where the cell's different-value patches hardly ever
-  move log p(gold) either (nothing to preserve). Per cell, not pooled over the steps: a
-  thought that carries step 1 only is *expected* to change the answer when patched from a
-  donor that shares step 2's value (its step-1 value differs), so a pooled claim would mix
-  the patches that test preservation with patches that test nothing of the kind.
+  move log p(gold) either (nothing to preserve). Per cell, not pooled over the steps: each
+  cell asks whether step k's value is all that thought t's patch must match for the answer
+  to stay. Where thought t carries another step, a donor that shares only step k's value
+  differs there, and the claim is refuted, as it should be; pooling averaged those cells
+  with the one that tests the thought's own step into a number about neither.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class Rq4:
                 "the counterfactual one when thought t takes a donor's input with a different "
                 "step-k value; middle, that share minus a random donor's; right, the trimmed "
                 "mean of Δ log p(gold) when the donor has the same step-k value (near 0: the "
-                "patch preserves the answer).",
+                "patch preserves the answer; blank: no verdict statistic, e.g. too few "
+                "donors or nothing to preserve).",
             )
         ]
 
@@ -201,10 +203,10 @@ def _same_value_test(
     ``same`` / ``different``: (N,) Δ log p(gold) of the cell's same- / different-value
     patch, NaN where the problem has no such donor.
     """
-    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
-    if vacuous is not None:
-        return vacuous
     values = same[np.isfinite(same)]
+    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
+    if vacuous is not None and values.size >= 5:
+        return vacuous
     if values.size < 5:
         return inconclusive_verdict(
             f"inconclusive: only {values.size} problems have a same-value donor for step {step}"
@@ -228,7 +230,7 @@ def _nothing_to_preserve(
     thoughts), and "supported" would be a verdict about nothing.
     """
     values = diff_delta[np.isfinite(diff_delta)]
-    rare = negligible_share(values, sesoi) if values.size else None
+    rare = negligible_share(values, sesoi) if values.size >= 5 else None
     if rare is None:
         return None
     large, n = rare
@@ -297,12 +299,12 @@ def iia_heatmap(view: StudyView) -> Figure:
             same[i, t] = s.same_tests[(t, k)].statistic
     fig = Figure(figsize=(14.0, 2.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    finite = same[np.isfinite(same)]
+    finite = np.abs(same[np.isfinite(same)])
     top = max(1.0, float(finite.max())) if finite.size else 1.0
     panels = (
         (s.iia, "IIA", Normalize(0.0, 1.0), "viridis"),
         (s.iia - s.random_rate, "IIA - random donor", TwoSlopeNorm(0.0, -1.0, 1.0), None),
-        (same, "same-value patch: Δ log p(gold) [nats]", Normalize(0.0, top), "magma_r"),
+        (same, "same-value patch: Δ log p(gold) [nats]", TwoSlopeNorm(0.0, -top, top), None),
     )
     for ax, (values, title, norm, cmap) in zip(axes, panels, strict=True):
         im = ax.imshow(values, cmap=cmap or _diverging_cmap(), norm=norm, aspect="auto")

@@ -38,9 +38,14 @@ def evidence(result: StatResult) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
     sesoi = "" if result.sesoi is None else f", SESOI={f(result.sesoi)}"
+    beyond = (  # an equivalence claim is refuted by its p of |effect| > SESOI, not by p
+        f", p_sesoi={f(result.p_sesoi)}, p_sesoi_holm={f(result.p_sesoi_corrected)}"
+        if result.alternative == "equivalence"
+        else ""
+    )
     return (
         f"statistic={f(result.statistic)}{sesoi}, p={f(result.p_value)}, "
-        f"p_holm={f(result.p_corrected)}, {100 * result.ci_level:.3g}% CI="
+        f"p_holm={f(result.p_corrected)}{beyond}, {100 * result.ci_level:.3g}% CI="
         f"[{f(result.ci_low)}, {f(result.ci_high)}], n={result.n} ({result.method})"
     )
 

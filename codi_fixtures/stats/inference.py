@@ -1388,8 +1388,8 @@ def _problem_permutation_p(
 
 MIN_TARGET_SHARE = 0.05
 """RQ2 judges nothing when fewer than this share of importance values reach their SESOI;
-RQ4 judges no same-value patch of a thought whose different-value patches move log p(gold)
-that rarely (there is no answer-relevant content to preserve)."""
+RQ4 judges no same-value patch of a (thought, step) cell whose different-value patches move
+log p(gold) that rarely (there is no answer-relevant content to preserve)."""
 
 
 def negligible_share(values: FloatArray, sesoi: float) -> tuple[int, int] | None:
