@@ -10,7 +10,6 @@ import torch
 from codi_fixtures.answers import numbers_equal, parse_answer
 from codi_fixtures.engine import (
     LoopState,
-    ThoughtPatch,
     build_prompt,
     forward_step,
     greedy_decode,
@@ -21,7 +20,8 @@ from codi_fixtures.model import CodiModel
 from codi_fixtures.model.kvcache import new_cache
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import thought_lens_logits, value_target
-from codi_fixtures.study.interchange import ValueDomain, choose_donors
+from codi_fixtures.stats.decoding import iia_summary
+from codi_fixtures.study.interchange import ValueDomain, choose_donors, run_interchange
 from codi_fixtures.study.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.study.problems import Problem
 
@@ -135,38 +135,34 @@ def planted_interchange_rates(
 ) -> dict[str, dict[str, float]]:
     """Per thought t: how often patching it with a donor's gives the counterfactual answer.
 
-    Donors per (recipient, step t+1) as the suite's RQ4 chooses them
-    (:func:`~codi_fixtures.study.interchange.choose_donors`, seed 0, counterfactual chains
-    in the task's values 0..MAX_VALUE): ``iia`` = % of recipients whose answer with thought
-    t's input embedding replaced by the *different*-value donor's is the counterfactual
-    answer; ``random`` = the same rate with a random donor's thought (chance); ``n``:
-    recipients with such a donor.
+    The suite's RQ4 interchange itself (:func:`~codi_fixtures.study.interchange.choose_donors`,
+    seed 0, counterfactual chains in the task's values 0..MAX_VALUE;
+    :func:`~codi_fixtures.study.interchange.run_interchange`) on the planted cells (thought
+    t, step t+1): ``iia`` = % of recipients whose answer with thought t's input embedding
+    replaced by the *different*-value donor's is the counterfactual answer; ``random`` = the
+    same rate with a random donor's thought (chance); ``n``: recipients with such a donor.
     """
-    prompt = build_prompt(model, [p.question for p in problems])
-    clean = run_latent(model, prompt, generate=False)
-    n_thoughts = clean.thoughts.shape[1]
     donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0)
-    rates: dict[str, dict[str, float]] = {}
-    for t in range(min(n_thoughts, donors.different.shape[1])):
-        recipients = [r for r in range(len(problems)) if donors.different[r, t] >= 0]
-        if not recipients:
-            continue
-        rows = torch.tensor(recipients, device=clean.thoughts.device)
-        counterfactual = donors.counterfactual[recipients, t]
-        result: dict[str, float] = {"n": float(len(recipients))}
-        for kind, table in (("iia", donors.different), ("random", donors.random)):
-            donors_t = torch.tensor(table[recipients, t], device=clean.thoughts.device)
-            values = clean.thoughts.index_select(0, donors_t)
-            mask = torch.zeros((len(recipients), n_thoughts), dtype=torch.bool)
-            mask[:, t] = True
-            patched = run_latent(model, prompt, rows=rows, patch=ThoughtPatch(values, mask))
-            hits = sum(
-                numbers_equal(answer, float(cf))
-                for answer, cf in zip(patched.answers, counterfactual, strict=True)
-            )
-            result[kind] = 100.0 * hits / len(recipients)
-        rates[f"t{t}"] = result
-    return rates
+    cells = [(t, t + 1) for t in range(min(model.spec.n_thoughts, donors.different.shape[1]))]
+    run = run_interchange(model, problems, donors, cells)
+    summary = iia_summary(
+        recipient=run.recipient,
+        thought=run.thought,
+        step=run.step,
+        kind=run.kind,
+        answer=run.answer,
+        delta_logp=run.delta_logp,
+        counterfactual=run.counterfactual,
+        clean_answer=run.clean_answer,
+    )
+    return {
+        f"t{c.thought}": {
+            "n": float(c.n),
+            "iia": 100.0 * c.iia,
+            "random": 100.0 * c.random_baseline,
+        }
+        for c in summary
+    }
 
 
 def accuracy_by_bin(
