@@ -27,7 +27,7 @@ from codi_fixtures.config import ModelConfig
 from codi_fixtures.model import load_codi
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.stats.decoding import (
-    iia_summary,
+    iia_summary_of,
     lens_rate,
     lens_rate_table,
     probe_effects,
@@ -231,16 +231,7 @@ def run(model_name: str, n: int, seed: int) -> tuple[str, dict[str, Any]]:
     ic_cells = [(t, k) for t in range(n_t) for k in range(1, steps + 1)]
     ic = run_interchange(model, problems, donors, ic_cells)
     wall["interchange"] = time.perf_counter() - start
-    summary = iia_summary(
-        recipient=ic.recipient,
-        thought=ic.thought,
-        step=ic.step,
-        kind=ic.kind,
-        answer=ic.answer,
-        delta_logp=ic.delta_logp,
-        counterfactual=ic.counterfactual,
-        clean_answer=ic.clean_answer,
-    )
+    summary = iia_summary_of(ic)
     md.append(
         "\n### Interchange (thought t's input embedding from a donor), per (thought, step)\n\n"
         "IIA = the patched answer is the counterfactual answer (different-value donor); "

@@ -11,7 +11,7 @@ import torch
 
 from codi_fixtures.config import ModelConfig
 from codi_fixtures.organism.task import MAX_VALUE
-from codi_fixtures.stats.decoding import IiaSummary, iia_summary, paired_effect
+from codi_fixtures.stats.decoding import IiaSummary, iia_summary_of, paired_effect
 from codi_fixtures.study.data import load_problem_jsonl, stratified_sample
 from codi_fixtures.study.interchange import (
     Donors,
@@ -151,16 +151,7 @@ def planted_iia(planted_model, organism_problems) -> tuple[InterchangeRun, list[
         organism_problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0
     )
     run = run_interchange(planted_model, organism_problems, donors, DIAGONAL)
-    cells = iia_summary(
-        recipient=run.recipient,
-        thought=run.thought,
-        step=run.step,
-        kind=run.kind,
-        answer=run.answer,
-        delta_logp=run.delta_logp,
-        counterfactual=run.counterfactual,
-        clean_answer=run.clean_answer,
-    )
+    cells = iia_summary_of(run)
     return run, cells
 
 

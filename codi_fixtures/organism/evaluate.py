@@ -20,7 +20,7 @@ from codi_fixtures.model import CodiModel
 from codi_fixtures.model.kvcache import new_cache
 from codi_fixtures.organism.task import MAX_VALUE
 from codi_fixtures.organism.train import thought_lens_logits, value_target
-from codi_fixtures.stats.decoding import iia_summary
+from codi_fixtures.stats.decoding import iia_summary_of
 from codi_fixtures.study.interchange import ValueDomain, choose_donors, run_interchange
 from codi_fixtures.study.interventions import Ablation, AblationRef, build_patch
 from codi_fixtures.study.problems import Problem
@@ -145,16 +145,7 @@ def planted_interchange_rates(
     donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0)
     cells = [(t, t + 1) for t in range(min(model.spec.n_thoughts, donors.different.shape[1]))]
     run = run_interchange(model, problems, donors, cells)
-    summary = iia_summary(
-        recipient=run.recipient,
-        thought=run.thought,
-        step=run.step,
-        kind=run.kind,
-        answer=run.answer,
-        delta_logp=run.delta_logp,
-        counterfactual=run.counterfactual,
-        clean_answer=run.clean_answer,
-    )
+    summary = iia_summary_of(run)
     return {
         f"t{c.thought}": {
             "n": float(c.n),

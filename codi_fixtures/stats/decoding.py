@@ -28,6 +28,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +46,7 @@ from codi_fixtures.stats.inference import (
 
 __all__ = [
     "IiaSummary",
+    "InterchangeRows",
     "LinkResult",
     "ProbeGrid",
     "RateResult",
@@ -52,6 +54,7 @@ __all__ = [
     "equivalence_effect",
     "equivalence_verdicts",
     "iia_summary",
+    "iia_summary_of",
     "lens_rate",
     "lens_rate_table",
     "paired_effect",
@@ -350,6 +353,68 @@ def _eq(a: FloatArray, b: FloatArray) -> FloatArray:
     out = (np.abs(a - b) <= 1e-6).astype(np.float64)
     out[~(np.isfinite(a) & np.isfinite(b))] = np.nan
     return out
+
+
+class InterchangeRows(Protocol):
+    """Per-row arrays of an interchange run (``study.interchange.InterchangeRun`` has them)."""
+
+    @property
+    def recipient(self) -> NDArray[np.int64]:
+        """(R,) recipient problem per row."""
+        ...
+
+    @property
+    def thought(self) -> NDArray[np.int64]:
+        """(R,) patched thought, 0-based."""
+        ...
+
+    @property
+    def step(self) -> NDArray[np.int64]:
+        """(R,) step, 1-based."""
+        ...
+
+    @property
+    def kind(self) -> list[str]:
+        """(R,) donor kind: same, different or random."""
+        ...
+
+    @property
+    def answer(self) -> FloatArray:
+        """(R,) patched answer (nan: none parsed)."""
+        ...
+
+    @property
+    def delta_logp(self) -> FloatArray:
+        """(R,) log p(gold | clean) - log p(gold | patched)."""
+        ...
+
+    @property
+    def counterfactual(self) -> FloatArray:
+        """(R,) the different donor's counterfactual answer."""
+        ...
+
+    @property
+    def clean_answer(self) -> FloatArray:
+        """(N,) clean answer per problem."""
+        ...
+
+
+def iia_summary_of(
+    run: InterchangeRows, *, sesoi: float = 0.1, alpha: float = 0.05
+) -> list[IiaSummary]:
+    """:func:`iia_summary` of an interchange run's rows."""
+    return iia_summary(
+        recipient=run.recipient,
+        thought=run.thought,
+        step=run.step,
+        kind=run.kind,
+        answer=run.answer,
+        delta_logp=run.delta_logp,
+        counterfactual=run.counterfactual,
+        clean_answer=run.clean_answer,
+        sesoi=sesoi,
+        alpha=alpha,
+    )
 
 
 def iia_summary(
