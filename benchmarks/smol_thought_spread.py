@@ -9,11 +9,13 @@ small output spread; if its input spread is large, ``prj`` is where the problem 
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/smol_thought_spread.py --model smol --n 16
+    OMP_NUM_THREADS=2 python benchmarks/smol_thought_spread.py --ckpt out/adapter --n 16
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -33,12 +35,14 @@ def relative_spread(x: torch.Tensor) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smol", choices=sorted(NAMED_MODELS))
+    parser.add_argument("--ckpt", type=Path, help="a checkpoint or adapter directory instead")
     parser.add_argument("--n", type=int, default=16, help="held-out problems")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(ModelConfig(ckpt=NAMED_MODELS[args.model], device="cpu", dtype="float32"))
-    eval_file = NAMED_MODELS[args.model] / "eval.jsonl"
+    ckpt = args.ckpt or NAMED_MODELS[args.model]
+    model = load_model(ModelConfig(ckpt=ckpt, device="cpu", dtype="float32"))
+    eval_file = ckpt / "eval.jsonl"
     problems = stratified_sample(load_problems(eval_file), args.n, seed=0)
     prompt = build_prompt(model, [p.question for p in problems])
     with torch.no_grad():
