@@ -91,6 +91,20 @@ def test_planted_map_is_recovered_by_the_lens_and_interchange_claims(pytester, t
     rates = rq3["lens_rate_embedding"]
     assert all(rates[k][k] >= 0.9 for k in range(3))  # measured 100 / 100 / 93%
     assert rq3["codi_paper_step_decoding"]["step1"]["top5"] >= 0.9
+    # probes per difficulty bin: step k is the answer of the k-step bin, an intermediate of
+    # the longer ones, and absent from the shorter ones (100 problems, 25 per bin)
+    by_bin = rq3["probe_by_bin"]
+    assert {b: c["role"] for b, c in by_bin["s2-t1"].items()} == {
+        "2-step": "answer",
+        "3-step": "intermediate",
+        "4-step": "intermediate",
+        "5+step": "intermediate",
+    }
+    assert sorted(by_bin["s3-t2"]) == ["3-step", "4-step", "5+step"]
+    assert sum(c["n"] for c in by_bin["s3-t2"].values()) == 75
+    for cell in by_bin["s3-t2"].values():
+        low, high = cell["minus_permuted"][1:]
+        assert low <= cell["minus_permuted"][0] <= high
 
 
 def test_bundled_model_shows_no_map_under_the_lens_or_interchange(pytester, tmp_path):

@@ -24,6 +24,7 @@ take no part in step k's claims. Statistics (:mod:`codi_fixtures.stats.decoding`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -171,6 +172,7 @@ class Rq3:
             "probe_accuracy_by_site": _listed(probes.by_site),  # (step, thought, site)
             "probe_question_by_site": _listed(probes.question_by_site),  # (step, site)
             "probe_best_layer": {f"s{k}-t{t}": v for (k, t), v in probes.layer.items()},
+            "probe_by_bin": {f"s{k}-t{t}": v for (k, t), v in probes.by_bin.items()},
             "probe": {
                 f"s{k}-t{t}": {"statistic": r.statistic, "verdict": r.verdict}
                 for (k, t), r in probes.cells.items()
@@ -230,6 +232,10 @@ class Rq3Probes:
     selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
     by_site: np.ndarray  # (K, T, S) probe accuracy at every probed site (the layer curves)
     question_by_site: np.ndarray  # (K, S) the question-position probe's accuracy per site
+    by_bin: dict[tuple[int, int], dict[str, dict[str, object]]] = field(default_factory=dict)
+    """(step, thought) -> difficulty bin -> the cell's probe (at its chosen site) on that
+    bin's problems: role (step k is the ``answer`` of a k-step problem, an ``intermediate``
+    of a longer one), n, accuracy, and accuracy minus each baseline with its CI."""
 
 
 def rq3_probes(view: StudyView) -> Rq3Probes:
@@ -239,10 +245,10 @@ def rq3_probes(view: StudyView) -> Rq3Probes:
         n_layers = int(str(view.results.meta["n_layers"]))
         n_cols = view.results.readouts["lens-tokens"].shape[1] - 1
         steps = [k for k in view.steps if k <= n_cols]
-        cells, layer, acc, sel, sites, by_site, question = _probes(
+        cells, layer, acc, sel, sites, by_site, question, by_bin = _probes(
             view, steps, readout_positions(view.n_thoughts), n_layers
         )
-        return Rq3Probes(sites, cells, layer, acc, sel, by_site, question)
+        return Rq3Probes(sites, cells, layer, acc, sel, by_site, question, by_bin)
 
     return view.memoised(("rq3_probes",), compute)
 
@@ -383,6 +389,7 @@ def _probes(
     tuple[str, ...],
     np.ndarray,
     np.ndarray,
+    dict[tuple[int, int], dict[str, dict[str, object]]],
 ]:
     r = view.results.readouts
     names = ["positions-embedding"] + [
@@ -409,6 +416,7 @@ def _probes(
         tol=PROBE_TOL,
     )
     m = len(probe_sites)
+    by_bin: dict[tuple[int, int], dict[str, dict[str, object]]] = {}
     by_site = np.full((k_n, n_t, m), np.nan)
     question = np.full((k_n, m), np.nan)
     for i, k in enumerate(view.steps):
@@ -438,6 +446,7 @@ def _probes(
                 grid, k - 1, f"t{t}", best, sesoi=SESOI_RATE, alpha=view.alpha
             )
             chosen = effects[best]
+            by_bin[(k, t)] = _probe_by_bin(grid, k, t, best, view)
             layer[(k, t)] = best
             acc[i, t] = chosen["accuracy"].statistic
             sel[i, t] = chosen["minus_question"].statistic
@@ -461,7 +470,45 @@ def _probes(
         )
         for key in quest_cells
     }
-    return probe, layer, acc, sel, probe_sites, by_site, question
+    return probe, layer, acc, sel, probe_sites, by_site, question, by_bin
+
+
+def _probe_by_bin(
+    grid: ProbeGrid, k: int, thought: int, site: str, view: StudyView
+) -> dict[str, dict[str, object]]:
+    """One cell's probe (at its chosen site) on each difficulty bin's problems.
+
+    Step k is the answer of a k-step problem and an intermediate of a longer one, so the
+    two are reported apart. Descriptive: no verdict, CIs unadjusted.
+    """
+    difficulty = np.asarray(view.results.difficulty)
+    out: dict[str, dict[str, object]] = {}
+    for label in sorted(set(difficulty.tolist())):
+        rows = difficulty == label
+        lead = re.match(r"\d+", label)
+        role = "" if lead is None else "answer" if int(lead.group()) == k else "intermediate"
+        if lead is not None and int(lead.group()) < k:
+            continue  # no step k
+        eff = probe_effects(grid, k - 1, f"t{thought}", site, rows=rows, sesoi=SESOI_RATE)
+        if not eff["accuracy"].n:
+            continue  # the cell was not probed (too few problems)
+        out[label] = {
+            "role": role,
+            "n": eff["accuracy"].n,
+            "accuracy": _finite(eff["accuracy"].statistic),
+            **{
+                key: [_finite(r.statistic), _finite(r.ci_low), _finite(r.ci_high)]
+                for key, r in (
+                    ("minus_permuted", eff["minus_permuted"]),
+                    ("minus_question", eff["minus_question"]),
+                )
+            },
+        }
+    return out
+
+
+def _finite(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
 
 
 def _permuted_cell(
