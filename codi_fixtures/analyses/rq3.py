@@ -232,7 +232,7 @@ class Rq3Probes:
     selectivity: np.ndarray  # (K, T) accuracy minus the question baseline
     by_site: np.ndarray  # (K, T, S) probe accuracy at every probed site (the layer curves)
     question_by_site: np.ndarray  # (K, S) the question-position probe's accuracy per site
-    by_bin: dict[tuple[int, int], dict[str, dict[str, object]]] = field(default_factory=dict)
+    by_bin: dict[tuple[int, int], dict[str, dict[str, object]]]
     """(step, thought) -> difficulty bin -> the cell's probe (at its chosen site) on that
     bin's problems: role (step k is the ``answer`` of a k-step problem, an ``intermediate``
     of a longer one), n, accuracy, and accuracy minus each baseline with its CI."""

@@ -30,7 +30,12 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from codi_fixtures.analyses.base import Evidence, FigureSpec
-from codi_fixtures.analyses.plotting import _diverging_cmap, cell_text, label_cells
+from codi_fixtures.analyses.plotting import (
+    _diverging_cmap,
+    _symmetric_limit,
+    cell_text,
+    label_cells,
+)
 from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
@@ -204,15 +209,15 @@ def _same_value_test(
     patch, NaN where the problem has no such donor.
     """
     values = same[np.isfinite(same)]
-    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
-    if vacuous is not None and values.size >= 5:
-        return vacuous
     if values.size < 5:
         return inconclusive_verdict(
             f"inconclusive: only {values.size} problems have a same-value donor for step {step}"
             " (need >= 5)",
             int(values.size),
         )
+    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
+    if vacuous is not None:
+        return vacuous
     return equivalence_effect(
         values, sesoi=view.sesoi_logp, alpha=view.alpha, n_boot=1999, seed=view.seed
     )
@@ -299,8 +304,7 @@ def iia_heatmap(view: StudyView) -> Figure:
             same[i, t] = s.same_tests[(t, k)].statistic
     fig = Figure(figsize=(14.0, 2.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    finite = np.abs(same[np.isfinite(same)])
-    top = max(1.0, float(finite.max())) if finite.size else 1.0
+    top = max(1.0, _symmetric_limit(same))  # at least +/-1 nat: small effects stay pale
     panels = (
         (s.iia, "IIA", Normalize(0.0, 1.0), "viridis"),
         (s.iia - s.random_rate, "IIA - random donor", TwoSlopeNorm(0.0, -1.0, 1.0), None),
