@@ -211,7 +211,7 @@ class LatentRun:
 def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
     """Tokenize questions (BOS as the tokenizer adds it), append [eos,] <bot>, left-pad."""
     tok = model.tokenizer
-    encoded = [list(tok(q)["input_ids"]) for q in questions]
+    encoded = [list(ids) for ids in tok(list(questions))["input_ids"]] if questions else []
     tail = [model.eos_id, model.bot_id] if model.spec.eos_before_bot else [model.bot_id]
     seqs = [ids + tail for ids in encoded]
     width = max(len(s) for s in seqs)
@@ -521,13 +521,15 @@ def _score(
     """Teacher-force each row's target (all but its last token are fed: ``state`` advances)."""
     batch, width = len(targets), max(len(t) for t in targets)
     device = first_logits.device
-    ids = torch.full((batch, width), model.pad_id, dtype=torch.long, device=device)
-    scored = torch.zeros((batch, width), dtype=torch.bool, device=device)
-    real = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for row, (seq, skip) in enumerate(zip(targets, n_prompt, strict=True)):
-        ids[row, : len(seq)] = torch.tensor(seq, device=device)
-        real[row, : len(seq)] = 1
-        scored[row, skip : len(seq)] = True
+    if len(n_prompt) != batch:
+        raise ValueError(f"{batch} targets but {len(n_prompt)} prompt lengths")
+    padded = [[*seq, *[model.pad_id] * (width - len(seq))] for seq in targets]
+    ids = torch.tensor(padded, dtype=torch.long, device=device)
+    columns = torch.arange(width, device=device)[None, :]
+    lengths = torch.tensor([len(seq) for seq in targets], device=device)[:, None]
+    skips = torch.tensor(n_prompt, device=device)[:, None]
+    real = (columns < lengths).long()
+    scored = (columns >= skips) & (columns < lengths)
     logits = [first_logits[:, None, :]]
     if width > 1:
         rest = forward_step(
@@ -611,8 +613,8 @@ def _decode_after_scoring(
     agree = on_path.long().cumprod(dim=1).sum(dim=1)  # greedy follows the target for j tokens
     stops = set(model.stop_ids)
     prefixes: list[list[int]] = []
-    for row, j in enumerate(agree.tolist()):
-        prefix = scored.ids[row, :j].tolist()
+    for ids_row, j in zip(scored.ids.tolist(), agree.tolist(), strict=True):
+        prefix = ids_row[:j]
         stop_at = next((k for k, tok in enumerate(prefix) if tok in stops), None)
         prefixes.append(prefix if stop_at is None else prefix[: stop_at + 1])
     finished = torch.tensor([bool(p) and p[-1] in stops for p in prefixes], device=device)
@@ -650,17 +652,21 @@ class _BranchPlan:
 
     A row whose patch first touches thought ``f`` computes thoughts ``0..f-1`` exactly as an
     unpatched row of its question would; so one unpatched *trunk* row per question runs the
-    loop, and the row joins at step ``f`` with the trunk's keys/values copied in. Run rows are
-    sorted by ``f`` (``order``), so the live rows at every step are one slice of the cache:
-    the trunks, then the rows that have joined.
+    loop, and the row joins at step ``f`` with the trunk's keys/values copied in. Where every
+    question has a run row that is never patched (the clean row of an ablation pass), that
+    row is its question's trunk; otherwise the trunks are extra cache rows, dropped after the
+    loop. Cache rows: the ``extra`` trunks, then the run rows in ``order`` -- the trunk run
+    rows first (question order), then the others sorted by ``f`` -- so the live rows at
+    every step are one slice of the cache, and trunk ``u`` is always cache row ``u``.
     """
 
-    order: torch.Tensor  # (R,) run rows sorted by their first patched thought
+    order: torch.Tensor  # (R,) run rows in cache order
     inverse: torch.Tensor  # (R,) position of each run row in ``order``
-    rows: torch.Tensor  # (R,) prompt row of each sorted run row
+    rows: torch.Tensor  # (R,) prompt row of each ordered run row
     trunks: torch.Tensor  # (U,) prompt rows of the trunks
-    trunk_of: torch.Tensor  # (R,) trunk index of each sorted run row
-    joined: list[int]  # joined[t]: sorted run rows live at step t (they have f <= t)
+    trunk_of: torch.Tensor  # (R,) trunk index of each ordered run row
+    joined: list[int]  # joined[t]: ordered run rows live at step t (trunk rows, then f <= t)
+    extra: int  # cache rows that are trunks only (U, or 0 when run rows are the trunks)
 
     @staticmethod
     def of(rows: torch.Tensor, patch: ThoughtPatch | None, n_thoughts: int) -> _BranchPlan | None:
@@ -674,12 +680,23 @@ class _BranchPlan:
         trunks, trunk_of = torch.unique(rows, return_inverse=True)
         if int(first.sum()) <= len(trunks) * n_thoughts:
             return None
-        order = torch.sort(first, stable=True).indices
+        by_first = torch.sort(first, stable=True).indices
+        designated: dict[int, int] = {}  # trunk -> its first never-patched run row
+        for row in by_first[first[by_first] == n_thoughts].tolist():
+            designated.setdefault(int(trunk_of[row]), row)
+        if len(designated) == len(trunks):
+            heads = torch.tensor([designated[u] for u in range(len(trunks))], dtype=torch.long)
+            is_head = torch.zeros(len(rows), dtype=torch.bool)
+            is_head[heads] = True
+            order = torch.cat([heads, by_first[~is_head[by_first]]])
+            extra, live_from = 0, len(trunks)
+        else:
+            order, extra, live_from = by_first, len(trunks), 0
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
-        first = first[order]
-        joined = [int((first <= t).sum()) for t in range(n_thoughts)]
-        return _BranchPlan(order, inverse, rows[order], trunks, trunk_of[order], joined)
+        rest = first[order[live_from:]]
+        joined = [live_from + int((rest <= t).sum()) for t in range(n_thoughts)]
+        return _BranchPlan(order, inverse, rows[order], trunks, trunk_of[order], joined, extra)
 
 
 def _branching_thoughts(
@@ -690,25 +707,25 @@ def _branching_thoughts(
     patch: ThoughtPatch | None,
     n_thoughts: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The latent loop of ``plan``; ``state`` holds the trunks, then the sorted run rows.
+    """The latent loop of ``plan``; ``state`` holds its cache rows (extra trunks, run rows).
 
     Returns the run rows' fed thoughts (R, T, d) and non-finite flags (R,); ``state`` is left
-    holding only the run rows (the trunks' cache rows are no longer shown).
+    holding only the run rows (extra trunks' cache rows are no longer shown).
     """
     device = state.mask.device
-    n_trunks, n_rows = len(plan.trunks), len(plan.rows)
-    trunk_of = torch.cat([torch.arange(n_trunks), plan.trunk_of]).to(device)  # per cache row
+    n_extra, n_rows = plan.extra, len(plan.rows)
+    trunk_of = torch.cat([torch.arange(n_extra), plan.trunk_of]).to(device)  # per cache row
     prefix_mask, prefix_pos, width = state.mask, state.next_pos, state.length
-    if patch is not None:  # the trunks are never patched
+    if patch is not None and n_extra:  # the extra trunks are never patched
         values = torch.cat(
-            [patch.values.new_zeros((n_trunks, *patch.values.shape[1:])), patch.values]
+            [patch.values.new_zeros((n_extra, *patch.values.shape[1:])), patch.values]
         )
-        mask = torch.cat([patch.mask.new_zeros((n_trunks, patch.mask.shape[1])), patch.mask])
+        mask = torch.cat([patch.mask.new_zeros((n_extra, patch.mask.shape[1])), patch.mask])
         patch = ThoughtPatch(values, mask, patch.layer)
     z = model.project(bot_hidden)  # thought 0's input, every cache row
     bad = ~finite_rows(bot_hidden)
     fed: list[torch.Tensor] = []
-    live = n_trunks
+    live = len(plan.trunks)  # trunk u is cache row u
 
     def join(upto: int, step: int) -> None:
         """Cache rows ``live..upto`` take their trunk's state before thought ``step``."""
@@ -720,7 +737,7 @@ def _branching_thoughts(
         bad[new] |= bad[source]
 
     for t in range(n_thoughts):
-        upto = n_trunks + plan.joined[t]
+        upto = n_extra + plan.joined[t]
         if upto > live:
             join(upto, t)
             live = upto
@@ -736,7 +753,7 @@ def _branching_thoughts(
         if step_patch is not None and step_patch.layer is None:
             zt = step_patch.apply(t, zt)
         # run rows not yet live feed what their trunk feeds
-        fed.append(torch.cat([zt[n_trunks:], zt[trunk_of[live:]]]))
+        fed.append(torch.cat([zt[n_extra:], zt[trunk_of[live:]]]))
         with ExitStack() as stack:
             if step_patch is not None and step_patch.layer is not None:
                 stack.enter_context(
@@ -745,9 +762,9 @@ def _branching_thoughts(
             h = forward_step(model, state, embeds=zt[:, None, :]).hidden[:, -1]
         bad[:live] |= ~finite_rows(h)
         z = torch.cat([model.project(h), z[live:]])
-    if n_trunks + n_rows > live:
-        join(n_trunks + n_rows, n_thoughts)
-    rows = slice(n_trunks, n_trunks + n_rows)
+    if n_extra + n_rows > live:
+        join(n_extra + n_rows, n_thoughts)
+    rows = slice(n_extra, n_extra + n_rows)
     set_live_rows(state.cache, rows)
     state.mask = torch.cat([prefix_mask[rows], prefix_mask.new_ones((n_rows, n_thoughts))], dim=1)
     state.next_pos = prefix_pos[rows] + n_thoughts
@@ -898,7 +915,7 @@ def _run_latent(
         if rows is not None:
             rows = rows.to(prompt.input_ids.device)
             q_lens = q_lens.index_select(0, rows.cpu())
-            if plan is not None:  # the trunks first, then the run rows
+            if plan is not None and plan.extra:  # the extra trunks first, then the run rows
                 rows = torch.cat([plan.trunks.to(rows.device), rows])
             state, bot_hidden = state.select(rows), bot_hidden.index_select(0, rows)
         state.row_ids = None  # state rows are run rows from here on

@@ -186,6 +186,25 @@ def test_build_patch_masks_exactly_the_ablated_thoughts(ref: AblationRef) -> Non
         assert torch.equal(patch.values[row], want)
 
 
+@pytest.mark.parametrize("kind", ["zero", "mean", "noise", "resample"])
+def test_build_patch_rows_equal_apply_row_by_row(ref: AblationRef, kind: str) -> None:
+    """The grouped writes give every row exactly what ``apply`` gives it alone."""
+    conditions = [Ablation((t,), kind) for t in range(N_THOUGHTS)]  # type: ignore[arg-type]
+    conditions.append(Ablation(tuple(range(N_THOUGHTS)), kind))  # type: ignore[arg-type]
+    ablations = [None, *conditions] * 3
+    problems = [p for p in (4, 0, 6) for _ in range(len(conditions) + 1)]
+    patch = build_patch(ablations, problems, ref)
+    for row, (ablation, problem) in enumerate(zip(ablations, problems, strict=True)):
+        if ablation is None:
+            assert torch.equal(patch.values[row], ref.values[problem])
+            assert not patch.mask[row].any()
+        else:
+            assert torch.equal(
+                patch.values[row], apply(ablation, ref.values[problem], ref, problem)
+            )
+            assert patch.mask[row].tolist() == [t in ablation.thoughts for t in range(N_THOUGHTS)]
+
+
 def test_build_patch_residual_site_sets_the_layer(ref: AblationRef) -> None:
     site = ResidualSite(3)
     patch = build_patch([Ablation((1,), "zero", site), None], [0, 1], ref)

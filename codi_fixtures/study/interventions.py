@@ -35,6 +35,7 @@ __all__ = [
     "apply",
     "build_patch",
     "parse_site",
+    "replacement",
 ]
 
 
@@ -71,30 +72,45 @@ class AblationRef:
         return cls(values=values, mean=mean.float(), noise=noise, donors=donors)
 
 
+def replacement(ablation: Ablation, ref: AblationRef, problems: torch.Tensor) -> torch.Tensor:
+    """What ``ablation`` writes at its thoughts for each of ``problems``: ``(P, len(thoughts), d)``.
+
+    The one definition of the kinds; :func:`apply` and :func:`build_patch` take their values
+    from here (a copy of stored values, no arithmetic, so both are exact).
+    """
+    ablation.check(ref.values.shape[1])
+    if ablation.kind != "zero" and ref.values.shape[0] < 2:
+        raise ValueError(f"{ablation.kind} ablation needs at least 2 problems in the set")
+    idx = torch.tensor(ablation.thoughts, dtype=torch.long)
+    if ablation.kind == "zero":
+        return ref.values.new_zeros((len(problems), len(idx), ref.values.shape[2]))
+    if ablation.kind == "mean":
+        source, who = ref.mean, problems
+    elif ablation.kind == "noise":
+        source, who = ref.noise, problems
+    elif ablation.kind == "resample":
+        source, who = ref.values, ref.donors[problems]
+    else:  # unreachable: validated in Ablation
+        raise ValueError(f"unknown ablation kind {ablation.kind!r}")
+    return source[who[:, None], idx[None, :]]
+
+
 def apply(ablation: Ablation, value: torch.Tensor, ref: AblationRef, problem: int) -> torch.Tensor:
     """Site values ``(T, d)`` of problem ``problem`` with the ablation applied (a new tensor)."""
     out = value.detach().clone()
     ablation.check(value.shape[0])
-    idx = list(ablation.thoughts)
-    if ablation.kind != "zero" and ref.values.shape[0] < 2:
-        raise ValueError(f"{ablation.kind} ablation needs at least 2 problems in the set")
-    if ablation.kind == "zero":
-        out[idx] = 0.0
-    elif ablation.kind == "mean":
-        out[idx] = ref.mean[problem, idx].to(out)
-    elif ablation.kind == "noise":
-        out[idx] = ref.noise[problem, idx].to(out)
-    elif ablation.kind == "resample":
-        out[idx] = ref.values[int(ref.donors[problem]), idx].to(out)
-    else:  # unreachable: validated in Ablation
-        raise ValueError(f"unknown ablation kind {ablation.kind!r}")
+    chosen = replacement(ablation, ref, torch.tensor([problem]))[0]
+    out[list(ablation.thoughts)] = chosen.to(out)
     return out
 
 
 def build_patch(
     ablations: Sequence[Ablation | None], problems: Sequence[int], ref: AblationRef
 ) -> ThoughtPatch:
-    """One patch for a batch of run rows: row ``r`` gets ``ablations[r]`` (None = clean)."""
+    """One patch for a batch of run rows: row ``r`` gets ``ablations[r]`` (None = clean).
+
+    Rows with the same ablation are written together (one indexed copy per condition).
+    """
     if len(ablations) != len(problems):
         raise ValueError("one ablation (or None) per row is required")
     sites = {a.site for a in ablations if a is not None}
@@ -102,9 +118,15 @@ def build_patch(
         raise ValueError(f"a patch applies at one site, got {sorted(map(str, sites))}")
     values = ref.values[list(problems)].clone()  # (R, T, d)
     mask = torch.zeros(values.shape[:2], dtype=torch.bool)
-    for row, (ablation, problem) in enumerate(zip(ablations, problems, strict=True)):
+    rows_of: dict[Ablation, list[int]] = {}
+    for row, ablation in enumerate(ablations):
         if ablation is not None:
-            values[row] = apply(ablation, values[row], ref, problem)
-            mask[row, list(ablation.thoughts)] = True
+            rows_of.setdefault(ablation, []).append(row)
+    for ablation, rows in rows_of.items():
+        at = torch.tensor(rows, dtype=torch.long)[:, None]
+        idx = torch.tensor(ablation.thoughts, dtype=torch.long)[None, :]
+        who = torch.tensor([problems[r] for r in rows], dtype=torch.long)
+        values[at, idx] = replacement(ablation, ref, who).to(values)
+        mask[at, idx] = True
     layer = next(iter(sites)).layer if sites else None
     return ThoughtPatch(values=values, mask=mask, layer=layer)
