@@ -211,7 +211,9 @@ class LatentRun:
 def build_prompt(model: CodiModel, questions: Sequence[str]) -> Prompt:
     """Tokenize questions (BOS as the tokenizer adds it), append [eos,] <bot>, left-pad."""
     tok = model.tokenizer
-    encoded = [list(ids) for ids in tok(list(questions))["input_ids"]] if questions else []
+    if not questions:
+        raise ValueError("a prompt needs at least one question")
+    encoded = [list(ids) for ids in tok(list(questions))["input_ids"]]
     tail = [model.eos_id, model.bot_id] if model.spec.eos_before_bot else [model.bot_id]
     seqs = [ids + tail for ids in encoded]
     width = max(len(s) for s in seqs)
@@ -665,7 +667,7 @@ class _BranchPlan:
     rows: torch.Tensor  # (R,) prompt row of each ordered run row
     trunks: torch.Tensor  # (U,) prompt rows of the trunks
     trunk_of: torch.Tensor  # (R,) trunk index of each ordered run row
-    joined: list[int]  # joined[t]: ordered run rows live at step t (trunk rows, then f <= t)
+    joined: list[int]  # joined[t]: ordered run rows live at step t (trunk heads if any, f <= t)
     extra: int  # cache rows that are trunks only (U, or 0 when run rows are the trunks)
 
     @staticmethod

@@ -854,7 +854,7 @@ def test_verified_targets_skip_decoding_without_changing_answers(
 
 
 @pytest.mark.parametrize("layer", [None, 1])
-@pytest.mark.parametrize("clean_rows", ["every question", "not question 2"])
+@pytest.mark.parametrize("clean_rows", ["every question", "not question 2", "last, one twice"])
 def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
     tiny_model: CodiModel, questions: list[str], layer: int | None, clean_rows: str
 ) -> None:
@@ -862,8 +862,9 @@ def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
 
     The plan (rows sorted by first patched thought, joining a shared trunk) is switched off
     by an ``on_thought`` that changes nothing, which needs every row to run every step.
-    With a never-patched row for every question, those rows are the trunks; without, the
-    trunks are extra rows.
+    With a never-patched row for every question, those rows are the trunks (also when they
+    come last, in another question order, and one question has two); without, the trunks
+    are extra rows.
     """
     model = tiny_model
     n = model.spec.n_thoughts
@@ -885,13 +886,18 @@ def test_rows_joining_the_loop_late_equal_rows_that_ran_it_all(
     blocked[1, :, :, 2] = True  # a knockout on a clean row: joins after the loop
     knockout = KnockoutMask(blocked, torch.ones(len(rows), dtype=torch.bool))
     targets = answer_targets(model, ["12", "3", "45"] * (n + 2))
-    if clean_rows == "not question 2":
-        keep = torch.tensor([r for r in range(len(rows)) if r != 2])
+    picks = {
+        "every question": list(range(len(rows))),
+        "not question 2": [r for r in range(len(rows)) if r != 2],
+        "last, one twice": [*reversed(range(len(rows))), 0],
+    }[clean_rows]
+    if clean_rows != "every question":
+        keep = torch.tensor(picks)
         rows, patch = rows[keep], ThoughtPatch(values[keep], mask[keep], layer)
         knockout = KnockoutMask(blocked[keep], knockout.answer_queries[keep])
         targets = ([targets[0][r] for r in keep], [targets[1][r] for r in keep])
     plan = _BranchPlan.of(rows, patch, n)
-    assert plan is not None and plan.extra == (0 if clean_rows == "every question" else 3)
+    assert plan is not None and plan.extra == (3 if clean_rows == "not question 2" else 0)
     kwargs: dict[str, Any] = dict(
         rows=rows, patch=patch, knockout=knockout, targets=targets, max_new_tokens=MAX_NEW
     )

@@ -205,6 +205,15 @@ def test_build_patch_rows_equal_apply_row_by_row(ref: AblationRef, kind: str) ->
             assert patch.mask[row].tolist() == [t in ablation.thoughts for t in range(N_THOUGHTS)]
 
 
+def test_build_patch_reports_what_apply_reports(ref: AblationRef) -> None:
+    """A thought beyond the model, or a reference of one problem, is refused by name."""
+    with pytest.raises(ValueError, match="thought index 6 out of range"):
+        build_patch([None, Ablation((6,), "zero")], [0, 1], ref)
+    one = AblationRef.from_values(ref.values[:1])
+    with pytest.raises(ValueError, match="mean ablation needs at least 2 problems"):
+        build_patch([Ablation((0,), "mean")], [0], one)
+
+
 def test_build_patch_residual_site_sets_the_layer(ref: AblationRef) -> None:
     site = ResidualSite(3)
     patch = build_patch([Ablation((1,), "zero", site), None], [0, 1], ref)

@@ -57,7 +57,7 @@ def auto_batch_rows(model: CodiModel, problems: Sequence[Problem], max_new_token
         return AUTO_MIN_ROWS * 8
     tok = model.tokenizer
     questions = [p.question for p in problems]
-    question = max((len(ids) for ids in tok(questions)["input_ids"]), default=1) if questions else 1
+    question = max(len(ids) for ids in tok(questions)["input_ids"]) if questions else 1
     study = budget.StudyShape(question_tokens=question + 1, answer_tokens=max_new_tokens)
     shape = budget.shape_of(model)
     dtype_bytes = model.dtype.itemsize
