@@ -6,6 +6,8 @@ import importlib.util
 import json
 import random
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,3 +280,44 @@ def test_the_space_token_before_a_number_is_not_the_numbers_first_token():
     assert [tok.decode([i]) for i in target[skip:-1]] == ["8", "2"] and target[-1] == 2
     ids, ok = first_token_ids(model, [82.0, 7.0])  # type: ignore[arg-type]
     assert [tok.decode([i]) for i in ids] == ["8", "7"] and ok == [True, True]
+
+
+# --- the 0-thought control beside the shipped numbers -------------------------------------
+def test_attach_control_records_a_cpu_control_and_changes_nothing_else(tmp_path: Path) -> None:
+    """A control run's directory becomes ``extra.control`` and a report row; metrics stay."""
+    from codi_fixtures.smol.train import attach_control, control_record
+
+    shipped = Path(__file__).resolve().parents[1] / "codi_fixtures" / "smol_organism"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name in ("codi.json", "training_log.json"):
+        shutil.copy(shipped / name, adapter / name)
+    before = json.loads((adapter / "codi.json").read_text())
+    control_dir = tmp_path / "control"
+    control_dir.mkdir()
+    recipe = {**before["extra"]["recipe"], "n_thoughts": 0, "codi_steps_run": 880}
+    codi = {"2-step": 40.0, "3-step": 30.0, "4-step": 20.0, "5+step": 10.0, "all": 25.0}
+    control_spec = {"extra": {"recipe": recipe, "metrics": {"codi": codi}, "machine": "cpu x2"}}
+    (control_dir / "codi.json").write_text(json.dumps(control_spec))
+
+    attach_control(adapter, control_record(str(control_dir)))
+
+    after = json.loads((adapter / "codi.json").read_text())
+    assert after["extra"]["control"]["codi"] == codi
+    assert "cpu x2" in after["extra"]["control"]["note"]
+    assert "880 CODI steps" in after["extra"]["control"]["note"]
+    assert after["extra"]["metrics"] == before["extra"]["metrics"]
+    assert {k: v for k, v in after.items() if k != "extra"} == {
+        k: v for k, v in before.items() if k != "extra"
+    }
+    report = (adapter / "training_report.md").read_text()
+    assert "| control, 0 thoughts | 40.0 | 30.0 | 20.0 | 10.0 | 25.0 |" in report
+
+
+def test_control_record_refuses_a_run_with_thoughts() -> None:
+    """The shipped 6-thought adapter is not a control: the error says how to make one."""
+    from codi_fixtures.smol.train import control_record
+
+    shipped = Path(__file__).resolve().parents[1] / "codi_fixtures" / "smol_organism"
+    with pytest.raises(ValueError, match=r"not an evaluated 0-thought control.*--n-thoughts 0"):
+        control_record(str(shipped))

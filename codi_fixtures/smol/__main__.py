@@ -4,6 +4,8 @@
   [--device cuda] [--no-eval]``: train (resumable) and write the shipped adapter directory;
 - ``evaluate --adapter DIR [--gsm8k test.jsonl]``: measure an exported adapter's held-out
   numbers on the CPU and write them into its ``codi.json`` and ``training_report.md``;
+- ``attach-control --adapter DIR --control SRC``: record a trained 0-thought control's
+  held-out accuracy in an adapter's ``codi.json`` and report (nothing re-measured);
 - ``export --adapter DIR --out DIR``: write the full published-layout checkpoint
   (base + adapter; ``load_codi`` reads it);
 - ``base``: dequantize the GGUF into the cache (once) and print the cache directory.
@@ -12,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import fields
@@ -32,6 +33,12 @@ def _stop_by(text: str | None) -> float | None:
     if when < now:
         when += timedelta(days=1)
     return when.timestamp()
+
+
+_CONTROL_HELP = (
+    "a 0-thought control: the adapter directory its CPU `train --n-thoughts 0` wrote, or "
+    "SUMMARY.json:NAME from a GPU run (pick_smol.py)"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,11 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument(
         "--gsm8k", type=Path, default=None, help="GSM8K test.jsonl: report CODI accuracy on 100"
     )
-    evaluate.add_argument(
-        "--control",
-        default=None,
-        help="SUMMARY.json:NAME, a 0-thought control's record from a GPU run (pick_smol.py)",
+    evaluate.add_argument("--control", default=None, help=_CONTROL_HELP)
+    attach = sub.add_parser(
+        "attach-control", help="record a trained 0-thought control beside an adapter's metrics"
     )
+    attach.add_argument("--adapter", type=Path, required=True)
+    attach.add_argument("--control", required=True, help=_CONTROL_HELP)
     sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -98,20 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         import torch
 
-        from codi_fixtures.smol.train import evaluate_adapter
+        from codi_fixtures.smol.train import control_record, evaluate_adapter
 
         torch.set_num_threads(args.threads)
-        control = None
-        if args.control:
-            path, name = args.control.rsplit(":", 1)
-            record = json.loads(Path(path).read_text())[name]
-            control = {
-                "codi": record["device_metrics"]["codi"],
-                "recipe": record["recipe"],
-                "note": f"run {Path(path).name}:{name}, n_thoughts 0, measured on "
-                f"{record['machine']}",
-            }
+        control = control_record(args.control) if args.control else None
         evaluate_adapter(args.adapter, gsm8k=args.gsm8k, control=control)
+    elif args.command == "attach-control":
+        from codi_fixtures.smol.train import attach_control, control_record
+
+        attach_control(args.adapter, control_record(args.control))
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

@@ -515,11 +515,56 @@ def evaluate_adapter(
     if control is not None:
         extra["control"] = control
     extra["evaluated_on"] = f"CPU float32 ({_utc_now()}; torch {torch.__version__})"
+    _store_extra(adapter_dir, spec, extra)
+    return metrics
+
+
+def attach_control(adapter_dir: Path, control: dict[str, object]) -> None:
+    """Record a trained 0-thought control beside an adapter's metrics (nothing re-measured)."""
+    spec = json.loads((adapter_dir / "codi.json").read_text())
+    extra = dict(spec.get("extra") or {})
+    extra["control"] = control
+    _store_extra(adapter_dir, spec, extra)
+
+
+def control_record(source: str) -> dict[str, object]:
+    """A 0-thought control's record: from a CPU run's adapter directory or ``SUMMARY.json:NAME``.
+
+    A directory is what ``train`` wrote for the control (its ``codi.json`` holds the held-out
+    ``codi`` accuracy, measured on the CPU); ``SUMMARY.json:NAME`` is a GPU run's summary
+    (``benchmarks/gpu``), measured on the device that trained it.
+    """
+    path = Path(source)
+    if path.is_dir():
+        extra = json.loads((path / "codi.json").read_text()).get("extra") or {}
+        recipe, metrics = extra.get("recipe") or {}, extra.get("metrics") or {}
+        if recipe.get("n_thoughts") != 0 or not isinstance(metrics.get("codi"), dict):
+            raise ValueError(
+                f"{path} is not an evaluated 0-thought control (recipe n_thoughts "
+                f"{recipe.get('n_thoughts')!r}, metrics {sorted(metrics)}): train one with "
+                "`--n-thoughts 0` and let it evaluate"
+            )
+        return {
+            "codi": metrics["codi"],
+            "recipe": recipe,
+            "note": f"trained and measured on {extra.get('machine', 'unknown')}, finished "
+            f"{extra.get('finished', '?')}, {recipe.get('codi_steps_run')} CODI steps",
+        }
+    summary, name = source.rsplit(":", 1)
+    record = json.loads(Path(summary).read_text())[name]
+    return {
+        "codi": record["device_metrics"]["codi"],
+        "recipe": record["recipe"],
+        "note": f"run {Path(summary).name}:{name}, n_thoughts 0, measured on {record['machine']}",
+    }
+
+
+def _store_extra(adapter_dir: Path, spec: dict[str, object], extra: dict[str, object]) -> None:
+    """Write ``extra`` into the adapter's ``codi.json`` (atomically) and rewrite its report."""
     spec["extra"] = extra
-    atomic_write_text(spec_path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(adapter_dir / "codi.json", json.dumps(spec, indent=2, sort_keys=True) + "\n")
     history = json.loads((adapter_dir / LOG_FILE).read_text())["history"]
     _write_report(adapter_dir, extra, history)
-    return metrics
 
 
 _BINS = ("2-step", "3-step", "4-step", "5+step", "all")
