@@ -321,3 +321,13 @@ def test_control_record_refuses_a_run_with_thoughts() -> None:
     shipped = Path(__file__).resolve().parents[1] / "codi_fixtures" / "smol_organism"
     with pytest.raises(ValueError, match=r"not an evaluated 0-thought control.*--n-thoughts 0"):
         control_record(str(shipped))
+
+
+def test_attach_control_names_a_bad_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing source is a usage error naming both accepted forms, not a traceback."""
+    from codi_fixtures.smol.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attach-control", "--adapter", str(tmp_path), "--control", str(tmp_path / "no")])
+    assert exit_info.value.code == 2
+    assert "adapter directory or SUMMARY.json:NAME" in capsys.readouterr().err

@@ -41,6 +41,16 @@ _CONTROL_HELP = (
 )
 
 
+def _control(parser: argparse.ArgumentParser, source: str) -> dict[str, object]:
+    """``control_record(source)``, or the command line's error naming what to pass."""
+    from codi_fixtures.smol.train import control_record
+
+    try:
+        return control_record(source)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run it."""
     parser = argparse.ArgumentParser(prog="python -m codi_fixtures.smol", description=__doc__)
@@ -106,15 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         import torch
 
-        from codi_fixtures.smol.train import control_record, evaluate_adapter
+        from codi_fixtures.smol.train import evaluate_adapter
 
         torch.set_num_threads(args.threads)
-        control = control_record(args.control) if args.control else None
+        control = _control(parser, args.control) if args.control else None
         evaluate_adapter(args.adapter, gsm8k=args.gsm8k, control=control)
     elif args.command == "attach-control":
-        from codi_fixtures.smol.train import attach_control, control_record
+        from codi_fixtures.smol.train import attach_control
 
-        attach_control(args.adapter, control_record(args.control))
+        attach_control(args.adapter, _control(parser, args.control))
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

@@ -536,6 +536,8 @@ def control_record(source: str) -> dict[str, object]:
     """
     path = Path(source)
     if path.is_dir():
+        if not (path / "codi.json").is_file():
+            raise ValueError(f"{path} holds no codi.json: pass the directory `train --out` wrote")
         extra = json.loads((path / "codi.json").read_text()).get("extra") or {}
         recipe, metrics = extra.get("recipe") or {}, extra.get("metrics") or {}
         if recipe.get("n_thoughts") != 0 or not isinstance(metrics.get("codi"), dict):
@@ -550,8 +552,16 @@ def control_record(source: str) -> dict[str, object]:
             "note": f"trained and measured on {extra.get('machine', 'unknown')}, finished "
             f"{extra.get('finished', '?')}, {recipe.get('codi_steps_run')} CODI steps",
         }
-    summary, name = source.rsplit(":", 1)
-    record = json.loads(Path(summary).read_text())[name]
+    summary, _, name = source.rpartition(":")
+    if not summary or not Path(summary).is_file():
+        raise ValueError(
+            f"control {source!r}: expected a control run's adapter directory or "
+            "SUMMARY.json:NAME (an existing GPU summary file and a run name in it)"
+        )
+    runs = json.loads(Path(summary).read_text())
+    if name not in runs:
+        raise ValueError(f"{summary} has no run {name!r}; it has {', '.join(sorted(runs))}")
+    record = runs[name]
     return {
         "codi": record["device_metrics"]["codi"],
         "recipe": record["recipe"],
