@@ -289,3 +289,21 @@ def test_analyses_and_report_load_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- degenerate data against bugs -------------------------------------------------------------
+def test_guarded_turns_only_degenerate_data_into_an_inconclusive_result():
+    """Too few observations is inconclusive; a malformed call is a bug and raises."""
+    from functools import partial
+
+    from codi_fixtures.analyses.view import guarded
+    from codi_fixtures.stats import DegenerateData, mean_effect
+
+    thin = guarded(partial(mean_effect, np.ones(1), sesoi=0.1), 1, "greater")
+    assert thin.verdict == "inconclusive"
+    assert "at least 2 observations" in (thin.verdict_reason or "")
+    with pytest.raises(ValueError, match="must be 1-D") as err:
+        guarded(partial(mean_effect, np.ones((20, 6)), sesoi=0.1), 20, "greater")
+    assert not isinstance(err.value, DegenerateData)
+    with pytest.raises(ValueError, match="broadcast"):
+        guarded(lambda: mean_effect(np.ones(3) + np.ones(4)), 3, "greater")

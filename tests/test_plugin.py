@@ -369,6 +369,18 @@ def test_crashing_statistic(analysis, claim, tier, which):
 def test_known_failure(analysis, claim, tier):
     \"\"\"Declared a known outcome, but it crashes: an ERROR, not an expected failure.\"\"\"
     raise ZeroDivisionError("division by zero on purpose")
+
+
+def test_malformed_statistic(analysis, claim, tier):
+    \"\"\"A statistic called wrongly inside ``guarded``: a bug, an ERROR, not inconclusive.\"\"\"
+    from functools import partial
+
+    import numpy as np
+
+    from codi_fixtures.analyses.view import guarded
+    from codi_fixtures.stats import mean_effect
+
+    claim.judge(guarded(partial(mean_effect, np.ones((20, 6))), 20, "greater"))
 """
 
 
@@ -385,11 +397,12 @@ def test_a_claim_that_crashes_is_an_error_reported_once(pytester, shared_cache, 
         "no:cacheprovider",
         "-ra",
     )
-    result.assert_outcomes(errors=4, deselected=4)
+    result.assert_outcomes(errors=5, deselected=5)
     assert not (pytester.path / "out").exists()  # no claim was judged: no report
     out = result.stdout.str()
     assert "Traceback" not in out and "XFAIL" not in out and " failed" not in out
-    assert out.count("CODI claims crashed:") == 2  # one paragraph per distinct cause
+    assert "inconclusive:" not in out  # the legend names the word; no claim is one
+    assert out.count("CODI claims crashed:") == 3  # one paragraph per distinct cause
     result.stdout.fnmatch_lines(
         [
             "CODI claims crashed: 3 claim(s) raised the same error, so none of them was judged*",
@@ -403,8 +416,9 @@ def test_a_claim_that_crashes_is_an_error_reported_once(pytester, shared_cache, 
             "  cause: ZeroDivisionError: division by zero on purpose",
         ]
     )
+    result.stdout.fnmatch_lines(["  cause: ValueError: deltas must be 1-D*"])
     logs = sorted((tmp_path / "cache" / "errors").glob("claim-*.log"))
-    assert len(logs) == 2  # one traceback per cause, not one per claim
+    assert len(logs) == 3  # one traceback per cause, not one per claim
     assert all("Traceback" in log.read_text() for log in logs)
 
 

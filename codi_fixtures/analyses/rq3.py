@@ -39,6 +39,7 @@ from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
 from codi_fixtures.stats import (
+    DegenerateData,
     StatResult,
     apply_holm_verdicts,
     inconclusive_verdict,
@@ -576,16 +577,13 @@ def _link(
     for i, (k, site) in enumerate(steps.items()):
         has = tokens[:, k - 1] >= 0
         dec[has, i] = (ranks[has, 2 : 2 + n_t, site, k - 1] == 0).astype(np.float64)
-    try:
-        imp = view.importance()
-    except KeyError as err:
-        return None, f"inconclusive: {err}"
+    imp = view.importance()  # its kind is validated against the run's kinds at start-up
     keep = np.isfinite(imp).all(axis=1) & np.isfinite(dec).any(axis=(1, 2))
     if keep.sum() < 5:
         return None, "inconclusive: fewer than 5 usable problems"
     try:
         link = rq1_link_test(dec[keep], imp[keep], alpha=view.alpha, seed=view.seed, n_boot=999)
-    except ValueError as err:
+    except DegenerateData as err:
         return None, f"inconclusive: {err}"
     return link, ""
 

@@ -35,8 +35,11 @@ callers; :func:`rq2_tests` replaces them.
 Degenerate RQ2 inputs (fewer than ``MIN_PROBLEMS`` problems, or a variable
 that is constant) do not raise: they return a result with ``statistic=nan``,
 ``p_value=1.0`` and a ``method`` that says why, so that the caller can report
-the test as inconclusive. Malformed inputs (wrong shape, mismatched lengths,
-non-finite values, too few observations for RQ1) raise ``ValueError``.
+the test as inconclusive. Data that cannot support a statistic (too few
+observations, non-finite values, too few thoughts) raise :class:`DegenerateData`,
+which callers turn into an inconclusive verdict; malformed calls (wrong shape,
+mismatched lengths, bad parameters) raise a plain ``ValueError``, which is a bug
+and never a verdict.
 """
 
 from __future__ import annotations
@@ -221,6 +224,15 @@ class StatResult:
 # --------------------------------------------------------------------------- input checks
 
 
+class DegenerateData(ValueError):
+    """The data cannot support the statistic: too few observations, non-finite values, ...
+
+    An analysis turns this, and only this, into an *inconclusive* verdict. Any other
+    exception from a statistic (a shape mismatch, a bad parameter) is a bug and is
+    reported as an error.
+    """
+
+
 def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
     """Raise ValueError when ``value`` is not one of ``allowed``."""
     if value not in allowed:
@@ -243,9 +255,9 @@ def _vector(values: ArrayLike, name: str, *, min_n: int = 1) -> FloatArray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size < min_n:
-        raise ValueError(f"{name} needs at least {min_n} observations, got {arr.size}")
+        raise DegenerateData(f"{name} needs at least {min_n} observations, got {arr.size}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        raise DegenerateData(f"{name} contains non-finite values (nan or inf)")
     return arr
 
 
@@ -276,9 +288,9 @@ def _matrix(values: ArrayLike, name: str) -> FloatArray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_problems, n_thoughts), got shape {arr.shape}")
     if arr.shape[1] < 2:
-        raise ValueError(f"{name} needs at least 2 thoughts per problem, got {arr.shape[1]}")
+        raise DegenerateData(f"{name} needs at least 2 thoughts per problem, got {arr.shape[1]}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        raise DegenerateData(f"{name} contains non-finite values (nan or inf)")
     return arr
 
 
@@ -1180,9 +1192,11 @@ def _rq2_arrays(attention: ArrayLike, importance: ArrayLike) -> tuple[FloatArray
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n_problems, n_thoughts), got shape {arr.shape}")
         if arr.shape[1] < 3:
-            raise ValueError(f"{name} needs at least 3 thoughts per problem, got {arr.shape[1]}")
+            raise DegenerateData(
+                f"{name} needs at least 3 thoughts per problem, got {arr.shape[1]}"
+            )
         if np.any(np.isinf(arr)):
-            raise ValueError(f"{name} contains inf (nan rows are dropped, inf is an error)")
+            raise DegenerateData(f"{name} contains inf (nan rows are dropped, inf is not)")
     if x.shape != y.shape:
         raise ValueError(f"attention and importance differ in shape: {x.shape} vs {y.shape}")
     keep = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))
