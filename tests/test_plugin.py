@@ -565,3 +565,82 @@ def test_a_refuted_equivalence_shows_the_p_value_that_refuted_it():
     assert "p=1," in line  # the TOST p: not equivalent
     assert f"p_sesoi_holm={result.p_sesoi_corrected:.3g}," in line
     assert result.p_sesoi_corrected is not None and result.p_sesoi_corrected < 0.05
+
+
+CRASH_BESIDE_A_VERDICT = '''
+from codi_fixtures.stats import StatResult
+
+
+def test_supported(analysis, claim, tier):
+    """A planted supported result passes."""
+    claim.judge("supported", StatResult(statistic=0.3, p_value=0.001, ci_low=0.1, ci_high=0.5,
+        n=50, method="planted", alternative="greater", p_corrected=0.001, ci_level=0.9,
+        sesoi=0.1, verdict="supported", verdict_reason="planted"))
+
+
+def test_crashes_before_judging(analysis, claim, tier):
+    """Its evidence cannot be computed: an error, listed in the report with its cause."""
+    raise ZeroDivisionError("no evidence on purpose")
+'''
+
+
+@pytest.mark.slow
+def test_a_crashed_claim_is_in_the_report_and_its_statistics(pytester, shared_cache):
+    """The report counts every claim: one that crashed is an error row, not a missing one."""
+    pytester.makepyfile(test_fake=CRASH_BESIDE_A_VERDICT)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--report-dir=out", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    verdicts = {v["test"].split("::")[1]: v for v in _summary(pytester.path / "out")["verdicts"]}
+    assert {k: v["outcome"] for k, v in verdicts.items()} == {
+        "test_crashes_before_judging[quick]": "error",
+        "test_supported[quick]": "supported",
+    }
+    crashed = verdicts["test_crashes_before_judging[quick]"]["evidence"]
+    assert "ZeroDivisionError: no evidence on purpose" in crashed and "claim-" in crashed
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert "1 supported, 1 error" in html
+
+
+@pytest.mark.slow
+def test_without_a_report_the_console_still_names_the_traceback(pytester, shared_cache):
+    """--no-codi-report writes nothing, but the findings and each crash's log are printed."""
+    pytester.makepyfile(test_fake=CRASH_BESIDE_A_VERDICT)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*crashed, not a verdict: ZeroDivisionError: no evidence on purpose*"
+            "full traceback: *claim-*.log*",
+            "CODI claims crashed: 1 claim(s)*",
+            "1 supported, 1 error",
+            "no report written (--no-codi-report)",
+        ]
+    )
+    assert not (pytester.path / "reports").exists()
+
+
+@pytest.mark.slow
+def test_known_outcomes_apply_only_under_the_settings_they_were_declared_with(
+    pytester, shared_cache
+):
+    """Declared at the default SESOIs; a run with another SESOI judges every claim afresh."""
+    from codi_fixtures.plugin.known_outcomes import declarations_from_summaries
+
+    _fake_project(pytester)
+    args = ["-m", "quick", f"--codi-cache={shared_cache}", "-p", "no:cacheprovider"]
+    first = pytester.runpytest_subprocess(*args, "--report-dir=out")
+    first.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    declared = declarations_from_summaries([pytester.path / "out" / "summary_statistics.json"])
+    assert declared["settings"]["min_effect_logp"] == 0.1
+    (pytester.path / "known.json").write_text(json.dumps({"bundled": declared}))
+    same = pytester.runpytest_subprocess(*args, "--no-codi-report")
+    same.assert_outcomes(passed=1, skipped=1, xfailed=2, deselected=4)
+    other = pytester.runpytest_subprocess(*args, "--no-codi-report", "--min-effect-logp=0.5")
+    other.assert_outcomes(passed=1, failed=2, skipped=1, deselected=4)
+    other.stdout.fnmatch_lines(
+        ["known outcomes of 'bundled' not applied*min_effect_logp: 0.1 -> 0.5*judged afresh"]
+    )

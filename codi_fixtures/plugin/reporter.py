@@ -15,7 +15,13 @@ from codi_fixtures.plugin.session import CodiSession
 if TYPE_CHECKING:
     from codi_fixtures.report.summary import ClaimRow
 
-__all__ = ["CodiReporter", "analyses_computed", "claim_rows", "study_fingerprints"]
+__all__ = [
+    "CodiReporter",
+    "analyses_computed",
+    "claim_rows",
+    "error_rows",
+    "study_fingerprints",
+]
 
 
 def claim_rows(
@@ -54,6 +60,39 @@ def claim_rows(
             )
         )
     return sorted(rows, key=lambda r: (r.tier, r.nodeid))
+
+
+def error_rows(
+    outcomes: Mapping[str, str],
+    judged: set[str],
+    params: Mapping[str, Mapping[str, Any]],
+    messages: Mapping[str, str],
+) -> list[ClaimRow]:
+    """One row per claim that ended as an error without a judged result.
+
+    A claim whose statistics crashed before ``claim.judge``, or whose tier's study failed,
+    carries no numbers; it still belongs in the report, as an error with its one-line cause,
+    so that the report's tallies count it and nobody reads a partial report as complete.
+    """
+    from codi_fixtures.report.summary import ClaimRow
+
+    rows = []
+    for nodeid, outcome in outcomes.items():
+        if outcome != "error" or nodeid in judged:
+            continue
+        claim_params = dict(params.get(nodeid, {}))
+        rows.append(
+            ClaimRow(
+                nodeid=nodeid,
+                outcome="error",
+                tier=str(claim_params.get("tier", "?")),
+                label=nodeid.rpartition("::")[2],
+                message=messages.get(nodeid, "crashed, not a verdict"),
+                stats={},
+                params=claim_params,
+            )
+        )
+    return rows
 
 
 def study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
@@ -108,15 +147,16 @@ class CodiReporter:
     at least one claim (:mod:`codi_fixtures.report.publish`).
     """
 
-    def __init__(self, codi: CodiSession, target: Any) -> None:
+    def __init__(self, codi: CodiSession, target: Any | None) -> None:
         self.codi = codi
         self.target = target
         self.reports: list[pytest.TestReport] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
-        self.failures: dict[str, Any] = {}  # tier -> StudyFailure
+        self.failures: dict[str, tuple[Any, set[str]]] = {}  # tier -> (StudyFailure, claims)
         # (cause, where) -> (the first ClaimCrash reported, the claims it ended)
         self.crashes: dict[tuple[str, str], tuple[Any, list[str]]] = {}
         self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
+        self.error_messages: dict[str, str] = {}  # nodeid -> why it ended without a verdict
         self.summary_html = ""
         self.published = False
 
@@ -140,15 +180,22 @@ class CodiReporter:
             # one paragraph per cause and place, whichever xdist worker logged it
             first = self.crashes.setdefault((crash.cause, crash.where), (crash, []))
             first[1].append(report.nodeid)
+            self.error_messages[report.nodeid] = crash.short()
         if STUDY_ERROR_PROPERTY in props:
             failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
-            self.failures.setdefault(failure.tier, failure)
+            self.failures.setdefault(failure.tier, (failure, set()))[1].add(report.nodeid)
+            self.error_messages[report.nodeid] = failure.short()
             is_claim = True
         if not is_claim:
             return
         outcome = outcome_of(report)
         if outcome is not None and (outcome == "error" or report.when != "teardown"):
             self.outcomes[report.nodeid] = outcome
+        if outcome == "error" and report.nodeid not in self.error_messages:
+            lines = str(report.longreprtext or "").strip().splitlines()
+            self.error_messages[report.nodeid] = (
+                f"error in {report.when}: {lines[-1] if lines else 'no message'}"
+            )
         if report.when == "call" and CLAIM_PROPERTY in props:
             self.reports.append(report)
 
@@ -159,7 +206,7 @@ class CodiReporter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
-        if not self.reports or not self.judged():
+        if self.target is None or not self.reports or not self.judged():
             return
         from codi_fixtures.report.build import build_summary, not_computed
 
@@ -172,7 +219,7 @@ class CodiReporter:
             self.codi.settings,
             study_fingerprints(self.reports),
             self.codi.problems,
-            claim_rows(self.reports, self.outcomes, self.params),
+            self._rows(),
             self.target.staging,
             time.monotonic() - self.codi.started,
             analyses,
@@ -180,6 +227,14 @@ class CodiReporter:
             figure_formats=("png", "pdf") if self.codi.config.getoption("codi_pdf") else ("png",),
             loaded=self.codi.loaded_analyses(),
         )
+
+    def _rows(self) -> list[ClaimRow]:
+        """Every claim's row: the judged ones and those that ended in an error."""
+        judged = claim_rows(self.reports, self.outcomes, self.params)
+        errors = error_rows(
+            self.outcomes, {r.nodeid for r in self.reports}, self.params, self.error_messages
+        )
+        return sorted([*judged, *errors], key=lambda r: (r.tier, r.nodeid))
 
     def _analyses(self) -> tuple[Any, ...]:
         """The registered analyses the workers computed (every one, if none said)."""
@@ -201,6 +256,8 @@ class CodiReporter:
 
     def publish(self, session: pytest.Session) -> None:
         """After pytest-html wrote the staged report: publish it, or leave the old one."""
+        if self.target is None:  # --no-codi-report
+            return
         if self.judged() and session.exitstatus not in (
             pytest.ExitCode.INTERRUPTED,
             pytest.ExitCode.USAGE_ERROR,
@@ -218,6 +275,26 @@ class CodiReporter:
             if html_plugin is not None:  # it would announce the discarded staging file
                 self.codi.config.pluginmanager.unregister(html_plugin)
 
+    def _notes(self) -> list[str]:
+        """Lines that qualify the verdicts (known outcomes declared under other settings)."""
+        from codi_fixtures.errors import CodiError
+        from codi_fixtures.plugin.known_outcomes import (
+            known_outcomes_path,
+            not_applied_reason,
+            verdict_settings,
+        )
+
+        settings = self.codi.settings
+        try:
+            reason = not_applied_reason(
+                known_outcomes_path(self.codi.config),
+                settings.model_label,
+                verdict_settings(settings.describe()),
+            )
+        except CodiError:  # a malformed file was a usage error at collection already
+            return []
+        return [reason, ""] if reason else []
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """The findings in the console: verdict grids, counts, paths; study failures once."""
         from codi_fixtures.plugin.console import summary_lines
@@ -228,7 +305,9 @@ class CodiReporter:
             self.failures,
             crashes=dict(self.crashes.values()),
             model=self.codi.settings.model_label,
-            report_dir=self.target.final if self.published else None,
+            report_dir=self.target.final if self.target and self.published else None,
+            writes_report=self.target is not None,
+            notes=self._notes(),
         )
         if lines:
             terminalreporter.write_sep("=", "CODI findings")
