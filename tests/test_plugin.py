@@ -644,3 +644,29 @@ def test_known_outcomes_apply_only_under_the_settings_they_were_declared_with(
     other.stdout.fnmatch_lines(
         ["known outcomes of 'bundled' not applied*min_effect_logp: 0.1 -> 0.5*judged afresh"]
     )
+
+
+@pytest.mark.slow
+def test_stale_declarations_are_named(pytester, shared_cache):
+    """A declaration that matches no claim, or whose claim is now inconclusive, is said."""
+    _fake_project(pytester)
+    known = _known()
+    known["bundled"]["outcomes"].update(
+        {
+            "test_fake.py::test_renamed_long_ago[quick]": "gone",
+            "test_fake.py::test_too_few_problems[quick]": "was refuted once",
+        }
+    )
+    (pytester.path / "known.json").write_text(json.dumps(known))
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    result.stdout.fnmatch_lines(
+        [
+            "known outcomes: 1 declaration(s) matched no claim of this run (first: "
+            "test_fake.py::test_renamed_long_ago*",
+            "known outcomes: 1 claim(s) declared refuted ended inconclusive (first: "
+            "test_fake.py::test_too_few_problems*",
+        ]
+    )

@@ -259,7 +259,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 config.option.self_contained_html = True
         from codi_fixtures.plugin.reporter import CodiReporter
 
-        config.pluginmanager.register(CodiReporter(session, target), "codi-reporter")
+        reporter = CodiReporter(session, target, complete=_selects_every_claim(config))
+        config.pluginmanager.register(reporter, "codi-reporter")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -147,9 +147,10 @@ class CodiReporter:
     at least one claim (:mod:`codi_fixtures.report.publish`).
     """
 
-    def __init__(self, codi: CodiSession, target: Any | None) -> None:
+    def __init__(self, codi: CodiSession, target: Any | None, complete: bool = False) -> None:
         self.codi = codi
         self.target = target
+        self.complete = complete  # the run selects every claim (-k, a file or an id do not)
         self.reports: list[pytest.TestReport] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
         self.failures: dict[str, tuple[Any, set[str]]] = {}  # tier -> (StudyFailure, claims)
@@ -279,21 +280,53 @@ class CodiReporter:
         """Lines that qualify the verdicts (known outcomes declared under other settings)."""
         from codi_fixtures.errors import CodiError
         from codi_fixtures.plugin.known_outcomes import (
+            known_for_run,
             known_outcomes_path,
+            matcher,
             not_applied_reason,
             verdict_settings,
         )
+        from codi_fixtures.study.data import problem_set_fingerprint
 
         settings = self.codi.settings
+        path = known_outcomes_path(self.codi.config)
+        run_settings = verdict_settings(settings.describe())
         try:
-            reason = not_applied_reason(
-                known_outcomes_path(self.codi.config),
-                settings.model_label,
-                verdict_settings(settings.describe()),
-            )
+            reason = not_applied_reason(path, settings.model_label, run_settings)
+            if reason:
+                return [reason, ""]
+            tiers = self._tiers()
+            fingerprints = {t: problem_set_fingerprint(self.codi.problems(t)) for t in tiers}
+            known = known_for_run(path, settings.model_label, fingerprints, run_settings)
         except CodiError:  # a malformed file was a usage error at collection already
             return []
-        return [reason, ""] if reason else []
+        patterns = {p: matcher(p) for entries in known.values() for p in entries}
+        notes = []
+        if self.complete:
+            unmatched = [
+                p for p, m in patterns.items() if not any(m.fullmatch(n) for n in self.outcomes)
+            ]
+            if unmatched:
+                notes.append(
+                    f"known outcomes: {len(unmatched)} declaration(s) matched no claim of this "
+                    f"run (first: {unmatched[0]}); re-declare them (README, Development)"
+                )
+        weakened = [
+            n
+            for n, o in self.outcomes.items()
+            if o == "inconclusive" and any(m.fullmatch(n) for m in patterns.values())
+        ]
+        if weakened:
+            notes.append(
+                f"known outcomes: {len(weakened)} claim(s) declared refuted ended inconclusive "
+                f"(first: {weakened[0]}): the declaration no longer holds as measured"
+            )
+        return [*notes, ""] if notes else []
+
+    def _tiers(self) -> list[str]:
+        """The tiers whose claims this run reported."""
+        tiers = {str(p.get("tier")) for p in self.params.values()}
+        return [t for t in self.codi.tiers() if t in tiers]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """The findings in the console: verdict grids, counts, paths; study failures once."""
