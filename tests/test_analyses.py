@@ -23,9 +23,12 @@ from codi_fixtures.analyses import (
     requirements_of,
 )
 from codi_fixtures.config import RunConfig, Settings
+from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.report.summary import summary_statistics
+from codi_fixtures.stats import mean_effect
 from codi_fixtures.study.conditions import conditions_for, default_requirements
 from codi_fixtures.study.results import StudyResults
+from codi_fixtures.testing import synthetic_study
 
 BASELINE = Path(__file__).parent / "data" / "rq_baseline"
 DIMS = Dimensions(n_layers=6, n_thoughts=6)
@@ -289,3 +292,45 @@ def test_analyses_and_report_load_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- RQ1: the last thought is the most important ------------------------------------------------
+def _planted_importance(imp: np.ndarray) -> StudyAnalysis:
+    """A real analysis of a synthetic study whose mean-ablation delta log p is ``imp`` (N, T)."""
+    n, n_t = imp.shape
+    results = synthetic_study(n, n_thoughts=n_t, kinds=("mean",), seed=0)
+    logp = results.logp.copy()
+    for t in range(n_t):
+        logp[:, results.column(f"t{t}-mean")] = results.clean_logp - imp[:, t]
+    return StudyAnalysis(replace(results, logp=logp), LayerRoles(4, 8, 14), n_boot=999)
+
+
+def _rivals(rng: np.random.Generator, n: int, sd0: float, mean1: float = 1.0) -> np.ndarray:
+    """Thought 0: far below the last on average but noisy; thought 1: close and precise."""
+    return np.column_stack(
+        [rng.normal(0.6, sd0, n), rng.normal(mean1, 0.1, n), rng.normal(1.6, 0.1, n)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sd0", "mean1", "verdict", "shown"),
+    [
+        (9.0, 1.0, "inconclusive", 0),  # the noisy rival binds: it decides, not the closest
+        (6.0, 1.0, "supported", 0),  # every rival supported: the largest p_sesoi binds
+        (0.1, 1.6, "refuted", 1),  # thought 1 is as important as the last
+    ],
+)
+def test_last_most_important_shows_the_comparison_that_decides(sd0, mean1, verdict, shown):
+    """Statistic, CI, every p and the reason are one rival's: the one that decides the verdict."""
+    analysis = _planted_importance(_rivals(np.random.default_rng(0), 40, sd0, mean1))
+    got = analysis.last_most_important("mean")
+    imp = analysis.importance("mean")
+    alone = mean_effect(imp[:, 2] - imp[:, shown], n_boot=999, seed=0)
+    assert got.verdict == verdict
+    fields = ("statistic", "ci_low", "ci_high", "p_value", "p_sesoi", "p_equivalence")
+    assert [getattr(got, f) for f in fields] == [getattr(alone, f) for f in fields]
+    assert got.p_corrected is None  # no Holm applies to the shown p, so none is labelled so
+    assert str(got.verdict_reason).startswith(verdict)
+    assert f"thought 2 vs thought {shown}:" in str(got.verdict_reason)
+    # the shown numbers decide the shown verdict on their own
+    assert replace(got, verdict=None).with_verdict(analysis.alpha).verdict == verdict
