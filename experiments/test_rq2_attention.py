@@ -3,9 +3,10 @@
 Attention: from the <eot> query to thought t's position, head-averaged, at the early /
 middle / late layer. Importance: delta log p(gold) under the ``--importance-kind`` ablation
 (default mean). RQ2 is asked at two levels, each with its own test (codi_fixtures.stats.rq2_tests),
-Holm across the three layers within each question. The pooled r of earlier work is in the
-report and the JSON; its p treats the six pairs of a problem as independent, so it decides
-no verdict (codi_fixtures/analyses/rq2.py: requirements, statistics, figures).
+Holm across the three layers within each question (by difficulty: across all bins x layers).
+The pooled r of earlier work is in the report and the JSON; its p treats the six pairs of a
+problem as independent, so it decides no verdict (codi_fixtures/analyses/rq2.py:
+requirements, statistics, figures).
 """
 
 import pytest

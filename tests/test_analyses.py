@@ -23,9 +23,13 @@ from codi_fixtures.analyses import (
     requirements_of,
 )
 from codi_fixtures.config import RunConfig, Settings
+from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.report.summary import summary_statistics
+from codi_fixtures.stats import Rq2Tests, holm, holm_rq2, mean_effect, pvalue_or_one, rq2_tests
 from codi_fixtures.study.conditions import conditions_for, default_requirements
+from codi_fixtures.study.problems import DIFFICULTY_BINS
 from codi_fixtures.study.results import StudyResults
+from codi_fixtures.testing import synthetic_study
 
 BASELINE = Path(__file__).parent / "data" / "rq_baseline"
 DIMS = Dimensions(n_layers=6, n_thoughts=6)
@@ -313,3 +317,115 @@ def test_analyses_and_report_load_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- degenerate data against bugs -------------------------------------------------------------
+def test_guarded_turns_only_degenerate_data_into_an_inconclusive_result():
+    """Too few observations is inconclusive; a malformed call is a bug and raises."""
+    from functools import partial
+
+    from codi_fixtures.analyses.view import guarded
+    from codi_fixtures.stats import DegenerateData, mean_effect
+
+    thin = guarded(partial(mean_effect, np.ones(1), sesoi=0.1), 1, "greater")
+    assert thin.verdict == "inconclusive"
+    assert "at least 2 observations" in (thin.verdict_reason or "")
+    with pytest.raises(ValueError, match="must be 1-D") as err:
+        guarded(partial(mean_effect, np.ones((20, 6)), sesoi=0.1), 20, "greater")
+    assert not isinstance(err.value, DegenerateData)
+    with pytest.raises(ValueError, match="broadcast"):
+        guarded(lambda: mean_effect(np.ones(3) + np.ones(4)), 3, "greater")
+
+
+# --- RQ1: the last thought is the most important ------------------------------------------------
+def _planted_importance(imp: np.ndarray) -> StudyAnalysis:
+    """A real analysis of a synthetic study whose mean-ablation delta log p is ``imp`` (N, T)."""
+    n, n_t = imp.shape
+    results = synthetic_study(n, n_thoughts=n_t, kinds=("mean",), seed=0)
+    logp = results.logp.copy()
+    for t in range(n_t):
+        logp[:, results.column(f"t{t}-mean")] = results.clean_logp - imp[:, t]
+    return StudyAnalysis(replace(results, logp=logp), LayerRoles(4, 8, 14), n_boot=999)
+
+
+def _rivals(rng: np.random.Generator, n: int, sd0: float, mean1: float = 1.0) -> np.ndarray:
+    """Thought 0: far below the last on average but noisy; thought 1: close and precise."""
+    return np.column_stack(
+        [rng.normal(0.6, sd0, n), rng.normal(mean1, 0.1, n), rng.normal(1.6, 0.1, n)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sd0", "mean1", "verdict", "shown"),
+    [
+        (9.0, 1.0, "inconclusive", 0),  # the noisy rival binds: it decides, not the closest
+        (6.0, 1.0, "supported", 0),  # every rival supported: the largest p_sesoi binds
+        (0.1, 1.6, "refuted", 1),  # thought 1 is as important as the last
+    ],
+)
+def test_last_most_important_shows_the_comparison_that_decides(sd0, mean1, verdict, shown):
+    """Statistic, CI, every p and the reason are one rival's: the one that decides the verdict."""
+    analysis = _planted_importance(_rivals(np.random.default_rng(0), 40, sd0, mean1))
+    got = analysis.last_most_important("mean")
+    imp = analysis.importance("mean")
+    alone = mean_effect(imp[:, 2] - imp[:, shown], n_boot=999, seed=0)
+    assert got.verdict == verdict
+    fields = ("statistic", "ci_low", "ci_high", "p_value", "p_sesoi", "p_equivalence")
+    assert [getattr(got, f) for f in fields] == [getattr(alone, f) for f in fields]
+    assert got.p_corrected is None  # no Holm applies to the shown p, so none is labelled so
+    assert str(got.verdict_reason).startswith(verdict)
+    assert f"thought 2 vs thought {shown}:" in str(got.verdict_reason)
+    # the shown numbers decide the shown verdict on their own
+    assert replace(got, verdict=None).with_verdict(analysis.alpha).verdict == verdict
+
+
+# --- RQ2 by difficulty: one Holm family over (bin, layer) pairs per question -------------------
+def _rq2_raw_by_bin(a: StudyAnalysis, difficulty: str | None) -> dict[int, Rq2Tests]:
+    """RQ2's uncorrected tests per role layer on one bin's problems (all: None)."""
+    imp = a.importance()
+    rows = ~np.isnan(imp).any(axis=1)
+    if difficulty is not None:
+        rows &= np.array([d == difficulty for d in a.results.difficulty])
+    return {
+        layer: rq2_tests(
+            a.attention(layer)[rows],
+            imp[rows],
+            alpha=a.alpha,
+            seed=a.seed,
+            sesoi_r=a.sesoi_r,
+            n_perm=a.n_perm,
+            sesoi_target=a.sesoi_logp,
+        )
+        for layer in (4, 8, 14)
+    }
+
+
+def test_rq2_by_difficulty_is_one_holm_family_over_bins_and_layers():
+    """Holm per question over all 4 bins x 3 layers (undecidable cells count as p = 1).
+
+    The overall family stays the 3 layers.
+    """
+    a = StudyAnalysis(synthetic_study(40, seed=2), LayerRoles(4, 8, 14), n_perm=1000)
+    raw = {b: _rq2_raw_by_bin(a, b) for b in DIFFICULTY_BINS}
+    pairs = [(b, layer) for b in DIFFICULTY_BINS for layer in (4, 8, 14)]
+    for question in Rq2Tests.QUESTIONS:
+        cells = [getattr(raw[b][layer], question) for b, layer in pairs]
+        expected = {
+            "p_corrected": holm([c.p_value for c in cells]),
+            "p_sesoi_corrected": holm([pvalue_or_one(c.p_sesoi) for c in cells]),
+            "p_equivalence_corrected": holm([pvalue_or_one(c.p_equivalence) for c in cells]),
+        }
+        for i, (b, layer) in enumerate(pairs):
+            got = a.rq2(question, b)[layer]  # type: ignore[arg-type]
+            for field_name, values in expected.items():
+                if question != "pooled" or field_name == "p_corrected":
+                    assert getattr(got, field_name) == pytest.approx(values[i]), (b, layer)
+    # the case that changes: 5+step at the planted layer is supported within its bin's
+    # 3 layers (p_sesoi Holm 0.030) but not among all 12 pairs (0.112)
+    per_bin = holm_rq2(list(raw["5+step"].values()), alpha=a.alpha)[1].beyond_position
+    family = a.rq2("beyond_position", "5+step")[8]
+    assert per_bin.verdict == "supported" and per_bin.p_sesoi_corrected < 0.05
+    assert family.verdict == "inconclusive" and family.p_sesoi_corrected > 0.1
+    # the overall family is unchanged: Holm across the role layers only
+    overall = holm_rq2(list(_rq2_raw_by_bin(a, None).values()), alpha=a.alpha)
+    assert [t.as_dict() for t in a.rq2_all().values()] == [t.as_dict() for t in overall]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from codi_fixtures.analyses.rq3 import _combine, _holm, _probe_cell
+from codi_fixtures.stats import StatResult, pvalue_or_one
 from codi_fixtures.stats.decoding import (
+    ProbeGrid,
     cv_probe,
     iia_summary,
     lens_rate,
@@ -175,3 +179,88 @@ def test_equivalence_effect_supports_a_null_and_refutes_a_shift():
     family = equivalence_verdicts([null, shift], alpha=0.05)
     assert [r.verdict for r in family] == ["supported", "refuted"]
     assert family[0].p_corrected is not None and family[0].p_corrected >= null.p_value
+
+
+# --- RQ3 probe cells: the verdict's CI, p-values and shown baseline agree ------------------------
+_SITES = ("emb", "L0", "L1", "L2")  # m = 4 probed sites: Bonferroni x4 for the best one
+
+
+def _probe_grid(acc: np.ndarray, perm: np.ndarray, question: np.ndarray) -> ProbeGrid:
+    """One step, positions (q_last, bot, t0), 4 sites: t0 at L0 scores ``acc`` / ``perm``.
+
+    Every question-position probe scores ``question``; every other cell scores 0.
+    """
+    n = acc.size
+    correct = np.zeros((1, 3, len(_SITES), n))
+    permuted = np.zeros_like(correct)
+    correct[0, :2] = question
+    correct[0, 2, 1], permuted[0, 2, 1] = acc, perm
+    return ProbeGrid(("q_last", "bot", "t0"), _SITES, correct, permuted)
+
+
+def _judged(grid: ProbeGrid) -> tuple[StatResult, StatResult, StatResult]:
+    """The cell as the analysis judges it: Bonferroni x4, Holm (one cell), both baselines."""
+    cell = _probe_cell(grid, 1, 0, "L0", len(_SITES), 0.05)
+    (perm,) = _holm({0: cell["minus_permuted"]}, 0.05).values()
+    (quest,) = _holm({0: cell["minus_question"]}, 0.05).values()
+    return perm, quest, _combine(perm, quest, "L0")
+
+
+def _paired(b: int, c: int, both: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 arrays with b problems 1/0, c problems 0/1, ``both`` 1/1, the rest 0/0."""
+    x = np.r_[np.ones(b), np.zeros(c), np.ones(both), np.zeros(n - b - c - both)]
+    y = np.r_[np.zeros(b), np.ones(c), np.ones(both), np.zeros(n - b - c - both)]
+    return x, y
+
+
+def test_a_probe_cells_ci_is_at_the_bonferroni_level_of_its_p():
+    """Best of 4 sites: p_sesoi x4 = 0.11 is not < 0.05, so the CI must not clear the SESOI.
+
+    At the unadjusted level the 90% CI [0.124, ...] lay above the SESOI beside an inconclusive
+    verdict; at alpha / 4 it contains it, and each side agrees with its p for every cell.
+    """
+    acc, perm = _paired(11, 1, 10, 40)  # acc - perm = 0.25, raw p_sesoi 0.027
+    permuted, question, _ = _judged(_probe_grid(acc, perm, np.zeros(40)))
+    assert 0.05 <= pvalue_or_one(permuted.p_sesoi) < 0.2
+    assert permuted.ci_level == pytest.approx(1 - 2 * 0.05 / 4)
+    assert permuted.verdict == "inconclusive" and permuted.ci_low <= 0.1
+    for r in (permuted, question):
+        assert (pvalue_or_one(r.p_sesoi) < 0.05) == (r.ci_low > 0.1)
+    assert question.verdict == "supported"
+
+
+def test_a_probe_cell_shows_the_baseline_that_decides():
+    """Intersection-union over the two baselines: the numbers shown are the deciding one's."""
+    # inconclusive: beyond the question baseline (supported), not beyond permuted labels
+    acc, perm = _paired(11, 1, 10, 40)
+    permuted, question, combined = _judged(_probe_grid(acc, perm, np.zeros(40)))
+    assert (permuted.verdict, question.verdict, combined.verdict) == (
+        "inconclusive",
+        "supported",
+        "inconclusive",
+    )
+    assert (combined.statistic, combined.ci_low, combined.p_sesoi) == (
+        permuted.statistic,
+        permuted.ci_low,
+        permuted.p_sesoi,
+    )
+    assert "minus the permuted labels probe" in combined.method
+    # refuted by the permuted labels (no better than a shuffled probe) though far above the
+    # question positions: the refuted comparison is shown, not the supported one
+    acc, perm = _paired(5, 5, 120, 200)
+    permuted, question, combined = _judged(_probe_grid(acc, perm, np.zeros(200)))
+    assert (permuted.verdict, question.verdict, combined.verdict) == (
+        "refuted",
+        "supported",
+        "refuted",
+    )
+    assert (combined.statistic, combined.ci_high) == (permuted.statistic, permuted.ci_high)
+    assert combined.ci_high < 0.1
+    # supported: both are, and the binding one (larger p_sesoi) is shown
+    acc, perm = _paired(30, 0, 20, 80)
+    permuted, question, combined = _judged(_probe_grid(acc, perm, np.r_[np.ones(10), np.zeros(70)]))
+    assert combined.verdict == "supported"
+    binding = max((question, permuted), key=lambda r: pvalue_or_one(r.p_sesoi_corrected))
+    assert binding is permuted and combined.statistic == permuted.statistic
+    # the shown numbers decide the shown verdict on their own
+    assert replace(combined, verdict=None).with_verdict(0.05).verdict == "supported"

@@ -369,6 +369,18 @@ def test_crashing_statistic(analysis, claim, tier, which):
 def test_known_failure(analysis, claim, tier):
     \"\"\"Declared a known outcome, but it crashes: an ERROR, not an expected failure.\"\"\"
     raise ZeroDivisionError("division by zero on purpose")
+
+
+def test_malformed_statistic(analysis, claim, tier):
+    \"\"\"A statistic called wrongly inside ``guarded``: a bug, an ERROR, not inconclusive.\"\"\"
+    from functools import partial
+
+    import numpy as np
+
+    from codi_fixtures.analyses.view import guarded
+    from codi_fixtures.stats import mean_effect
+
+    claim.judge(guarded(partial(mean_effect, np.ones((20, 6))), 20, "greater"))
 """
 
 
@@ -385,11 +397,12 @@ def test_a_claim_that_crashes_is_an_error_reported_once(pytester, shared_cache, 
         "no:cacheprovider",
         "-ra",
     )
-    result.assert_outcomes(errors=4, deselected=4)
+    result.assert_outcomes(errors=5, deselected=5)
     assert not (pytester.path / "out").exists()  # no claim was judged: no report
     out = result.stdout.str()
     assert "Traceback" not in out and "XFAIL" not in out and " failed" not in out
-    assert out.count("CODI claims crashed:") == 2  # one paragraph per distinct cause
+    assert "inconclusive:" not in out  # the legend names the word; no claim is one
+    assert out.count("CODI claims crashed:") == 3  # one paragraph per distinct cause
     result.stdout.fnmatch_lines(
         [
             "CODI claims crashed: 3 claim(s) raised the same error, so none of them was judged*",
@@ -403,8 +416,9 @@ def test_a_claim_that_crashes_is_an_error_reported_once(pytester, shared_cache, 
             "  cause: ZeroDivisionError: division by zero on purpose",
         ]
     )
+    result.stdout.fnmatch_lines(["  cause: ValueError: deltas must be 1-D*"])
     logs = sorted((tmp_path / "cache" / "errors").glob("claim-*.log"))
-    assert len(logs) == 2  # one traceback per cause, not one per claim
+    assert len(logs) == 3  # one traceback per cause, not one per claim
     assert all("Traceback" in log.read_text() for log in logs)
 
 
@@ -551,3 +565,108 @@ def test_a_refuted_equivalence_shows_the_p_value_that_refuted_it():
     assert "p=1," in line  # the TOST p: not equivalent
     assert f"p_sesoi_holm={result.p_sesoi_corrected:.3g}," in line
     assert result.p_sesoi_corrected is not None and result.p_sesoi_corrected < 0.05
+
+
+CRASH_BESIDE_A_VERDICT = '''
+from codi_fixtures.stats import StatResult
+
+
+def test_supported(analysis, claim, tier):
+    """A planted supported result passes."""
+    claim.judge("supported", StatResult(statistic=0.3, p_value=0.001, ci_low=0.1, ci_high=0.5,
+        n=50, method="planted", alternative="greater", p_corrected=0.001, ci_level=0.9,
+        sesoi=0.1, verdict="supported", verdict_reason="planted"))
+
+
+def test_crashes_before_judging(analysis, claim, tier):
+    """Its evidence cannot be computed: an error, listed in the report with its cause."""
+    raise ZeroDivisionError("no evidence on purpose")
+'''
+
+
+@pytest.mark.slow
+def test_a_crashed_claim_is_in_the_report_and_its_statistics(pytester, shared_cache):
+    """The report counts every claim: one that crashed is an error row, not a missing one."""
+    pytester.makepyfile(test_fake=CRASH_BESIDE_A_VERDICT)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--report-dir=out", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    verdicts = {v["test"].split("::")[1]: v for v in _summary(pytester.path / "out")["verdicts"]}
+    assert {k: v["outcome"] for k, v in verdicts.items()} == {
+        "test_crashes_before_judging[quick]": "error",
+        "test_supported[quick]": "supported",
+    }
+    crashed = verdicts["test_crashes_before_judging[quick]"]["evidence"]
+    assert "ZeroDivisionError: no evidence on purpose" in crashed and "claim-" in crashed
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert "1 supported, 1 error" in html
+
+
+@pytest.mark.slow
+def test_without_a_report_the_console_still_names_the_traceback(pytester, shared_cache):
+    """--no-codi-report writes nothing, but the findings and each crash's log are printed."""
+    pytester.makepyfile(test_fake=CRASH_BESIDE_A_VERDICT)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*crashed, not a verdict: ZeroDivisionError: no evidence on purpose*"
+            "full traceback: *claim-*.log*",
+            "CODI claims crashed: 1 claim(s)*",
+            "1 supported, 1 error",
+            "no report written (--no-codi-report)",
+        ]
+    )
+    assert not (pytester.path / "reports").exists()
+
+
+@pytest.mark.slow
+def test_known_outcomes_apply_only_under_the_settings_they_were_declared_with(
+    pytester, shared_cache
+):
+    """Declared at the default SESOIs; a run with another SESOI judges every claim afresh."""
+    from codi_fixtures.plugin.known_outcomes import declarations_from_summaries
+
+    _fake_project(pytester)
+    args = ["-m", "quick", f"--codi-cache={shared_cache}", "-p", "no:cacheprovider"]
+    first = pytester.runpytest_subprocess(*args, "--report-dir=out")
+    first.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    declared = declarations_from_summaries([pytester.path / "out" / "summary_statistics.json"])
+    assert declared["settings"]["min_effect_logp"] == 0.1
+    (pytester.path / "known.json").write_text(json.dumps({"bundled": declared}))
+    same = pytester.runpytest_subprocess(*args, "--no-codi-report")
+    same.assert_outcomes(passed=1, skipped=1, xfailed=2, deselected=4)
+    other = pytester.runpytest_subprocess(*args, "--no-codi-report", "--min-effect-logp=0.5")
+    other.assert_outcomes(passed=1, failed=2, skipped=1, deselected=4)
+    other.stdout.fnmatch_lines(
+        ["known outcomes of 'bundled' not applied*min_effect_logp: 0.1 -> 0.5*judged afresh"]
+    )
+
+
+@pytest.mark.slow
+def test_stale_declarations_are_named(pytester, shared_cache):
+    """A declaration that matches no claim, or whose claim is now inconclusive, is said."""
+    _fake_project(pytester)
+    known = _known()
+    known["bundled"]["outcomes"].update(
+        {
+            "test_fake.py::test_renamed_long_ago[quick]": "gone",
+            "test_fake.py::test_too_few_problems[quick]": "was refuted once",
+        }
+    )
+    (pytester.path / "known.json").write_text(json.dumps(known))
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, deselected=4)
+    result.stdout.fnmatch_lines(
+        [
+            "known outcomes: 1 declaration(s) matched no claim of this run (first: "
+            "test_fake.py::test_renamed_long_ago*",
+            "known outcomes: 1 claim(s) declared refuted ended inconclusive (first: "
+            "test_fake.py::test_too_few_problems*",
+        ]
+    )

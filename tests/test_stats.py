@@ -39,6 +39,7 @@ from codi_fixtures.stats import (
     rq2_tests,
     within_problem_permutation_test,
 )
+from codi_fixtures.stats.composition import trend_test
 from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.stats.inference import _tango_z, inconclusive_verdict
 
@@ -566,12 +567,55 @@ class TestMeanEffect:
             assert (result.p_sesoi < 0.05) == (result.ci_low > 0.1)
             assert (result.p_equivalence < 0.05) == (result.ci_high < 0.1)
 
-    def test_no_effect_at_all_is_refuted(self) -> None:
-        """Zero delta on every problem: refuted (the effect is certainly below the SESOI)."""
-        result = mean_effect(np.zeros(12), sesoi=0.1)
-        assert result.verdict == "refuted"
-        assert result.ci_low == result.ci_high == 0.0
-        assert result.p_value == 1.0
+    @pytest.mark.parametrize(
+        "values", [np.zeros(12), np.full(3, 0.107), np.ones(30), np.full(40, -2.0)]
+    )
+    def test_no_variation_is_inconclusive_not_certain(self, values: np.ndarray) -> None:
+        """All-equal deltas: an SE of 0 is not certainty (no p = 0, no zero-width CI)."""
+        for trim in (0.0, 0.2):
+            result = mean_effect(values, sesoi=0.1, trim=trim)
+            assert result.verdict == "inconclusive"
+            assert result.p_value == result.p_sesoi == result.p_equivalence == 1.0
+            assert math.isnan(result.ci_low) and math.isnan(result.ci_high)
+            assert "no variation" in (result.verdict_reason or "")
+            # a Holm family recomputes verdicts: the reason why survives it
+            (judged,) = apply_holm_verdicts([result])
+            assert judged.verdict == "inconclusive"
+            assert "no variation" in (judged.verdict_reason or "")
+
+    def test_few_tied_per_problem_slopes_are_inconclusive(self) -> None:
+        """The review's repro: two or three identical 0/1 curves gave p = 0 and a point CI."""
+        rising = trend_test(np.array([[0, 1, 1, 1, 1, 1, 1]] * 2, float), range(7)).slope
+        flat = trend_test(np.ones((3, 7)), range(7)).slope
+        for result in (rising, flat):
+            assert result.verdict == "inconclusive"
+            assert min(result.p_value, pvalue_or_one(result.p_sesoi)) == 1.0
+            assert pvalue_or_one(result.p_equivalence) == 1.0
+            assert math.isnan(result.ci_low)
+
+    @pytest.mark.parametrize(("n", "verdict"), [(13, "inconclusive"), (14, "refuted")])
+    def test_no_variation_opted_in_is_judged_by_the_exact_bound(self, n: int, verdict: str) -> None:
+        """``constant="exact"``: p = 0.8^n against every other location, CI [c, c] once < alpha."""
+        result = mean_effect(np.zeros(n), sesoi=0.1, constant="exact")
+        assert result.p_equivalence == pytest.approx(0.8**n)
+        assert result.p_value == result.p_sesoi == 1.0
+        assert result.verdict == verdict
+        if verdict == "refuted":
+            assert result.ci_low == result.ci_high == 0.0
+            assert "exact bound" in result.method
+        else:
+            assert math.isnan(result.ci_low) and "too few problems" in str(result.verdict_reason)
+
+    def test_the_exact_bound_supports_only_a_trimmed_mean(self) -> None:
+        """All-equal values above the SESOI: supported by 0.8^20; a plain mean has no bound."""
+        trimmed = mean_effect(np.full(20, 0.5), sesoi=0.1, constant="exact")
+        assert trimmed.verdict == "supported"
+        assert trimmed.p_value == trimmed.p_sesoi == pytest.approx(0.8**20)
+        assert trimmed.p_equivalence == 1.0
+        plain = mean_effect(np.full(200, 0.5), sesoi=0.1, constant="exact", trim=0.0)
+        assert plain.verdict == "inconclusive" and plain.p_sesoi == 1.0
+        with pytest.raises(ValueError, match="constant must be one of"):
+            mean_effect(np.ones(5), constant="certain")  # type: ignore[arg-type]
 
     def test_studentized_ci_matches_t_interval_for_normal_data(self) -> None:
         """For Normal data and large n the bootstrap-t CI is close to the t interval."""
@@ -615,9 +659,17 @@ class TestMeanEffect:
         assert "middle values tie" in (result.verdict_reason or "")
 
     def test_equivalence_of_no_change_at_all_is_supported(self) -> None:
-        """A p-value of exactly 0 stays 0 (``p or 1.0`` had made it 1)."""
+        """No change on any problem is an equivalence once the exact bound 0.8^n is < alpha.
+
+        A p-value of exactly 0 stays 0 (``p or 1.0`` had made it 1). Ten unchanged problems
+        are not enough: at the boundary (21% of problems moved) they occur 0.79^10 = 9.5% of
+        the time (calibrated in tests/test_stats_calibration.py).
+        """
         assert pvalue_or_one(0.0) == 0.0 and pvalue_or_one(None) == 1.0
-        assert equivalence_effect(np.zeros(10), sesoi=0.1).verdict == "supported"
+        assert equivalence_effect(np.zeros(14), sesoi=0.1).verdict == "supported"
+        few = equivalence_effect(np.zeros(10), sesoi=0.1)
+        assert few.verdict == "inconclusive" and few.p_value == pytest.approx(0.8**10)
+        assert "too few problems" in str(few.verdict_reason)
         assert equivalence_effect(np.array([0.0] * 8 + [3, -4]), sesoi=0.1).verdict != "supported"
 
 

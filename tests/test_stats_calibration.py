@@ -75,6 +75,7 @@ from codi_fixtures.stats import (
     rq2_tests,
 )
 from codi_fixtures.stats.composition import MIN_REACH_PROBLEMS, reaching_subset_test
+from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.study.conditions import all_subsets
 
 ALPHA = 0.05
@@ -373,6 +374,25 @@ class TestVerdictErrorRatesAndPower:
         results = [mean_effect(rng.normal(0.1, 0.5, 60), n_boot=499, seed=rng) for _ in range(600)]
         assert _verdict_rate(results, "supported") <= 0.07
         assert _verdict_rate(results, "refuted") <= 0.07
+
+    @pytest.mark.parametrize("n", [10, 14, 30])
+    def test_equivalence_of_mostly_unchanged_problems_at_the_sesoi(self, n: int) -> None:
+        """Most problems exactly unchanged, 21% moved by 6 nats: trimmed mean = SESOI exactly.
+
+        The shape of a same-value patch (RQ4) that leaves most problems bit-identical. The
+        population 20% trimmed mean is 6 x (0.80 - 0.79) / 0.6 = 0.1, the boundary of "within
+        +/-0.1", and a sample with no moved problem is common (0.79^n). The exact bound for
+        all-equal deltas (0.8^n) keeps "supported" at most alpha; treating no variation as
+        certainty (the old rule) supported it in 0.79^10 = 9.5% of datasets at n = 10.
+        """
+        share = 0.21
+        moved = 0.6 * 0.1 / (share - TRIM_FRACTION)
+        rng = np.random.default_rng(15)
+        results = [
+            equivalence_effect(np.where(rng.random(n) < share, moved, 0.0), sesoi=0.1, n_boot=199)
+            for _ in range(N_DATASETS)
+        ]
+        assert _verdict_rate(results, "supported") <= 0.05 + 0.02
 
     def test_refuted_on_a_true_null_with_many_problems(
         self, bundled_study: tuple[np.ndarray, np.ndarray]

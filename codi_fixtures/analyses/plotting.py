@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import ColorType
 
 from codi_fixtures.analyses.view import StudyView
-from codi_fixtures.stats import StatResult
+from codi_fixtures.stats import DegenerateData, StatResult
 from codi_fixtures.study.problems import DIFFICULTY_BINS
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -45,7 +45,7 @@ def _attempt(compute: Callable[..., _R], *args: object) -> _R | None:
     """``compute(*args)``, or None when the data are too degenerate for the statistic."""
     try:
         return compute(*args)
-    except ValueError:  # the stats module raises ValueError on too few finite problems
+    except DegenerateData:  # too few finite problems for this statistic: nothing to draw
         return None
 
 

@@ -41,7 +41,6 @@ from codi_fixtures.analyses.plotting import (
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import (
-    Outcome,
     StatResult,
     accuracy_drop_effect,
     apply_holm_verdicts,
@@ -170,7 +169,11 @@ def last_most_important(a: StudyView, kind: str) -> StatResult:
     Supported when every comparison is (intersection-union: no correction needed);
     refuted when some comparison is refuted after Holm over the rivals' equivalence
     p-values (any one rival that is as important suffices). The result shown is the
-    closest rival's comparison.
+    one comparison that decides: a refuted rival (the smallest Holm p_equivalence)
+    when refuted, else the rival with the largest p_sesoi (the binding comparison of
+    the intersection-union test; when inconclusive, among the rivals not supported).
+    Its statistic, CI, p-values and reason are all that comparison's; ``method`` lists
+    every rival's. ``p_corrected`` stays unset: no Holm applies to the shown p.
     """
 
     def compute() -> StatResult:
@@ -185,31 +188,39 @@ def last_most_important(a: StudyView, kind: str) -> StatResult:
             replace(t, p_equivalence_corrected=p).with_verdict(a.alpha)
             for t, p in zip(tests, p_equiv, strict=True)
         ]
-        closest = min(range(last), key=lambda i: rivals[i].statistic)
-        verdict: Outcome = "inconclusive"
-        if all(r.verdict == "supported" for r in rivals):
-            verdict = "supported"
-        elif any(r.verdict == "refuted" for r in rivals):
-            verdict = "refuted"
-            closest = next(i for i, r in enumerate(rivals) if r.verdict == "refuted")
-        base = rivals[closest]
-        return replace(
-            base,
-            p_value=max(r.p_value for r in rivals),
-            p_corrected=max(r.p_value for r in rivals),
-            p_sesoi=max(pvalue_or_one(r.p_sesoi) for r in rivals),
-            method=(
-                f"intersection-union over {last} paired comparisons "
-                f"(shown: thought {closest}); {base.method}"
-            ),
-            verdict=verdict,
-            verdict_reason=(
-                f"thought {last} vs thought {closest}: "
-                + str(base.verdict_reason).removeprefix(f"{base.verdict}: ")
-            ),
-        )
+        return _deciding_rival(rivals, last)
 
     return a.memoised(("last", kind), compute)
+
+
+def _deciding_rival(rivals: list[StatResult], last: int) -> StatResult:
+    """The intersection-union verdict over ``rivals``, shown as the comparison that decides it.
+
+    ``rivals[t]`` is ``last - t`` with its own verdict (Holm-corrected p_equivalence).
+    The chosen comparison's own verdict is the overall one, so its reason can be kept.
+    """
+    refuted = [i for i, r in enumerate(rivals) if r.verdict == "refuted"]
+    if refuted:
+        chosen = min(refuted, key=lambda i: pvalue_or_one(rivals[i].p_equivalence_corrected))
+    else:
+        open_ = [i for i, r in enumerate(rivals) if r.verdict != "supported"]
+        chosen = max(open_ or range(len(rivals)), key=lambda i: pvalue_or_one(rivals[i].p_sesoi))
+    base = rivals[chosen]
+    per_rival = ", ".join(
+        f"t{i}: {r.statistic:.3g} (p_sesoi={pvalue_or_one(r.p_sesoi):.3g}, "
+        f"Holm p_equivalence={pvalue_or_one(r.p_equivalence_corrected):.3g}, {r.verdict})"
+        for i, r in enumerate(rivals)
+    )
+    head, _, tail = str(base.verdict_reason).partition(": ")  # e.g. "refuted (...)", numbers
+    return replace(
+        base,
+        method=(
+            f"intersection-union over {len(rivals)} paired comparisons (thought {last} minus "
+            f"each other; shown: thought {chosen}, which decides); per rival: {per_rival}; "
+            f"{base.method}"
+        ),
+        verdict_reason=f"{head}: thought {last} vs thought {chosen}: {tail}",
+    )
 
 
 # --- figures ------------------------------------------------------------------------------------

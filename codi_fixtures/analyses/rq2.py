@@ -3,13 +3,15 @@
 Attention: from the <eot> query to thought t's position, head-averaged, at the early / middle /
 late layer. Importance: delta log p(gold) under the ``--importance-kind`` ablation (default
 mean). RQ2 is asked at two levels, each with its own test (:func:`codi_fixtures.stats.rq2_tests`),
-Holm across the role layers within each question; the pooled r of earlier work is descriptive.
+Holm across the role layers within each question (by difficulty: across every (bin, layer)
+pair); the pooled r of earlier work is descriptive.
 This module is the whole analysis: requirements (:class:`Rq2`), statistics, figures.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
@@ -38,6 +40,7 @@ from codi_fixtures.config import Settings
 from codi_fixtures.stats import (
     Rq2Tests,
     StatResult,
+    apply_holm_verdicts,
     holm_rq2,
     is_constant,
     pooled_normal_scores,
@@ -51,6 +54,7 @@ from codi_fixtures.study.conditions import (
     Requirements,
     parse_site,
 )
+from codi_fixtures.study.problems import DIFFICULTY_BINS
 
 __all__ = [
     "Rq2",
@@ -63,6 +67,7 @@ __all__ = [
     "per_thought_correlations",
     "rq2",
     "rq2_all",
+    "rq2_by_difficulty",
     "rq2_layer_scatter",
 ]
 
@@ -132,29 +137,77 @@ class Rq2:
 
 # --- statistics --------------------------------------------------------------------------------
 def rq2_all(a: StudyView, difficulty: str | None = None) -> dict[int, Rq2Tests]:
-    """Per role layer, the three RQ2 questions; Holm across the role layers per question."""
+    """Per role layer, the three RQ2 questions, Holm-corrected within each question.
+
+    Overall (``difficulty=None``) the family is the role layers. Per difficulty bin it is
+    every (bin, role layer) pair (:func:`rq2_by_difficulty`): the by-difficulty claims are
+    one family per question, so a bin's verdict and its Holm p come from the same family.
+    """
+    if difficulty is not None:
+        by_bin = rq2_by_difficulty(a)
+        if difficulty in by_bin:
+            return by_bin[difficulty]
+        return _rq2_raw(a, difficulty)  # no problem has this label: nothing to correct
 
     def compute() -> dict[int, Rq2Tests]:
-        imp = a.importance()
-        rows = ~np.isnan(imp).any(axis=1)
-        if difficulty is not None:
-            rows &= np.array([d == difficulty for d in a.results.difficulty])
-        layers = list(dict.fromkeys(a.layers.as_dict().values()))
-        tests = [
-            rq2_tests(
-                a.attention(layer)[rows],
-                imp[rows],
-                alpha=a.alpha,
-                seed=a.seed,
-                sesoi_r=a.sesoi_r,
-                n_perm=a.n_perm,
-                sesoi_target=a.sesoi_logp,
-            )
-            for layer in layers
-        ]
-        return dict(zip(layers, holm_rq2(tests, alpha=a.alpha), strict=True))
+        raw = _rq2_raw(a, None)
+        return dict(zip(raw, holm_rq2(list(raw.values()), alpha=a.alpha), strict=True))
 
-    return a.memoised(("rq2", difficulty), compute)
+    return a.memoised(("rq2", None), compute)
+
+
+def rq2_by_difficulty(a: StudyView) -> dict[str, dict[int, Rq2Tests]]:
+    """Per difficulty bin and role layer, the RQ2 questions; Holm over all (bin, layer) pairs.
+
+    The bins are :data:`DIFFICULTY_BINS` (the claims' bins) and any other label in the study.
+    Every pair counts, as in the overall family: one that cannot decide (too few problems, a
+    nan statistic) enters with p = 1, which only makes the correction conservative.
+    """
+
+    def compute() -> dict[str, dict[int, Rq2Tests]]:
+        bins = list(dict.fromkeys([*DIFFICULTY_BINS, *a.results.difficulty]))
+        raw = {b: _rq2_raw(a, b) for b in bins}
+        pairs = [(b, layer) for b in bins for layer in raw[b]]
+        columns: dict[str, dict[tuple[str, int], StatResult]] = {}
+        for question in Rq2Tests.QUESTIONS:
+            cells = [getattr(raw[b][layer], question) for b, layer in pairs]
+            judged = apply_holm_verdicts(cells, alpha=a.alpha)
+            columns[question] = dict(zip(pairs, judged, strict=True))
+        return {
+            b: {
+                layer: replace(
+                    raw[b][layer],
+                    position=columns["position"][(b, layer)],
+                    beyond_position=columns["beyond_position"][(b, layer)],
+                    pooled=columns["pooled"][(b, layer)],
+                )
+                for layer in raw[b]
+            }
+            for b in bins
+        }
+
+    return a.memoised(("rq2_by_difficulty",), compute)
+
+
+def _rq2_raw(a: StudyView, difficulty: str | None) -> dict[int, Rq2Tests]:
+    """Per role layer, the RQ2 questions on one bin's problems (all: None), not yet corrected."""
+    imp = a.importance()
+    rows = ~np.isnan(imp).any(axis=1)
+    if difficulty is not None:
+        rows &= np.array([d == difficulty for d in a.results.difficulty], dtype=bool)
+    layers = list(dict.fromkeys(a.layers.as_dict().values()))
+    return {
+        layer: rq2_tests(
+            a.attention(layer)[rows],
+            imp[rows],
+            alpha=a.alpha,
+            seed=a.seed,
+            sesoi_r=a.sesoi_r,
+            n_perm=a.n_perm,
+            sesoi_target=a.sesoi_logp,
+        )
+        for layer in layers
+    }
 
 
 def rq2(a: StudyView, test: Rq2Test, difficulty: str | None = None) -> dict[int, StatResult]:

@@ -12,9 +12,10 @@ take no part in step k's claims. Statistics (:mod:`codi_fixtures.stats.decoding`
   thought": the best (thought, site) cell, Bonferroni over the cells, Holm over the steps.
   Per (step, thought) at the input embedding: Holm over the grid.
 - *probes*: logistic regression on the hidden state, cross-validated by problem, per
-  (step, thought) at the best probed layer (Bonferroni over the layers), beyond both the
-  permuted-label baseline and the question-position baseline (the same probe at ``q_last``
-  / ``<bot>``); supported only when both differences are, Holm over the grid per baseline.
+  (step, thought) at the best probed layer (Bonferroni over the layers, the CI at that
+  level too), beyond both the permuted-label baseline and the question-position baseline
+  (the same probe at ``q_last`` / ``<bot>``); supported only when both differences are,
+  Holm over the grid per baseline. The cell shows the difference that decides its verdict.
   Probed layers: the input embedding and the three role layers (``--rq3-all-layers``: all).
 - *link to RQ1*: is the thought that best encodes step k (lens, at the site where step k
   decodes best) among the thoughts whose ablation hurts most? Over the steps whose lens claim
@@ -39,6 +40,7 @@ from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import layer_roles
 from codi_fixtures.stats import (
+    DegenerateData,
     StatResult,
     apply_holm_verdicts,
     inconclusive_verdict,
@@ -267,7 +269,12 @@ def no_step_values_reason(view: StudyView) -> str | None:
 
 
 def _bonferroni(r: StatResult, m: int) -> StatResult:
-    """``r`` with p_value and p_sesoi multiplied by ``m`` (a best-of-m selection)."""
+    """``r`` with p_value and p_sesoi multiplied by ``m`` (a best-of-m selection).
+
+    ``r`` must be computed at ``alpha / m`` (its CI at ``1 - 2 alpha / m``), so that the
+    verdict's CI matches its adjusted p: the CI clears the SESOI exactly when ``m p_sesoi``
+    is below alpha.
+    """
     return replace(
         r,
         p_value=min(1.0, r.p_value * m),
@@ -285,7 +292,13 @@ def _holm(cells: dict[object, StatResult], alpha: float) -> dict[object, StatRes
 
 
 def _combine(permuted: StatResult, question: StatResult, site: str) -> StatResult:
-    """Intersection-union of the two baselines: shown is the question-baseline difference."""
+    """Intersection-union of the two baselines, shown as the comparison that decides it.
+
+    Supported only when both are; refuted when either is. Shown (statistic, CI, p-values) is
+    a refuted baseline's difference (the question's when both are), else the one with the
+    larger Holm p_sesoi (the binding one; when inconclusive, among those not supported).
+    """
+    named = {"permuted labels": permuted, "question positions": question}
     verdicts = {permuted.verdict, question.verdict}
     if verdicts == {"supported"}:
         verdict = "supported"
@@ -293,16 +306,52 @@ def _combine(permuted: StatResult, question: StatResult, site: str) -> StatResul
         verdict = "refuted"
     else:
         verdict = "inconclusive"
+
+    def p_sesoi(name: str) -> float:
+        r = named[name]
+        return pvalue_or_one(r.p_sesoi_corrected if r.p_sesoi_corrected is not None else r.p_sesoi)
+
+    if verdict == "refuted":
+        shown = "question positions" if question.verdict == "refuted" else "permuted labels"
+    else:
+        candidates = [n for n, r in named.items() if r.verdict != "supported"] or list(named)
+        shown = max(reversed(candidates), key=p_sesoi)  # ties: the question baseline
     reason = (
         f"{verdict}: at {site}; minus permuted labels: {permuted.verdict_reason}; "
         f"minus question positions: {question.verdict_reason}"
     )
+    base = named[shown]
     return replace(
-        question,
+        base,
         verdict=verdict,  # type: ignore[arg-type]
         verdict_reason=reason,
-        method=f"probe accuracy at {site} minus the question-position probe; {question.method}",
+        method=(
+            f"probe accuracy at {site} minus the {shown} probe (shown: it decides); {base.method}"
+        ),
     )
+
+
+def _probe_cell(
+    grid: ProbeGrid, k: int, thought: int, site: str, m: int, alpha: float
+) -> dict[str, StatResult]:
+    """One cell's two baseline differences at its chosen site, best of ``m`` probed sites.
+
+    Computed at ``alpha / m`` and Bonferroni-adjusted (:func:`_bonferroni`), so each
+    result's CI is at the level its adjusted p is judged at; not yet Holm-corrected.
+    """
+    effects = probe_effects(grid, k - 1, f"t{thought}", site, sesoi=SESOI_RATE, alpha=alpha / m)
+    out = {}
+    for key in ("minus_permuted", "minus_question"):
+        result = effects[key]
+        if result.sesoi is None or math.isnan(result.statistic):
+            out[key] = inconclusive_verdict(
+                f"inconclusive: too few problems with step {k} to probe "
+                f"(n={effects['accuracy'].n}; need >= 20)",
+                effects["accuracy"].n,
+            )
+        else:
+            out[key] = _bonferroni(result, m)
+    return out
 
 
 def rq3_stats(view: StudyView) -> Rq3Stats:
@@ -450,16 +499,9 @@ def _probes(
             layer[(k, t)] = best
             acc[i, t] = chosen["accuracy"].statistic
             sel[i, t] = chosen["minus_question"].statistic
-            for cells, key in ((perm_cells, "minus_permuted"), (quest_cells, "minus_question")):
-                result = chosen[key]
-                if result.sesoi is None or math.isnan(result.statistic):
-                    cells[(k, t)] = inconclusive_verdict(
-                        f"inconclusive: too few problems with step {k} to probe "
-                        f"(n={chosen['accuracy'].n}; need >= 20)",
-                        chosen["accuracy"].n,
-                    )
-                else:
-                    cells[(k, t)] = _bonferroni(result, m)
+            judged = _probe_cell(grid, k, t, best, m, view.alpha)
+            perm_cells[(k, t)] = judged["minus_permuted"]
+            quest_cells[(k, t)] = judged["minus_question"]
     perm_cells = _holm(perm_cells, view.alpha)  # type: ignore[assignment,arg-type]
     quest_cells = _holm(quest_cells, view.alpha)  # type: ignore[assignment,arg-type]
     probe = {
@@ -576,16 +618,13 @@ def _link(
     for i, (k, site) in enumerate(steps.items()):
         has = tokens[:, k - 1] >= 0
         dec[has, i] = (ranks[has, 2 : 2 + n_t, site, k - 1] == 0).astype(np.float64)
-    try:
-        imp = view.importance()
-    except KeyError as err:
-        return None, f"inconclusive: {err}"
+    imp = view.importance()  # its kind is validated against the run's kinds at start-up
     keep = np.isfinite(imp).all(axis=1) & np.isfinite(dec).any(axis=(1, 2))
     if keep.sum() < 5:
         return None, "inconclusive: fewer than 5 usable problems"
     try:
         link = rq1_link_test(dec[keep], imp[keep], alpha=view.alpha, seed=view.seed, n_boot=999)
-    except ValueError as err:
+    except DegenerateData as err:
         return None, f"inconclusive: {err}"
     return link, ""
 

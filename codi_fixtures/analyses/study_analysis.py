@@ -73,7 +73,7 @@ class StudyAnalysis(StudyView):
 
     # --- RQ2 (codi_fixtures.analyses.rq2) ---------------------------------------------------
     def rq2_all(self, difficulty: str | None = None) -> dict[int, Rq2Tests]:
-        """Per role layer, the three RQ2 questions; Holm across the role layers per question."""
+        """Per role layer, the three RQ2 questions; Holm per question (by bin: bins x layers)."""
         return rq2.rq2_all(self, difficulty)
 
     def rq2(self, test: Rq2Test, difficulty: str | None = None) -> dict[int, StatResult]:

@@ -18,7 +18,14 @@ import numpy as np
 
 from codi_fixtures.config import Settings
 from codi_fixtures.model.architecture import LayerRoles, layer_roles
-from codi_fixtures.stats import SESOI_ACCURACY, SESOI_LOGP, SESOI_R, StatResult, inconclusive
+from codi_fixtures.stats import (
+    SESOI_ACCURACY,
+    SESOI_LOGP,
+    SESOI_R,
+    DegenerateData,
+    StatResult,
+    inconclusive,
+)
 from codi_fixtures.study.results import StudyResults
 
 __all__ = ["StudyView", "guarded"]
@@ -28,10 +35,14 @@ _V = TypeVar("_V", bound="StudyView")
 
 
 def guarded(compute: Callable[[], StatResult], n: int, alternative: str) -> StatResult:
-    """Run a test; too little or degenerate data becomes an inconclusive result, not a crash."""
+    """Run a test; too little or degenerate data becomes an inconclusive result.
+
+    Only :class:`DegenerateData` does: any other exception (a shape mismatch, a bad
+    argument) is a bug in the analysis and propagates, so the claim is an error.
+    """
     try:
         return compute()
-    except ValueError as err:
+    except DegenerateData as err:
         result = inconclusive(str(err), n, alternative)
         return replace(result, verdict="inconclusive", verdict_reason=str(err))
 

@@ -29,6 +29,7 @@ from codi_fixtures.stats import StatResult
 __all__ = ["Claim", "evidence"]
 
 FigureFactory = Callable[[], Any]  # returns a matplotlib Figure
+_NONFINITE = "NaN/inf in some condition (dropped only where this claim's numbers are)"
 
 
 def evidence(result: StatResult) -> str:
@@ -122,9 +123,11 @@ class Claim:
                 "SESOI (codi_fixtures.stats.mean_effect, accuracy_drop_effect, rq2_tests)"
             )
         context = dict(context or {})
+        # Problems non-finite in *some* condition of the study; each statistic drops a problem
+        # only where its own numbers are non-finite, so this names candidates, not this n.
         excluded = self.analysis.excluded_problems()
         if excluded:
-            context["excluded (NaN/inf)"] = ", ".join(excluded)
+            context[_NONFINITE] = ", ".join(excluded)
         self._attach(label, result, context, figure)
         reason = self.analysis.unjudgeable_reason(marked_analyses(self.node)) or unjudgeable
         if reason is not None:
@@ -138,7 +141,7 @@ class Claim:
             pytest.skip(
                 f"inconclusive: {label}: {why.removeprefix('inconclusive: ')} (n={result.n})"
             )
-        note = f"; excluded for NaN/inf: {', '.join(excluded)}" if excluded else ""
+        note = f"; {_NONFINITE}: {', '.join(excluded)}" if excluded else ""
         if result.verdict == "refuted":
             self.node.user_properties.append((VERDICT_PROPERTY, "refuted"))
             raise ClaimNotSupported(

@@ -9,7 +9,7 @@ layer role), rows its others (ablation kind, difficulty; ``1-L2`` for step 1 at 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +53,25 @@ def _grid(name: str, cells: Mapping[tuple[str, ...], str]) -> list[str]:
 def summary_lines(
     outcomes: Mapping[str, str],
     params: Mapping[str, Mapping[str, Any]],
-    failures: Mapping[str, Any],
+    failures: Mapping[str, tuple[Any, set[str]]],
     *,
     crashes: Mapping[Any, list[str]] | None = None,
     model: str,
     report_dir: Path | None,
+    writes_report: bool = True,
+    notes: Sequence[str] = (),
 ) -> list[str]:
     """Everything printed under "CODI findings" (about 30 lines for one tier).
 
     Study failures and claim crashes come first, one paragraph per distinct cause.
+    ``failures``: tier -> (the study failure, the claims it left unjudged): under xdist
+    another worker may have computed the same tier and judged the rest.
     """
     if not outcomes:
         return []
     lines: list[str] = []
-    for tier, failure in sorted(failures.items()):
-        n = sum(1 for nodeid in outcomes if params.get(nodeid, {}).get("tier") == tier)
-        lines += [*failure.paragraph(n).splitlines(), ""]
+    for _tier, (failure, unjudged) in sorted(failures.items()):
+        lines += [*failure.paragraph(len(unjudged)).splitlines(), ""]
     for crash, claims in (crashes or {}).items():
         lines += [*crash.paragraph(claims).splitlines(), ""]
     by_tier: dict[str, dict[str, dict[str, dict[tuple[str, ...], str]]]] = defaultdict(
@@ -93,6 +96,8 @@ def summary_lines(
         lines.append(f"report: {report_dir / 'report.html'}")
         lines.append(f"figures: {report_dir / 'figures'}/")
         lines.append(f"statistics: {report_dir / 'summary_statistics.json'}")
+    elif not writes_report:
+        lines.append("no report written (--no-codi-report)")
     else:
         lines.append("no report written: no claim reached a verdict (an earlier report is kept)")
-    return lines
+    return [*notes, *lines]

@@ -243,21 +243,24 @@ def pytest_configure(config: pytest.Config) -> None:
     if _runs_claims(config):
         session.validate_inputs()  # every bad option is a usage error before anything runs
         gcpolicy.long_lived_ready()  # torch, transformers: imported by the validation
-    if _writes_report(config) and not hasattr(config, "workerinput"):
-        from codi_fixtures.report.publish import ReportTarget
+    if _runs_claims(config) and not hasattr(config, "workerinput"):
+        target = None  # --no-codi-report: the findings are printed, nothing is written
+        if _writes_report(config):
+            from codi_fixtures.report.publish import ReportTarget
 
-        target = ReportTarget.for_run(
-            settings.report_dir,
-            explicit=bool(config.getoption("report_dir")),
-            complete=_selects_every_claim(config),
-        )
-        if not config.getoption("htmlpath", None):
-            # Must run before pytest-html's own pytest_configure reads the option.
-            config.option.htmlpath = str(target.staging / "report.html")
-            config.option.self_contained_html = True
+            target = ReportTarget.for_run(
+                settings.report_dir,
+                explicit=bool(config.getoption("report_dir")),
+                complete=_selects_every_claim(config),
+            )
+            if not config.getoption("htmlpath", None):
+                # Must run before pytest-html's own pytest_configure reads the option.
+                config.option.htmlpath = str(target.staging / "report.html")
+                config.option.self_contained_html = True
         from codi_fixtures.plugin.reporter import CodiReporter
 
-        config.pluginmanager.register(CodiReporter(session, target), "codi-reporter")
+        reporter = CodiReporter(session, target, complete=_selects_every_claim(config))
+        config.pluginmanager.register(reporter, "codi-reporter")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -323,16 +326,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _known_outcomes(config: pytest.Config, session: CodiSession) -> dict[str, dict[str, str]]:
     """Tier -> {pattern: reason} declared for this model and these tier samples."""
-    from codi_fixtures.plugin.known_outcomes import known_for_run
+    from codi_fixtures.plugin.known_outcomes import (
+        known_for_run,
+        known_outcomes_path,
+        verdict_settings,
+    )
     from codi_fixtures.study.data import problem_set_fingerprint
 
-    base = config.inipath.parent if config.inipath else Path(config.rootpath)
-    path = base / str(config.getini("codi_known_outcomes"))
+    path = known_outcomes_path(config)
     if not path.exists():
         return {}
     fingerprints = {t: problem_set_fingerprint(session.problems(t)) for t in session.tiers()}
+    settings = verdict_settings(session.settings.describe())
     try:
-        return known_for_run(path, session.settings.model_label, fingerprints)
+        return known_for_run(path, session.settings.model_label, fingerprints, settings)
     except CodiError as err:
         raise pytest.UsageError(str(err)) from None
 

@@ -7,8 +7,11 @@
 
 A declaration applies only to a run of that model whose tier sample has the declared problem-set
 fingerprint (:func:`codi_fixtures.study.data.problem_set_fingerprint`): a ``--problems`` run on
-another set, or another sample size or seed, inherits nothing. It matches only the claim's own "not
-supported" outcome (``raises=ClaimNotSupported``), never a crash.
+another set, or another sample size or seed, inherits nothing. It applies only under the settings
+that decide verdicts it was measured with (``settings``: alpha, the SESOIs, the ablation site,
+the importance kind, ...; :func:`verdict_settings`): a claim measured another way is judged
+afresh, and the console says why the declarations were not applied. It matches only the claim's
+own "not supported" outcome (``raises=ClaimNotSupported``), never a crash.
 
 ``python -m codi_fixtures.plugin.known_outcomes --model bundled
 reports/quick/summary_statistics.json reports/full/summary_statistics.json`` writes the
@@ -28,7 +31,59 @@ from typing import Any
 from codi_fixtures.atomic import atomic_write_text
 from codi_fixtures.errors import ConfigError
 
-__all__ = ["declarations_from_summaries", "known_for_run", "main", "matcher"]
+__all__ = [
+    "declarations_from_summaries",
+    "known_for_run",
+    "known_outcomes_path",
+    "main",
+    "matcher",
+    "not_applied_reason",
+    "settings_mismatch",
+    "verdict_settings",
+]
+
+_VERDICT_FIELDS = (
+    "alpha",
+    "importance_kind",
+    "knockout_heads",
+    "layers",
+    "max_step",
+    "min_correct",
+    "min_effect_acc",
+    "min_effect_logp",
+    "min_effect_r",
+    "subset_kinds",
+)
+_RUN_FIELDS = ("max_new_tokens", "seed", "site", "value_domain")
+
+
+def verdict_settings(described: Mapping[str, Any]) -> dict[str, object]:
+    """The settings that change what a claim measures or how it is judged.
+
+    ``described`` is :meth:`codi_fixtures.config.Settings.describe` (or the ``run.settings``
+    block of a ``summary_statistics.json``, which is the same). The ablation kinds, tiers,
+    device and paths are left out: the kind is part of a claim's test id, the tier sample has
+    its own fingerprint, and the rest does not decide a verdict.
+    """
+    run = described.get("run") or {}
+    out: dict[str, object] = {name: described.get(name) for name in _VERDICT_FIELDS}
+    out.update({f"run.{name}": run.get(name) for name in _RUN_FIELDS})
+    return json.loads(json.dumps(out, default=str))
+
+
+def settings_mismatch(declared: Mapping[str, object], run: Mapping[str, object]) -> list[str]:
+    """``name: declared -> this run`` for each verdict setting that differs."""
+    return [
+        f"{name}: {declared.get(name)!r} -> {run.get(name)!r}"
+        for name in sorted(set(declared) | set(run))
+        if declared.get(name) != run.get(name)
+    ]
+
+
+def known_outcomes_path(config: Any) -> Path:
+    """The declarations file: ini ``codi_known_outcomes``, relative to the ini file's folder."""
+    base = config.inipath.parent if config.inipath else Path(config.rootpath)
+    return base / str(config.getini("codi_known_outcomes"))
 
 
 def _tier_meta(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -39,11 +94,29 @@ def _tier_meta(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
-    """One model's declaration: problem-set fingerprints per tier and every refuted verdict."""
+    """One model's declaration: problem-set fingerprints, verdict settings, refuted verdicts.
+
+    Refuses summaries with errors or known outcomes that no longer hold: a crashed claim has
+    no verdict to declare, and declaring around it would silently drop its old declaration.
+    """
     problem_sets: dict[str, str] = {}
     outcomes: dict[str, str] = {}
+    settings: dict[str, object] | None = None
     for path in summaries:
         summary = json.loads(path.read_text())
+        bad = [v["test"] for v in summary["verdicts"] if v["outcome"] in {"error", "unexpected"}]
+        if bad:
+            raise ConfigError(
+                f"{path}: {len(bad)} claim(s) ended in an error or a known outcome that no "
+                f"longer holds (first: {bad[0]}); fix the run before declaring outcomes"
+            )
+        these = verdict_settings(summary.get("run", {}).get("settings", {}))
+        if settings is not None and these != settings:
+            raise ConfigError(
+                f"{path}: measured under other verdict settings than the summaries before it "
+                f"({'; '.join(settings_mismatch(settings, these))}); declare one setting at a time"
+            )
+        settings = these
         for meta in _tier_meta(summary):
             problem_sets[str(meta["tier"])] = str(meta["problem_set_fingerprint"])
         for verdict in summary["verdicts"]:
@@ -57,29 +130,62 @@ def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
                 outcomes[test_id] = f"not supported on this model: {evidence}"[:300]
     return {
         "problem_sets": dict(sorted(problem_sets.items())),
+        "settings": settings or {},
         "outcomes": dict(sorted(outcomes.items())),
     }
 
 
-def known_for_run(
-    path: Path, model_label: str, problem_sets: Mapping[str, str]
-) -> dict[str, dict[str, str]]:
-    """Tier -> {test-id pattern: reason} that apply to this model and these tier samples."""
+def _entry(path: Path, model_label: str) -> Mapping[str, Any] | None:
+    """The model's declaration in ``path`` (None when the file or the model has none)."""
     if not path.exists():
-        return {}
+        return None
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON ({err}); fix or delete the file") from None
     entry = data.get(model_label)
     if entry is None:
-        return {}
+        return None
     if not isinstance(entry, dict) or not isinstance(entry.get("outcomes"), dict):
         raise ConfigError(
             f"{path}: {model_label!r} must be {{'problem_sets': {{tier: fingerprint}}, "
-            "'outcomes': {test id: reason}}; regenerate it with python -m "
+            "'settings': {...}, 'outcomes': {test id: reason}}; regenerate it with python -m "
             "codi_fixtures.plugin.known_outcomes"
         )
+    return entry
+
+
+def not_applied_reason(path: Path, model_label: str, settings: Mapping[str, object]) -> str | None:
+    """Why the model's declarations do not apply under these verdict settings, or None."""
+    entry = _entry(path, model_label)
+    declared = None if entry is None else entry.get("settings")
+    if not declared:  # no declaration, or one from before settings were recorded
+        return None
+    differ = settings_mismatch(declared, settings)
+    if not differ:
+        return None
+    return (
+        f"known outcomes of {model_label!r} not applied: they were measured under other "
+        f"verdict settings ({'; '.join(differ)}); every claim is judged afresh"
+    )
+
+
+def known_for_run(
+    path: Path,
+    model_label: str,
+    problem_sets: Mapping[str, str],
+    settings: Mapping[str, object] | None = None,
+) -> dict[str, dict[str, str]]:
+    """Tier -> {test-id pattern: reason} that apply to this model, tier samples and settings.
+
+    ``settings``: the run's :func:`verdict_settings`; declarations recorded under others do
+    not apply (:func:`not_applied_reason` says why).
+    """
+    entry = _entry(path, model_label)
+    if entry is None:
+        return {}
+    if settings is not None and not_applied_reason(path, model_label, settings):
+        return {}
     declared = entry.get("problem_sets", {})
     return {
         tier: dict(entry["outcomes"])
@@ -89,8 +195,12 @@ def known_for_run(
 
 
 def matcher(pattern: str) -> re.Pattern[str]:
-    """A test-id suffix pattern; only ``*`` is a wildcard (``[`` and ``]`` are literal)."""
-    return re.compile(".*" + re.escape(pattern).replace(r"\*", ".*"))
+    """A test id, or its tail from a path component on; only ``*`` is a wildcard.
+
+    ``test_rq1_importance.py::test_x[quick-t5-mean]`` matches that test in any folder, but
+    not ``old_test_rq1_importance.py::...`` (``[`` and ``]`` are literal).
+    """
+    return re.compile("(?:.*/)?" + re.escape(pattern).replace(r"\*", ".*"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/known_outcomes.json"))
     args = parser.parse_args(argv)
     content = json.loads(args.out.read_text()) if args.out.exists() else {}
-    content[args.model] = declarations_from_summaries(args.summaries)
+    try:
+        content[args.model] = declarations_from_summaries(args.summaries)
+    except ConfigError as err:
+        parser.error(str(err))
     atomic_write_text(args.out, json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 

@@ -9,8 +9,8 @@ unexpected    a known outcome that no longer holds (strict XPASS: the run fails)
 error         anything else: a crash in a fixture, the study, the statistics or the figure.
 
 A crash is never a verdict. When a tier's study cannot be computed at all, every claim of that
-tier raises :class:`StudyUnavailable` in set-up: one short line each, and one paragraph with
-the cause at the end of the run.
+tier raises :class:`StudyUnavailable` in set-up: one short line each (naming the file with the
+full traceback), and one paragraph with the cause at the end of the run.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class StudyFailure:
         """The one line each affected claim shows."""
         return (
             f"CODI study for tier {self.tier!r} could not be computed ({self.cause}); "
-            "see 'CODI study failed' at the end of the run"
+            f"full traceback: {self.log}"
         )
 
     def paragraph(self, n_claims: int) -> str:
@@ -102,10 +102,7 @@ class ClaimCrash:
 
     def short(self) -> str:
         """The one line each affected claim shows."""
-        return (
-            f"crashed, not a verdict: {self.cause} (at {self.where}); "
-            "see 'CODI claims crashed' at the end of the run"
-        )
+        return f"crashed, not a verdict: {self.cause} (at {self.where}); full traceback: {self.log}"
 
     def paragraph(self, claims: list[str]) -> str:
         """The one readable explanation printed at the end of the run."""
@@ -140,4 +137,6 @@ def outcome_of(report: pytest.TestReport) -> str | None:
     longrepr = str(report.longrepr or "")
     if longrepr.startswith("[XPASS(strict)]"):
         return "unexpected"
+    if CRASH_PROPERTY in props:  # a crash wins over any verdict property set before it
+        return "error"
     return "refuted" if props.get(VERDICT_PROPERTY) == "refuted" else "error"

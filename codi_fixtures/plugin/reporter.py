@@ -15,7 +15,13 @@ from codi_fixtures.plugin.session import CodiSession
 if TYPE_CHECKING:
     from codi_fixtures.report.summary import ClaimRow
 
-__all__ = ["CodiReporter", "analyses_computed", "claim_rows", "study_fingerprints"]
+__all__ = [
+    "CodiReporter",
+    "analyses_computed",
+    "claim_rows",
+    "error_rows",
+    "study_fingerprints",
+]
 
 
 def claim_rows(
@@ -54,6 +60,39 @@ def claim_rows(
             )
         )
     return sorted(rows, key=lambda r: (r.tier, r.nodeid))
+
+
+def error_rows(
+    outcomes: Mapping[str, str],
+    judged: set[str],
+    params: Mapping[str, Mapping[str, Any]],
+    messages: Mapping[str, str],
+) -> list[ClaimRow]:
+    """One row per claim that ended as an error without a judged result.
+
+    A claim whose statistics crashed before ``claim.judge``, or whose tier's study failed,
+    carries no numbers; it still belongs in the report, as an error with its one-line cause,
+    so that the report's tallies count it and nobody reads a partial report as complete.
+    """
+    from codi_fixtures.report.summary import ClaimRow
+
+    rows = []
+    for nodeid, outcome in outcomes.items():
+        if outcome != "error" or nodeid in judged:
+            continue
+        claim_params = dict(params.get(nodeid, {}))
+        rows.append(
+            ClaimRow(
+                nodeid=nodeid,
+                outcome="error",
+                tier=str(claim_params.get("tier", "?")),
+                label=nodeid.rpartition("::")[2],
+                message=messages.get(nodeid, "crashed, not a verdict"),
+                stats={},
+                params=claim_params,
+            )
+        )
+    return rows
 
 
 def study_fingerprints(reports: Sequence[pytest.TestReport]) -> dict[str, str]:
@@ -108,15 +147,17 @@ class CodiReporter:
     at least one claim (:mod:`codi_fixtures.report.publish`).
     """
 
-    def __init__(self, codi: CodiSession, target: Any) -> None:
+    def __init__(self, codi: CodiSession, target: Any | None, complete: bool = False) -> None:
         self.codi = codi
         self.target = target
+        self.complete = complete  # the run selects every claim (-k, a file or an id do not)
         self.reports: list[pytest.TestReport] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome (codi_fixtures.plugin.outcomes)
-        self.failures: dict[str, Any] = {}  # tier -> StudyFailure
+        self.failures: dict[str, tuple[Any, set[str]]] = {}  # tier -> (StudyFailure, claims)
         # (cause, where) -> (the first ClaimCrash reported, the claims it ended)
         self.crashes: dict[tuple[str, str], tuple[Any, list[str]]] = {}
         self.params: dict[str, dict[str, Any]] = {}  # nodeid -> claim parameters
+        self.error_messages: dict[str, str] = {}  # nodeid -> why it ended without a verdict
         self.summary_html = ""
         self.published = False
 
@@ -140,15 +181,22 @@ class CodiReporter:
             # one paragraph per cause and place, whichever xdist worker logged it
             first = self.crashes.setdefault((crash.cause, crash.where), (crash, []))
             first[1].append(report.nodeid)
+            self.error_messages[report.nodeid] = crash.short()
         if STUDY_ERROR_PROPERTY in props:
             failure = StudyFailure.from_json(str(props[STUDY_ERROR_PROPERTY]))
-            self.failures.setdefault(failure.tier, failure)
+            self.failures.setdefault(failure.tier, (failure, set()))[1].add(report.nodeid)
+            self.error_messages[report.nodeid] = failure.short()
             is_claim = True
         if not is_claim:
             return
         outcome = outcome_of(report)
         if outcome is not None and (outcome == "error" or report.when != "teardown"):
             self.outcomes[report.nodeid] = outcome
+        if outcome == "error" and report.nodeid not in self.error_messages:
+            lines = str(report.longreprtext or "").strip().splitlines()
+            self.error_messages[report.nodeid] = (
+                f"error in {report.when}: {lines[-1] if lines else 'no message'}"
+            )
         if report.when == "call" and CLAIM_PROPERTY in props:
             self.reports.append(report)
 
@@ -159,7 +207,7 @@ class CodiReporter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
-        if not self.reports or not self.judged():
+        if self.target is None or not self.reports or not self.judged():
             return
         from codi_fixtures.report.build import build_summary, not_computed
 
@@ -172,7 +220,7 @@ class CodiReporter:
             self.codi.settings,
             study_fingerprints(self.reports),
             self.codi.problems,
-            claim_rows(self.reports, self.outcomes, self.params),
+            self._rows(),
             self.target.staging,
             time.monotonic() - self.codi.started,
             analyses,
@@ -180,6 +228,14 @@ class CodiReporter:
             figure_formats=("png", "pdf") if self.codi.config.getoption("codi_pdf") else ("png",),
             loaded=self.codi.loaded_analyses(),
         )
+
+    def _rows(self) -> list[ClaimRow]:
+        """Every claim's row: the judged ones and those that ended in an error."""
+        judged = claim_rows(self.reports, self.outcomes, self.params)
+        errors = error_rows(
+            self.outcomes, {r.nodeid for r in self.reports}, self.params, self.error_messages
+        )
+        return sorted([*judged, *errors], key=lambda r: (r.tier, r.nodeid))
 
     def _analyses(self) -> tuple[Any, ...]:
         """The registered analyses the workers computed (every one, if none said)."""
@@ -201,6 +257,8 @@ class CodiReporter:
 
     def publish(self, session: pytest.Session) -> None:
         """After pytest-html wrote the staged report: publish it, or leave the old one."""
+        if self.target is None:  # --no-codi-report
+            return
         if self.judged() and session.exitstatus not in (
             pytest.ExitCode.INTERRUPTED,
             pytest.ExitCode.USAGE_ERROR,
@@ -218,6 +276,58 @@ class CodiReporter:
             if html_plugin is not None:  # it would announce the discarded staging file
                 self.codi.config.pluginmanager.unregister(html_plugin)
 
+    def _notes(self) -> list[str]:
+        """Lines that qualify the verdicts (known outcomes declared under other settings)."""
+        from codi_fixtures.errors import CodiError
+        from codi_fixtures.plugin.known_outcomes import (
+            known_for_run,
+            known_outcomes_path,
+            matcher,
+            not_applied_reason,
+            verdict_settings,
+        )
+        from codi_fixtures.study.data import problem_set_fingerprint
+
+        settings = self.codi.settings
+        path = known_outcomes_path(self.codi.config)
+        run_settings = verdict_settings(settings.describe())
+        try:
+            reason = not_applied_reason(path, settings.model_label, run_settings)
+            if reason:
+                return [reason, ""]
+            tiers = self._tiers()
+            fingerprints = {t: problem_set_fingerprint(self.codi.problems(t)) for t in tiers}
+            known = known_for_run(path, settings.model_label, fingerprints, run_settings)
+        except CodiError:  # a malformed file was a usage error at collection already
+            return []
+        patterns = {p: matcher(p) for entries in known.values() for p in entries}
+        notes = []
+        if self.complete:
+            unmatched = [
+                p for p, m in patterns.items() if not any(m.fullmatch(n) for n in self.outcomes)
+            ]
+            if unmatched:
+                notes.append(
+                    f"known outcomes: {len(unmatched)} declaration(s) matched no claim of this "
+                    f"run (first: {unmatched[0]}); re-declare them (README, Development)"
+                )
+        weakened = [
+            n
+            for n, o in self.outcomes.items()
+            if o == "inconclusive" and any(m.fullmatch(n) for m in patterns.values())
+        ]
+        if weakened:
+            notes.append(
+                f"known outcomes: {len(weakened)} claim(s) declared refuted ended inconclusive "
+                f"(first: {weakened[0]}): the declaration no longer holds as measured"
+            )
+        return [*notes, ""] if notes else []
+
+    def _tiers(self) -> list[str]:
+        """The tiers whose claims this run reported."""
+        tiers = {str(p.get("tier")) for p in self.params.values()}
+        return [t for t in self.codi.tiers() if t in tiers]
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """The findings in the console: verdict grids, counts, paths; study failures once."""
         from codi_fixtures.plugin.console import summary_lines
@@ -228,7 +338,9 @@ class CodiReporter:
             self.failures,
             crashes=dict(self.crashes.values()),
             model=self.codi.settings.model_label,
-            report_dir=self.target.final if self.published else None,
+            report_dir=self.target.final if self.target and self.published else None,
+            writes_report=self.target is not None,
+            notes=self._notes(),
         )
         if lines:
             terminalreporter.write_sep("=", "CODI findings")

@@ -49,7 +49,7 @@ class CodiSession:
     _registered: tuple[Any, ...] | None = None
     _wanted: frozenset[str] | None = None  # analyses the collected claims read; None: all
     _failures: dict[str, Any] = field(default_factory=dict)
-    _crash_logs: set[str] = field(default_factory=set)  # causes whose traceback is written
+    _crash_logs: dict[str, str] = field(default_factory=dict)  # cause digest -> its log
     _validated: bool = False
 
     def tiers(self) -> list[str]:
@@ -232,8 +232,7 @@ class CodiSession:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         log_path = self.settings.cache_dir / "errors" / f"study-{tier}-{worker}.log"
         cause, where = describe_exception(err)
-        write_traceback(err, log_path)
-        return StudyFailure(tier, cause, where, str(log_path))
+        return StudyFailure(tier, cause, where, write_traceback(err, log_path))
 
     def record_crash(self, err: BaseException) -> Any:
         """A claim's crash, its full traceback written once per distinct cause and place."""
@@ -246,9 +245,8 @@ class CodiSession:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         log_path = self.settings.cache_dir / "errors" / f"claim-{digest}-{worker}.log"
         if digest not in self._crash_logs:
-            self._crash_logs.add(digest)
-            write_traceback(err, log_path)
-        return ClaimCrash(cause, where, str(log_path))
+            self._crash_logs[digest] = write_traceback(err, log_path)
+        return ClaimCrash(cause, where, self._crash_logs[digest])
 
 
 def describe_exception(err: BaseException) -> tuple[str, str]:
@@ -263,10 +261,25 @@ def describe_exception(err: BaseException) -> tuple[str, str]:
     return cause[:300], where
 
 
-def write_traceback(err: BaseException, path: Path) -> None:
-    """The full traceback of ``err``, written atomically to ``path``."""
+def write_traceback(err: BaseException, path: Path) -> str:
+    """Write the full traceback of ``err`` atomically; return where it went.
+
+    ``path`` first; where that cannot be written (an unwritable or full cache folder, often
+    the very cause of the failure) the system's temporary folder; if neither, a note saying
+    so. Never raises: recording a failure must not become a second failure.
+    """
+    import tempfile
     import traceback
 
     from codi_fixtures.atomic import atomic_write_text
 
-    atomic_write_text(path, "".join(traceback.format_exception(err)))
+    text = "".join(traceback.format_exception(err))
+    problems = []
+    for target in (path, Path(tempfile.gettempdir()) / "codi-errors" / path.name):
+        try:
+            atomic_write_text(target, text)
+        except OSError as failure:
+            problems.append(f"{target}: {failure.strerror or failure}")
+        else:
+            return str(target)
+    return f"(not written: {'; '.join(problems)})"

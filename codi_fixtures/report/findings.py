@@ -136,13 +136,18 @@ def _single(row: Row) -> str:
     return effect
 
 
+def _hypothesis(rows: Sequence[Row]) -> str:
+    """The claim function's hypothesis (a row that ended in an error carries none)."""
+    return next((r.hypothesis for r in rows if r.hypothesis), "")
+
+
 def answers_html(rows: Sequence[Row]) -> str:
     """One paragraph per research question: each claim's hypothesis, its tally and extremes."""
     parts = []
     for stem, functions in group_by_function(rows).items():
         sentences = []
         for function, frows in functions.items():
-            hypothesis = frows[0].hypothesis or function.removeprefix("test_").replace("_", " ")
+            hypothesis = _hypothesis(frows) or function.removeprefix("test_").replace("_", " ")
             supported = sum(r.outcome == "supported" for r in frows)
             refuted = sum(r.outcome in ("refuted", "known") for r in frows)
             if len(frows) == 1:
@@ -195,7 +200,7 @@ def _grid(function: str, frows: Sequence[Row]) -> str:
     for k2 in second:
         keys = [(k1, k2) for k1 in first]
         body.append(f"<tr><th>{_e(k2)}</th>{''.join(cell(k) for k in keys)}</tr>")
-    name = frows[0].hypothesis or function
+    name = _hypothesis(frows) or function
     return (
         f"<figure class='codi-grid'><figcaption>{_e(name)}</figcaption><table>"
         f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></figure>"

@@ -614,24 +614,30 @@ def equivalence_effect(
     *equivalent* (the claim "no change that matters" is supported when it and the CI lie
     within the bounds); ``p_sesoi`` = the p of "|mean| > sesoi" on the observed side: small
     means the claim is refuted. Judge a family with :func:`equivalence_verdicts`.
+
+    All-equal deltas (e.g. no change at all) are judged by the exact bound of
+    :func:`~codi_fixtures.stats.mean_effect` (``constant="exact"``): p = (1 - 0.2)^n, so
+    "no change at all" is an equivalence from n >= 14 problems (alpha 0.05), not from any n.
     """
     d = np.asarray(deltas, dtype=np.float64)
     d = d[np.isfinite(d)]
-    up = mean_effect(d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
-    down = mean_effect(-d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed)
+    up = mean_effect(d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed, constant="exact")
+    down = mean_effect(-d, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed, constant="exact")
     p_tost = max(pvalue_or_one(up.p_equivalence), pvalue_or_one(down.p_equivalence))
     p_beyond = pvalue_or_one(up.p_sesoi) if up.statistic >= 0 else pvalue_or_one(down.p_sesoi)
+    method = (
+        f"trimmed mean within +/-{sesoi:g}: two one-sided tests (TOST) and |trimmed mean| "
+        f"> SESOI, studentized bootstrap ({n_boot} resamples)"
+    )
+    if not up.ci_low < up.ci_high:  # no variation: say how it was judged (or why it was not)
+        method = f"{method}; {up.method}"
     result = StatResult(
         statistic=up.statistic,
         p_value=p_tost,
         ci_low=up.ci_low,
         ci_high=up.ci_high,
         n=up.n,
-        method=(
-            f"trimmed mean within +/-{sesoi:g}: two one-sided tests (TOST) and |trimmed mean| "
-            "> SESOI, "
-            f"studentized bootstrap ({n_boot} resamples)"
-        ),
+        method=method,
         alternative="equivalence",
         ci_level=up.ci_level,
         sesoi=sesoi,

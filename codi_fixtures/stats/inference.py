@@ -35,8 +35,11 @@ callers; :func:`rq2_tests` replaces them.
 Degenerate RQ2 inputs (fewer than ``MIN_PROBLEMS`` problems, or a variable
 that is constant) do not raise: they return a result with ``statistic=nan``,
 ``p_value=1.0`` and a ``method`` that says why, so that the caller can report
-the test as inconclusive. Malformed inputs (wrong shape, mismatched lengths,
-non-finite values, too few observations for RQ1) raise ``ValueError``.
+the test as inconclusive. Data that cannot support a statistic (too few
+observations, non-finite values, too few thoughts) raise :class:`DegenerateData`,
+which callers turn into an inconclusive verdict; malformed calls (wrong shape,
+mismatched lengths, bad parameters) raise a plain ``ValueError``, which is a bug
+and never a verdict.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ __all__ = [
 Alternative = Literal["greater", "less", "two-sided"]
 CorrelationMethod = Literal["pearson", "spearman"]
 ShiftMethod = Literal["wilcoxon", "permutation"]
+ConstantRule = Literal["inconclusive", "exact"]
+"""How :func:`mean_effect` judges all-equal values: undecided, or by the exact bound."""
 Seed = int | np.random.Generator
 FloatArray = NDArray[np.float64]
 
@@ -190,6 +195,8 @@ class StatResult:
         )
         if self.inconclusive:
             reason = self.method
+        elif verdict == self.verdict == "inconclusive" and math.isnan(self.ci_low + self.ci_high):
+            reason = self.verdict_reason or reason  # keep why no interval could be given
         return replace(self, verdict=verdict, verdict_reason=reason)
 
     def as_dict(self) -> dict[str, float | int | str]:
@@ -221,6 +228,15 @@ class StatResult:
 # --------------------------------------------------------------------------- input checks
 
 
+class DegenerateData(ValueError):
+    """The data cannot support the statistic: too few observations, non-finite values, ...
+
+    An analysis turns this, and only this, into an *inconclusive* verdict. Any other
+    exception from a statistic (a shape mismatch, a bad parameter) is a bug and is
+    reported as an error.
+    """
+
+
 def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
     """Raise ValueError when ``value`` is not one of ``allowed``."""
     if value not in allowed:
@@ -243,9 +259,9 @@ def _vector(values: ArrayLike, name: str, *, min_n: int = 1) -> FloatArray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size < min_n:
-        raise ValueError(f"{name} needs at least {min_n} observations, got {arr.size}")
+        raise DegenerateData(f"{name} needs at least {min_n} observations, got {arr.size}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        raise DegenerateData(f"{name} contains non-finite values (nan or inf)")
     return arr
 
 
@@ -276,9 +292,9 @@ def _matrix(values: ArrayLike, name: str) -> FloatArray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_problems, n_thoughts), got shape {arr.shape}")
     if arr.shape[1] < 2:
-        raise ValueError(f"{name} needs at least 2 thoughts per problem, got {arr.shape[1]}")
+        raise DegenerateData(f"{name} needs at least 2 thoughts per problem, got {arr.shape[1]}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+        raise DegenerateData(f"{name} contains non-finite values (nan or inf)")
     return arr
 
 
@@ -312,19 +328,31 @@ def _percentile_ci(boot: FloatArray, alpha: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class _BootstrapT:
-    """Studentized bootstrap of a (trimmed) mean: estimate, its SE, sorted t* = (m* - m) / se*."""
+    """Studentized bootstrap of a (trimmed) mean: estimate, its SE, sorted t* = (m* - m) / se*.
+
+    An SE of 0 is never certainty. Values that vary but tie in the middle
+    (``tied_middle``) give p = 1 and no interval. All-equal values give the
+    exact bound ``constant_p`` = (1 - trim)^n as the p of any location other
+    than theirs, and the dual CI: the point when the bound is below the tail,
+    else no finite interval (nan).
+    """
 
     mean: float
     se: float
     t: FloatArray
     tied_middle: bool = False
     """The values vary but their middle (after trimming) ties: the SE is 0 without certainty."""
+    constant_p: float = 1.0
+    """All values equal: P(n draws all at least (at most) the value | location beyond it)."""
 
     def ci(self, level: float) -> tuple[float, float]:
-        """Two-sided bootstrap-t interval; (mean, mean) when the values are all equal."""
-        if self.se == 0.0 or self.t.size == 0:
-            return self.mean, self.mean
+        """Two-sided bootstrap-t interval; for all-equal values the exact bound's dual (or nan)."""
         tail = (1.0 - level) / 2.0
+        if self.se == 0.0:
+            exact = not self.tied_middle and self.constant_p < tail
+            return (self.mean, self.mean) if exact else (math.nan, math.nan)
+        if self.t.size == 0:
+            return math.nan, math.nan
         q_high = float(np.quantile(self.t, 1.0 - tail, method="higher"))
         q_low = float(np.quantile(self.t, tail, method="lower"))
         return self.mean - q_high * self.se, self.mean - q_low * self.se
@@ -332,14 +360,16 @@ class _BootstrapT:
     def p_greater(self, null: float) -> float:
         """The p-value of H0: location <= ``null`` (bootstrap-t, (k + 1) / (B + 1))."""
         if self.se == 0.0:
-            return 0.0 if self.mean > null else 1.0
+            above = not self.tied_middle and self.mean > null
+            return self.constant_p if above else 1.0
         k = int(np.sum(self.t >= (self.mean - null) / self.se))
         return (k + 1) / (self.t.size + 1)
 
     def p_less(self, null: float) -> float:
         """The p-value of H0: location >= ``null`` (bootstrap-t, (k + 1) / (B + 1))."""
         if self.se == 0.0:
-            return 0.0 if self.mean < null else 1.0
+            below = not self.tied_middle and self.mean < null
+            return self.constant_p if below else 1.0
         k = int(np.sum(self.t <= (self.mean - null) / self.se))
         return (k + 1) / (self.t.size + 1)
 
@@ -369,7 +399,8 @@ def _bootstrap_t(
 
     A resample whose (winsorized) values are all equal has se* = 0: its t* is
     +-inf when its estimate differs from the observed one (kept, as the most
-    extreme values) and is dropped when it does not.
+    extreme values) and is dropped when it does not. All-equal ``values`` get
+    ``constant_p`` = (1 - trim)^n (:func:`mean_effect`, ``constant="exact"``).
     """
     n = values.size
     estimate, se_all = _trimmed_mean_se(values, trim)
@@ -387,7 +418,8 @@ def _bootstrap_t(
         t[~ok & (diff < 0)] = -math.inf
         parts.append(t[~np.isnan(t)])
     t_all = np.sort(np.concatenate(parts)) if parts else np.empty(0)
-    return _BootstrapT(mean=float(estimate), se=se, t=t_all, tied_middle=tied)
+    constant_p = (1.0 - trim) ** n if se == 0.0 and not tied else 1.0
+    return _BootstrapT(float(estimate), se, t_all, tied_middle=tied, constant_p=constant_p)
 
 
 def _bootstrap_mean_ci(
@@ -665,6 +697,7 @@ def mean_effect(
     n_boot: int = 4999,
     seed: Seed = 0,
     trim: float = TRIM_FRACTION,
+    constant: ConstantRule = "inconclusive",
 ) -> StatResult:
     """Is the trimmed mean of per-problem deltas (e.g. clean - ablated log p) above ``sesoi``?
 
@@ -685,6 +718,22 @@ def mean_effect(
     large values that carry the mean. The trimmed mean's bootstrap-t covers
     0.93-0.97 at n = 10, 30, 100 on Normal, log-normal (sigma 0.8 and 1.2) and
     all six thoughts' real delta log p (``tests/test_stats_calibration.py``).
+
+    No variation is not certainty. Values whose middle ties although they vary
+    are inconclusive (p = 1, no CI). So are all-equal values by default
+    (``constant="inconclusive"``): the SE is 0 and the bootstrap says nothing.
+    ``constant="exact"`` judges them by an exact bound instead, which is
+    defensible: if the population trimmed mean were at most m0 < c, at least a
+    ``trim`` share of the population would lie below c, so n values all equal
+    to c have probability at most (1 - trim)^n. That is a valid p-value (for
+    every null other than c; 1 for c itself) and the CI [c, c] is its dual,
+    given only when the bound is below the CI's tail (else no finite CI, nan).
+    It needs n > log(alpha) / log(1 - trim): n >= 14 at trim 0.2 and alpha
+    0.05, before any Holm correction; with ``trim=0`` there is no bound (a rare
+    large value can carry a mean), so the result stays inconclusive. The old
+    rule (p = 0 and CI [c, c] from any n) was not defensible: at the boundary
+    of "trimmed mean >= SESOI", n = 10 all-zero values occur with probability
+    up to 0.8^10 = 0.11. :func:`~codi_fixtures.stats.equivalence_effect` opts in.
     """
     d = _vector(deltas, "deltas", min_n=2)
     level = _decision_level(alpha, ci_level)
@@ -693,28 +742,36 @@ def mean_effect(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    _check_choice(constant, ("inconclusive", "exact"), "constant")
     boot = _bootstrap_t(d, n_boot, np.random.default_rng(seed), trim)
     g = math.floor(trim * d.size)
     what = "mean" if g == 0 else f"{trim:.0%} trimmed mean ({g} of {d.size} cut at each end)"
-    if boot.tied_middle:  # a zero SE here is not certainty: say so instead of deciding
-        reason = (
-            f"inconclusive: the middle values tie ({what} = {boot.mean:.3g}), so its "
-            "standard error is 0 although the values vary; no interval can be given"
-        )
-        return StatResult(
-            statistic=boot.mean,
-            p_value=1.0,
-            ci_low=math.nan,
-            ci_high=math.nan,
-            n=int(d.size),
-            method=f"{what}; {reason}",
-            alternative="greater",
-            ci_level=level,
-            sesoi=sesoi,
-            p_sesoi=1.0,
-            p_equivalence=1.0,
-            verdict="inconclusive",
-            verdict_reason=reason,
+    method = f"{what}; studentized bootstrap (bootstrap-t, {n_boot} resamples) CI and p"
+    if boot.se == 0.0:  # a zero SE is not certainty: say so, or use the exact bound
+        reason = _no_variation_reason(boot, what, int(d.size), trim, level, constant)
+        if reason is not None:
+            p_value, p_sesoi = boot.p_greater(0.0), boot.p_greater(sesoi)
+            p_equivalence = boot.p_less(sesoi)
+            if constant == "inconclusive" or boot.tied_middle:
+                p_value = p_sesoi = p_equivalence = 1.0
+            return StatResult(
+                statistic=boot.mean,
+                p_value=p_value,
+                ci_low=math.nan,
+                ci_high=math.nan,
+                n=int(d.size),
+                method=f"{what}; {reason}",
+                alternative="greater",
+                ci_level=level,
+                sesoi=sesoi,
+                p_sesoi=p_sesoi,
+                p_equivalence=p_equivalence,
+                verdict="inconclusive",
+                verdict_reason=reason,
+            )
+        method = (
+            f"{what}; all {d.size} values equal: exact bound (1 - {trim:g})^{d.size} = "
+            f"{boot.constant_p:.3g} for the p-values, CI its dual"
         )
     low, high = boot.ci(level)
     result = StatResult(
@@ -723,7 +780,7 @@ def mean_effect(
         ci_low=low,
         ci_high=high,
         n=int(d.size),
-        method=f"{what}; studentized bootstrap (bootstrap-t, {n_boot} resamples) CI and p",
+        method=method,
         alternative="greater",
         ci_level=level,
         sesoi=sesoi,
@@ -731,6 +788,34 @@ def mean_effect(
         p_equivalence=boot.p_less(sesoi),
     )
     return result.with_verdict(alpha)
+
+
+def _no_variation_reason(
+    boot: _BootstrapT, what: str, n: int, trim: float, level: float, constant: ConstantRule
+) -> str | None:
+    """Why a zero-SE sample decides nothing, or None when the exact bound decides it."""
+    if boot.tied_middle:
+        return (
+            f"inconclusive: the middle values tie ({what} = {boot.mean:.3g}), so its "
+            "standard error is 0 although the values vary; no interval can be given"
+        )
+    if constant == "inconclusive":
+        return (
+            f"inconclusive: all {n} values equal {boot.mean:.3g}: no variation, so no standard "
+            "error or interval; zero variance is not certainty"
+        )
+    tail = (1.0 - level) / 2.0
+    if boot.constant_p < tail:
+        return None
+    if trim == 0.0:
+        return (
+            f"inconclusive: all {n} values equal {boot.mean:.3g}; a plain mean has no bound "
+            "from no variation (a rare large value can carry it), whatever n"
+        )
+    return (
+        f"inconclusive: all {n} values equal {boot.mean:.3g}; the exact bound for no variation, "
+        f"(1 - {trim:g})^{n} = {boot.constant_p:.3g}, is not below {tail:.3g}: too few problems"
+    )
 
 
 def accuracy_drop_effect(
@@ -1180,9 +1265,11 @@ def _rq2_arrays(attention: ArrayLike, importance: ArrayLike) -> tuple[FloatArray
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n_problems, n_thoughts), got shape {arr.shape}")
         if arr.shape[1] < 3:
-            raise ValueError(f"{name} needs at least 3 thoughts per problem, got {arr.shape[1]}")
+            raise DegenerateData(
+                f"{name} needs at least 3 thoughts per problem, got {arr.shape[1]}"
+            )
         if np.any(np.isinf(arr)):
-            raise ValueError(f"{name} contains inf (nan rows are dropped, inf is an error)")
+            raise DegenerateData(f"{name} contains inf (nan rows are dropped, inf is not)")
     if x.shape != y.shape:
         raise ValueError(f"attention and importance differ in shape: {x.shape} vs {y.shape}")
     keep = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))

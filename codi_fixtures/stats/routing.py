@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-from codi_fixtures.stats.inference import MIN_PROBLEMS, StatResult
+from codi_fixtures.stats.inference import MIN_PROBLEMS, DegenerateData, StatResult
 
 __all__ = ["SESOI_ROUTING", "RoutingFit", "routing_effect", "routing_fit"]
 
@@ -101,7 +101,7 @@ def routing_fit(
     ``att`` (N, W) attention to each question column (NaN / padding ignored), ``q_len`` (N,)
     question lengths, ``target`` (N, W) the step's operand tokens (a subset of ``numbers``).
     ``adjust=False`` drops the distance effect (the position-confounded contrast; for
-    comparison only). Raises ``ValueError`` (with the reason) when beta is not identified.
+    comparison only). Raises :class:`DegenerateData` (with the reason) when beta is not identified.
     """
     values = np.asarray(att, dtype=np.float64)
     n, width = values.shape
@@ -110,7 +110,7 @@ def routing_fit(
     rows, cols = np.nonzero(ok)
     problems = int(np.unique(rows).size)
     if problems < MIN_PROBLEMS:
-        raise ValueError(f"fewer than {MIN_PROBLEMS} problems with number tokens ({problems})")
+        raise DegenerateData(f"fewer than {MIN_PROBLEMS} problems with number tokens ({problems})")
     y = np.log(np.maximum(values[rows, cols], FLOOR))
     x = np.asarray(target, dtype=bool)[rows, cols].astype(np.float64)
     d = dist[rows, cols]
@@ -122,7 +122,7 @@ def routing_fit(
     xt, yt = _partial_out(x, groups, sizes), _partial_out(y, groups, sizes)
     sxx = float(xt @ xt)
     if sxx < 1e-9 * max(1.0, float(x @ x)):
-        raise ValueError(
+        raise DegenerateData(
             "no step-k operand differs in role from another number of its question at the same "
             "distance: role and position coincide"
         )
@@ -133,15 +133,15 @@ def routing_fit(
     sxy_i = np.bincount(rows, xt * yt, minlength=n)[used]
     rest = sxx - sxx_i
     if np.any(rest <= 1e-9 * sxx):
-        raise ValueError("one problem carries all of the operand contrast: no jackknife")
+        raise DegenerateData("one problem carries all of the operand contrast: no jackknife")
     loo = (sxy - sxy_i) / rest
     fitted = 1 + (int(np.unique(d).size) if adjust else 0)  # distance levels and beta
     if rows.size <= fitted:
-        raise ValueError(f"{rows.size} number tokens cannot fit {fitted} distance levels")
+        raise DegenerateData(f"{rows.size} number tokens cannot fit {fitted} distance levels")
     variance = (problems - 1) / problems * float(np.sum((loo - loo.mean()) ** 2))
     variance *= (rows.size - 1) / (rows.size - fitted)
     if not variance > 0:
-        raise ValueError("the contrast does not vary across problems: no standard error")
+        raise DegenerateData("the contrast does not vary across problems: no standard error")
     return RoutingFit(beta, math.sqrt(variance), problems - 1, problems, int(rows.size))
 
 

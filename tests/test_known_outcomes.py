@@ -1,0 +1,97 @@
+"""Known-outcome declarations: which tests they match, under which settings, from which runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codi_fixtures.config import Settings
+from codi_fixtures.errors import ConfigError
+from codi_fixtures.plugin.known_outcomes import (
+    declarations_from_summaries,
+    known_for_run,
+    matcher,
+    not_applied_reason,
+    verdict_settings,
+)
+
+
+def test_a_declared_id_matches_that_file_in_any_folder_and_no_other_file():
+    pattern = matcher("test_rq1_importance.py::test_last[full-mean]")
+    assert pattern.fullmatch("experiments/test_rq1_importance.py::test_last[full-mean]")
+    assert pattern.fullmatch("test_rq1_importance.py::test_last[full-mean]")
+    assert not pattern.fullmatch("experiments/old_test_rq1_importance.py::test_last[full-mean]")
+    assert not pattern.fullmatch("experiments/test_rq1_importance.py::test_last[full-zero]")
+    assert matcher("test_x.py::test_a[*]").fullmatch("a/b/test_x.py::test_a[quick-t0]")
+
+
+def _summary(path: Path, outcome: str = "refuted", **settings: object) -> Path:
+    described = {**Settings().describe(), **settings}
+    path.write_text(
+        json.dumps(
+            {
+                "meta": {"tier": "quick", "problem_set_fingerprint": "abc"},
+                "run": {"settings": described},
+                "verdicts": [
+                    {"test": "e/test_x.py::test_a[quick]", "outcome": outcome, "evidence": "x"}
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_declarations_record_the_settings_and_apply_only_under_them(tmp_path):
+    declared = declarations_from_summaries([_summary(tmp_path / "s.json")])
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps({"m": declared}))
+    same = verdict_settings(Settings().describe())
+    assert declared["settings"] == same
+    assert known_for_run(known, "m", {"quick": "abc"}, same) == {
+        "quick": {"test_x.py::test_a[quick]": "not supported on this model: x"}
+    }
+    assert not_applied_reason(known, "m", same) is None
+    other = verdict_settings(Settings(min_effect_logp=0.5).describe())
+    assert known_for_run(known, "m", {"quick": "abc"}, other) == {}
+    reason = not_applied_reason(known, "m", other)
+    assert reason is not None and "min_effect_logp: 0.1 -> 0.5" in reason
+    site = verdict_settings(
+        {**Settings().describe(), "run": {**Settings().describe()["run"], "site": "L3"}}
+    )
+    assert "run.site" in str(not_applied_reason(known, "m", site))
+
+
+def test_declarations_without_settings_still_apply(tmp_path):
+    """A file written before settings were recorded keeps working (as if declared for all)."""
+    known = tmp_path / "known.json"
+    entry = {"problem_sets": {"quick": "abc"}, "outcomes": {"t.py::a[quick]": "r"}}
+    known.write_text(json.dumps({"m": entry}))
+    other = verdict_settings(Settings(alpha=0.01).describe())
+    assert known_for_run(known, "m", {"quick": "abc"}, other) == {"quick": {"t.py::a[quick]": "r"}}
+
+
+@pytest.mark.parametrize("outcome", ["error", "unexpected"])
+def test_a_run_with_errors_cannot_be_declared(tmp_path, outcome):
+    """A crashed claim has no verdict: declaring around it would drop its old declaration."""
+    with pytest.raises(ConfigError, match="fix the run before declaring"):
+        declarations_from_summaries([_summary(tmp_path / "s.json", outcome)])
+
+
+def test_summaries_measured_under_different_settings_cannot_be_mixed(tmp_path):
+    a = _summary(tmp_path / "a.json")
+    b = _summary(tmp_path / "b.json", alpha=0.01)
+    with pytest.raises(ConfigError, match="alpha"):
+        declarations_from_summaries([a, b])
+
+
+def test_the_command_line_turns_a_refusal_into_a_usage_error(tmp_path, capsys):
+    from codi_fixtures.plugin.known_outcomes import main
+
+    bad = _summary(tmp_path / "s.json", "error")
+    out = tmp_path / "known.json"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(bad), "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    assert "fix the run before declaring" in capsys.readouterr().err
