@@ -3,7 +3,9 @@
 Every non-empty subset of the six thoughts is ablated (``--subset-kinds``, default mean) and
 the latent loop is cut to k = 0..5 thoughts. Effects are Δ log p(gold) per problem; pair
 interactions are E_ij - E_i - E_j with Holm over the 15 pairs
-(codi_fixtures/analyses/rq5.py: requirements, statistics, figures).
+(codi_fixtures/analyses/rq5.py: requirements, statistics, figures). The subset claims judge
+the run's subset kind (mean when it was run) and skip, with one reason, under
+``--subset-kinds none``.
 """
 
 import pytest
@@ -24,7 +26,7 @@ def test_thought_pair_is_synergistic(analysis, claim, pair):
 
 
 def test_a_proper_subset_carries_most_of_the_effect(analysis, claim, tier):
-    """The smallest subset whose ablation reaches 80% of the all-thoughts effect is proper."""
+    """Some proper subset's ablation reaches 80% of the all-thoughts effect (Holm over them)."""
     claim.judge(rq5.smallest_subset_claim(analysis))
 
 

@@ -281,6 +281,31 @@ def test_the_readme_hypothesis_example_is_judged_by_the_plugin(pytester, tmp_pat
     assert {v["outcome"] for v in summary["verdicts"]} <= {"supported", "refuted", "inconclusive"}
 
 
+@pytest.mark.slow
+def test_rq5_with_subset_kinds_none_skips_the_subset_claims_with_one_reason(pytester, tmp_path):
+    """``--subset-kinds none`` (README options): no RQ5 claim errors.
+
+    The 33 subset claims skip with one shared reason (one summary line); the five
+    fewer-thoughts claims are judged as before.
+    """
+    from codi_fixtures.config import BUNDLED_CHECKPOINT
+
+    if not (BUNDLED_CHECKPOINT / "model.safetensors").exists():
+        pytest.skip("bundled model not built")
+    source = Path(__file__).resolve().parents[1] / "experiments" / "test_rq5_composition.py"
+    pytester.makepyfile(test_rq5_composition=source.read_text())
+    args = ["-m", "quick", f"--codi-cache={tmp_path / 'cache'}", "--no-codi-report", "-rs"]
+    result = pytester.runpytest_subprocess(
+        *args, "--subset-kinds", "none", "-p", "no:cacheprovider"
+    )
+    outcomes = result.parseoutcomes()
+    assert "errors" not in outcomes and "error" not in outcomes, outcomes
+    judged = {k: v for k, v in outcomes.items() if k != "deselected"}
+    assert sum(judged.values()) == 33 + 5, outcomes
+    result.stdout.fnmatch_lines(["SKIPPED [[]33[]] *inconclusive: no subset ablations were run*"])
+    result.stdout.no_fnmatch_line("*KeyError*")
+
+
 def test_analyses_and_report_load_no_torch():
     """At run time too (import-linter reads import statements, not package __init__ chains)."""
     import subprocess

@@ -13,10 +13,12 @@ from codi_fixtures.answers import format_number
 from codi_fixtures.config import RunConfig
 from codi_fixtures.engine import answer_targets, build_prompt, run_latent
 from codi_fixtures.model.codi import CodiModel
+from codi_fixtures.stats import holm, mean_effect
 from codi_fixtures.stats.composition import (
     interaction,
     interaction_tests,
     per_problem_smallest_size,
+    reaching_subset_test,
     saturation,
     smallest_reaching_subset,
     trend_test,
@@ -27,6 +29,7 @@ from codi_fixtures.study.conditions import (
     Requirements,
     all_subsets,
     subset_ablations,
+    subset_label,
 )
 from codi_fixtures.study.interventions import AblationRef, build_patch
 from codi_fixtures.study.runs import compute_study, default_requirements, dimensions_of
@@ -155,7 +158,7 @@ def test_interaction_tests_find_planted_synergy_and_redundancy() -> None:
         tests = interaction_tests(_planted(60, term), n_thoughts=4, n_boot=999)
         by_pair = {t.subset: t for t in tests}
         assert by_pair[(0, 1)].label == label
-        assert abs(by_pair[(0, 1)].mean - term) < 0.1
+        assert abs(by_pair[(0, 1)].trimmed_mean - term) < 0.1
         assert by_pair[(0, 1)].ci_low < term < by_pair[(0, 1)].ci_high
         assert all(t.label == "additive" for s, t in by_pair.items() if s != (0, 1))
         assert by_pair[(0, 1)].synergy.p_corrected is not None  # Holm across the 6 pairs
@@ -171,6 +174,76 @@ def test_smallest_subset_and_per_problem_sizes() -> None:
     assert res.subset == (0,) and res.single_best == (0,) and res.single_fraction > 0.8
     sizes = per_problem_smallest_size(dominant, 4)
     assert np.all(sizes == 1)
+
+
+def test_reach_is_supported_by_a_carrying_subset_with_that_subsets_own_numbers() -> None:
+    """Thought 0 carries 90% of the effect: supported, shown with its Holm p and its CI.
+
+    Every subset holding t0 reaches 80% (p at its floor); the tie goes to the smallest, {t0}.
+    The CI is at Holm's first-step level 1 - 2 alpha / m, m = 14 proper subsets of four.
+    """
+    rng = np.random.default_rng(3)
+    full = rng.normal(3.0, 0.3, 40)
+    effects = {
+        s: (0.9 if 0 in s else 0.05 * len(s)) * full + rng.normal(0, 0.1, 40)
+        for s in all_subsets(4)
+    }
+    effects[(0, 1, 2, 3)] = full
+    reach = reaching_subset_test(effects, 4, n_boot=1999)
+    r = reach.result
+    assert r.verdict == "supported", r.verdict_reason
+    assert reach.subset == (0,) and len(reach.per_subset) == 14
+    assert r.statistic == pytest.approx(float(np.mean(effects[(0,)] - 0.8 * full)))
+    assert r.ci_level == pytest.approx(1 - 2 * 0.05 / 14) and r.ci_low > 0
+    assert r.p_corrected == pytest.approx(min(1.0, 14 * r.p_value))
+    assert reach.shown_to_reach == sorted(
+        (s for s in all_subsets(4)[:-1] if 0 in s), key=lambda s: (len(s), s)
+    )
+    assert "{t0}" in r.verdict_reason and "Holm x14" in r.method
+
+
+def test_reach_is_refuted_only_when_every_proper_subset_falls_short() -> None:
+    """Four equal additive thoughts: three carry 75% < 80%, so every proper subset falls short.
+
+    Shown is the subset closest to reaching (a three-thought one), at the plain 1 - 2 alpha
+    level: an intersection of refutations needs no correction.
+    """
+    reach = reaching_subset_test(_planted(40, 0.0), 4, n_boot=999)
+    r = reach.result
+    assert r.verdict == "refuted", r.verdict_reason
+    assert reach.subset is not None and len(reach.subset) == 3
+    assert r.ci_level == pytest.approx(0.9) and r.ci_high < 0
+    assert all(x.verdict == "refuted" for x in reach.per_subset.values())
+    assert r.p_equivalence == max(x.p_equivalence for x in reach.per_subset.values())
+
+
+def test_reach_is_not_supported_by_picking_the_best_of_many_null_subsets() -> None:
+    """Every proper subset exactly at 80% (the review's boundary null), 40 datasets.
+
+    Picking the subset with the largest mean and testing it on the same data, uncorrected (the
+    old rule), says "supported" in 15 of them; the union test with Holm over the 62 subsets in
+    3 (about alpha; tests/test_stats_calibration.py measures the rate).
+    """
+    rng = np.random.default_rng(0)
+    old = new = 0
+    for _ in range(40):
+        full = rng.normal(1.0, 0.5, 30)
+        effects = {s: 0.8 * full + rng.normal(0, 0.5, 30) for s in all_subsets(6)[:-1]}
+        effects[tuple(range(6))] = full
+        pick = smallest_reaching_subset(effects, 6).subset
+        if pick is not None:
+            diff = effects[pick] - 0.8 * full
+            old += mean_effect(diff, sesoi=0.0, trim=0.0, n_boot=999).verdict == "supported"
+        reach = reaching_subset_test(effects, 6, n_boot=1999)
+        new += reach.result.verdict == "supported"
+        assert reach.result.p_corrected == pytest.approx(min(1.0, 62 * reach.result.p_value))
+    assert old >= 8 and new <= 5, (old, new)
+
+
+def test_reach_with_too_few_problems_is_inconclusive() -> None:
+    effects = {s: np.array([1.0]) for s in all_subsets(3)}
+    reach = reaching_subset_test(effects, 3)
+    assert reach.result.verdict == "inconclusive" and reach.subset is None
 
 
 def test_trend_and_saturation_on_planted_curves() -> None:
@@ -208,3 +281,155 @@ def test_composition_stats_never_imports_torch() -> None:
     """The statistics layer stays numpy/scipy only."""
     code = "import sys, codi_fixtures.stats.composition; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the RQ5 analysis on synthetic studies ----------------------------------------------------
+def _rq5_results(
+    correct_k: np.ndarray, difficulty: list[str], kinds: tuple[str, ...] = ("mean",), seed: int = 0
+):
+    """A study with every subset ablated per kind and k = 0..T-1 thoughts run.
+
+    ``correct_k``: (N, T + 1) correctness with k thoughts (the last column is the clean run).
+    Subset effects: each thought's own gamma effect, summed over the subset.
+    """
+    from codi_fixtures.study.results import StudyResults
+
+    rng = np.random.default_rng(seed)
+    n, t = correct_k.shape[0], correct_k.shape[1] - 1
+    subsets = all_subsets(t)
+    conditions = [subset_label(s, k, t) for k in kinds for s in subsets]
+    conditions += [f"k{k}-thoughts" for k in range(t)]
+    single = rng.gamma(2.0, 0.5, (n, t))
+    clean_logp = -0.2 - rng.random(n)
+    drop = [single[:, list(s)].sum(axis=1) for _ in kinds for s in subsets]
+    drop += [np.full(n, 0.5 * (t - k)) for k in range(t)]
+    logp = clean_logp[:, None] - np.column_stack(drop)
+    correct = np.column_stack(
+        [rng.random((n, len(kinds) * len(subsets))) < 0.5, correct_k[:, :t].astype(bool)]
+    )
+    c = len(conditions)
+    return StudyResults(
+        problem_ids=[f"p{i}" for i in range(n)],
+        difficulty=difficulty,
+        gold=np.arange(n, dtype=np.float64),
+        conditions=conditions,
+        clean_answer=np.arange(n, dtype=np.float64),
+        clean_correct=correct_k[:, t].astype(bool),
+        clean_logp=clean_logp,
+        clean_text=[str(i) for i in range(n)],
+        clean_nonfinite=np.zeros(n, dtype=bool),
+        answer=np.zeros((n, c)),
+        correct=correct,
+        logp=logp,
+        clean_logp_first=clean_logp / 2,
+        logp_first=logp / 2,
+        kl=np.zeros((n, c)),
+        nonfinite=np.zeros((n, c), dtype=bool),
+        attention=np.zeros((n, 0, 0, t)),
+        meta={"n_layers": 4},
+    )
+
+
+def _view(results, **settings):
+    from codi_fixtures.analyses import BUILTIN_ANALYSES, StudyAnalysis
+    from codi_fixtures.config import Settings
+
+    return StudyAnalysis.for_run(results, Settings(**settings), BUILTIN_ANALYSES)
+
+
+def _steps(n: int, t: int, rng: np.random.Generator, share_up: float) -> np.ndarray:
+    """(n, t + 1) 0/1 curves: a share of problems turn right from a random k on."""
+    y = np.zeros((n, t + 1))
+    for i in range(n):
+        if rng.random() < share_up:
+            y[i, int(rng.integers(1, t + 1)) :] = 1.0
+    return y
+
+
+def test_rq5_difficulty_bins_count_problems_not_row_indices() -> None:
+    """RQ5's difficulty bins count problems, not the sum of their row indices.
+
+    A one-problem bin at row 4 is inconclusive (it crashed the fewer-thoughts analysis) and a
+    two-problem bin at rows 0 and 1 is tested (it was dropped as "no problems").
+    """
+    from codi_fixtures.analyses import rq5
+
+    bins = ["5+step", "5+step", "2-step", "2-step", "4-step", "3-step", "3-step", "2-step"]
+    rng = np.random.default_rng(1)
+    a = _view(_rq5_results(_steps(len(bins), 3, rng, 0.6), bins))
+    fewer = rq5.rq5_fewer(a)
+    assert fewer.by_difficulty["5+step"].slope.n == 2
+    single = fewer.by_difficulty["4-step"].slope
+    assert single.verdict == "inconclusive" and "only 1 problem in 4-step" in single.method
+    assert rq5.accuracy_rises(a, "4-step").result is single
+    by_bin = rq5.rq5_kind(a, "mean").smallest_by_difficulty
+    assert "5+step" in by_bin and "4-step" not in by_bin
+
+
+def test_rq5_trend_by_difficulty_is_holm_corrected_across_the_bins() -> None:
+    """The per-bin trend verdicts come from Holm over the difficulty bins.
+
+    p_holm is Holm of the raw p's, and a bin supported alone (raw p_sesoi < alpha) but not
+    after Holm is not supported.
+    """
+    from codi_fixtures.analyses import rq5
+    from codi_fixtures.analyses.plotting import _difficulty_groups
+
+    rng = np.random.default_rng(2)
+    names = ["2-step", "3-step", "4-step", "5+step"]
+    shares = [0.9, 0.35, 0.0, 0.0]
+    curves = np.vstack([_steps(20, 3, rng, share) for share in shares])
+    bins = [name for name in names for _ in range(20)]
+    a = _view(_rq5_results(curves, bins))
+    by = rq5.rq5_fewer(a).by_difficulty
+    sesoi = a.sesoi_accuracy / a.n_thoughts
+    raw = {
+        name: trend_test(curves[rows], list(range(4)), sesoi=sesoi, seed=a.seed).slope
+        for name, rows in _difficulty_groups(bins)
+    }
+    assert list(by) == names
+    expected = holm([raw[name].p_value for name in names])
+    assert [by[name].slope.p_corrected for name in names] == pytest.approx(expected)
+    assert by["2-step"].slope.verdict == "supported"
+    assert raw["3-step"].verdict == "supported" and by["3-step"].slope.verdict != "supported"
+    assert by["3-step"].slope.p_sesoi_corrected >= 0.05 > raw["3-step"].p_sesoi
+    evidence = rq5.accuracy_rises(a, "3-step")
+    assert evidence.result.p_corrected == by["3-step"].slope.p_corrected
+    assert evidence.context["family"] == "Holm over the 4 difficulty bins"
+
+
+@pytest.mark.parametrize(
+    ("kinds", "subset_kinds", "judged"),
+    [
+        (("mean",), ("mean",), "mean"),
+        (("zero",), ("zero",), "zero"),
+        (("zero", "mean"), ("zero", "mean"), "mean"),
+        ((), (), None),
+    ],
+)
+def test_rq5_subset_claims_judge_the_runs_subset_kind(kinds, subset_kinds, judged) -> None:
+    """The subset claims read the kind whose subsets were run (``mean`` first).
+
+    With ``--subset-kinds none`` each is unjudgeable with one shared reason, not a KeyError.
+    """
+    from codi_fixtures.analyses import rq5
+
+    rng = np.random.default_rng(3)
+    curves = _steps(12, 3, rng, 0.5)
+    a = _view(_rq5_results(curves, ["2-step"] * 12, kinds), subset_kinds=subset_kinds)
+    assert rq5.judged_kind(a) == judged
+    claims = [
+        rq5.pair_claim(a, (0, 1), "redundancy"),
+        rq5.pair_claim(a, (1, 2), "synergy"),
+        rq5.smallest_subset_claim(a),
+        rq5.necessary_alone(a),
+        rq5.redundant_as_set(a),
+    ]
+    for evidence in claims:
+        if judged is None:
+            assert evidence.unjudgeable == rq5.NO_SUBSETS
+            assert evidence.result.verdict == "inconclusive"
+        else:
+            assert evidence.unjudgeable is None and f"({judged}" in evidence.label
+            assert evidence.result.verdict in ("supported", "refuted", "inconclusive")
+    assert rq5.accuracy_rises(a).unjudgeable is None  # the fewer-thoughts rows stay

@@ -63,6 +63,9 @@ class Evidence:
     result: StatResult  # a result that carries a verdict (built with a SESOI)
     context: Mapping[str, object] = field(default_factory=dict)  # rows of the stats table
     figure: tuple[str, Callable[[], Figure]] | None = None  # (cache key, draw) for the report
+    unjudgeable: str | None = None
+    """Why this claim cannot be judged on this study (e.g. its rows were not run), or None: the
+    claim skips with this text as it is, so a family of claims sharing it folds into one line."""
 
 
 @runtime_checkable

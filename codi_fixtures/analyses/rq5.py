@@ -5,10 +5,12 @@ Requirements: every non-empty subset of the thoughts ablated with each ``--subse
 loop cut to k = 0..T-1 thoughts (k = T is the clean run). Effects are Δ log p(gold) per
 problem. Statistics (:mod:`codi_fixtures.stats.composition`): pair interactions
 ``I_ij = E_ij - E_i - E_j`` (redundant: trimmed mean I < -SESOI; synergistic: > SESOI; Holm over
-the pairs), the smallest subset reaching 80% of the all-thoughts effect, "some thought is
+the pairs), "some proper subset reaches 80% of the all-thoughts effect" (mean contrasts, Holm over
+the proper subsets; the smallest such subset on the means is descriptive), "some thought is
 necessary alone" against "the thoughts are redundant as a set", and accuracy against k (trend
-of the per-problem slopes, saturation point, per difficulty bin), beside the bundled model's
-trained 0-thought control.
+of the per-problem slopes, saturation point, per difficulty bin with Holm over the bins),
+beside the bundled model's trained 0-thought control. The subset claims judge one subset kind
+(:func:`judged_kind`: ``mean`` when it was run); with ``--subset-kinds none`` they skip.
 """
 
 from __future__ import annotations
@@ -38,13 +40,22 @@ from codi_fixtures.analyses.plotting import (
 )
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import BUNDLED_CHECKPOINT, Settings
-from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive, mean_effect
+from codi_fixtures.stats import (
+    StatResult,
+    apply_holm_verdicts,
+    inconclusive,
+    inconclusive_verdict,
+    mean_effect,
+    pvalue_or_one,
+)
 from codi_fixtures.stats.composition import (
     InteractionTest,
+    ReachTest,
     SmallestSubset,
     TrendResult,
     interaction_tests,
     per_problem_smallest_size,
+    reaching_subset_test,
     saturation,
     smallest_reaching_subset,
     trend_test,
@@ -66,6 +77,7 @@ __all__ = [
     "Rq5Kind",
     "accuracy_rises",
     "accuracy_vs_k",
+    "judged_kind",
     "necessary_alone",
     "pair_claim",
     "pair_matrix",
@@ -124,8 +136,9 @@ class Rq5:
                     f"RQ5: effect of ablating each subset of thoughts ({kind})",
                     f"rq5_subsets_{kind}",
                     partial(subset_bars, view, kind),
-                    "one bar per ablated subset: 20% trimmed mean Δ log p(gold) over problems, 90% "
-                    "bootstrap-t CI; dashed line: 80% of the all-thoughts effect",
+                    "one bar per ablated subset: mean Δ log p(gold) over problems (the plain mean, "
+                    "the estimator of the 80% test), 90% bootstrap-t CI; dashed line: 80% of the "
+                    "all-thoughts effect's mean",
                 ),
                 FigureSpec(
                     f"RQ5: pair interactions ({kind})",
@@ -163,7 +176,7 @@ class Rq5:
                 },
                 "pairs": {
                     f"t{p[0]}-t{p[1]}": {
-                        "mean_interaction": t.mean,
+                        "trimmed_mean_interaction": t.trimmed_mean,
                         "ci": [t.ci_low, t.ci_high],
                         "label": t.label,
                         "redundancy": _num(t.redundancy),
@@ -177,7 +190,9 @@ class Rq5:
                     "full_effect": res.smallest.full_effect,
                     "best_single": list(res.smallest.single_best),
                     "best_single_fraction": res.smallest.single_fraction,
-                    "test": _num(res.reach),
+                    "tested_subset": None if res.reach.subset is None else list(res.reach.subset),
+                    "subsets_shown_to_reach": [list(x) for x in res.reach.shown_to_reach],
+                    "test": _num(res.reach.result),
                 },
                 "per_problem_smallest_size": {
                     str(size): int(np.sum(res.sizes == size))
@@ -243,6 +258,25 @@ def subset_kinds(a: StudyView) -> list[str]:
     return [k for k in a.kinds if all(subset_label(s, k, n) in names for s in all_subsets(n))]
 
 
+def judged_kind(a: StudyView) -> str | None:
+    """The subset kind the RQ5 subset claims judge: ``mean`` if run, else the first; or None.
+
+    Only kinds asked for with ``--subset-kinds`` whose every subset was run count.
+    """
+    wanted = None if a.settings is None else a.settings.subset_kinds
+    kinds = [k for k in subset_kinds(a) if wanted is None or k in wanted]
+    if not kinds:
+        return None
+    return "mean" if "mean" in kinds else kinds[0]
+
+
+NO_SUBSETS = (
+    "inconclusive: no subset ablations were run (--subset-kinds none, or none of its kinds is "
+    "among --kinds), so no RQ5 subset claim can be judged"
+)
+"""Why every RQ5 subset claim skips on such a run (one reason, one line in pytest's summary)."""
+
+
 def has_fewer(a: StudyView) -> bool:
     """True when the fewer-thoughts rows were run."""
     return "k0-thoughts" in a.results.conditions
@@ -257,8 +291,8 @@ class Rq5Kind:
     subsets: list[tuple[int, ...]]
     effects: list[StatResult]  # per subset: mean Δ log p, Holm across the subsets
     pairs: dict[tuple[int, ...], InteractionTest]
-    smallest: SmallestSubset
-    reach: StatResult  # claim: the smallest proper subset reaches FRACTION of all's effect
+    smallest: SmallestSubset  # descriptive: the smallest subset reaching FRACTION on the means
+    reach: ReachTest  # claim: some proper subset reaches FRACTION of all's effect (Holm)
     sizes: np.ndarray  # (N,) per problem: the smallest subset size reaching FRACTION
     necessary: StatResult  # claim: some thought is necessary alone
     redundant: StatResult  # claim: the thoughts are redundant as a set
@@ -284,7 +318,7 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
         subsets = list(effects)
         n_use = int(keep.sum())
         per_subset = apply_holm_verdicts(
-            [guarded(partial(_mean, a, effects[s]), n_use, "greater") for s in subsets],
+            [guarded(partial(_plain_mean, a, effects[s]), n_use, "greater") for s in subsets],
             alpha=a.alpha,
         )
         pairs = {
@@ -299,10 +333,10 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
                 seed=a.seed,
             )
         }
-        smallest = smallest_reaching_subset(
-            effects, n, fraction=FRACTION, alpha=a.alpha, seed=a.seed
+        smallest = smallest_reaching_subset(effects, n, fraction=FRACTION)
+        reach = reaching_subset_test(
+            effects, n, fraction=FRACTION, alpha=a.alpha, n_boot=a.n_boot, seed=a.seed
         )
-        reach = _reach_test(a, effects, smallest)
         sizes = per_problem_smallest_size(effects, n, fraction=FRACTION, min_full=a.sesoi_logp)
         full = tuple(range(n))
         all_result = guarded(
@@ -314,13 +348,9 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
         by_bin = {}
         difficulty = np.array(a.results.difficulty)[keep]
         for name, rows in _difficulty_groups(list(difficulty)):
-            if rows.sum() >= 2:
+            if rows.size >= 2:
                 by_bin[name] = smallest_reaching_subset(
-                    {s: v[rows] for s, v in effects.items()},
-                    n,
-                    fraction=FRACTION,
-                    alpha=a.alpha,
-                    seed=a.seed,
+                    {s: v[rows] for s, v in effects.items()}, n, fraction=FRACTION
                 )
         return Rq5Kind(
             kind=kind,
@@ -338,40 +368,16 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
     return a.memoised(("rq5", kind), compute)
 
 
-def _mean(a: StudyView, x: np.ndarray) -> StatResult:
-    return mean_effect(x, sesoi=a.sesoi_logp, alpha=a.alpha, seed=a.seed, n_boot=a.n_boot)
-
-
-def _reach_test(
-    a: StudyView, effects: dict[tuple[int, ...], np.ndarray], smallest: SmallestSubset
-) -> StatResult:
-    """Mean(E_S - 0.8 E_all) > 0 for the chosen subset, SESOI 0 nats.
-
-    The chosen subset is the smallest one reaching 80% on the means, or the best proper subset
-    when none does.
-    """
-    n = a.n_thoughts
-    full = effects[tuple(range(n))]
-    chosen = smallest.subset
-    if chosen is None:
-        proper = [s for s in effects if len(s) < n]
-        chosen = max(proper, key=lambda s: float(np.mean(effects[s])) if len(full) else 0.0)
-    diff = effects[chosen] - FRACTION * full
-    result = guarded(
-        # plain mean, like the choice of the subset and the 80% line (the ratio needs linearity)
-        lambda: mean_effect(diff, sesoi=0.0, alpha=a.alpha, seed=a.seed, n_boot=a.n_boot, trim=0.0),
-        len(diff),
-        "greater",
-    )
-    note = f"subset {{{', '.join(f't{t}' for t in chosen)}}} (chosen on the same data)"
-    return replace(result, method=f"{note}; {result.method}")
+def _plain_mean(a: StudyView, x: np.ndarray) -> StatResult:
+    """Mean Δ log p of one subset: the plain mean, like the 80% line and the reach test."""
+    return mean_effect(x, sesoi=a.sesoi_logp, alpha=a.alpha, seed=a.seed, n_boot=a.n_boot, trim=0.0)
 
 
 def _some_thought(singles: list[StatResult]) -> StatResult:
     """Union of the single-thought claims (Holm across thoughts): supported when one is."""
     supported = [(t, r) for t, r in enumerate(singles) if r.verdict == "supported"]
     if supported:
-        t, r = min(supported, key=lambda tr: tr[1].p_corrected or 1.0)
+        t, r = min(supported, key=lambda tr: pvalue_or_one(tr[1].p_corrected))
         return replace(r, verdict_reason=f"thought {t} alone: {r.verdict_reason}")
     if singles and all(r.verdict == "refuted" for r in singles):
         t, r = max(enumerate(singles), key=lambda tr: tr[1].ci_high)
@@ -421,7 +427,7 @@ class Rq5Fewer:
     accuracy: np.ndarray  # (K,)
     logp: np.ndarray  # (K,) mean log p(gold)
     trend: TrendResult
-    by_difficulty: dict[str, TrendResult]
+    by_difficulty: dict[str, TrendResult]  # slopes Holm across the bins
     saturation_k: int | None
     saturation: list[StatResult]  # per k < T: the accuracy drop against k = T, Holm
 
@@ -444,21 +450,37 @@ def rq5_fewer(a: StudyView) -> Rq5Fewer:
         sesoi = a.sesoi_accuracy / a.n_thoughts  # SESOI points over the whole loop
         trend = trend_test(correct.astype(float), ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed)
         difficulty = np.array(a.results.difficulty)[keep]
-        by = {}
-        for name, rows in _difficulty_groups(list(difficulty)):
-            if rows.sum() >= 2:
-                by[name] = trend_test(
-                    correct[rows].astype(float), ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed
-                )
+        by = {
+            name: _bin_trend(a, correct[rows].astype(float), ks, sesoi, name)
+            for name, rows in _difficulty_groups(list(difficulty))
+        }
+        slopes = apply_holm_verdicts([t.slope for t in by.values()], alpha=a.alpha)
+        by = {name: replace(t, slope=s) for (name, t), s in zip(by.items(), slopes, strict=True)}
         k_sat, sat = saturation(correct, ks, sesoi=a.sesoi_accuracy, alpha=a.alpha)
         return Rq5Fewer(ks, correct.mean(axis=0), logp.mean(axis=0), trend, by, k_sat, sat)
 
     return a.memoised(("rq5", "fewer"), compute)
 
 
+def _bin_trend(
+    a: StudyView, correct: np.ndarray, ks: list[int], sesoi: float, name: str
+) -> TrendResult:
+    """One difficulty bin's trend; too few problems (or degenerate ones) are inconclusive."""
+    try:
+        if len(correct) < 2:
+            raise ValueError(f"only {len(correct)} problem in {name} (a trend needs >= 2)")
+        return trend_test(correct, ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed)
+    except ValueError as err:
+        return TrendResult(
+            slope=inconclusive_verdict(f"inconclusive: {err}", len(correct)),
+            p_permutation=math.nan,
+            per_k_mean=correct.mean(axis=0) if len(correct) else np.full(len(ks), np.nan),
+        )
+
+
 # --- figures ------------------------------------------------------------------------------------
 def subset_bars(a: StudyView, kind: str) -> Figure:
-    """Every subset's mean Δ log p with its CI, sorted, coloured by subset size."""
+    """Every subset's mean Δ log p (plain mean, as the 80% line) with its CI, sorted."""
     res = rq5_kind(a, kind)
     order = np.argsort(
         [-(r.statistic if math.isfinite(r.statistic) else -np.inf) for r in res.effects]
@@ -494,7 +516,7 @@ def subset_bars(a: StudyView, kind: str) -> Figure:
     labels = ["".join(map(str, res.subsets[i])) for i in order]
     ax.set_xticks(x, labels, rotation=90, fontsize=6)
     ax.set_xlabel("ablated subset (thought indices)")
-    ax.set_ylabel(f"{LOGP_LABEL} (clean − ablated)")
+    ax.set_ylabel(f"mean {LOGP_LABEL} (clean − ablated)")
     _zero_line(ax)
     handles = [
         Patch(color=OKABE_ITO[(s - 1) % len(OKABE_ITO)], label=f"{s} thought{'s' * (s > 1)}")
@@ -506,14 +528,14 @@ def subset_bars(a: StudyView, kind: str) -> Figure:
 
 
 def pair_matrix(a: StudyView, kind: str) -> Figure:
-    """T x T matrix of the mean pair interaction; R / S mark redundancy / synergy."""
+    """T x T matrix of the trimmed mean pair interaction; R / S mark redundancy / synergy."""
     res = rq5_kind(a, kind)
     n = a.n_thoughts
     grid = np.full((n, n), np.nan)
     fig = Figure(figsize=(5.2, 4.4), layout="constrained")
     ax = fig.subplots()
     for (i, j), t in res.pairs.items():
-        grid[i, j] = grid[j, i] = t.mean
+        grid[i, j] = grid[j, i] = t.trimmed_mean
     limit = _symmetric_limit(grid)
     image = ax.imshow(
         np.ma.masked_invalid(grid),
@@ -523,7 +545,7 @@ def pair_matrix(a: StudyView, kind: str) -> Figure:
     labels = np.full((n, n), "", dtype=object)
     for (i, j), t in res.pairs.items():
         mark = {"redundancy": "R", "synergy": "S", "additive": "="}.get(t.label, "?")
-        labels[i, j] = labels[j, i] = f"{t.mean:.2f}\n{mark}"
+        labels[i, j] = labels[j, i] = f"{t.trimmed_mean:.2f}\n{mark}"
     label_cells(ax, image, labels)
     ax.set_xticks(range(n), [f"t{t}" for t in range(n)])
     ax.set_yticks(range(n), [f"t{t}" for t in range(n)])
@@ -573,10 +595,24 @@ def accuracy_vs_k(a: StudyView, control: dict[str, float] | None = None) -> Figu
 
 
 # --- claims (experiments/test_rq5_composition.py) ---------------------------------------------
-def pair_claim(a: StudyView, pair: tuple[int, int], which: str, kind: str = "mean") -> Evidence:
-    """Thoughts ``pair`` are redundant (``which="redundancy"``) or synergistic (``"synergy"``)."""
-    test = rq5_kind(a, kind).pairs[tuple(sorted(pair))]
+def _no_subsets(label: str) -> Evidence:
+    """A subset claim on a run without subset ablations: skipped with :data:`NO_SUBSETS`."""
+    return Evidence(label, inconclusive_verdict(NO_SUBSETS), unjudgeable=NO_SUBSETS)
+
+
+def pair_claim(
+    a: StudyView, pair: tuple[int, int], which: str, kind: str | None = None
+) -> Evidence:
+    """Thoughts ``pair`` are redundant (``which="redundancy"``) or synergistic (``"synergy"``).
+
+    ``kind``: the subset ablation kind (default :func:`judged_kind`); likewise below.
+    """
     i, j = sorted(pair)
+    kind = kind or judged_kind(a)
+    what = {"redundancy": "redundant", "synergy": "synergistic"}[which]
+    if kind is None:
+        return _no_subsets(f"thoughts {i} and {j} are {what}")
+    test = rq5_kind(a, kind).pairs[(i, j)]
     word = {
         "redundancy": f"redundant ({kind}: E_{i} + E_{j} - E_{i}{j} > SESOI)",
         "synergy": f"synergistic ({kind}: E_{i}{j} - E_{i} - E_{j} > SESOI)",
@@ -584,29 +620,56 @@ def pair_claim(a: StudyView, pair: tuple[int, int], which: str, kind: str = "mea
     return Evidence(
         f"thoughts {i} and {j} are {word}",
         getattr(test, which),
-        {"pair": f"t{i}-t{j}", "ablation kind": kind, "mean interaction [nats]": test.mean},
+        {
+            "pair": f"t{i}-t{j}",
+            "ablation kind": kind,
+            "20% trimmed mean interaction [nats]": test.trimmed_mean,
+        },
         (f"rq5-pairs-{kind}", lambda: pair_matrix(a, kind)),
     )
 
 
-def smallest_subset_claim(a: StudyView, kind: str = "mean") -> Evidence:
-    """A proper subset of the thoughts carries 80% of the all-thoughts effect."""
+def _subsets(subsets: list[tuple[int, ...]]) -> str:
+    return "; ".join(",".join(f"t{t}" for t in s) for s in subsets) or "none"
+
+
+def smallest_subset_claim(a: StudyView, kind: str | None = None) -> Evidence:
+    """Some proper subset of the thoughts carries 80% of the all-thoughts effect.
+
+    A union over every proper subset (Holm); the statistic, CI and p are those of the subset
+    that decides the verdict. The smallest subset reaching 80% on the means is descriptive.
+    """
+    kind = kind or judged_kind(a)
+    label = f"a proper subset carries {FRACTION:.0%} of the all-thoughts effect"
+    if kind is None:
+        return _no_subsets(label)
     res = rq5_kind(a, kind)
-    s = res.smallest
+    s, reach = res.smallest, res.reach
     return Evidence(
-        f"a proper subset carries {FRACTION:.0%} of the all-thoughts effect ({kind})",
-        res.reach,
+        f"{label} ({kind})",
+        reach.result,
         {
-            "smallest subset": "none" if s.subset is None else ",".join(f"t{t}" for t in s.subset),
-            "fraction reached": s.fraction_reached,
-            "all-thoughts effect [nats]": s.full_effect,
+            "tested subset (decides the verdict)": _subsets(
+                [] if reach.subset is None else [reach.subset]
+            ),
+            "statistic": f"mean(E_S - {FRACTION:g} E_all) [nats]",
+            "family": f"Holm over the {len(reach.per_subset)} proper subsets",
+            "subsets shown to reach (Holm)": _subsets(reach.shown_to_reach),
+            "smallest subset on the means (descriptive, not tested)": _subsets(
+                [] if s.subset is None else [s.subset]
+            ),
+            "its fraction reached (mean / mean)": s.fraction_reached,
+            "all-thoughts effect (mean) [nats]": s.full_effect,
         },
         (f"rq5-subsets-{kind}", lambda: subset_bars(a, kind)),
     )
 
 
-def necessary_alone(a: StudyView, kind: str = "mean") -> Evidence:
+def necessary_alone(a: StudyView, kind: str | None = None) -> Evidence:
     """Some thought is necessary alone: ablating it lowers log p(gold) beyond the SESOI."""
+    kind = kind or judged_kind(a)
+    if kind is None:
+        return _no_subsets("some thought is necessary alone")
     return Evidence(
         f"some thought is necessary alone ({kind})",
         rq5_kind(a, kind).necessary,
@@ -615,8 +678,11 @@ def necessary_alone(a: StudyView, kind: str = "mean") -> Evidence:
     )
 
 
-def redundant_as_set(a: StudyView, kind: str = "mean") -> Evidence:
+def redundant_as_set(a: StudyView, kind: str | None = None) -> Evidence:
     """No thought matters alone, yet all together do: the thoughts are redundant as a set."""
+    kind = kind or judged_kind(a)
+    if kind is None:
+        return _no_subsets("the thoughts are redundant as a set")
     return Evidence(
         f"the thoughts are redundant as a set ({kind})",
         rq5_kind(a, kind).redundant,
@@ -630,13 +696,7 @@ def accuracy_rises(a: StudyView, difficulty: str | None = None) -> Evidence:
     fewer = rq5_fewer(a)
     trend = fewer.trend if difficulty is None else fewer.by_difficulty.get(difficulty)
     result = (
-        trend.slope
-        if trend is not None
-        else replace(
-            inconclusive(f"no problems in {difficulty}", 0, "greater"),
-            verdict="inconclusive",
-            verdict_reason=f"no problems in {difficulty}",
-        )
+        trend.slope if trend is not None else inconclusive_verdict(f"no problems in {difficulty}")
     )
     where = "" if difficulty is None else f", {difficulty}"
     return Evidence(
@@ -649,6 +709,11 @@ def accuracy_rises(a: StudyView, difficulty: str | None = None) -> Evidence:
             "p (within-problem permutation)": math.nan if trend is None else trend.p_permutation,
             "saturation k": str(fewer.saturation_k),
             "difficulty": difficulty or "all",
+            **(
+                {}
+                if difficulty is None
+                else {"family": f"Holm over the {len(fewer.by_difficulty)} difficulty bins"}
+            ),
         },
         ("rq5-accuracy-vs-k", lambda: accuracy_vs_k(a)),
     )

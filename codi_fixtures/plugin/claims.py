@@ -108,10 +108,12 @@ class Claim:
         Either ``judge(evidence)`` (an analysis's :class:`~codi_fixtures.analyses.Evidence`)
         or ``judge(label, result, context=..., figure=...)``.
         """
+        unjudgeable = None
         if isinstance(label, Evidence):
             given = label
             label, result = given.label, given.result
             context, figure = dict(given.context), given.figure
+            unjudgeable = given.unjudgeable
         if result is None:
             raise TypeError("claim.judge needs a result (or an Evidence)")
         if result.verdict not in ("supported", "refuted", "inconclusive"):
@@ -127,7 +129,7 @@ class Claim:
         if excluded:
             context[_NONFINITE] = ", ".join(excluded)
         self._attach(label, result, context, figure)
-        reason = self.analysis.unjudgeable_reason(marked_analyses(self.node))
+        reason = self.analysis.unjudgeable_reason(marked_analyses(self.node)) or unjudgeable
         if reason is not None:
             pytest.skip(reason)
         if result.n < self.min_n:
