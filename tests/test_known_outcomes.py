@@ -95,3 +95,33 @@ def test_the_command_line_turns_a_refusal_into_a_usage_error(tmp_path, capsys):
         main([str(bad), "--out", str(out)])
     assert exit_.value.code == 2 and not out.exists()
     assert "fix the run before declaring" in capsys.readouterr().err
+
+
+def test_a_known_outcome_row_does_not_repeat_numbers_declared_from_the_same_run():
+    """Declared evidence equal to the measured one is named once (the row stays parseable)."""
+    from codi_fixtures.plugin.properties import CLAIM_PROPERTY
+    from codi_fixtures.plugin.reporter import claim_rows
+
+    numbers = "statistic=-0.9, SESOI=0.1, p=1, n=100"
+
+    def row(declared: str) -> str:
+        payload = {"message": numbers, "tier": "full", "label": "x", "stats": {}}
+        report = pytest.TestReport(
+            "e.py::t[full]",
+            ("e.py", 1, "t"),
+            {},
+            "skipped",
+            None,
+            "call",
+            user_properties=[(CLAIM_PROPERTY, json.dumps(payload))],
+        )
+        report.wasxfail = declared  # type: ignore[attr-defined]
+        return claim_rows([report], {"e.py::t[full]": "known"})[0].message
+
+    same = row(f"known outcome: not supported on this model: {numbers}")
+    assert same == (
+        f"declared: known outcome: not supported on this model (the same numbers); "
+        f"measured: {numbers}"
+    )
+    other = row("known outcome: not supported on this model: statistic=-1.0")
+    assert other.count("statistic=") == 2

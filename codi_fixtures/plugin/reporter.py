@@ -45,7 +45,10 @@ def claim_rows(
             if isinstance(report.longrepr, tuple):
                 message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif hasattr(report, "wasxfail"):  # a known outcome: what was declared, what was measured
-            message = f"declared: {report.wasxfail}; measured: {message}"
+            declared = str(report.wasxfail)
+            if message and declared.endswith(message):  # declared from these very numbers
+                declared = declared[: -len(message)].rstrip(": ") + " (the same numbers)"
+            message = f"declared: {declared}; measured: {message}"
         rows.append(
             ClaimRow(
                 nodeid=report.nodeid,
