@@ -670,3 +670,26 @@ def test_stale_declarations_are_named(pytester, shared_cache):
             "test_fake.py::test_too_few_problems*",
         ]
     )
+
+
+STATED_REASON_CLAIMS = '''
+from codi_fixtures.stats import inconclusive_verdict
+
+
+def test_nothing_to_measure(analysis, claim, tier):
+    """Nothing was measured (n = 0) for a stated reason: the skip says that reason."""
+    claim.judge("empty", inconclusive_verdict("inconclusive: no step is decodable at all"))
+'''
+
+
+def test_an_unmeasured_claim_is_skipped_with_its_own_reason(pytester, shared_cache):
+    """Not 'only 0 usable problems': the reason the analysis gave for measuring nothing."""
+    _fake_project(pytester)
+    pytester.makepyfile(test_fake=STATED_REASON_CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-cache={shared_cache}", "--no-codi-report", "-rs",
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.assert_outcomes(skipped=1, deselected=1)
+    result.stdout.fnmatch_lines(["*inconclusive: empty: no step is decodable at all (n=0)*"])
+    result.stdout.no_fnmatch_line("*usable problems*")

@@ -345,8 +345,7 @@ def _probe_cell(
         result = effects[key]
         if result.sesoi is None or math.isnan(result.statistic):
             out[key] = inconclusive_verdict(
-                f"inconclusive: too few problems with step {k} to probe "
-                f"(n={effects['accuracy'].n}; need >= 20)",
+                f"inconclusive: fewer than 20 problems have a step {k} (a probe needs >= 20)",
                 effects["accuracy"].n,
             )
         else:
