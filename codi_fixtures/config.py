@@ -178,6 +178,8 @@ class Settings:
     """RQ6: also knock out each (layer, head, thought) edge on its own."""
     max_step: int = 3
     """RQ3, RQ4 and routing: claims for reasoning steps 1..max_step."""
+    rq3_all_layers: bool = False
+    """RQ3: probe every layer (``--rq3-all-layers``), which widens each probe cell's family."""
     tiers: dict[str, int] = field(default_factory=lambda: dict(TIERS))
     """Problems per tier."""
     cache_dir: Path = Path(".codi_cache")

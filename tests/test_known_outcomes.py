@@ -61,6 +61,8 @@ def test_declarations_record_the_settings_and_apply_only_under_them(tmp_path):
         {**Settings().describe(), "run": {**Settings().describe()["run"], "site": "L3"}}
     )
     assert "run.site" in str(not_applied_reason(known, "m", site))
+    every_layer = verdict_settings(Settings(rq3_all_layers=True).describe())  # wider RQ3 family
+    assert "rq3_all_layers: False -> True" in str(not_applied_reason(known, "m", every_layer))
 
 
 def test_declarations_without_settings_still_apply(tmp_path):

@@ -648,13 +648,18 @@ def test_known_outcomes_apply_only_under_the_settings_they_were_declared_with(
 
 @pytest.mark.slow
 def test_stale_declarations_are_named(pytester, shared_cache):
-    """A declaration that matches no claim, or whose claim is now inconclusive, is said."""
+    """A declaration that matches no claim, or whose claim is now inconclusive, is said.
+
+    Only the tiers that ran count: a full-tier declaration is not stale on a quick run.
+    """
     _fake_project(pytester)
     known = _known()
     known["bundled"]["outcomes"].update(
         {
             "test_fake.py::test_renamed_long_ago[quick]": "gone",
             "test_fake.py::test_too_few_problems[quick]": "was refuted once",
+            # another tier's declaration cannot match a quick run: not stale here
+            "test_fake.py::test_unsupported[full]": "refuted on the full tier",
         }
     )
     (pytester.path / "known.json").write_text(json.dumps(known))

@@ -184,6 +184,7 @@ def _settings(config: pytest.Config) -> Settings:
         subset_kinds=parse_subset_kinds(opt("subset_kinds")),
         knockout_heads=opt("knockout_heads"),
         max_step=opt("max_step"),
+        rq3_all_layers=bool(opt("rq3_all_layers")),
         layers=parse_layers(opt("layers")),
         alpha=opt("alpha"),
         min_effect_logp=opt("min_effect_logp"),

@@ -52,6 +52,7 @@ _VERDICT_FIELDS = (
     "min_effect_acc",
     "min_effect_logp",
     "min_effect_r",
+    "rq3_all_layers",
     "subset_kinds",
 )
 _RUN_FIELDS = ("max_new_tokens", "seed", "site", "value_domain")

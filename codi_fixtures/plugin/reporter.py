@@ -46,8 +46,10 @@ def claim_rows(
                 message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif hasattr(report, "wasxfail"):  # a known outcome: what was declared, what was measured
             declared = str(report.wasxfail)
-            if message and declared.endswith(message):  # declared from these very numbers
-                declared = declared[: -len(message)].rstrip(": ") + " (the same numbers)"
+            head, _, numbers = declared.partition("statistic=")
+            # declared from these very numbers (a declaration keeps at most their start)
+            if numbers and message.startswith("statistic=" + numbers):
+                declared = head.rstrip(": ") + " (the same numbers)"
             message = f"declared: {declared}; measured: {message}"
         rows.append(
             ClaimRow(
@@ -307,7 +309,10 @@ class CodiReporter:
         notes = []
         if self.complete:
             unmatched = [
-                p for p, m in patterns.items() if not any(m.fullmatch(n) for n in self.outcomes)
+                p
+                for p, m in patterns.items()
+                if _names_a_tier_of(p, tiers, list(settings.tiers))
+                and not any(m.fullmatch(n) for n in self.outcomes)
             ]
             if unmatched:
                 notes.append(
@@ -349,3 +354,14 @@ class CodiReporter:
             terminalreporter.write_sep("=", "CODI findings")
             for line in lines:
                 terminalreporter.write_line(line)
+
+
+def _names_a_tier_of(pattern: str, run: Sequence[str], every: Sequence[str]) -> bool:
+    """Whether a declared test-id pattern can match a claim of the tiers in ``run``.
+
+    Declarations hold every tier's claims (``test_x[full-t0]``); a quick run cannot match a
+    full-tier id, so it is not "stale" there. A pattern naming no tier (or ``*``) can match.
+    """
+    _, bracket, params = pattern.partition("[")
+    tier = params.split("-", 1)[0].rstrip("]") if bracket else ""
+    return tier not in every or tier in run
