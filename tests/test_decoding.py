@@ -264,3 +264,16 @@ def test_a_probe_cell_shows_the_baseline_that_decides():
     assert binding is permuted and combined.statistic == permuted.statistic
     # the shown numbers decide the shown verdict on their own
     assert replace(combined, verdict=None).with_verdict(0.05).verdict == "supported"
+
+
+@pytest.mark.parametrize(("b", "c", "both", "n"), [(5, 2, 10, 100), (4, 1, 30, 200), (6, 6, 0, 60)])
+def test_a_probe_cells_refutation_agrees_with_its_ci(b: int, c: int, both: int, n: int):
+    """The refuted side too: p_equivalence x4 < alpha exactly when the CI lies below the SESOI.
+
+    At 5 / 2 of 100 (difference 0.03) the raw p_equivalence 0.014 beside a CI at alpha / 4
+    reaching 0.102 made a cell inconclusive whose shown p said 'equivalent'.
+    """
+    acc, perm = _paired(b, c, both, n)
+    permuted, _, _ = _judged(_probe_grid(acc, perm, np.zeros(n)))
+    assert (pvalue_or_one(permuted.p_equivalence) < 0.05) == (permuted.ci_high < 0.1)
+    assert (permuted.verdict == "refuted") == (permuted.ci_high < 0.1)

@@ -269,16 +269,18 @@ def no_step_values_reason(view: StudyView) -> str | None:
 
 
 def _bonferroni(r: StatResult, m: int) -> StatResult:
-    """``r`` with p_value and p_sesoi multiplied by ``m`` (a best-of-m selection).
+    """``r`` with its p-values multiplied by ``m`` (a best-of-m selection).
 
     ``r`` must be computed at ``alpha / m`` (its CI at ``1 - 2 alpha / m``), so that the
-    verdict's CI matches its adjusted p: the CI clears the SESOI exactly when ``m p_sesoi``
-    is below alpha.
+    verdict's CI matches its adjusted p on both sides: the CI clears the SESOI exactly when
+    ``m p_sesoi`` is below alpha, and lies below it exactly when ``m p_equivalence`` is (a
+    refutation of the best of ``m`` cells is judged at the same level as a support).
     """
     return replace(
         r,
         p_value=min(1.0, r.p_value * m),
         p_sesoi=None if r.p_sesoi is None else min(1.0, r.p_sesoi * m),
+        p_equivalence=None if r.p_equivalence is None else min(1.0, r.p_equivalence * m),
         method=f"best of {m} cells, Bonferroni x{m}; {r.method}",
     )
 
