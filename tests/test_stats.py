@@ -1036,3 +1036,19 @@ def test_an_inconclusive_result_names_itself_inconclusive_once() -> None:
         result = inconclusive_verdict(reason)
         assert result.method == "inconclusive: no problem has a step 3"
         assert result.verdict == "inconclusive"
+
+
+def test_rq2_on_degenerate_data_is_inconclusive_with_its_reason_and_bugs_raise():
+    """Two thoughts or an inf: every question inconclusive (a claim skips); shapes: a bug."""
+    from codi_fixtures.stats import rq2_tests
+
+    rng = np.random.default_rng(0)
+    two = rq2_tests(rng.random((20, 2)), rng.random((20, 2)))
+    for result in (two.position, two.beyond_position):
+        assert result.verdict == "inconclusive" and "at least 3 thoughts" in result.method
+    assert two.pooled.verdict == "descriptive"
+    y = rng.random((20, 6))
+    y[3, 2] = np.inf
+    assert "inf" in rq2_tests(rng.random((20, 6)), y).beyond_position.method
+    with pytest.raises(ValueError, match="differ in shape"):
+        rq2_tests(rng.random((20, 6)), rng.random((19, 6)))

@@ -1595,7 +1595,9 @@ def rq2_tests(
       and the Fisher-z jackknife CI covered only 0.92-0.94 at two of its six
       layers; on normal scores it covers 0.933-0.968 at every layer and n = 10,
       30, 100 (``tests/test_stats_calibration.py``). Inconclusive when the raw
-      values (or their scores) have no variation beyond the two baselines.
+      values (or their scores) have no variation beyond the two baselines. Every
+      question is inconclusive (with the reason) on degenerate data: fewer than 3
+      thoughts, an inf value, too few problems; a malformed call (shapes) raises.
     - ``pooled``: Pearson r over all pairs as in earlier work; its ``p_value`` is
       scipy's naive one (treats pairs as independent); verdict ``descriptive``.
 
@@ -1615,14 +1617,19 @@ def rq2_tests(
     sesoi = _check_sesoi(sesoi_r)
     if n_perm < 1:
         raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    x, y, dropped = _rq2_arrays(attention, importance)
-    n = x.shape[0]
-    result = functools.partial(_r_result, sesoi=sesoi, level=level, alpha=alpha)
 
     def fallback(reason: str) -> Rq2Tests:
         deciding = _rq2_inconclusive(reason, n, sesoi, level, "inconclusive")
         pooled = _rq2_inconclusive(reason, n, sesoi, level, "descriptive")
         return Rq2Tests(deciding, deciding, pooled, n_dropped=dropped)
+
+    try:
+        x, y, dropped = _rq2_arrays(attention, importance)
+    except DegenerateData as err:  # e.g. fewer than 3 thoughts: every question inconclusive
+        n, dropped = int(np.shape(attention)[0]), 0
+        return fallback(str(err))
+    n = x.shape[0]
+    result = functools.partial(_r_result, sesoi=sesoi, level=level, alpha=alpha)
 
     if n < MIN_PROBLEMS:
         return fallback(f"fewer than {MIN_PROBLEMS} problems ({n})")
