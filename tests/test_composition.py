@@ -433,3 +433,18 @@ def test_rq5_subset_claims_judge_the_runs_subset_kind(kinds, subset_kinds, judge
             assert evidence.unjudgeable is None and f"({judged}" in evidence.label
             assert evidence.result.verdict in ("supported", "refuted", "inconclusive")
     assert rq5.accuracy_rises(a).unjudgeable is None  # the fewer-thoughts rows stay
+
+
+def test_the_reach_result_shows_its_own_subsets_p_equivalence():
+    """Statistic, CI and every p of the shown subset; the union's largest p only in the text."""
+    rng = np.random.default_rng(3)
+    full = rng.normal(2.0, 0.5, 40)
+    effects = {
+        s: full if len(s) == 6 else (0.95 if 0 in s else 0.5) * full + rng.normal(0, 0.3, 40)
+        for s in all_subsets(6)
+    }
+    reach = reaching_subset_test(effects, 6, n_boot=1999)
+    assert reach.result.verdict == "supported" and reach.subset is not None
+    own = reach.per_subset[reach.subset]
+    assert reach.result.p_equivalence == own.p_equivalence
+    assert "largest p_equivalence over the subsets" in reach.result.method

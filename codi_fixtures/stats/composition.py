@@ -260,7 +260,9 @@ def reaching_subset_test(
 
     - supported: some subset survives Holm. Shown is the subset with the smallest p (then the
       smallest, then the largest mean), whose Holm p is m x p; its CI is at the level
-      ``1 - 2 alpha / m`` of Holm's first step, so CI and corrected p agree.
+      ``1 - 2 alpha / m`` of Holm's first step, so CI and corrected p agree (up to one
+      bootstrap resample at the quantile's edge; the verdict needs both, so it errs on the
+      side of inconclusive). p_equivalence is the shown subset's own.
     - refuted: every subset is shown short of the fraction (each CI's upper end < 0 with
       p_equivalence < alpha). All must be shown, so each is judged at ``alpha`` without
       correction (intersection-union); shown is the subset closest to reaching (largest
@@ -324,10 +326,11 @@ def reaching_subset_test(
         holm_level,
         p_corrected=per_subset[best].p_corrected,
         p_sesoi_corrected=per_subset[best].p_sesoi_corrected,
-        p_equivalence=max(pvalue_or_one(r.p_equivalence) for r in raw.values()),
         method=(
             f"subset {_names(best)}, the smallest p of {m} proper subsets (Holm x{m}; CI at "
-            f"the level 1 - 2 alpha/{m}; refuted only when every subset is); {what}; "
+            f"the level 1 - 2 alpha/{m}; refuted only when every subset is: largest "
+            f"p_equivalence over the subsets "
+            f"{max(pvalue_or_one(r.p_equivalence) for r in raw.values()):.3g}); {what}; "
             f"{holm_level.method}"
         ),
     ).with_verdict(alpha)
