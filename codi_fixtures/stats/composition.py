@@ -5,8 +5,8 @@
   ``E_ijk - E_ij - E_ik - E_jk + E_i + E_j + E_k``), with ``E_{}`` = 0.
 - :func:`interaction_tests`: per pair (or triple), synergy (typical I > SESOI) and
   redundancy (typical I < -SESOI) as two claims, each by :func:`~codi_fixtures.stats.mean_effect`
-  (the 20% trimmed mean of the per-problem I, bootstrap-t), Holm across the family of
-  interactions of that order.
+  (the 20% trimmed mean of the per-problem I, bootstrap-t), one Holm family over both
+  directions of every interaction of that order (30 tests for the 15 pairs of six thoughts).
 - :func:`reaching_subset_test`: "some proper subset's ablation reaches a fraction f of the
   all-thoughts effect", a union of the contrasts ``mean(E_S - f E_all) > 0`` over every proper
   subset (plain means: a ratio of means needs linearity), Holm across the subsets.
@@ -100,9 +100,9 @@ class InteractionTest:
     ci_high: float
     """Two-sided ``1 - 2 alpha`` bootstrap-t CI of the trimmed mean."""
     synergy: StatResult
-    """Claim "trimmed mean I > SESOI" (Holm across the family)."""
+    """Claim "trimmed mean I > SESOI" (Holm over both directions of every interaction)."""
     redundancy: StatResult
-    """Claim "trimmed mean I < -SESOI" (tested on -I; Holm across the family)."""
+    """Claim "trimmed mean I < -SESOI" (tested on -I; Holm in the same family as ``synergy``)."""
     n: int
 
     @property
@@ -127,7 +127,14 @@ def interaction_tests(
     n_boot: int = 4999,
     seed: int = 0,
 ) -> list[InteractionTest]:
-    """Every interaction of ``order`` thoughts, tested both ways, Holm across the family.
+    """Every interaction of ``order`` thoughts, tested both ways, one Holm family over all.
+
+    Synergy (I > SESOI) and redundancy (I < -SESOI) are the two directions of one interaction,
+    so both directions of every interaction form one Holm family of 2m tests (m interactions;
+    30 for the 15 pairs of six thoughts): the chance of any false synergy-or-redundancy label
+    is then at most ``alpha`` (two families of m, one per direction, allowed 2 alpha). As in
+    every other Holm family here, each claim's CI is the two-sided ``1 - 2 alpha`` interval
+    of its own test and its verdict needs the Holm-corrected p-values as well.
 
     Problems with a nan in any effect an interaction uses are dropped from that one.
     """
@@ -144,8 +151,9 @@ def interaction_tests(
             continue
         syn.append(mean_effect(inter, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed))
         red.append(mean_effect(-inter, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed))
-    syn = apply_holm_verdicts(syn, alpha=alpha)
-    red = apply_holm_verdicts(red, alpha=alpha)
+    m = len(sets)
+    judged = apply_holm_verdicts([*syn, *red], alpha=alpha)  # one family: both directions
+    syn, red = judged[:m], judged[m:]
     return [
         InteractionTest(
             subset=subset,
