@@ -142,15 +142,43 @@ class TestMcNemar:
         return clean, ablated
 
     @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
-    def test_matches_binomtest(self, alternative: str) -> None:
-        """The p-value is scipy's exact binomial test on the discordant pairs."""
+    def test_p_is_mcnemars_asymptotic_test(self, alternative: str) -> None:
+        """The p-value is McNemar's asymptotic z = (b - c) / sqrt(b + c) for ``alternative``."""
         clean, ablated = self._counts(9, 2, 20, 5)
         result = mcnemar_accuracy_drop(clean, ablated, alternative=alternative, n_boot=0)
-        expected = sps.binomtest(9, 11, 0.5, alternative=alternative).pvalue
+        z = 7 / math.sqrt(11)
+        expected = {"greater": sps.norm.sf(z), "less": sps.norm.cdf(z)}.get(
+            alternative, 2 * sps.norm.sf(z)
+        )
         assert result.p_value == pytest.approx(expected, rel=1e-12)
         assert result.statistic == pytest.approx(7 / 36)
         assert result.n == 36
         assert math.isnan(result.ci_low)
+
+    @pytest.mark.parametrize(
+        ("b", "c", "n"),
+        [(3, 0, 36), (0, 3, 36), (9, 2, 36), (6, 1, 20), (2, 8, 20), (12, 4, 100), (5, 5, 30)],
+    )
+    @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+    def test_ci_is_dual_to_the_p_value(self, b: int, c: int, n: int, alternative: str) -> None:
+        """The CI excludes 0 on the tested side exactly when p < alpha.
+
+        One-sided: the two-sided 1 - 2 alpha interval; two-sided: 1 - alpha. b = 3, c = 0
+        is the case the old exact (sign-test) p got wrong: p = 0.125, 90% score CI above 0.
+        """
+        clean, ablated = self._counts(b, c, n - b - c - 2, 2)
+        for alpha in (0.05, 0.1, 0.025):
+            r = mcnemar_accuracy_drop(clean, ablated, alternative=alternative, alpha=alpha)
+            two = alternative == "two-sided"
+            assert r.ci_level == pytest.approx(1 - alpha if two else 1 - 2 * alpha)
+            excludes = {
+                "greater": r.ci_low > 0,
+                "less": r.ci_high < 0,
+                "two-sided": r.ci_low > 0 or r.ci_high < 0,
+            }[alternative]
+            assert excludes == (r.p_value < alpha), (alpha, r.p_value, r.ci_low, r.ci_high)
+        if (b, c, alternative) == (3, 0, "greater"):
+            assert r.p_value < 0.05 < sps.binomtest(3, 3, 0.5, alternative="greater").pvalue
 
     def test_no_discordant_pairs_gives_p_one(self) -> None:
         """Identical runs give a zero drop and p = 1."""

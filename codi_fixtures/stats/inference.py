@@ -137,7 +137,7 @@ class StatResult:
     n: int
     """Number of independent units (problems)."""
     method: str
-    """What was computed, e.g. ``"exact McNemar (sign test)"``, or why it is inconclusive."""
+    """What was computed, e.g. ``"McNemar's asymptotic test"``, or why it is inconclusive."""
     alternative: str = "two-sided"
     """The alternative hypothesis the p-value refers to."""
     p_corrected: float | None = None
@@ -504,30 +504,49 @@ def mcnemar_accuracy_drop(
     alpha: float = 0.05,
     seed: Seed = 0,
 ) -> StatResult:
-    """Exact McNemar test of accuracy(clean) - accuracy(ablated), paired over problems.
+    """McNemar's test of accuracy(clean) - accuracy(ablated), paired over problems, with its CI.
 
-    b counts problems right when clean and wrong when ablated, c the reverse;
-    under the null b ~ Binomial(b + c, 1/2). ``alternative="greater"`` tests
-    for a drop. p is 1.0 when there are no discordant pairs. The (1 - alpha)
-    CI is Tango's score interval (no resampling; ``n_boot=0`` skips it and
-    ``seed`` is unused, both kept for existing callers).
+    b counts problems right when clean and wrong when ablated, c the reverse; the statistic
+    is the drop (b - c) / n. p and CI come from one procedure, Tango's (1998) score statistic
+    for H0: drop = d0, so they are dual: p is its test at d0 = 0 (McNemar's asymptotic test
+    (b - c) / sqrt(b + c)) for ``alternative`` (``"greater"`` tests for a drop), and the CI
+    is Tango's score interval at ``1 - 2 alpha`` for a one-sided ``alternative`` (the interval
+    dual to one-sided tests at alpha) and ``1 - alpha`` for ``"two-sided"``: it excludes 0 on
+    the tested side exactly when p < alpha. p is 1.0 when there are no discordant pairs.
+    ``n_boot=0`` skips the CI (no resampling; ``n_boot`` and ``seed`` are otherwise unused,
+    kept for existing callers). The exact conditional (sign) test is not used: it is not dual
+    to the score interval (b = 3, c = 0: exact p = 0.125, yet the 90% score CI excludes 0)
+    and it is conservative (:func:`accuracy_drop_effect`).
     """
     _check_choice(alternative, _ALTERNATIVES, "alternative")
     _check_resampling(n_boot, alpha)
+    if alternative != "two-sided" and not alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5) for a one-sided test, got {alpha}")
     clean, ablated = _paired_bools(clean_correct, ablated_correct)
     b = int(np.sum(clean & ~ablated))
     c = int(np.sum(~clean & ablated))
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5, alternative=alternative).pvalue)
     n = int(clean.size)
-    low, high = (math.nan, math.nan) if n_boot == 0 else _tango_ci(b, c, n, 1.0 - alpha)
+    z = _tango_z(b, c, n, 0.0)
+    p = {
+        "greater": float(stats.norm.sf(z)),
+        "less": float(stats.norm.cdf(z)),
+        "two-sided": float(min(1.0, 2.0 * stats.norm.sf(abs(z)))),
+    }[alternative]
+    p = 1.0 if b + c == 0 else p
+    level = 1.0 - alpha if alternative == "two-sided" else 1.0 - 2.0 * alpha
+    low, high = (math.nan, math.nan) if n_boot == 0 else _tango_ci(b, c, n, level)
     return StatResult(
         statistic=(b - c) / n,
         p_value=p,
         ci_low=low,
         ci_high=high,
         n=n,
-        method=f"exact McNemar (sign test on b={b}, c={c} discordant problems)",
+        method=(
+            f"McNemar's asymptotic test (Tango score test at 0; b={b}, c={c} discordant "
+            "problems) and Tango's score CI, dual"
+        ),
         alternative=alternative,
+        ci_level=level,
     )
 
 
