@@ -54,6 +54,19 @@ replaces: 0.20 / 0.29), and on the bundled model's own subset effects, each cont
 to a mean of exactly 0, in 0.09 / 0.09 / 0.07 / 0.048 / 0.023 at n = 10 / 15 / 20 / 30 / 100:
 the plain mean's bootstrap-t is too optimistic that far in the tail on skewed contrasts at
 small n, so the test needs >= 30 problems (``MIN_REACH_PROBLEMS``), the n asserted below.
+
+RQ5's "accuracy rises with k" tests the plain mean of per-problem slopes of 0/1 curves over
+k = 0..6 (``TestTrend``: step-shaped curves, a share p_step of problems turning right or
+wrong from a random k). With the plain mean's bootstrap-t at the quick tier's n = 10 (1000
+datasets each): p < 0.05 in 0.11-0.12 of datasets with mean slope 0 (p_step 0.2-0.3), and at
+the SESOI boundary "supported" in up to 0.09 and "refuted" in 0.11-0.16 (still 0.09-0.10 at
+n = 30-50 when only a tenth of the curves move). One-sample Student t on the slopes, now used,
+at n = 10 (p_step 0.1 / 0.2 / 0.3 / 0.5 / 1.0): p < 0.05 in 0.003 / 0.028 / 0.044 / 0.049 /
+0.043 with mean slope 0; at the boundary "supported" 0.005 / 0.021 / 0.038 / 0.054 / 0.052
+and "refuted" 0.005 / 0.033 / 0.055 / 0.058 / 0.042. Rare movers stay hard for any mean
+test: with a tenth of 50 curves moving, Student t still says "refuted" at the boundary in
+0.08 of datasets (bootstrap-t 0.09). The within-problem permutation p is descriptive only:
+up-and-down steps with mean slope 0 break exchangeability, p < 0.05 in 0.13-0.22 of them.
 """
 
 from __future__ import annotations
@@ -67,6 +80,7 @@ from scipy import stats
 from scipy.stats import norm, rankdata
 
 from codi_fixtures.stats import (
+    SESOI_ACCURACY,
     SESOI_R,
     TRIM_FRACTION,
     StatResult,
@@ -74,7 +88,7 @@ from codi_fixtures.stats import (
     mean_effect,
     rq2_tests,
 )
-from codi_fixtures.stats.composition import MIN_REACH_PROBLEMS, reaching_subset_test
+from codi_fixtures.stats.composition import MIN_REACH_PROBLEMS, reaching_subset_test, trend_test
 from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.study.conditions import all_subsets
 
@@ -502,6 +516,47 @@ class TestReachingSubset:
         ]
         assert _verdict_rate([t.result for t in tests], "supported") >= 0.95
         assert all(t.subset is not None and 0 in t.subset for t in tests)
+
+
+class TestTrend:
+    """RQ5 "accuracy rises with k": the mean per-problem slope of 0/1 curves over k = 0..6.
+
+    Step-shaped curves: a share of the problems turns right (or wrong) from a random k on,
+    the rest are always right or always wrong; the up / down balance sets the mean slope
+    (0, or the SESOI of 5 points over six thoughts). n = 10 is the quick tier's.
+    """
+
+    KS = np.arange(7)
+    STEPS = (np.arange(7)[None, :] >= np.arange(1, 7)[:, None]).astype(float)  # k0 = 1..6
+    SESOI = SESOI_ACCURACY / 6
+
+    def _slopes(self, p_step: float, shift: float, n: int, seed: int) -> list[StatResult]:
+        xc = self.KS - self.KS.mean()
+        step_slope = float(np.mean(self.STEPS @ xc / (xc @ xc)))
+        up = (1.0 + shift / (p_step * step_slope)) / 2.0  # P(up | the curve steps)
+        rng = np.random.default_rng(seed)
+        results = []
+        for _ in range(N_DATASETS):
+            y = np.repeat((rng.random((n, 1)) < 0.5).astype(float), 7, axis=1)
+            steps = rng.random(n) < p_step
+            curve = self.STEPS[rng.integers(0, 6, n)]
+            y[steps] = np.where(rng.random(n)[steps, None] < up, curve[steps], 1.0 - curve[steps])
+            results.append(trend_test(y, self.KS, sesoi=self.SESOI, n_perm=1).slope)
+        return results
+
+    @pytest.mark.parametrize("p_step", [0.2, 0.3, 0.5])
+    def test_no_trend(self, p_step: float) -> None:
+        """Mean slope 0: the p against 0 rejects at most alpha (+ binomial slack)."""
+        results = self._slopes(p_step, 0.0, 10, seed=20)
+        assert _rejection_rate(results) <= FPR_WINDOW[1]
+        assert _verdict_rate(results, "supported") <= FPR_WINDOW[1]
+
+    @pytest.mark.parametrize("p_step", [0.2, 0.3, 0.5])
+    def test_at_the_sesoi(self, p_step: float) -> None:
+        """Mean slope = SESOI: neither verdict above alpha (+ binomial slack)."""
+        results = self._slopes(p_step, self.SESOI, 10, seed=21)
+        assert _verdict_rate(results, "supported") <= FPR_WINDOW[1]
+        assert _verdict_rate(results, "refuted") <= FPR_WINDOW[1]
 
 
 @pytest.mark.parametrize("n", [10, 30, 100])
