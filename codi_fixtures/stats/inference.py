@@ -855,7 +855,10 @@ def accuracy_drop_effect(
     by default, Tango's score interval). The asymptotic McNemar test is used
     rather than the exact conditional one, which is conservative (measured
     false-positive rate 0.003-0.03 at alpha = 0.05; Fagerland, Lydersen & Laake
-    2013 recommend the asymptotic or mid-p test).
+    2013 recommend the asymptotic or mid-p test). At the SESOI boundary (true drop =
+    ``sesoi`` = 0.05), exact over every table, "supported" / "refuted" happen in at most
+    0.063 / 0.057 of datasets at n = 5-50 and 0.065 at n = 100 (discordant probability
+    0.06-0.95; ``tests/test_stats_calibration.py``).
     """
     level = _decision_level(alpha, ci_level)
     sesoi = _check_sesoi(sesoi)
