@@ -2,7 +2,8 @@
 
 Every non-empty subset of the six thoughts is ablated (``--subset-kinds``, default mean) and
 the latent loop is cut to k = 0..5 thoughts. Effects are Δ log p(gold) per problem; pair
-interactions are E_ij - E_i - E_j with Holm over the 15 pairs
+interactions are E_ij - E_i - E_j with one Holm family over both directions (synergy,
+redundancy) of the 15 pairs
 (codi_fixtures/analyses/rq5.py: requirements, statistics, figures). The subset claims judge
 the run's subset kind (mean when it was run) and skip, with one reason, under
 ``--subset-kinds none``.

@@ -161,7 +161,39 @@ def test_interaction_tests_find_planted_synergy_and_redundancy() -> None:
         assert abs(by_pair[(0, 1)].trimmed_mean - term) < 0.1
         assert by_pair[(0, 1)].ci_low < term < by_pair[(0, 1)].ci_high
         assert all(t.label == "additive" for s, t in by_pair.items() if s != (0, 1))
-        assert by_pair[(0, 1)].synergy.p_corrected is not None  # Holm across the 6 pairs
+        assert by_pair[(0, 1)].synergy.p_corrected is not None  # Holm over 6 pairs x 2 ways
+
+
+def test_synergy_and_redundancy_are_one_holm_family_over_both_directions() -> None:
+    """Six thoughts: 15 pairs x 2 directions = one Holm family of 30 tests.
+
+    A planted, clear synergy of (0, 1) with B = 499 resamples has its p at the bootstrap
+    floor 1 / 500 = 0.002: Holm over the 15 synergy tests alone would give 0.03 < alpha
+    ("supported"), Holm over all 30 directional tests gives 0.06 (not supported), so the
+    chance of any false synergy-or-redundancy label stays at alpha, not 2 alpha.
+    """
+    rng = np.random.default_rng(0)
+    n = 40
+    single = rng.normal(1.0, 0.3, (n, 6))
+    effects = {}
+    for s in all_subsets(6):
+        e = single[:, list(s)].sum(axis=1) + rng.normal(0, 0.05, n)
+        effects[s] = e + (3.0 if {0, 1} <= set(s) else 0.0)
+    tests = interaction_tests(effects, n_thoughts=6, n_boot=499)
+    assert len(tests) == 15
+    syn = {t.subset: t.synergy for t in tests}[(0, 1)]
+    floor = 1 / 500
+    assert syn.p_value == pytest.approx(floor) and syn.p_sesoi == pytest.approx(floor)
+    assert syn.p_corrected == pytest.approx(30 * floor)  # not 15 x: one family of 30
+    assert syn.p_sesoi_corrected == pytest.approx(30 * floor)
+    assert syn.verdict != "supported", syn.verdict_reason
+    assert syn.ci_level == pytest.approx(0.9) and syn.ci_low > 0.1  # the CI alone would say so
+    every = [r for t in tests for r in (t.synergy, t.redundancy)]
+    assert [r.p_corrected for r in every] == pytest.approx(
+        holm([r.p_value for r in every])  # Holm over all 30 directional p-values
+    )
+    with_more = interaction_tests(effects, n_thoughts=6, n_boot=1999)
+    assert {t.subset: t for t in with_more}[(0, 1)].label == "synergy"  # floor 1/2000
 
 
 def test_smallest_subset_and_per_problem_sizes() -> None:
@@ -375,7 +407,7 @@ def test_rq5_trend_by_difficulty_is_holm_corrected_across_the_bins() -> None:
     from codi_fixtures.analyses import rq5
     from codi_fixtures.analyses.plotting import _difficulty_groups
 
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(13)  # a 3-step bin with raw p_sesoi 0.032, Holm 0.095
     names = ["2-step", "3-step", "4-step", "5+step"]
     shares = [0.9, 0.35, 0.0, 0.0]
     curves = np.vstack([_steps(20, 3, rng, share) for share in shares])

@@ -142,15 +142,43 @@ class TestMcNemar:
         return clean, ablated
 
     @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
-    def test_matches_binomtest(self, alternative: str) -> None:
-        """The p-value is scipy's exact binomial test on the discordant pairs."""
+    def test_p_is_mcnemars_asymptotic_test(self, alternative: str) -> None:
+        """The p-value is McNemar's asymptotic z = (b - c) / sqrt(b + c) for ``alternative``."""
         clean, ablated = self._counts(9, 2, 20, 5)
         result = mcnemar_accuracy_drop(clean, ablated, alternative=alternative, n_boot=0)
-        expected = sps.binomtest(9, 11, 0.5, alternative=alternative).pvalue
+        z = 7 / math.sqrt(11)
+        expected = {"greater": sps.norm.sf(z), "less": sps.norm.cdf(z)}.get(
+            alternative, 2 * sps.norm.sf(z)
+        )
         assert result.p_value == pytest.approx(expected, rel=1e-12)
         assert result.statistic == pytest.approx(7 / 36)
         assert result.n == 36
         assert math.isnan(result.ci_low)
+
+    @pytest.mark.parametrize(
+        ("b", "c", "n"),
+        [(3, 0, 36), (0, 3, 36), (9, 2, 36), (6, 1, 20), (2, 8, 20), (12, 4, 100), (5, 5, 30)],
+    )
+    @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+    def test_ci_is_dual_to_the_p_value(self, b: int, c: int, n: int, alternative: str) -> None:
+        """The CI excludes 0 on the tested side exactly when p < alpha.
+
+        One-sided: the two-sided 1 - 2 alpha interval; two-sided: 1 - alpha. b = 3, c = 0
+        is the case the old exact (sign-test) p got wrong: p = 0.125, 90% score CI above 0.
+        """
+        clean, ablated = self._counts(b, c, n - b - c - 2, 2)
+        for alpha in (0.05, 0.1, 0.025):
+            r = mcnemar_accuracy_drop(clean, ablated, alternative=alternative, alpha=alpha)
+            two = alternative == "two-sided"
+            assert r.ci_level == pytest.approx(1 - alpha if two else 1 - 2 * alpha)
+            excludes = {
+                "greater": r.ci_low > 0,
+                "less": r.ci_high < 0,
+                "two-sided": r.ci_low > 0 or r.ci_high < 0,
+            }[alternative]
+            assert excludes == (r.p_value < alpha), (alpha, r.p_value, r.ci_low, r.ci_high)
+        if (b, c, alternative) == (3, 0, "greater"):
+            assert r.p_value < 0.05 < sps.binomtest(3, 3, 0.5, alternative="greater").pvalue
 
     def test_no_discordant_pairs_gives_p_one(self) -> None:
         """Identical runs give a zero drop and p = 1."""
@@ -185,20 +213,37 @@ class TestMcNemar:
 
 
 class TestPairedShift:
-    @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
-    def test_wilcoxon_matches_scipy(self, alternative: str) -> None:
-        """The Wilcoxon path returns scipy's p-value, zeros included."""
-        rng = np.random.default_rng(3)
-        for deltas in (rng.normal(0.2, 1.0, 20), np.r_[rng.normal(0.2, 1.0, 77), 0, 0, 0]):
-            result = paired_shift_test(deltas, alternative=alternative, n_boot=0)
-            expected = sps.wilcoxon(deltas, zero_method="wilcox", alternative=alternative).pvalue
-            assert result.p_value == pytest.approx(expected, rel=1e-12)
-            assert result.statistic == pytest.approx(deltas.mean())
+    def test_p_is_about_the_mean_like_the_statistic_and_ci(self) -> None:
+        """The review's repro: mean +0.92, but Wilcoxon (pseudo-median) "greater" p = 0.77.
 
-    @pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
-    def test_all_zero_deltas_give_p_one(self, method: str) -> None:
-        """No shift at all gives p = 1 without warnings."""
-        assert paired_shift_test(np.zeros(30), method=method).p_value == 1.0
+        The default p is the exact sign-flip test of the mean (2^10 flips), p = 0.25 here.
+        """
+        deltas = np.array([-0.1] * 8 + [5.0] * 2)
+        result = paired_shift_test(deltas)
+        bits = (np.arange(2**10)[:, None] >> np.arange(10)) & 1
+        exact = float(np.mean((1.0 - 2.0 * bits) @ deltas >= deltas.sum() - 1e-12))
+        assert result.statistic == pytest.approx(0.92)
+        assert result.p_value == pytest.approx(exact) and result.p_value < 0.3
+        assert sps.wilcoxon(deltas, alternative="greater").pvalue > 0.7  # the old default
+        assert "mean" in result.method and "Wilcoxon" not in result.method
+        with pytest.raises(ValueError, match="method must be"):
+            paired_shift_test(deltas, method="wilcoxon")
+
+    @pytest.mark.parametrize(
+        ("alternative", "level"), [("greater", 0.9), ("less", 0.9), ("two-sided", 0.95)]
+    )
+    def test_ci_level_matches_the_alternative(self, alternative: str, level: float) -> None:
+        """One-sided: the two-sided 1 - 2 alpha CI (dual level); two-sided: 1 - alpha."""
+        deltas = np.random.default_rng(6).normal(0.3, 1.0, 30)
+        result = paired_shift_test(deltas, alternative=alternative)
+        assert result.ci_level == pytest.approx(level)
+        wider = paired_shift_test(deltas, alternative="two-sided", alpha=0.05 / 2)
+        assert wider.ci_level == pytest.approx(0.975)
+
+    @pytest.mark.parametrize("n", [10, 30])
+    def test_all_zero_deltas_give_p_one(self, n: int) -> None:
+        """No shift at all gives p = 1 without warnings (exact and Monte Carlo flips)."""
+        assert paired_shift_test(np.zeros(n)).p_value == 1.0
 
     def test_exact_sign_flip_known_value(self) -> None:
         """Five positive deltas: only the identity flip is as extreme, p = 1/32."""
@@ -213,18 +258,17 @@ class TestPairedShift:
         result = paired_shift_test(deltas, method="permutation", n_perm=20000, n_boot=0)
         assert result.p_value == pytest.approx(exact, abs=0.01)
 
-    @pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
-    def test_recovers_planted_shift(self, method: str) -> None:
+    def test_recovers_planted_shift(self) -> None:
         """A mean shift of 0.5 SD on 100 problems is detected and its CI excludes 0."""
         deltas = np.random.default_rng(5).normal(0.5, 1.0, 100)
-        result = paired_shift_test(deltas, method=method, n_perm=2000)
+        result = paired_shift_test(deltas, n_perm=2000)
         assert result.p_value < 0.01
         assert 0.0 < result.ci_low < result.statistic < result.ci_high
 
     @pytest.mark.parametrize(
         ("method", "n", "n_sims"),
-        [("wilcoxon", 30, 500), ("permutation", 12, 300), ("permutation", 40, 300)],
-        ids=["wilcoxon-n30", "exact-n12", "monte-carlo-n40"],
+        [("permutation", 12, 300), ("permutation", 40, 300)],
+        ids=["exact-n12", "monte-carlo-n40"],
     )
     def test_false_positive_rate(self, method: str, n: int, n_sims: int) -> None:
         """On null deltas the one-sided test rejects at about the nominal rate."""

@@ -54,6 +54,25 @@ replaces: 0.20 / 0.29), and on the bundled model's own subset effects, each cont
 to a mean of exactly 0, in 0.09 / 0.09 / 0.07 / 0.048 / 0.023 at n = 10 / 15 / 20 / 30 / 100:
 the plain mean's bootstrap-t is too optimistic that far in the tail on skewed contrasts at
 small n, so the test needs >= 30 problems (``MIN_REACH_PROBLEMS``), the n asserted below.
+
+RQ5's "accuracy rises with k" tests the plain mean of per-problem slopes of 0/1 curves over
+k = 0..6 (``TestTrend``: step-shaped curves, a share p_step of problems turning right or
+wrong from a random k). With the plain mean's bootstrap-t at the quick tier's n = 10 (1000
+datasets each): p < 0.05 in 0.11-0.12 of datasets with mean slope 0 (p_step 0.2-0.3), and at
+the SESOI boundary "supported" in up to 0.09 and "refuted" in 0.11-0.16 (still 0.09-0.10 at
+n = 30-50 when only a tenth of the curves move). One-sample Student t on the slopes, now used,
+at n = 10 (p_step 0.1 / 0.2 / 0.3 / 0.5 / 1.0): p < 0.05 in 0.003 / 0.028 / 0.044 / 0.049 /
+0.043 with mean slope 0; at the boundary "supported" 0.005 / 0.021 / 0.038 / 0.054 / 0.052
+and "refuted" 0.005 / 0.033 / 0.055 / 0.058 / 0.042. Rare movers stay hard for any mean
+test: with a tenth of 50 curves moving, Student t still says "refuted" at the boundary in
+0.08 of datasets (bootstrap-t 0.09). The within-problem permutation p is descriptive only:
+up-and-down steps with mean slope 0 break exchangeability, p < 0.05 in 0.13-0.22 of them.
+
+Accuracy drops (Tango's score tests) at the SESOI boundary, exact over every (b, c) table
+(``TestAccuracyDropAtTheSesoi``): the largest "supported" / "refuted" rates over discordant
+probabilities 0.06-0.95 are 0.050 / 0.051, 0.059 / 0.047, 0.063 / 0.057, 0.061 / 0.053 and
+0.057 / 0.052 at n = 5 / 10 / 20 / 30 / 50, and "supported" 0.065 at n = 100 (discordant
+0.06). A review's 0.071 (4000 simulated datasets) was Monte Carlo error; nothing exceeds 0.07.
 """
 
 from __future__ import annotations
@@ -67,6 +86,7 @@ from scipy import stats
 from scipy.stats import norm, rankdata
 
 from codi_fixtures.stats import (
+    SESOI_ACCURACY,
     SESOI_R,
     TRIM_FRACTION,
     StatResult,
@@ -74,7 +94,7 @@ from codi_fixtures.stats import (
     mean_effect,
     rq2_tests,
 )
-from codi_fixtures.stats.composition import MIN_REACH_PROBLEMS, reaching_subset_test
+from codi_fixtures.stats.composition import MIN_REACH_PROBLEMS, reaching_subset_test, trend_test
 from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.study.conditions import all_subsets
 
@@ -502,6 +522,92 @@ class TestReachingSubset:
         ]
         assert _verdict_rate([t.result for t in tests], "supported") >= 0.95
         assert all(t.subset is not None and 0 in t.subset for t in tests)
+
+
+class TestAccuracyDropAtTheSesoi:
+    """Tango's score verdicts at the SESOI boundary (true drop 0.05), exact over every table.
+
+    The review measured "supported" 0.071 at n = 20 (discordant probability 0.1) and
+    "refuted" 0.071 at n = 5 (0.3) over 4000 datasets (SE 0.004). Summing the multinomial
+    probability of every (b, c) table instead, there is no Monte Carlo error: the largest
+    rates over discordant probabilities 0.06-0.95 are "supported" 0.050 / 0.059 / 0.063 /
+    0.061 / 0.057 and "refuted" 0.051 / 0.047 / 0.057 / 0.053 / 0.052 at n = 5 / 10 / 20 /
+    30 / 50; at the review's points 0.038 (n = 20, 0.1) and 0.011 (n = 5, 0.3); at n = 100
+    "supported" 0.065 with discordant probability 0.06. No fix needed: at most 0.065.
+    """
+
+    @staticmethod
+    def _exact_rates(n: int, discordant: float, drop: float = 0.05) -> dict[str, float]:
+        p_b, p_c = (discordant + drop) / 2, (discordant - drop) / 2
+        rates = {"supported": 0.0, "refuted": 0.0}
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                clean = np.r_[np.ones(b), np.zeros(c), np.ones(n - b - c)].astype(bool)
+                ablated = np.r_[np.zeros(b), np.ones(c), np.ones(n - b - c)].astype(bool)
+                verdict = accuracy_drop_effect(clean, ablated).verdict
+                if verdict in rates:
+                    rates[verdict] += stats.multinomial.pmf(
+                        [b, c, n - b - c], n, [p_b, p_c, 1.0 - discordant]
+                    )
+        return rates
+
+    @pytest.mark.parametrize(
+        ("n", "discordant", "supported", "refuted"),
+        [
+            (5, 0.3, 0.0034, 0.0105),
+            (5, 0.71, 0.0382, 0.0513),
+            (20, 0.1, 0.0380, 0.0217),
+            (20, 0.21, 0.0626, 0.0524),
+            (100, 0.06, 0.0646, 0.0311),
+        ],
+    )
+    def test_small_n(self, n: int, discordant: float, supported: float, refuted: float) -> None:
+        """Exact verdict rates at the boundary: the measured numbers, each at most 0.07."""
+        rates = self._exact_rates(n, discordant)
+        assert rates["supported"] == pytest.approx(supported, abs=5e-4)
+        assert rates["refuted"] == pytest.approx(refuted, abs=5e-4)
+        assert max(rates.values()) <= FPR_WINDOW[1]
+
+
+class TestTrend:
+    """RQ5 "accuracy rises with k": the mean per-problem slope of 0/1 curves over k = 0..6.
+
+    Step-shaped curves: a share of the problems turns right (or wrong) from a random k on,
+    the rest are always right or always wrong; the up / down balance sets the mean slope
+    (0, or the SESOI of 5 points over six thoughts). n = 10 is the quick tier's.
+    """
+
+    KS = np.arange(7)
+    STEPS = (np.arange(7)[None, :] >= np.arange(1, 7)[:, None]).astype(float)  # k0 = 1..6
+    SESOI = SESOI_ACCURACY / 6
+
+    def _slopes(self, p_step: float, shift: float, n: int, seed: int) -> list[StatResult]:
+        xc = self.KS - self.KS.mean()
+        step_slope = float(np.mean(self.STEPS @ xc / (xc @ xc)))
+        up = (1.0 + shift / (p_step * step_slope)) / 2.0  # P(up | the curve steps)
+        rng = np.random.default_rng(seed)
+        results = []
+        for _ in range(N_DATASETS):
+            y = np.repeat((rng.random((n, 1)) < 0.5).astype(float), 7, axis=1)
+            steps = rng.random(n) < p_step
+            curve = self.STEPS[rng.integers(0, 6, n)]
+            y[steps] = np.where(rng.random(n)[steps, None] < up, curve[steps], 1.0 - curve[steps])
+            results.append(trend_test(y, self.KS, sesoi=self.SESOI, n_perm=1).slope)
+        return results
+
+    @pytest.mark.parametrize("p_step", [0.2, 0.3, 0.5])
+    def test_no_trend(self, p_step: float) -> None:
+        """Mean slope 0: the p against 0 rejects at most alpha (+ binomial slack)."""
+        results = self._slopes(p_step, 0.0, 10, seed=20)
+        assert _rejection_rate(results) <= FPR_WINDOW[1]
+        assert _verdict_rate(results, "supported") <= FPR_WINDOW[1]
+
+    @pytest.mark.parametrize("p_step", [0.2, 0.3, 0.5])
+    def test_at_the_sesoi(self, p_step: float) -> None:
+        """Mean slope = SESOI: neither verdict above alpha (+ binomial slack)."""
+        results = self._slopes(p_step, self.SESOI, 10, seed=21)
+        assert _verdict_rate(results, "supported") <= FPR_WINDOW[1]
+        assert _verdict_rate(results, "refuted") <= FPR_WINDOW[1]
 
 
 @pytest.mark.parametrize("n", [10, 30, 100])

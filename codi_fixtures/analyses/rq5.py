@@ -4,9 +4,10 @@ Requirements: every non-empty subset of the thoughts ablated with each ``--subse
 (63 for six thoughts; the single thoughts and all thoughts are RQ1's own rows), and the latent
 loop cut to k = 0..T-1 thoughts (k = T is the clean run). Effects are Δ log p(gold) per
 problem. Statistics (:mod:`codi_fixtures.stats.composition`): pair interactions
-``I_ij = E_ij - E_i - E_j`` (redundant: trimmed mean I < -SESOI; synergistic: > SESOI; Holm over
-the pairs), "some proper subset reaches 80% of the all-thoughts effect" (mean contrasts, Holm over
-the proper subsets; the smallest such subset on the means is descriptive), "some thought is
+``I_ij = E_ij - E_i - E_j`` (redundant: trimmed mean I < -SESOI; synergistic: > SESOI; one Holm
+family over both directions of every pair), "some proper subset reaches 80% of the all-thoughts
+effect" (mean contrasts, Holm over the proper subsets; the smallest such subset on the means is
+descriptive), "some thought is
 necessary alone" against "the thoughts are redundant as a set", and accuracy against k (trend
 of the per-problem slopes, saturation point, per difficulty bin with Holm over the bins),
 beside the bundled model's trained 0-thought control. The subset claims judge one subset kind
@@ -553,7 +554,7 @@ def pair_matrix(a: StudyView, kind: str) -> Figure:
     bar.set_label("trimmed mean of E_ij − E_i − E_j [nats]")
     ax.set_title(
         f"RQ5: pair interactions ({kind}); R redundant, S synergistic\n"
-        "(Holm over the pairs), = neither beyond the SESOI",
+        "(one Holm family: both directions of every pair), = neither beyond the SESOI",
         fontsize=10,
     )
     return fig
@@ -605,6 +606,8 @@ def pair_claim(
 ) -> Evidence:
     """Thoughts ``pair`` are redundant (``which="redundancy"``) or synergistic (``"synergy"``).
 
+    Both directions of every pair are one Holm family (30 tests for six thoughts), so the
+    chance of any false synergy-or-redundancy label is at most alpha.
     ``kind``: the subset ablation kind (default :func:`judged_kind`); likewise below.
     """
     i, j = sorted(pair)
@@ -624,6 +627,7 @@ def pair_claim(
             "pair": f"t{i}-t{j}",
             "ablation kind": kind,
             "20% trimmed mean interaction [nats]": test.trimmed_mean,
+            "family": "Holm over both directions (synergy, redundancy) of every pair",
         },
         (f"rq5-pairs-{kind}", lambda: pair_matrix(a, kind)),
     )
