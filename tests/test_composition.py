@@ -480,3 +480,18 @@ def test_the_reach_result_shows_its_own_subsets_p_equivalence():
     own = reach.per_subset[reach.subset]
     assert reach.result.p_equivalence == own.p_equivalence
     assert "largest p_equivalence over the subsets" in reach.result.method
+
+
+def test_a_difficulty_bins_trend_is_inconclusive_only_when_too_small_and_a_bad_call_raises():
+    """One problem in a bin: inconclusive, with the reason; a shape mismatch is a bug."""
+    from types import SimpleNamespace
+
+    from codi_fixtures.analyses.rq5 import _bin_trend
+
+    view = SimpleNamespace(alpha=0.05, seed=0)
+    one = _bin_trend(view, np.ones((1, 7)), list(range(7)), 0.01, "4-step")  # type: ignore[arg-type]
+    assert one.slope.verdict == "inconclusive" and "only 1 problem in 4-step" in str(
+        one.slope.verdict_reason
+    )
+    with pytest.raises(ValueError, match="scores must be"):
+        _bin_trend(view, np.ones((3, 7)), list(range(6)), 0.01, "2-step")  # type: ignore[arg-type]

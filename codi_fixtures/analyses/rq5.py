@@ -466,17 +466,17 @@ def rq5_fewer(a: StudyView) -> Rq5Fewer:
 def _bin_trend(
     a: StudyView, correct: np.ndarray, ks: list[int], sesoi: float, name: str
 ) -> TrendResult:
-    """One difficulty bin's trend; too few problems (or degenerate ones) are inconclusive."""
-    try:
-        if len(correct) < 2:
-            raise ValueError(f"only {len(correct)} problem in {name} (a trend needs >= 2)")
-        return trend_test(correct, ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed)
-    except ValueError as err:
+    """One difficulty bin's trend; fewer than 2 problems are inconclusive (a bad call raises)."""
+    if len(correct) < 2:
         return TrendResult(
-            slope=inconclusive_verdict(f"inconclusive: {err}", len(correct)),
+            slope=inconclusive_verdict(
+                f"inconclusive: only {len(correct)} problem in {name} (a trend needs >= 2)",
+                len(correct),
+            ),
             p_permutation=math.nan,
             per_k_mean=correct.mean(axis=0) if len(correct) else np.full(len(ks), np.nan),
         )
+    return trend_test(correct, ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed)
 
 
 # --- figures ------------------------------------------------------------------------------------
