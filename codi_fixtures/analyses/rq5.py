@@ -42,6 +42,7 @@ from codi_fixtures.analyses.plotting import (
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import BUNDLED_CHECKPOINT, Settings
 from codi_fixtures.stats import (
+    DegenerateData,
     StatResult,
     apply_holm_verdicts,
     inconclusive,
@@ -457,7 +458,11 @@ def rq5_fewer(a: StudyView) -> Rq5Fewer:
         }
         slopes = apply_holm_verdicts([t.slope for t in by.values()], alpha=a.alpha)
         by = {name: replace(t, slope=s) for (name, t), s in zip(by.items(), slopes, strict=True)}
-        k_sat, sat = saturation(correct, ks, sesoi=a.sesoi_accuracy, alpha=a.alpha)
+        try:
+            k_sat, sat = saturation(correct, ks, sesoi=a.sesoi_accuracy, alpha=a.alpha)
+        except DegenerateData as err:  # no usable problem: no saturation point
+            k_sat = None
+            sat = [inconclusive_verdict(f"inconclusive: {err}") for _ in ks[:-1]]
         return Rq5Fewer(ks, correct.mean(axis=0), logp.mean(axis=0), trend, by, k_sat, sat)
 
     return a.memoised(("rq5", "fewer"), compute)
