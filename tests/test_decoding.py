@@ -167,6 +167,25 @@ def test_rq1_link_ignores_steps_nobody_has():
     assert rq1_link_test(dec, imp).best_thought == (5, 4)
 
 
+def test_rq1_link_ranks_by_rqs_trimmed_mean_not_the_plain_mean():
+    """A thought with a few huge effects has the top plain mean but not the top RQ1 importance."""
+    dec, imp = _link_data(linked=True)  # thoughts 5, 4 best encode the steps, ranks 1, 2
+    rare = np.zeros(imp.shape[0])
+    rare[:30] = 100.0  # 10% of problems: plain mean +10, 20% trimmed mean unchanged
+    imp[:, 0] += rare
+    link = rq1_link_test(dec, imp)
+    assert np.argmax(imp.mean(axis=0)) == 0
+    assert link.importance_rank == (1, 2)
+    assert "20% trimmed mean" in link.result.method
+
+
+def test_rq1_link_leaves_out_problems_with_a_non_finite_importance():
+    dec, imp = _link_data(linked=True)
+    imp[:5, 2] = np.nan
+    link = rq1_link_test(dec, imp)
+    assert link.result.n == dec.shape[0] - 5 and link.importance_rank == (1, 2)
+
+
 def test_equivalence_effect_supports_a_null_and_refutes_a_shift():
     from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts
 

@@ -689,7 +689,10 @@ def link_to_importance(view: StudyView) -> Evidence:
     return Evidence(
         "the thoughts that best encode the steps are the important ones (RQ1)",
         _skip_or(view, get),
-        {"measure": "(T+1)/2 minus the mean RQ1 importance rank of each step's best thought"},
+        {
+            "measure": "(T+1)/2 minus the mean RQ1 importance rank of each step's best thought "
+            "(thoughts ranked by the 20% trimmed mean of delta log p, as in RQ1)"
+        },
         ("rq3-lens", lambda: lens_heatmap(view)),
     )
 

@@ -19,7 +19,8 @@ outputs are :class:`~codi_fixtures.stats.StatResult` (statistic, CI, p, n) or sm
   (:func:`paired_effect`).
 - Interchange accuracy (IIA) and its baselines, paired per recipient, the same way.
 - :func:`rq1_link_test`: is the thought that best encodes step k among the thoughts whose
-  ablation hurts most? Exact permutation test over thought relabelings, bootstrap CI.
+  ablation hurts most (thoughts ranked by RQ1's 20% trimmed mean of Δ log p)? Percentile
+  bootstrap over problems (CI, p, verdict); the exact p over thought relabelings is reported.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from scipy import stats
 
 from codi_fixtures.stats.equivalence import decide
 from codi_fixtures.stats.inference import (
+    TRIM_FRACTION,
+    DegenerateData,
     StatResult,
     accuracy_drop_effect,
     holm,
@@ -66,6 +69,7 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 QUESTION_POSITIONS = ("q_last", "bot")
+_BOOT_CHUNK = 1 << 21  # elements per batch of bootstrap resamples (~16 MiB of float64)
 
 
 # --------------------------------------------------------------------------- logit lens
@@ -490,7 +494,8 @@ class LinkResult:
     best_thought: tuple[int, ...]
     """Per step: the thought with the highest decodability."""
     importance_rank: tuple[int, ...]
-    """Per step: that thought's rank by mean importance (1 = ablation hurts most)."""
+    """Per step: that thought's rank by RQ1 importance, the 20% trimmed mean of Δ log p over
+    problems (1 = ablation hurts most)."""
     in_top: tuple[bool, ...]
     """Per step: rank <= ``top_m``."""
     top_m: int
@@ -504,13 +509,34 @@ class LinkResult:
     reported, not used for the verdict."""
 
 
-def _mean_rank(dec: FloatArray, imp: FloatArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(best thought per step, its importance rank 1..T) from (K, T) and (T,) means."""
-    best = np.nanargmax(dec, axis=1)
-    order = np.argsort(-imp, kind="stable")
+def _best_rank(dec: FloatArray, imp: FloatArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(best thought, its importance rank 1..T) per step, batched over leading axes.
+
+    ``dec`` (..., K, T) decoding rates, ``imp`` (..., T) importance centres. Ties go to the
+    lower thought index (argmax, stable sort); a step with no rate (all nan) gets thought 0,
+    and its rank is left out by the caller.
+    """
+    best = np.argmax(np.where(np.isnan(dec), -np.inf, dec), axis=-1)
+    order = np.argsort(-imp, axis=-1, kind="stable")
     rank = np.empty_like(order)
-    rank[order] = np.arange(1, imp.size + 1)
-    return best, rank[best]
+    np.put_along_axis(rank, order, np.arange(1, imp.shape[-1] + 1), axis=-1)
+    return best, np.take_along_axis(rank, best, axis=-1)
+
+
+def _link_statistic(dec: FloatArray, imp: FloatArray, mid: float) -> FloatArray:
+    """(T+1)/2 - mean importance rank of each step's best thought, over the defined steps."""
+    _, rank = _best_rank(dec, imp)
+    defined = np.isfinite(dec).any(axis=-1)
+    with np.errstate(invalid="ignore"):
+        return mid - np.where(defined, rank, 0).sum(axis=-1) / defined.sum(axis=-1)
+
+
+def _rates(dec: FloatArray, rows: NDArray[np.int64]) -> FloatArray:
+    """Per-step, per-thought hit rates (nan-aware means) of ``dec`` over the rows ``rows``."""
+    picked = dec[rows]  # (..., n, K, T)
+    counts = np.isfinite(picked).sum(axis=-3)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.nansum(picked, axis=-3) / counts, np.nan)
 
 
 def rq1_link_test(
@@ -527,39 +553,46 @@ def rq1_link_test(
 
     ``decodability`` (N, K, T): per problem, step and thought, a hit (1/0, nan = no such
     step), e.g. lens top-1 at the input embedding or out-of-fold probe correctness;
-    ``importance`` (N, T): RQ1 Δ log p per problem and thought. The statistic is
-    ``(T+1)/2`` minus the mean over steps of the importance rank of each step's best thought
-    (0 for a random thought). The CI and p resample problems (both arrays together): they
-    say how stable the arrangement is, given these steps and thoughts. With K distinct best
-    thoughts the statistic is at most (T - K) / 2 (0.5 for five steps in six thoughts), so
-    the SESOI must be below that. It fails (refuted / inconclusive) when the best-encoding
-    thoughts are not the important ones.
+    ``importance`` (N, T): RQ1 Δ log p per problem and thought (problems with a non-finite
+    value are left out). Thoughts are ranked by RQ1's importance, the 20% trimmed mean of Δ
+    log p over problems (:data:`~codi_fixtures.stats.TRIM_FRACTION`, the estimand of
+    :func:`~codi_fixtures.stats.mean_effect`); each step's best thought is the one with the
+    highest hit rate (ties: the lower index). The statistic is ``(T+1)/2`` minus the mean
+    over steps of the importance rank of each step's best thought (0 for a random thought).
+    The CI and p resample problems (both arrays together): they say how stable the
+    arrangement is, given these steps and thoughts. With K distinct best thoughts the
+    statistic is at most (T - K) / 2 (0.5 for five steps in six thoughts), so the SESOI must
+    be below that. It fails (refuted / inconclusive) when the best-encoding thoughts are not
+    the important ones.
     """
     dec = np.asarray(decodability, dtype=np.float64)
     imp = np.asarray(importance, dtype=np.float64)
+    finite = np.isfinite(imp).all(axis=1)
+    dec, imp = dec[finite], imp[finite]
     n, n_k, n_t = dec.shape
+    if n == 0:
+        raise DegenerateData("no problem has a finite importance for every thought")
     steps = [k for k in range(n_k) if np.isfinite(dec[:, k]).any()]
     dec = dec[:, steps]
     top_m = n_t // 2 if top_m is None else top_m
     mid = (n_t + 1) / 2.0
 
-    def stat(d: FloatArray, i: FloatArray) -> float:
-        with np.errstate(invalid="ignore"):
-            _, rank = _mean_rank(np.nanmean(d, axis=0), np.nanmean(i, axis=0))
-        return mid - float(rank.mean())
+    def centre(values: FloatArray) -> FloatArray:  # RQ1's importance: the trimmed mean
+        return np.asarray(stats.trim_mean(values, TRIM_FRACTION, axis=-2), dtype=np.float64)
 
-    best, rank = _mean_rank(np.nanmean(dec, axis=0), np.nanmean(imp, axis=0))
+    rates, imp_centre = _rates(dec, np.arange(n)), centre(imp)
+    best, rank = _best_rank(rates, imp_centre)
     observed = mid - float(rank.mean())
-    imp_mean = np.nanmean(imp, axis=0)
-    null = []
-    for perm in itertools.permutations(range(n_t)):
-        _, r = _mean_rank(np.nanmean(dec, axis=0), imp_mean[list(perm)])
-        null.append(mid - float(r.mean()))
-    p = float(np.mean(np.array(null) >= observed - 1e-12))
+    perms = np.array(list(itertools.permutations(range(n_t))))
+    null = _link_statistic(rates[None], imp_centre[perms], mid)
+    p = float(np.mean(null >= observed - 1e-12))
     rng = np.random.default_rng(seed)
-    boot = np.array(
-        [stat(dec[idx], imp[idx]) for idx in rng.integers(0, n, (n_boot, n))], dtype=np.float64
-    )
+    chunk = max(1, _BOOT_CHUNK // max(n * n_k * n_t, 1))
+    parts = []
+    for start in range(0, n_boot, chunk):
+        rows = rng.integers(0, n, (min(chunk, n_boot - start), n))
+        parts.append(_link_statistic(_rates(dec, rows), centre(imp[rows]), mid))
+    boot = np.concatenate(parts)
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     p_boot = float((np.sum(boot <= 0.0) + 1) / (n_boot + 1))
     verdict, reason = decide(
@@ -572,7 +605,8 @@ def rq1_link_test(
         ci_high=float(high),
         n=n,
         method=(
-            "(T+1)/2 - mean importance rank of each step's best-encoding thought; percentile "
+            "(T+1)/2 - mean importance rank (thoughts ranked by the 20% trimmed mean of "
+            "delta log p, as in RQ1) of each step's best-encoding thought; percentile "
             f"bootstrap over problems ({n_boot}); exact permutation p over "
             f"{math.factorial(n_t)} thought relabelings = {p:.3g}"
         ),
