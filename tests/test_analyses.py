@@ -21,11 +21,12 @@ from codi_fixtures.analyses import (
     Requirements,
     StudyAnalysis,
     requirements_of,
+    rq2,
 )
 from codi_fixtures.config import RunConfig, Settings
 from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.report.summary import summary_statistics
-from codi_fixtures.stats import Rq2Tests, holm, holm_rq2, mean_effect, pvalue_or_one, rq2_tests
+from codi_fixtures.stats import Rq2Tests, holm, holm_rq2, mean_effect, pvalue_or_one
 from codi_fixtures.study.conditions import conditions_for, default_requirements
 from codi_fixtures.study.problems import DIFFICULTY_BINS
 from codi_fixtures.study.results import StudyResults
@@ -381,33 +382,13 @@ def test_last_most_important_shows_the_comparison_that_decides(sd0, mean1, verdi
 
 
 # --- RQ2 by difficulty: one Holm family over (bin, layer) pairs per question -------------------
-def _rq2_raw_by_bin(a: StudyAnalysis, difficulty: str | None) -> dict[int, Rq2Tests]:
-    """RQ2's uncorrected tests per role layer on one bin's problems (all: None)."""
-    imp = a.importance()
-    rows = ~np.isnan(imp).any(axis=1)
-    if difficulty is not None:
-        rows &= np.array([d == difficulty for d in a.results.difficulty])
-    return {
-        layer: rq2_tests(
-            a.attention(layer)[rows],
-            imp[rows],
-            alpha=a.alpha,
-            seed=a.seed,
-            sesoi_r=a.sesoi_r,
-            n_perm=a.n_perm,
-            sesoi_target=a.sesoi_logp,
-        )
-        for layer in (4, 8, 14)
-    }
-
-
 def test_rq2_by_difficulty_is_one_holm_family_over_bins_and_layers():
     """Holm per question over all 4 bins x 3 layers (undecidable cells count as p = 1).
 
     The overall family stays the 3 layers.
     """
     a = StudyAnalysis(synthetic_study(40, seed=2), LayerRoles(4, 8, 14), n_perm=1000)
-    raw = {b: _rq2_raw_by_bin(a, b) for b in DIFFICULTY_BINS}
+    raw = {b: rq2._rq2_raw(a, b) for b in DIFFICULTY_BINS}  # uncorrected, per bin
     pairs = [(b, layer) for b in DIFFICULTY_BINS for layer in (4, 8, 14)]
     for question in Rq2Tests.QUESTIONS:
         cells = [getattr(raw[b][layer], question) for b, layer in pairs]
@@ -428,5 +409,5 @@ def test_rq2_by_difficulty_is_one_holm_family_over_bins_and_layers():
     assert per_bin.verdict == "supported" and per_bin.p_sesoi_corrected < 0.05
     assert family.verdict == "inconclusive" and family.p_sesoi_corrected > 0.1
     # the overall family is unchanged: Holm across the role layers only
-    overall = holm_rq2(list(_rq2_raw_by_bin(a, None).values()), alpha=a.alpha)
+    overall = holm_rq2(list(rq2._rq2_raw(a, None).values()), alpha=a.alpha)
     assert [t.as_dict() for t in a.rq2_all().values()] == [t.as_dict() for t in overall]
