@@ -495,3 +495,27 @@ def test_a_difficulty_bins_trend_is_inconclusive_only_when_too_small_and_a_bad_c
     )
     with pytest.raises(ValueError, match="scores must be"):
         _bin_trend(view, np.ones((3, 7)), list(range(6)), 0.01, "2-step")  # type: ignore[arg-type]
+
+
+def test_no_subset_carries_80_percent_of_an_effect_that_is_not_there():
+    """80% of nothing: "a subset carries it" is inconclusive, however clear the contrast.
+
+    Thoughts that do nothing, all-six effect ~0.004 nats like the SmolLM2 organism's.
+    """
+    from codi_fixtures.analyses.rq5 import _needs_an_effect_to_carry
+    from codi_fixtures.stats import mean_effect
+
+    rng = np.random.default_rng(5)
+    full = rng.normal(0.004, 0.001, 60)
+    effects = {
+        s: full if len(s) == 6 else (0.95 if 0 in s else 0.5) * full + rng.normal(0, 1e-4, 60)
+        for s in all_subsets(6)
+    }
+    reach = reaching_subset_test(effects, 6, n_boot=1999)
+    assert reach.result.verdict == "supported"  # the contrast alone says yes
+    negligible = mean_effect(full, sesoi=0.1, n_boot=999)
+    gated = _needs_an_effect_to_carry(reach, negligible, 0.1)
+    assert gated.result.verdict == "inconclusive" and gated.result.n == reach.result.n
+    assert "no effect for a subset to carry" in str(gated.result.verdict_reason)
+    real = mean_effect(full * 1000, sesoi=0.1, n_boot=999)  # 4 nats: supported
+    assert _needs_an_effect_to_carry(reach, real, 0.1) is reach

@@ -346,6 +346,7 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
             n_use,
             "greater",
         )
+        reach = _needs_an_effect_to_carry(reach, all_result, a.sesoi_logp)
         singles = rq1.rq1_logp(a, kind)
         by_bin = {}
         difficulty = np.array(a.results.difficulty)[keep]
@@ -368,6 +369,23 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
         )
 
     return a.memoised(("rq5", kind), compute)
+
+
+def _needs_an_effect_to_carry(reach: ReachTest, all_six: StatResult, sesoi: float) -> ReachTest:
+    """The 80% claim presupposes an all-thoughts effect: without one it is inconclusive.
+
+    When ablating every thought is not shown to lower log p(gold) beyond the SESOI, "a subset
+    reaches 80% of it" would be a verdict about noise-level effects (a model whose thoughts
+    are unused: 80% of 0.004 nats).
+    """
+    if all_six.verdict == "supported":
+        return reach
+    why = (
+        f"inconclusive: ablating all thoughts is not shown to lower log p(gold) by more than "
+        f"the SESOI ({sesoi:g} nats; 20% trimmed mean {all_six.statistic:.3g}, "
+        f"{all_six.verdict}), so there is no effect for a subset to carry"
+    )
+    return replace(reach, result=inconclusive_verdict(why, reach.result.n))
 
 
 def _plain_mean(a: StudyView, x: np.ndarray) -> StatResult:
