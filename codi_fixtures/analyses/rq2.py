@@ -44,7 +44,6 @@ from codi_fixtures.stats import (
     holm_rq2,
     is_constant,
     pooled_normal_scores,
-    rq2_tests,
     two_way_residuals,
 )
 from codi_fixtures.study.conditions import (
@@ -196,18 +195,7 @@ def _rq2_raw(a: StudyView, difficulty: str | None) -> dict[int, Rq2Tests]:
     if difficulty is not None:
         rows &= np.array([d == difficulty for d in a.results.difficulty], dtype=bool)
     layers = list(dict.fromkeys(a.layers.as_dict().values()))
-    return {
-        layer: rq2_tests(
-            a.attention(layer)[rows],
-            imp[rows],
-            alpha=a.alpha,
-            seed=a.seed,
-            sesoi_r=a.sesoi_r,
-            n_perm=a.n_perm,
-            sesoi_target=a.sesoi_logp,
-        )
-        for layer in layers
-    }
+    return {layer: a.rq2_tests(a.attention(layer)[rows], imp[rows]) for layer in layers}
 
 
 def rq2(a: StudyView, test: Rq2Test, difficulty: str | None = None) -> dict[int, StatResult]:

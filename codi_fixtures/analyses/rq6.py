@@ -44,7 +44,6 @@ from codi_fixtures.stats import (
     apply_holm_verdicts,
     holm_rq2,
     mean_effect,
-    rq2_tests,
 )
 from codi_fixtures.study.conditions import (
     Ablation,
@@ -255,18 +254,8 @@ def _rq2_family(a: StudyView, target: str) -> dict[int, Rq2Tests]:
     for layer in layers:
         y = imp if imp is not None else knockout_effect(a, layer, "answer")
         rows = ~np.isnan(y).any(axis=1)
-        tests.append(
-            rq2_tests(
-                a.attention(layer)[rows],
-                y[rows],
-                alpha=a.alpha,
-                seed=a.seed,
-                sesoi_r=a.sesoi_r,
-                n_perm=a.n_perm,
-                sesoi_target=a.sesoi_logp,
-                target="importance" if imp is not None else "the knockout effect",
-            )
-        )
+        what = "importance" if imp is not None else "the knockout effect"
+        tests.append(a.rq2_tests(a.attention(layer)[rows], y[rows], what))
     return dict(zip(layers, holm_rq2(tests, alpha=a.alpha), strict=True))
 
 

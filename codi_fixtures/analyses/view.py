@@ -23,8 +23,10 @@ from codi_fixtures.stats import (
     SESOI_LOGP,
     SESOI_R,
     DegenerateData,
+    Rq2Tests,
     StatResult,
     inconclusive,
+    rq2_tests,
 )
 from codi_fixtures.study.results import StudyResults
 
@@ -136,6 +138,25 @@ class StudyView:
     def attention(self, layer: int) -> np.ndarray:
         """(N, T) attention from ``<eot>`` to each thought at ``layer``, head-averaged."""
         return self.results.attention[:, layer].mean(axis=1).astype(np.float64)
+
+    def rq2_tests(
+        self, attention: np.ndarray, target: np.ndarray, what: str = "importance"
+    ) -> Rq2Tests:
+        """RQ2's questions on (N, T) arrays with this study's alpha, seed, SESOIs, permutations.
+
+        ``what`` names the predicted quantity (e.g. "the knockout effect") in the reason when
+        it is negligible. Not corrected across layers (:func:`codi_fixtures.stats.holm_rq2`).
+        """
+        return rq2_tests(
+            attention,
+            target,
+            alpha=self.alpha,
+            seed=self.seed,
+            sesoi_r=self.sesoi_r,
+            n_perm=self.n_perm,
+            sesoi_target=self.sesoi_logp,
+            target=what,
+        )
 
     def inconclusive_reason(self) -> str | None:
         """Why no claim can be judged on this study (too few correct clean answers), or None."""
