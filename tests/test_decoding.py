@@ -186,6 +186,22 @@ def test_rq1_link_leaves_out_problems_with_a_non_finite_importance():
     assert link.result.n == dec.shape[0] - 5 and link.importance_rank == (1, 2)
 
 
+def test_rq1_link_with_importance_that_cannot_tell_thoughts_apart_says_nothing():
+    """All-zero importance: every thought at the middle rank, statistic 0, never supported.
+
+    With ties broken by thought index, thoughts 0-2 decoding steps 1-3 (the usual layout)
+    ranked 1 / 2 / 3: "supported" with CI [1.5, 1.5] about importance that is all zero.
+    """
+    rng = np.random.default_rng(4)
+    n, t = 30, 6
+    dec = (rng.random((n, 3, t)) < 0.4).astype(float)
+    for k in range(3):
+        dec[:, k, k] = 1.0  # step k+1 best encoded by thought k
+    link = rq1_link_test(dec, np.zeros((n, t)), n_boot=199)
+    assert link.importance_rank == (3.5, 3.5, 3.5)
+    assert link.result.statistic == 0.0 and link.result.verdict != "supported"
+
+
 def test_equivalence_effect_supports_a_null_and_refutes_a_shift():
     from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts
 

@@ -1060,6 +1060,8 @@ class TestRq2Tests:
         [
             ((np.ones(6), np.ones(6)), "must be 2-D"),
             ((np.ones((4, 6)), np.ones((4, 5))), "differ in shape"),
+            ((np.ones((4, 2)), np.ones((5, 6))), "differ in shape"),  # also too few thoughts
+            ((np.full((4, 6), np.inf), np.ones((5, 6))), "differ in shape"),  # also an inf
         ],
     )
     def test_bad_input_raises(self, args: tuple[np.ndarray, np.ndarray], message: str) -> None:

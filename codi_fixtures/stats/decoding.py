@@ -493,9 +493,9 @@ class LinkResult:
 
     best_thought: tuple[int, ...]
     """Per step: the thought with the highest decodability."""
-    importance_rank: tuple[int, ...]
+    importance_rank: tuple[float, ...]
     """Per step: that thought's rank by RQ1 importance, the 20% trimmed mean of Δ log p over
-    problems (1 = ablation hurts most)."""
+    problems (1 = ablation hurts most; tied centres share their average rank)."""
     in_top: tuple[bool, ...]
     """Per step: rank <= ``top_m``."""
     top_m: int
@@ -509,17 +509,19 @@ class LinkResult:
     reported, not used for the verdict."""
 
 
-def _best_rank(dec: FloatArray, imp: FloatArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _best_rank(dec: FloatArray, imp: FloatArray) -> tuple[NDArray[np.int64], FloatArray]:
     """(best thought, its importance rank 1..T) per step, batched over leading axes.
 
-    ``dec`` (..., K, T) decoding rates, ``imp`` (..., T) importance centres. Ties go to the
-    lower thought index (argmax, stable sort); a step with no rate (all nan) gets thought 0,
-    and its rank is left out by the caller.
+    ``dec`` (..., K, T) decoding rates, ``imp`` (..., T) importance centres. A tie in
+    decodability goes to the lower thought index (argmax); tied importance centres share
+    their average rank, so importance that cannot tell thoughts apart (e.g. all exactly 0)
+    ranks every thought at (T+1)/2 and says nothing, whichever thought decodes best. A step
+    with no rate (all nan) gets thought 0, and its rank is left out by the caller.
     """
     best = np.argmax(np.where(np.isnan(dec), -np.inf, dec), axis=-1)
-    order = np.argsort(-imp, axis=-1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(1, imp.shape[-1] + 1), axis=-1)
+    above = (imp[..., None, :] > imp[..., :, None]).sum(axis=-1)
+    tied = (imp[..., None, :] == imp[..., :, None]).sum(axis=-1) - 1
+    rank = 1.0 + above + 0.5 * tied
     return best, np.take_along_axis(rank, best, axis=-1)
 
 
@@ -618,7 +620,7 @@ def rq1_link_test(
     )
     return LinkResult(
         best_thought=tuple(int(b) for b in best),
-        importance_rank=tuple(int(r) for r in rank),
+        importance_rank=tuple(float(r) for r in rank),
         in_top=tuple(bool(r <= top_m) for r in rank),
         top_m=top_m,
         result=result,

@@ -1286,14 +1286,15 @@ def _rq2_arrays(attention: ArrayLike, importance: ArrayLike) -> tuple[FloatArray
     for name, arr in (("attention", x), ("importance", y)):
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n_problems, n_thoughts), got shape {arr.shape}")
+    if x.shape != y.shape:  # a malformed call, checked before any degenerate-data condition
+        raise ValueError(f"attention and importance differ in shape: {x.shape} vs {y.shape}")
+    for name, arr in (("attention", x), ("importance", y)):
         if arr.shape[1] < 3:
             raise DegenerateData(
                 f"{name} needs at least 3 thoughts per problem, got {arr.shape[1]}"
             )
         if np.any(np.isinf(arr)):
             raise DegenerateData(f"{name} contains inf (nan rows are dropped, inf is not)")
-    if x.shape != y.shape:
-        raise ValueError(f"attention and importance differ in shape: {x.shape} vs {y.shape}")
     keep = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))
     return x[keep], y[keep], int((~keep).sum())
 
