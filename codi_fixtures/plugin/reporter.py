@@ -305,14 +305,18 @@ class CodiReporter:
             known = known_for_run(path, settings.model_label, fingerprints, run_settings)
         except CodiError:  # a malformed file was a usage error at collection already
             return []
-        patterns = {p: matcher(p) for entries in known.values() for p in entries}
+        every = list(settings.tiers)
+        # the declarations that apply: those of each tier whose sample they were declared on
+        patterns = {
+            p: matcher(p)
+            for tier, entries in known.items()
+            for p in entries
+            if _names_a_tier_of(p, [tier], every)
+        }
         notes = []
         if self.complete:
             unmatched = [
-                p
-                for p, m in patterns.items()
-                if _names_a_tier_of(p, tiers, list(settings.tiers))
-                and not any(m.fullmatch(n) for n in self.outcomes)
+                p for p, m in patterns.items() if not any(m.fullmatch(n) for n in self.outcomes)
             ]
             if unmatched:
                 notes.append(
