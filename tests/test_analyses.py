@@ -26,7 +26,7 @@ from codi_fixtures.analyses import (
 from codi_fixtures.config import RunConfig, Settings
 from codi_fixtures.model.architecture import LayerRoles
 from codi_fixtures.report.summary import summary_statistics
-from codi_fixtures.stats import Rq2Tests, holm, holm_rq2, mean_effect, pvalue_or_one
+from codi_fixtures.stats import Rq2Tests, holm, holm_rq2, mean_effect, pvalue_or_one, rq2_tests
 from codi_fixtures.study.conditions import conditions_for, default_requirements
 from codi_fixtures.study.problems import DIFFICULTY_BINS
 from codi_fixtures.study.results import StudyResults
@@ -389,6 +389,13 @@ def test_rq2_by_difficulty_is_one_holm_family_over_bins_and_layers():
     """
     a = StudyAnalysis(synthetic_study(40, seed=2), LayerRoles(4, 8, 14), n_perm=1000)
     raw = {b: rq2._rq2_raw(a, b) for b in DIFFICULTY_BINS}  # uncorrected, per bin
+    # one cell rebuilt independently: the bin's rows and the layer's attention
+    rows = np.array([d == "3-step" for d in a.results.difficulty]) & np.isfinite(
+        a.importance()
+    ).all(axis=1)
+    own = rq2_tests(a.attention(8)[rows], a.importance()[rows], seed=a.seed, n_perm=a.n_perm)
+    assert own.beyond_position.p_value == raw["3-step"][8].beyond_position.p_value
+    assert own.beyond_position.n == int(rows.sum())
     pairs = [(b, layer) for b in DIFFICULTY_BINS for layer in (4, 8, 14)]
     for question in Rq2Tests.QUESTIONS:
         cells = [getattr(raw[b][layer], question) for b, layer in pairs]

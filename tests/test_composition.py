@@ -516,6 +516,7 @@ def test_no_subset_carries_80_percent_of_an_effect_that_is_not_there():
     negligible = mean_effect(full, sesoi=0.1, n_boot=999)
     gated = _needs_an_effect_to_carry(reach, negligible, 0.1)
     assert gated.result.verdict == "inconclusive" and gated.result.n == reach.result.n
+    assert gated.subset is None and gated.shown_to_reach == []  # nothing "shown to reach"
     assert "no effect for a subset to carry" in str(gated.result.verdict_reason)
     real = mean_effect(full * 1000, sesoi=0.1, n_boot=999)  # 4 nats: supported
     assert _needs_an_effect_to_carry(reach, real, 0.1) is reach

@@ -385,7 +385,8 @@ def _needs_an_effect_to_carry(reach: ReachTest, all_six: StatResult, sesoi: floa
         f"the SESOI ({sesoi:g} nats; 20% trimmed mean {all_six.statistic:.3g}, "
         f"{all_six.verdict}), so there is no effect for a subset to carry"
     )
-    return replace(reach, result=inconclusive_verdict(why, reach.result.n))
+    # no subset is "tested" or "shown to reach" anything: the evidence must not say so
+    return ReachTest(inconclusive_verdict(why, reach.result.n), None, {})
 
 
 def _plain_mean(a: StudyView, x: np.ndarray) -> StatResult:
