@@ -698,3 +698,31 @@ def test_an_unmeasured_claim_is_skipped_with_its_own_reason(pytester, shared_cac
     result.assert_outcomes(skipped=1, deselected=1)
     result.stdout.fnmatch_lines(["*inconclusive: empty: no step is decodable at all (n=0)*"])
     result.stdout.no_fnmatch_line("*usable problems*")
+
+
+@pytest.mark.slow
+def test_declarations_of_a_tier_sample_that_did_not_run_are_not_named(pytester, shared_cache):
+    """Both tiers, quick resampled (--quick-n 12): only the full tier's declarations apply.
+
+    A quick claim declared refuted that ends inconclusive is not "no longer holding": its
+    declaration was made on another sample and applies to nothing in this run.
+    """
+    from codi_fixtures.study.data import load_problems, problem_set_fingerprint, stratified_sample
+
+    _fake_project(pytester)
+    pool = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
+    known = _known()
+    known["bundled"]["problem_sets"]["full"] = problem_set_fingerprint(
+        stratified_sample(pool, 100, seed=0)
+    )
+    known["bundled"]["outcomes"]["test_fake.py::test_too_few_problems[quick]"] = "was refuted"
+    known["bundled"]["outcomes"]["test_fake.py::test_unsupported[full]"] = "refuted on full"
+    (pytester.path / "known.json").write_text(json.dumps(known))
+    result = pytester.runpytest_subprocess(
+        f"--codi-cache={shared_cache}", "--report-dir=out", "--no-codi-report",
+        "-p", "no:cacheprovider", "--quick-n", "12",
+    )  # fmt: skip  (--report-dir: claims outside experiments/, both tiers)
+    outcomes = result.parseoutcomes()
+    result.stdout.fnmatch_lines(["*= CODI findings =*"])
+    assert "errors" not in outcomes and outcomes["xfailed"] == 1, outcomes  # full's applies
+    result.stdout.no_fnmatch_line("known outcomes:*")
