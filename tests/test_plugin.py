@@ -718,10 +718,16 @@ def test_declarations_of_a_tier_sample_that_did_not_run_are_not_named(pytester, 
     known["bundled"]["outcomes"]["test_fake.py::test_too_few_problems[quick]"] = "was refuted"
     known["bundled"]["outcomes"]["test_fake.py::test_unsupported[full]"] = "refuted on full"
     (pytester.path / "known.json").write_text(json.dumps(known))
+    # --report-dir: the claims are outside experiments/ and both tiers run (no -m)
     result = pytester.runpytest_subprocess(
-        f"--codi-cache={shared_cache}", "--report-dir=out", "--no-codi-report",
-        "-p", "no:cacheprovider", "--quick-n", "12",
-    )  # fmt: skip  (--report-dir: claims outside experiments/, both tiers)
+        f"--codi-cache={shared_cache}",
+        "--report-dir=out",
+        "--no-codi-report",
+        "-p",
+        "no:cacheprovider",
+        "--quick-n",
+        "12",
+    )
     outcomes = result.parseoutcomes()
     result.stdout.fnmatch_lines(["*= CODI findings =*"])
     assert "errors" not in outcomes and outcomes["xfailed"] == 1, outcomes  # full's applies
