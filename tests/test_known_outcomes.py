@@ -14,6 +14,7 @@ from codi_fixtures.plugin.known_outcomes import (
     known_for_run,
     matcher,
     not_applied_reason,
+    settings_mismatch,
     verdict_settings,
 )
 
@@ -127,3 +128,15 @@ def test_a_known_outcome_row_does_not_repeat_numbers_declared_from_the_same_run(
     )
     other = row("known outcome: not supported on this model: statistic=-1.0")
     assert other.count("statistic=") == 2
+
+
+def test_settings_mismatch_names_every_difference_both_ways():
+    """A setting only one side records differs too (declared -> this run, sorted by name)."""
+    declared = {"alpha": 0.05, "min_effect_logp": 0.1, "old_flag": True}
+    run = {"alpha": 0.05, "min_effect_logp": 0.5, "rq3_all_layers": False}
+    assert settings_mismatch(declared, run) == [
+        "min_effect_logp: 0.1 -> 0.5",
+        "old_flag: True -> None",
+        "rq3_all_layers: None -> False",
+    ]
+    assert settings_mismatch(run, dict(run)) == []
