@@ -13,6 +13,7 @@ from codi_fixtures.plugin.known_outcomes import (
     declarations_from_summaries,
     known_for_run,
     matcher,
+    names_tier,
     not_applied_reason,
     settings_mismatch,
     verdict_settings,
@@ -140,3 +141,16 @@ def test_settings_mismatch_names_every_difference_both_ways():
         "rq3_all_layers: None -> False",
     ]
     assert settings_mismatch(run, dict(run)) == []
+
+
+def test_each_tier_gets_only_the_declarations_that_can_name_its_claims(tmp_path):
+    """A quick run gets no full-tier id (it could never match, nor be 'stale' there)."""
+    known = tmp_path / "known.json"
+    outcomes = {"t.py::a[quick]": "q", "t.py::a[full-t0]": "f", "t.py::b[*]": "any", "t.py::c": "c"}
+    known.write_text(
+        json.dumps({"m": {"problem_sets": {"quick": "q1", "full": "f1"}, "outcomes": outcomes}})
+    )
+    assert known_for_run(known, "m", {"quick": "q1", "full": "other sample"}) == {
+        "quick": {"t.py::a[quick]": "q", "t.py::b[*]": "any", "t.py::c": "c"}
+    }
+    assert names_tier("t.py::a[full-t0]", "full") and not names_tier("t.py::a[full-t0]", "quick")

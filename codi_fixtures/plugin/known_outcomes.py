@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from codi_fixtures.atomic import atomic_write_text
+from codi_fixtures.config import TIERS
 from codi_fixtures.errors import ConfigError
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "known_outcomes_path",
     "main",
     "matcher",
+    "names_tier",
     "not_applied_reason",
     "settings_mismatch",
     "verdict_settings",
@@ -179,8 +181,10 @@ def known_for_run(
 ) -> dict[str, dict[str, str]]:
     """Tier -> {test-id pattern: reason} that apply to this model, tier samples and settings.
 
-    ``settings``: the run's :func:`verdict_settings`; declarations recorded under others do
-    not apply (:func:`not_applied_reason` says why).
+    A tier gets the declarations that can name its claims (:func:`names_tier`), and only
+    when its sample is the one they were declared on. ``settings``: the run's
+    :func:`verdict_settings`; declarations recorded under others do not apply
+    (:func:`not_applied_reason` says why).
     """
     entry = _entry(path, model_label)
     if entry is None:
@@ -189,10 +193,21 @@ def known_for_run(
         return {}
     declared = entry.get("problem_sets", {})
     return {
-        tier: dict(entry["outcomes"])
+        tier: {p: r for p, r in entry["outcomes"].items() if names_tier(p, tier)}
         for tier, fingerprint in problem_sets.items()
         if declared.get(tier) == fingerprint
     }
+
+
+def names_tier(pattern: str, tier: str) -> bool:
+    """Whether a declared test-id pattern can name a claim of ``tier``.
+
+    Claim ids name their tier first (``test_x[full-t0]``), so a full-tier id never matches
+    a quick claim; a pattern naming no tier (or ``*``) can match any.
+    """
+    _, bracket, params = pattern.partition("[")
+    named = params.split("-", 1)[0].rstrip("]") if bracket else ""
+    return named not in TIERS or named == tier
 
 
 def matcher(pattern: str) -> re.Pattern[str]:

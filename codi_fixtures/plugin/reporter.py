@@ -305,14 +305,7 @@ class CodiReporter:
             known = known_for_run(path, settings.model_label, fingerprints, run_settings)
         except CodiError:  # a malformed file was a usage error at collection already
             return []
-        every = list(settings.tiers)
-        # the declarations that apply: those of each tier whose sample they were declared on
-        patterns = {
-            p: matcher(p)
-            for tier, entries in known.items()
-            for p in entries
-            if _names_a_tier_of(p, [tier], every)
-        }
+        patterns = {p: matcher(p) for entries in known.values() for p in entries}
         notes = []
         if self.complete:
             unmatched = [
@@ -358,14 +351,3 @@ class CodiReporter:
             terminalreporter.write_sep("=", "CODI findings")
             for line in lines:
                 terminalreporter.write_line(line)
-
-
-def _names_a_tier_of(pattern: str, run: Sequence[str], every: Sequence[str]) -> bool:
-    """Whether a declared test-id pattern can match a claim of the tiers in ``run``.
-
-    Declarations hold every tier's claims (``test_x[full-t0]``); a quick run cannot match a
-    full-tier id, so it is not "stale" there. A pattern naming no tier (or ``*``) can match.
-    """
-    _, bracket, params = pattern.partition("[")
-    tier = params.split("-", 1)[0].rstrip("]") if bracket else ""
-    return tier not in every or tier in run
