@@ -496,6 +496,18 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------- RQ1
 
 
+def _dual_ci_level(alternative: str, alpha: float) -> float:
+    """The CI level dual to a test at ``alpha``: ``1 - 2 alpha`` one-sided, ``1 - alpha`` two-sided.
+
+    A one-sided test needs alpha < 0.5 (a ValueError names it otherwise).
+    """
+    if alternative == "two-sided":
+        return 1.0 - alpha
+    if not alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5) for a one-sided test, got {alpha}")
+    return 1.0 - 2.0 * alpha
+
+
 def mcnemar_accuracy_drop(
     clean_correct: ArrayLike,
     ablated_correct: ArrayLike,
@@ -521,8 +533,7 @@ def mcnemar_accuracy_drop(
     """
     _check_choice(alternative, _ALTERNATIVES, "alternative")
     _check_resampling(n_boot, alpha)
-    if alternative != "two-sided" and not alpha < 0.5:
-        raise ValueError(f"alpha must be in (0, 0.5) for a one-sided test, got {alpha}")
+    level = _dual_ci_level(alternative, alpha)
     clean, ablated = _paired_bools(clean_correct, ablated_correct)
     b = int(np.sum(clean & ~ablated))
     c = int(np.sum(~clean & ablated))
@@ -534,7 +545,6 @@ def mcnemar_accuracy_drop(
         "two-sided": float(min(1.0, 2.0 * stats.norm.sf(abs(z)))),
     }[alternative]
     p = 1.0 if b + c == 0 else p
-    level = 1.0 - alpha if alternative == "two-sided" else 1.0 - 2.0 * alpha
     low, high = (math.nan, math.nan) if n_boot == 0 else _tango_ci(b, c, n, level)
     return StatResult(
         statistic=(b - c) / n,
@@ -597,13 +607,10 @@ def paired_shift_test(
     _check_choice(alternative, _ALTERNATIVES, "alternative")
     _check_choice(method, ("permutation",), "method")
     _check_resampling(n_boot, alpha, n_perm=n_perm)
-    two_sided = alternative == "two-sided"
-    if not two_sided and not alpha < 0.5:
-        raise ValueError(f"alpha must be in (0, 0.5) for a one-sided test, got {alpha}")
+    level = _dual_ci_level(alternative, alpha)
     d = _vector(deltas, "deltas", min_n=2)
     rng = np.random.default_rng(seed)
     p, label = _sign_flip_p(d, alternative, n_perm, rng)
-    level = 1.0 - alpha if two_sided else 1.0 - 2.0 * alpha
     low, high = _bootstrap_mean_ci(d, n_boot, 1.0 - level, rng)
     return StatResult(
         statistic=float(d.mean()),
