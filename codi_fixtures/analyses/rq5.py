@@ -498,7 +498,7 @@ def _bin_trend(
                 len(correct),
             ),
             p_permutation=math.nan,
-            per_k_mean=correct.mean(axis=0) if len(correct) else np.full(len(ks), np.nan),
+            per_k_mean=correct.mean(axis=0),  # a bin has >= 1 problem (empty ones are dropped)
         )
     return trend_test(correct, ks, sesoi=sesoi, alpha=a.alpha, seed=a.seed)
 
