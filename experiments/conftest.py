@@ -10,7 +10,7 @@ from codi_fixtures.analyses import routing, rq3, rq4
 def pytest_codi_analyses(config):
     """RQ3 (probes at the role layers, or every layer with --rq3-all-layers), RQ4, routing."""
     return [
-        rq3.Rq3(all_layers=bool(config.getoption("rq3_all_layers"))),
+        rq3.Rq3(),
         rq4.Rq4(),
         routing.Routing(),
     ]

@@ -86,6 +86,21 @@ def test_rq2_needs_only_its_importance_kind_and_the_attention():
     assert set(rq2.conditions) <= set(conditions_for(settings.run, DIMS))
 
 
+def test_rq3_probes_the_role_layers_or_every_layer_from_the_settings():
+    """``--rq3-all-layers`` reaches RQ3 through ``Settings`` (it is a verdict setting)."""
+    from codi_fixtures.analyses.rq3 import Rq3
+    from codi_fixtures.model.architecture import layer_roles
+    from codi_fixtures.study.conditions import PositionReadout
+
+    def probed(settings: Settings) -> list[int | None]:
+        readouts = Rq3().requirements(settings, DIMS).readouts
+        return [r.layer for r in readouts if isinstance(r, PositionReadout)]
+
+    roles = sorted(set(layer_roles(6).as_dict().values()))
+    assert probed(Settings()) == [None, *roles]
+    assert probed(Settings(rq3_all_layers=True)) == [None, *range(6)]
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
     """A tiny LLaMA-shaped CODI loaded from its checkpoint, and 8 organism problems. Read-only."""

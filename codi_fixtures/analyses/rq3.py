@@ -94,12 +94,9 @@ class Rq3:
 
     name = "rq3"
 
-    def __init__(self, all_layers: bool = False) -> None:
-        self.all_layers = all_layers
-
     def requirements(self, settings: Settings, dims: Dimensions) -> Requirements:
         """The lens and position read-outs; the importance ablations (the link to RQ1)."""
-        layers = probed_layers(settings, dims.n_layers, self.all_layers)
+        layers = probed_layers(settings, dims.n_layers)
         site = parse_site(settings.run.site, dims.n_layers)
         importance = tuple(
             Ablation((t,), settings.importance_kind, site)  # type: ignore[arg-type]
@@ -196,9 +193,9 @@ def _listed(a: np.ndarray) -> list[object]:
     return [None if isinstance(v, float) and math.isnan(v) else v for v in a.tolist()]
 
 
-def probed_layers(settings: Settings, n_layers: int, all_layers: bool) -> list[int]:
-    """The blocks whose hidden states are probed: the role layers, or all."""
-    if all_layers:
+def probed_layers(settings: Settings, n_layers: int) -> list[int]:
+    """The blocks whose hidden states are probed: the role layers, or all (``rq3_all_layers``)."""
+    if settings.rq3_all_layers:
         return list(range(n_layers))
     try:
         roles = layer_roles(n_layers, settings.layers).as_dict()
