@@ -51,7 +51,8 @@ def test_lens_rate_against_the_value_baseline():
     assert blind.result.statistic == pytest.approx(0.0) and blind.result.p_value > 0.4
     assert blind.result.ci_low < 0 < blind.result.ci_high < 0.15  # two-sided, not one-sided
     never = lens_rate(np.full(200, 7), tokens)
-    assert never.result.ci_high < 0.02 - base  # no hit: the CI stays near rate 0
+    # no hit: the CI stays near rate 0 (widened by the baseline's own sampling error)
+    assert never.result.ci_high < 0.08 - base
     assert never.result.verdict == "refuted" and blind.result.verdict == "refuted"
     missing = lens_rate(np.full(3, -1), np.full(3, -1))
     assert missing.result.n == 0 and np.isnan(missing.rate)
