@@ -239,7 +239,7 @@ def _judged(grid: ProbeGrid) -> tuple[StatResult, StatResult, StatResult]:
     cell = _probe_cell(grid, 1, 0, "L0", len(_SITES), 0.05)
     (perm,) = _holm({0: cell["minus_permuted"]}, 0.05).values()
     (quest,) = _holm({0: cell["minus_question"]}, 0.05).values()
-    return perm, quest, _combine(perm, quest, "L0")
+    return perm, quest, _combine(perm, quest, "L0", 0.05)
 
 
 def _paired(b: int, c: int, both: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -313,3 +313,17 @@ def test_a_probe_cells_refutation_agrees_with_its_ci(b: int, c: int, both: int, 
     permuted, _, _ = _judged(_probe_grid(acc, perm, np.zeros(n)))
     assert (pvalue_or_one(permuted.p_equivalence) < 0.05) == (permuted.ci_high < 0.1)
     assert (permuted.verdict == "refuted") == (permuted.ci_high < 0.1)
+
+
+def test_a_probe_cell_is_refuted_by_either_baseline_only_at_half_alpha():
+    """Two routes to "refuted" (either baseline): each needs its p_equivalence x 2 < alpha.
+
+    Here the permuted-labels comparison alone is refuted (Holm p_equivalence 0.035): with
+    either route at alpha a true claim at the SESOI would be refuted up to 2 alpha of the time.
+    """
+    acc, perm = _paired(1, 1, 0, 60)
+    permuted, question, combined = _judged(_probe_grid(acc, perm, np.zeros(60)))
+    assert permuted.verdict == "refuted" and question.verdict != "refuted"
+    assert 0.025 < pvalue_or_one(permuted.p_equivalence_corrected) < 0.05
+    assert combined.verdict == "inconclusive"
+    assert "minus permuted labels: inconclusive" in str(combined.verdict_reason)
