@@ -13,7 +13,7 @@ from codi_fixtures.answers import format_number
 from codi_fixtures.config import RunConfig
 from codi_fixtures.engine import answer_targets, build_prompt, run_latent
 from codi_fixtures.model.codi import CodiModel
-from codi_fixtures.stats import holm, mean_effect
+from codi_fixtures.stats import StatResult, holm, mean_effect
 from codi_fixtures.stats.composition import (
     interaction,
     interaction_tests,
@@ -520,3 +520,43 @@ def test_no_subset_carries_80_percent_of_an_effect_that_is_not_there():
     assert "no effect for a subset to carry" in str(gated.result.verdict_reason)
     real = mean_effect(full * 1000, sesoi=0.1, n_boot=999)  # 4 nats: supported
     assert _needs_an_effect_to_carry(reach, real, 0.1) is reach
+
+
+def _judged_result(statistic: float, p_sesoi: float, p_equivalence: float) -> StatResult:
+    """A one-sided result at SESOI 0.1 with the given (Holm-corrected) p-values, judged at 0.05."""
+    return StatResult(
+        statistic=statistic,
+        p_value=min(p_sesoi, 0.001),
+        ci_low=statistic - 0.05,
+        ci_high=statistic + 0.05,
+        n=30,
+        method="synthetic",
+        alternative="greater",
+        ci_level=0.9,
+        sesoi=0.1,
+        p_sesoi=p_sesoi,
+        p_equivalence=p_equivalence,
+    ).with_verdict(0.05)
+
+
+def test_redundant_as_set_is_refuted_by_either_route_only_at_half_alpha() -> None:
+    """Two routes to "refuted" (a thought matters alone; all together do not): p x 2 each.
+
+    A single thought "supported" at Holm p_sesoi 0.03, or all six "refuted" at p_equivalence
+    0.03, no longer refutes the set (either route at alpha erred up to 2 alpha); at 0.01 it does.
+    """
+    from codi_fixtures.analyses.rq5 import _redundant_set
+
+    null = _judged_result(0.0, 1.0, 0.001)  # a single thought shown not to matter
+    strong = _judged_result(1.5, 0.001, 1.0)  # all six shown to matter
+    weak_single = _judged_result(0.3, 0.03, 1.0)
+    assert weak_single.verdict == "supported"
+    assert _redundant_set([weak_single, *[null] * 5], strong, 0.05).verdict == "inconclusive"
+    sure_single = _judged_result(0.3, 0.01, 1.0)
+    refuted = _redundant_set([sure_single, *[null] * 5], strong, 0.05)
+    assert refuted.verdict == "refuted" and refuted.p_sesoi_corrected == pytest.approx(0.02)
+    weak_all = _judged_result(0.0, 1.0, 0.03)
+    assert weak_all.verdict == "refuted"
+    assert _redundant_set([null] * 6, weak_all, 0.05).verdict == "inconclusive"
+    assert _redundant_set([null] * 6, _judged_result(0.0, 1.0, 0.01), 0.05).verdict == "refuted"
+    assert _redundant_set([null] * 6, strong, 0.05).verdict == "supported"

@@ -119,7 +119,7 @@ def test_lens_recovers_the_planted_map_at_the_input_embedding(planted, thought):
     k = thought  # target column k = step k+1
     diag = _lens(readouts, k, thought)
     assert diag.rate >= 0.9
-    assert diag.result.ci_low > 0.25 and diag.result.p_value < 1e-6
+    assert diag.result.ci_low > 0.25 and diag.result.p_value < 1e-4
     rates = [_lens(readouts, k, t).rate for t in range(6)]
     assert int(np.argmax(rates)) == thought  # the right thought for the step
 

@@ -1099,3 +1099,34 @@ def test_rq2_on_degenerate_data_is_inconclusive_with_its_reason_and_bugs_raise()
     assert "inf" in rq2_tests(rng.random((20, 6)), y).beyond_position.method
     with pytest.raises(ValueError, match="differ in shape"):
         rq2_tests(rng.random((20, 6)), rng.random((19, 6)))
+
+
+def test_union_route_multiplies_the_corrected_p_values_and_re_judges() -> None:
+    """One of k routes to a verdict: every (corrected, else raw) p x k, capped at 1."""
+    from codi_fixtures.stats import StatResult, union_route
+
+    r = StatResult(
+        0.0,
+        0.5,
+        -0.05,
+        0.05,
+        30,
+        "synthetic",
+        "greater",
+        ci_level=0.9,
+        sesoi=0.1,
+        p_sesoi=0.9,
+        p_equivalence=0.02,
+        p_equivalence_corrected=0.03,
+    ).with_verdict(0.05)
+    assert r.verdict == "refuted"
+    two = union_route(r, 2, alpha=0.05)
+    assert two.verdict == "inconclusive"
+    assert (two.p_corrected, two.p_sesoi_corrected, two.p_equivalence_corrected) == (
+        pytest.approx(1.0),
+        pytest.approx(1.0),
+        pytest.approx(0.06),
+    )
+    assert union_route(r, 1) is r
+    with pytest.raises(ValueError, match="routes"):
+        union_route(r, 0)

@@ -45,6 +45,7 @@ from codi_fixtures.stats import (
     apply_holm_verdicts,
     inconclusive_verdict,
     pvalue_or_one,
+    union_route,
 )
 from codi_fixtures.stats.decoding import (
     LinkResult,
@@ -290,18 +291,23 @@ def _holm(cells: dict[object, StatResult], alpha: float) -> dict[object, StatRes
     return out
 
 
-def _combine(permuted: StatResult, question: StatResult, site: str) -> StatResult:
+def _combine(permuted: StatResult, question: StatResult, site: str, alpha: float) -> StatResult:
     """Intersection-union of the two baselines, shown as the comparison that decides it.
 
-    Supported only when both are; refuted when either is. Shown (statistic, CI, p-values) is
-    a refuted baseline's difference (the question's when both are), else the one with the
-    larger Holm p_sesoi (the binding one; when inconclusive, among those not supported).
+    Supported only when both are (each at ``alpha``). Refuted when either is with its p-values
+    x 2 (:func:`~codi_fixtures.stats.union_route`: two routes to "refuted", so a false one has
+    probability at most ``alpha``). Shown (statistic, CI, p-values) is a refuting baseline's
+    difference (the question's when both refute), else the one with the larger Holm p_sesoi
+    (the binding one; when inconclusive, among those not supported).
     """
     named = {"permuted labels": permuted, "question positions": question}
-    verdicts = {permuted.verdict, question.verdict}
-    if verdicts == {"supported"}:
+    # a route to "refuted" is judged with its p-values x 2; union_route only ever weakens
+    named = {
+        n: union_route(r, 2, alpha=alpha) if r.verdict == "refuted" else r for n, r in named.items()
+    }
+    if {permuted.verdict, question.verdict} == {"supported"}:
         verdict = "supported"
-    elif "refuted" in verdicts:
+    elif any(r.verdict == "refuted" for r in named.values()):
         verdict = "refuted"
     else:
         verdict = "inconclusive"
@@ -311,13 +317,17 @@ def _combine(permuted: StatResult, question: StatResult, site: str) -> StatResul
         return pvalue_or_one(r.p_sesoi_corrected if r.p_sesoi_corrected is not None else r.p_sesoi)
 
     if verdict == "refuted":
-        shown = "question positions" if question.verdict == "refuted" else "permuted labels"
+        shown = (
+            "question positions"
+            if named["question positions"].verdict == "refuted"
+            else "permuted labels"
+        )
     else:
         candidates = [n for n, r in named.items() if r.verdict != "supported"] or list(named)
         shown = max(reversed(candidates), key=p_sesoi)  # ties: the question baseline
     reason = (
-        f"{verdict}: at {site}; minus permuted labels: {permuted.verdict_reason}; "
-        f"minus question positions: {question.verdict_reason}"
+        f"{verdict}: at {site}; minus permuted labels: {named['permuted labels'].verdict_reason}; "
+        f"minus question positions: {named['question positions'].verdict_reason}"
     )
     base = named[shown]
     return replace(
@@ -506,7 +516,7 @@ def _probes(
         key: (
             quest_cells[key]
             if quest_cells[key].inconclusive
-            else _combine(perm_cells[key], quest_cells[key], layer.get(key, "?"))
+            else _combine(perm_cells[key], quest_cells[key], layer.get(key, "?"), view.alpha)
         )
         for key in quest_cells
     }

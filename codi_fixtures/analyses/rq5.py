@@ -49,6 +49,7 @@ from codi_fixtures.stats import (
     inconclusive_verdict,
     mean_effect,
     pvalue_or_one,
+    union_route,
 )
 from codi_fixtures.stats.composition import (
     InteractionTest,
@@ -364,7 +365,7 @@ def rq5_kind(a: StudyView, kind: str) -> Rq5Kind:
             reach=reach,
             sizes=sizes,
             necessary=_some_thought(singles),
-            redundant=_redundant_set(singles, all_result),
+            redundant=_redundant_set(singles, all_result, a.alpha),
             smallest_by_difficulty=by_bin,
         )
 
@@ -412,20 +413,30 @@ def _some_thought(singles: list[StatResult]) -> StatResult:
     )
 
 
-def _redundant_set(singles: list[StatResult], all_result: StatResult) -> StatResult:
-    """Supported when no single thought matters alone (each refuted) yet all together do."""
-    alone = [(t, r) for t, r in enumerate(singles) if r.verdict == "supported"]
+def _redundant_set(singles: list[StatResult], all_result: StatResult, alpha: float) -> StatResult:
+    """Supported when no single thought matters alone (each refuted) yet all together do.
+
+    Supported needs every part (intersection-union: each at ``alpha``). Refuted has two routes,
+    "some thought matters alone" (RQ1's Holm family) or "all together do not": each is judged
+    at ``alpha / 2`` (:func:`~codi_fixtures.stats.union_route`), so a false "refuted" has
+    probability at most ``alpha``.
+    """
+    alone = [(t, union_route(r, 2, alpha=alpha)) for t, r in enumerate(singles)]
+    alone = [(t, r) for t, r in alone if r.verdict == "supported"]
     if alone:
         t, r = alone[0]
         return replace(
             r,
             verdict="refuted",
-            verdict_reason=f"refuted: thought {t} matters alone ({r.verdict_reason})",
+            verdict_reason=f"refuted: thought {t} matters alone ({r.verdict_reason}; "
+            "its p x 2 for the two routes to 'refuted')",
         )
-    if all_result.verdict == "refuted":
+    together = union_route(all_result, 2, alpha=alpha)
+    if together.verdict == "refuted":
         return replace(
-            all_result,
-            verdict_reason=f"refuted: all thoughts together: {all_result.verdict_reason}",
+            together,
+            verdict_reason=f"refuted: all thoughts together: {together.verdict_reason} (p x 2 "
+            "for the two routes to 'refuted')",
         )
     if all(r.verdict == "refuted" for r in singles) and all_result.verdict == "supported":
         return replace(
@@ -436,7 +447,8 @@ def _redundant_set(singles: list[StatResult], all_result: StatResult) -> StatRes
     return replace(
         all_result,
         verdict="inconclusive",
-        verdict_reason="inconclusive: some single-thought effect is neither shown nor excluded",
+        verdict_reason="inconclusive: some single-thought effect is neither shown nor excluded, "
+        "or the all-thoughts effect is not shown either way (each route to 'refuted' at alpha / 2)",
     )
 
 

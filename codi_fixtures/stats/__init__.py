@@ -45,6 +45,7 @@ from codi_fixtures.stats.inference import (
     pvalue_or_one,
     rq2_tests,
     two_way_residuals,
+    union_route,
     within_problem_permutation_test,
 )
 
@@ -85,5 +86,6 @@ __all__ = [
     "pvalue_or_one",
     "rq2_tests",
     "two_way_residuals",
+    "union_route",
     "within_problem_permutation_test",
 ]

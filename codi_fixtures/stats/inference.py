@@ -689,6 +689,32 @@ def apply_holm_verdicts(results: Sequence[StatResult], *, alpha: float = 0.05) -
     return out
 
 
+def union_route(result: StatResult, routes: int, *, alpha: float = 0.05) -> StatResult:
+    """``result`` as one of ``routes`` ways to reach the same verdict (a union), re-judged.
+
+    A claim refuted when *any* of k comparisons is refuted (or one of k comparisons
+    supported) is wrong with probability up to k alpha when each is judged at alpha. Here
+    each route's (corrected, when set) p-values are multiplied by k (Bonferroni over the
+    routes, capped at 1) into the corrected fields and the verdict recomputed, so the union
+    errs with probability at most alpha. The CI is unchanged.
+    """
+    if routes < 1:
+        raise ValueError(f"routes must be >= 1, got {routes}")
+    if routes == 1 or result.sesoi is None or result.verdict == "descriptive":
+        return result
+
+    def times_k(corrected: float | None, raw: float | None) -> float | None:
+        p = corrected if corrected is not None else raw
+        return None if p is None else min(1.0, routes * p)
+
+    return replace(
+        result,
+        p_corrected=times_k(result.p_corrected, result.p_value),
+        p_sesoi_corrected=times_k(result.p_sesoi_corrected, result.p_sesoi),
+        p_equivalence_corrected=times_k(result.p_equivalence_corrected, result.p_equivalence),
+    ).with_verdict(alpha)
+
+
 def _decision_level(alpha: float, ci_level: float | None) -> float:
     """The CI level of a result that decides: ``1 - 2 alpha`` unless given."""
     if not 0.0 < alpha < 0.5:
