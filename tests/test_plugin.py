@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -448,7 +449,15 @@ def test_no_run_destroys_an_earlier_report(pytester, shared_cache):
     assert _tree(report) == before
     verdicts = _summary(pytester.path / "reports" / "quick-partial")["verdicts"]
     assert [v["test"].split("::")[1] for v in verdicts] == ["test_supported[quick]"]
+    # so does a run over every claim that stops early (-x): its report has fewer claims
+    stopped = pytester.runpytest_subprocess(*args, "-x")
+    stopped.assert_outcomes(passed=1, failed=1, deselected=4)
+    assert _tree(report) == before
+    summary = _summary(pytester.path / "reports" / "quick-partial")
+    assert len(summary["verdicts"]) == 2 and summary["run"]["complete"] is False
+    stopped.stdout.fnmatch_lines([f"report: {report}-partial{os.sep}report.html"])
     assert not list(pytester.path.glob("reports/.*"))  # no staging folder is left behind
+
 
 
 @pytest.mark.slow
