@@ -459,6 +459,17 @@ def test_no_run_destroys_an_earlier_report(pytester, shared_cache):
     assert not list(pytester.path.glob("reports/.*"))  # no staging folder is left behind
 
 
+def test_an_unwritable_report_dir_is_a_usage_error_not_an_internal_error(pytester):
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    (pytester.path / "afile").write_text("not a folder")
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", "--report-dir=afile/out", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cannot write the report to*afile*out*--report-dir*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+
 
 @pytest.mark.slow
 def test_known_outcomes_apply_only_to_the_problem_set_they_were_declared_on(

@@ -254,6 +254,14 @@ def pytest_configure(config: pytest.Config) -> None:
                 explicit=bool(config.getoption("report_dir")),
                 complete=_selects_every_claim(config),
             )
+            try:  # pytest-html would fail on it with an INTERNALERROR traceback
+                target.staging.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise pytest.UsageError(
+                    f"cannot write the report to {target.final}: {err.strerror or err} "
+                    f"({err.filename}); pass --report-dir DIR in a writable place, or "
+                    "--no-codi-report"
+                ) from None
             if not config.getoption("htmlpath", None):
                 # Must run before pytest-html's own pytest_configure reads the option.
                 config.option.htmlpath = str(target.staging / "report.html")
