@@ -77,6 +77,9 @@ def probe_model(cfg: ModelConfig) -> None:
             find_gguf()  # names the package to install when it is missing
         return
     probe_weights(find_weights_file(ckpt))
+    from codi_fixtures.model.codi import probe_base
+
+    probe_base(cfg)  # else a missing base surfaces at collection, as an unknown depth
 
 
 def n_layers(cfg: ModelConfig) -> int | None:

@@ -167,6 +167,12 @@ def _load_base_config(base: str, allow_download: bool) -> object:
         ) from err
 
 
+def probe_base(cfg: ModelConfig) -> None:
+    """Check cheaply that the base model's config can be read (a :class:`CheckpointError`)."""
+    ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
+    _load_base_config(_resolve_base(cfg, ckpt_dir), cfg.allow_download)
+
+
 def _load_tokenizer(base: str, allow_download: bool) -> object:
     from transformers import AutoTokenizer
 

@@ -162,6 +162,11 @@ def _settings(config: pytest.Config) -> Settings:
             raise ConfigError("give --codi-model or --codi-ckpt, not both")
         ckpt = model_dir(opt("codi_model"))
     problems = opt("problems")
+    if opt("max_batch_rows") is not None and opt("max_batch_rows") < 1:
+        raise ConfigError(  # 0 is RunConfig's "not even one row fits", never a usable budget
+            f"--max-batch-rows must be at least 1 (a batch is split down to one row, never "
+            f"below), got {opt('max_batch_rows')}; or leave it out"
+        )
     tier = tier_of_markexpr(config.option.markexpr or "")
     report = opt("report_dir")
     settings = Settings(
