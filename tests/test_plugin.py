@@ -8,7 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file  # not torch: pytester unloads it after a test
 
 from codi_fixtures.config import BUNDLED_CHECKPOINT
 
@@ -312,6 +314,25 @@ def test_an_unreadable_checkpoint_is_a_usage_error_before_the_problem_set(
     assert "cannot read weights from" in err and "truncated, corrupted, or a pickle" in err
     assert "eval.jsonl" not in err
     assert "Traceback" not in err + result.stdout.str()
+
+
+def test_a_checkpoint_that_does_not_fit_its_base_is_a_usage_error_not_a_failed_study(
+    pytester, tmp_path
+):
+    """Checked on a module built without memory: one line before any test, not N errors."""
+    ckpt = tmp_path / "wrong-prj"
+    shutil.copytree(BUNDLED_CHECKPOINT, ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    rows, cols = state["prj.1.weight"].shape
+    state["prj.1.weight"] = np.zeros((rows + 1, cols), dtype=state["prj.1.weight"].dtype)
+    save_file(state, str(ckpt / "model.safetensors"))
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-ckpt={ckpt}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["*projection shape mismatch: prj.1.weight is (129, 64)*prj_dim*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
 BROKEN_ENGINE = """
