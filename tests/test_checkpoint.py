@@ -415,9 +415,12 @@ def test_malicious_pickle_is_refused(tiny_llama: CodiModel, tmp_path: Path) -> N
     state["codi.payload"] = _Exploit(marker)
     torch.save(state, tmp_path / BIN)
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as err:
         _load(tmp_path)
     assert not marker.exists()
+    message = str(err.value)  # names what the pickle holds; never advises unsafe loading
+    assert "holds more than tensors (" in message and "GLOBAL" in message
+    assert "will likely succeed" not in message and "safetensors" in message
 
 
 def test_non_tensor_state_is_refused(tiny_llama: CodiModel, tmp_path: Path) -> None:
