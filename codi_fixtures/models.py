@@ -65,8 +65,13 @@ def _gguf(cfg: ModelConfig) -> Path | None:
 
 
 def probe_model(cfg: ModelConfig) -> None:
-    """Cheap checks before anything runs: readable weights (and, for an adapter, its base)."""
-    from codi_fixtures.model.checkpoint import find_weights_file, probe_weights
+    """Cheap checks before anything runs: readable weights that fit their base.
+
+    A checkpoint: its keys and shapes against the module built from its base (no weights
+    loaded); an adapter: its file and its GGUF base.
+    """
+    from codi_fixtures.model.checkpoint import probe_weights
+    from codi_fixtures.model.codi import probe_layout
 
     ckpt = _ckpt(cfg)
     if is_adapter_dir(ckpt):
@@ -76,7 +81,7 @@ def probe_model(cfg: ModelConfig) -> None:
 
             find_gguf()  # names the package to install when it is missing
         return
-    probe_weights(find_weights_file(ckpt))
+    probe_layout(cfg)  # readable weights, a base, and keys and shapes that fit it
 
 
 def n_layers(cfg: ModelConfig) -> int | None:

@@ -300,6 +300,54 @@ def test_invalid_spec_json(tiny_llama_dir: Path, tmp_path: Path) -> None:
         _load(directory)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("unexpected", "unexpected keys"),
+        ("missing", r"missing keys \(1\)"),
+        ("vocabulary", "vocabulary size mismatch"),
+        ("prj_dim", "projection shape mismatch"),
+        ("lora_r", "shape mismatches"),
+        ("legacy", None),  # an ignorable buffer: accepted by both
+    ],
+)
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_probe_layout_refuses_what_the_loader_refuses_without_loading_weights(
+    tiny_llama_dir: Path, tmp_path: Path, edit: str, message: str | None, fmt: str
+) -> None:
+    """So the plugin reports it as a usage error before any test runs (not a failed study)."""
+    from codi_fixtures.model.codi import probe_layout
+
+    directory = _copy(tiny_llama_dir, tmp_path / "ckpt")
+    state = load_file(str(directory / SAFETENSORS))
+    if edit == "unexpected":
+        state["codi.base_model.model.model.extra_head.weight"] = torch.zeros(2, 2)
+    elif edit == "missing":
+        state.pop(sorted(k for k in state if k.endswith("lora_B.default.weight"))[3])
+    elif edit == "vocabulary":
+        key = _embedding_key(state)
+        state[key] = torch.cat([state[key], torch.zeros(2, state[key].shape[1])])
+    elif edit == "legacy":
+        state["codi.base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(2)
+    else:
+        _edit_spec(directory, **{edit: 4 if edit == "lora_r" else 64})
+    (directory / SAFETENSORS).unlink()
+    if fmt == "bin":
+        torch.save(state, directory / BIN)
+    else:
+        save_file(state, str(directory / SAFETENSORS))
+    cfg = ModelConfig(ckpt=directory, device="cpu", dtype="float32")
+    if message is None:
+        probe_layout(cfg)
+        load_codi(cfg)
+        return
+    with pytest.raises(CheckpointError, match=message) as probed:
+        probe_layout(cfg)
+    with pytest.raises(CheckpointError) as loaded:
+        load_codi(cfg)
+    assert str(probed.value) == str(loaded.value)
+
+
 # --- unusable directories and files ----------------------------------------------------------
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -367,9 +415,12 @@ def test_malicious_pickle_is_refused(tiny_llama: CodiModel, tmp_path: Path) -> N
     state["codi.payload"] = _Exploit(marker)
     torch.save(state, tmp_path / BIN)
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as err:
         _load(tmp_path)
     assert not marker.exists()
+    message = str(err.value)  # names what the pickle holds; never advises unsafe loading
+    assert "holds more than tensors (" in message and "GLOBAL" in message
+    assert "will likely succeed" not in message and "safetensors" in message
 
 
 def test_non_tensor_state_is_refused(tiny_llama: CodiModel, tmp_path: Path) -> None:

@@ -254,10 +254,10 @@ class TestStratifiedSample:
         message = str(info.value)
         assert "'4-step' has 3 problem(s)" in message
         assert "needs 5" in message
-        assert "smaller tier" in message
+        assert "--quick-n N, --full-n N" in message  # not "-m quick": a quick run asks too
 
     def test_n_larger_than_set(self) -> None:
-        with pytest.raises(DataError, match="cannot sample 5 problems from a set of 4"):
+        with pytest.raises(DataError, match=r"cannot sample 5 problems from a set of 4.*--quick-n"):
             stratified_sample([_problem(i, b) for i, b in enumerate(DIFFICULTY_BINS)], 5)
 
     def test_order_is_bin_then_input(self) -> None:

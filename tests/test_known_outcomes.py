@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -154,3 +155,62 @@ def test_each_tier_gets_only_the_declarations_that_can_name_its_claims(tmp_path)
         "quick": {"t.py::a[quick]": "q", "t.py::b[*]": "any", "t.py::c": "c"}
     }
     assert names_tier("t.py::a[full-t0]", "full") and not names_tier("t.py::a[full-t0]", "quick")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read *missing.json (No such file or directory); pass the summary"),
+        ("{not json", "cannot read *s.json (Expecting property name*); pass the summary"),
+        ('{"a": 1}', "*s.json is not a summary_statistics.json (no verdicts)*"),
+        ("dir", "cannot read *s.json (Is a directory); pass the summary"),
+    ],
+    ids=["missing", "invalid-json", "not-a-summary", "directory"],
+)
+def test_the_command_line_names_an_unreadable_summary_not_a_traceback(
+    tmp_path, capsys, content, message
+):
+    from codi_fixtures.plugin.known_outcomes import main
+
+    path = tmp_path / ("missing.json" if content is None else "s.json")
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    out = tmp_path / "known.json"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert any(fnmatch.fnmatch(line, f"*{message}*") for line in err.splitlines()), err
+
+
+def _with_run(path: Path, **run: object) -> Path:
+    summary = json.loads(path.read_text())
+    summary["run"].update(run)
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def test_a_partial_run_or_another_models_run_cannot_be_declared(tmp_path):
+    """A -k run has only some claims: declaring from it would drop every other declaration."""
+    partial = _with_run(_summary(tmp_path / "p.json"), complete=False, model="bundled")
+    with pytest.raises(ConfigError, match="only some claims"):
+        declarations_from_summaries([partial], "bundled")
+    other = _with_run(_summary(tmp_path / "o.json"), complete=True, model="planted")
+    with pytest.raises(ConfigError, match="model 'planted', not --model 'bundled'"):
+        declarations_from_summaries([other], "bundled")
+    assert declarations_from_summaries([other], "planted")["outcomes"]
+
+
+def test_redeclaring_from_fewer_tiers_than_declared_is_refused(tmp_path, capsys):
+    from codi_fixtures.plugin.known_outcomes import main
+
+    out = tmp_path / "known.json"
+    before = {"bundled": {"problem_sets": {"quick": "abc", "full": "def"}, "outcomes": {}}}
+    out.write_text(json.dumps(before))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(_summary(tmp_path / "s.json")), "--out", str(out)])
+    assert exit_.value.code == 2 and json.loads(out.read_text()) == before
+    assert "tier(s) ['full']" in capsys.readouterr().err

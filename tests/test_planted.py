@@ -122,6 +122,25 @@ def test_cli_passes_planted_and_interchange_weights(monkeypatch, tmp_path):
     assert not seen
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--thoughts", "-1"], "--thoughts must be at least 0, got -1"),
+        (["--layers", "0"], "--layers must be at least 1, got 0"),
+        (["--teacher-from", "no_such/teacher.pt"], "--teacher-from no_such/teacher.pt does not"),
+    ],
+)
+def test_cli_refuses_bad_options_before_training(monkeypatch, tmp_path, capsys, args, message):
+    from codi_fixtures.organism import __main__ as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "train_organism", lambda cfg, **kw: seen.update(cfg=cfg))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--out", str(tmp_path / "o"), *args])
+    assert exit_.value.code == 2 and not seen
+    assert message in capsys.readouterr().err
+
+
 def test_interchange_pairs_pick_a_different_value_donor_and_its_counterfactual():
     import random
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file  # not torch: pytester unloads it after a test
 
 from codi_fixtures.config import BUNDLED_CHECKPOINT
 
@@ -198,13 +201,16 @@ def test_max_step_sets_the_steps_claims_are_parametrised_over(pytester):
         (["--quick-n=0"], "*--quick-n must be at least 1*"),
         (["--batch-rows=0"], "*--batch-rows must be at least 1*"),
         (["--batch-rows=lots"], "*--batch-rows 'lots': give a number of rows or auto*"),
+        (["--max-batch-rows=0"], "*--max-batch-rows must be at least 1*"),
+        (["--codi-cache=small.json/cache"], "*cannot use*small.json*cache*--codi-cache DIR*"),
+        (["--codi-base=no_such_base"], "*cannot read the base model config from 'no_such_base'*"),
         (["--max-step=0"], "*--max-step must be at least 1*"),
         (["--alpha", "2"], "*--alpha must be between 0 and 0.5*"),
         (["--importance-kind", "noise", "--kinds", "zero"], "*--importance-kind 'noise'*--kinds*"),
         (["--ablation-site", "block99"], "*layer 99 out of range*"),
         (["--device", "cuda:0"], "*CUDA*--device cpu*"),
         (["--dtype", "float16", "--device", "cpu"], "*float16 is not supported on CPU*"),
-        (["--quick-n", "1000"], "*cannot sample 1000 problems from a set of 400*"),
+        (["--quick-n", "1000"], "*cannot sample 1000 problems from a set of 400*--quick-n N*"),
         (
             ["--quick-n", "10", "--problems=small.json"],
             "*bin '5+step' has 0 problem(s)*needs 2*",
@@ -222,6 +228,9 @@ def test_max_step_sets_the_steps_claims_are_parametrised_over(pytester):
         "quick-n-zero",
         "batch-rows-zero",
         "batch-rows-word",
+        "max-batch-rows-zero",
+        "cache-unwritable",
+        "base-missing",
         "max-step-zero",
         "alpha",
         "importance-kind",
@@ -307,6 +316,25 @@ def test_an_unreadable_checkpoint_is_a_usage_error_before_the_problem_set(
     assert "cannot read weights from" in err and "truncated, corrupted, or a pickle" in err
     assert "eval.jsonl" not in err
     assert "Traceback" not in err + result.stdout.str()
+
+
+def test_a_checkpoint_that_does_not_fit_its_base_is_a_usage_error_not_a_failed_study(
+    pytester, tmp_path
+):
+    """Checked on a module built without memory: one line before any test, not N errors."""
+    ckpt = tmp_path / "wrong-prj"
+    shutil.copytree(BUNDLED_CHECKPOINT, ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    rows, cols = state["prj.1.weight"].shape
+    state["prj.1.weight"] = np.zeros((rows + 1, cols), dtype=state["prj.1.weight"].dtype)
+    save_file(state, str(ckpt / "model.safetensors"))
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", f"--codi-ckpt={ckpt}", "--no-codi-report", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["*projection shape mismatch: prj.1.weight is (129, 64)*prj_dim*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
 BROKEN_ENGINE = """
@@ -448,7 +476,26 @@ def test_no_run_destroys_an_earlier_report(pytester, shared_cache):
     assert _tree(report) == before
     verdicts = _summary(pytester.path / "reports" / "quick-partial")["verdicts"]
     assert [v["test"].split("::")[1] for v in verdicts] == ["test_supported[quick]"]
+    # so does a run over every claim that stops early (-x): its report has fewer claims
+    stopped = pytester.runpytest_subprocess(*args, "-x")
+    stopped.assert_outcomes(passed=1, failed=1, deselected=4)
+    assert _tree(report) == before
+    summary = _summary(pytester.path / "reports" / "quick-partial")
+    assert len(summary["verdicts"]) == 2 and summary["run"]["complete"] is False
+    stopped.stdout.fnmatch_lines([f"report: {report}-partial{os.sep}report.html"])
     assert not list(pytester.path.glob("reports/.*"))  # no staging folder is left behind
+
+
+def test_an_unwritable_report_dir_is_a_usage_error_not_an_internal_error(pytester):
+    pytester.makepyfile(test_fake=FAKE_CLAIMS)
+    (pytester.path / "afile").write_text("not a folder")
+    result = pytester.runpytest_subprocess(
+        "-m", "quick", "--report-dir=afile/out", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cannot write the report to*afile*out*--report-dir*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output and "Traceback" not in output
 
 
 @pytest.mark.slow

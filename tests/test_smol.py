@@ -331,3 +331,27 @@ def test_attach_control_names_a_bad_source(tmp_path: Path, capsys: pytest.Captur
         main(["attach-control", "--adapter", str(tmp_path), "--control", str(tmp_path / "no")])
     assert exit_info.value.code == 2
     assert "adapter directory or SUMMARY.json:NAME" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--out", "{tmp}/out"], "holds no adapter.safetensors"),
+        (["evaluate"], "--adapter {tmp}/none holds no adapter.safetensors"),
+        (["train", "--out", "{tmp}/out", "--stop-by", "5pm"], "--stop-by '5pm': expected HH:MM"),
+    ],
+    ids=["export", "evaluate", "stop-by"],
+)
+def test_the_command_line_names_a_bad_input_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    """A missing adapter (a CheckpointError, or a missing codi.json) is one usage-error line."""
+    from codi_fixtures.smol.__main__ import main
+
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if argv[0] != "train":
+        argv += ["--adapter", str(tmp_path / "none")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err

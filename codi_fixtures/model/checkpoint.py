@@ -158,6 +158,15 @@ def probe_weights(path: Path) -> None:
 
 
 def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    text = str(err)
+    if "Weights only load failed" in text:  # torch's text advises weights_only=False: never
+        what = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+        return CheckpointError(
+            f"cannot read weights from {path}: the pickle holds more than tensors "
+            f"({what or 'refused by weights_only loading'}). It is never loaded with "
+            "weights_only=False, which can run the code it holds; re-export the weights as "
+            "model.safetensors from a trusted copy."
+        )
     return CheckpointError(
         f"cannot read weights from {path}: {type(err).__name__}: {str(err)[:300]}. "
         "The file is truncated, corrupted, or a pickle that holds more than tensors "

@@ -27,12 +27,20 @@ from codi_fixtures.model.checkpoint import (
     KeyReport,
     account_keys,
     find_weights_file,
+    probe_weights,
     read_spec,
     read_state_dict,
 )
 from codi_fixtures.model.devices import resolve_device, resolve_dtype
 
-__all__ = ["CodiModel", "build_projection", "load_codi", "wrap_lora"]
+__all__ = [
+    "CodiModel",
+    "build_projection",
+    "load_codi",
+    "probe_base",
+    "probe_layout",
+    "wrap_lora",
+]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +173,56 @@ def _load_base_config(base: str, allow_download: bool) -> object:
             "config.json and not in the local Hugging Face cache. Pass --codi-base DIR, or "
             "--codi-allow-download to fetch it."
         ) from err
+
+
+def probe_base(cfg: ModelConfig) -> None:
+    """Check cheaply that the base model's config can be read (a :class:`CheckpointError`)."""
+    ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
+    _load_base_config(_resolve_base(cfg, ckpt_dir), cfg.allow_download)
+
+
+def _file_shapes(weights: Path) -> dict[str, Any]:
+    """Key -> an object with the tensor's ``shape``, read without loading the weights."""
+    if weights.suffix != ".safetensors":
+        return dict(read_state_dict(weights))  # memory-mapped: only the pickle's index is read
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return {
+            k: SimpleNamespace(shape=torch.Size(handle.get_slice(k).get_shape()))
+            for k in handle.keys()
+        }
+
+
+def probe_layout(cfg: ModelConfig) -> None:
+    """The loader's key and shape checks, on a module built without memory (meta device).
+
+    So a checkpoint that does not fit its base (missing keys, a wrong ``prj_dim`` or
+    vocabulary) is a :class:`CheckpointError` before any test runs, not a failed study.
+    """
+    ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
+    weights = find_weights_file(ckpt_dir)
+    probe_weights(weights)
+    base = _resolve_base(cfg, ckpt_dir)
+    base_config = _load_base_config(base, cfg.allow_download)
+    spec = read_spec(ckpt_dir, str(getattr(base_config, "model_type", "")))
+    tokenizer = _load_tokenizer(base, cfg.allow_download)
+    with torch.device("meta"):
+        backbone = _build_backbone(base_config, spec)
+        module = CodiModel(
+            backbone, build_projection(backbone.config.hidden_size, spec.prj_dim), spec, tokenizer
+        )
+    found = _file_shapes(weights)
+    _check_shapes(module, found, spec)
+    expected = module.state_dict()
+    tied = bool(getattr(base_config, "tie_word_embeddings", False))
+    report = account_keys(
+        expected, found, [k for k in expected if tied and k.endswith("lm_head.weight")]
+    )
+    if not report.ok:
+        raise CheckpointError(_key_message(weights, report, spec))
 
 
 def _load_tokenizer(base: str, allow_download: bool) -> object:

@@ -68,6 +68,17 @@ def main(argv: list[str] | None = None) -> None:
         "change of its rule) and rewrite OUT's codi.json and report",
     )
     args = parser.parse_args(argv)
+    minimums = {"thoughts": 0, "teacher_steps": 0, "codi_steps": 0}
+    minimums.update(layers=1, hidden=1, threads=1)
+    for name, low in minimums.items():
+        if getattr(args, name) < low:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} must be at least {low}, got {getattr(args, name)}")
+    if args.teacher_from is not None and not args.teacher_from.is_file():
+        parser.error(
+            f"--teacher-from {args.teacher_from} does not exist; pass the teacher.pt of a "
+            "finished teacher phase (in another run's work dir)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.control is not None:
         add_control(args.out, args.control)

@@ -162,6 +162,11 @@ def _settings(config: pytest.Config) -> Settings:
             raise ConfigError("give --codi-model or --codi-ckpt, not both")
         ckpt = model_dir(opt("codi_model"))
     problems = opt("problems")
+    if opt("max_batch_rows") is not None and opt("max_batch_rows") < 1:
+        raise ConfigError(  # 0 is RunConfig's "not even one row fits", never a usable budget
+            f"--max-batch-rows must be at least 1 (a batch is split down to one row, never "
+            f"below), got {opt('max_batch_rows')}; or leave it out"
+        )
     tier = tier_of_markexpr(config.option.markexpr or "")
     report = opt("report_dir")
     settings = Settings(
@@ -254,6 +259,14 @@ def pytest_configure(config: pytest.Config) -> None:
                 explicit=bool(config.getoption("report_dir")),
                 complete=_selects_every_claim(config),
             )
+            try:  # pytest-html would fail on it with an INTERNALERROR traceback
+                target.staging.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise pytest.UsageError(
+                    f"cannot write the report to {target.final}: {err.strerror or err} "
+                    f"({err.filename}); pass --report-dir DIR in a writable place, or "
+                    "--no-codi-report"
+                ) from None
             if not config.getoption("htmlpath", None):
                 # Must run before pytest-html's own pytest_configure reads the option.
                 config.option.htmlpath = str(target.staging / "report.html")

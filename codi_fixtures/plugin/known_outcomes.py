@@ -96,17 +96,49 @@ def _tier_meta(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [block["meta"] for block in blocks]
 
 
-def declarations_from_summaries(summaries: Sequence[Path]) -> dict[str, object]:
+def _read_json(path: Path, what: str) -> Any:
+    """``path``'s JSON, or a :class:`ConfigError` naming the file and what it should be."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"cannot read {path} ({reason}); pass {what}") from None
+
+
+def _read_summary(path: Path, model: str | None) -> Mapping[str, Any]:
+    """A complete run's summary of ``model`` (any model when None), else a ConfigError."""
+    what = "the summary_statistics.json of a run over every claim (reports/<tier>/)"
+    summary = _read_json(path, what)
+    if not isinstance(summary, dict) or not isinstance(summary.get("verdicts"), list):
+        raise ConfigError(f"{path} is not a summary_statistics.json (no verdicts); pass {what}")
+    run = summary.get("run") or {}
+    if run.get("complete") is False:  # older summaries do not say: taken as complete
+        raise ConfigError(
+            f"{path} is from a run over only some claims (-k, a file, a test id, or -x stopped "
+            f"it); declaring from it would drop the model's other declarations; pass {what}"
+        )
+    if model is not None and run.get("model", model) != model:
+        raise ConfigError(
+            f"{path} is a run of model {run['model']!r}, not --model {model!r}; pass "
+            f"--model {run['model']}"
+        )
+    return summary
+
+
+def declarations_from_summaries(
+    summaries: Sequence[Path], model: str | None = None
+) -> dict[str, object]:
     """One model's declaration: problem-set fingerprints, verdict settings, refuted verdicts.
 
     Refuses summaries with errors or known outcomes that no longer hold: a crashed claim has
     no verdict to declare, and declaring around it would silently drop its old declaration.
+    So it refuses a run over only some claims, and (with ``model``) another model's run.
     """
     problem_sets: dict[str, str] = {}
     outcomes: dict[str, str] = {}
     settings: dict[str, object] | None = None
     for path in summaries:
-        summary = json.loads(path.read_text())
+        summary = _read_summary(path, model)
         bad = [v["test"] for v in summary["verdicts"] if v["outcome"] in {"error", "unexpected"}]
         if bad:
             raise ConfigError(
@@ -226,9 +258,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="bundled", help="model label (checkpoint dir name)")
     parser.add_argument("--out", type=Path, default=Path("experiments/known_outcomes.json"))
     args = parser.parse_args(argv)
-    content = json.loads(args.out.read_text()) if args.out.exists() else {}
     try:
-        content[args.model] = declarations_from_summaries(args.summaries)
+        content = (
+            _read_json(args.out, "a JSON object, or --out a new file") if args.out.exists() else {}
+        )
+        if not isinstance(content, dict):
+            raise ConfigError(
+                f"{args.out}: expected a JSON object; fix it or pass --out a new file"
+            )
+        declared = declarations_from_summaries(args.summaries, args.model)
+        covered = sorted(dict(declared["problem_sets"]))  # type: ignore[call-overload]
+        old = content.get(args.model)
+        old_tiers = set(old.get("problem_sets", {})) if isinstance(old, dict) else set()
+        dropped = sorted(old_tiers - set(covered))
+        if dropped:
+            raise ConfigError(
+                f"{args.out} also declares {args.model!r} for tier(s) {dropped}, which these "
+                f"summaries do not cover ({covered}): replacing the declaration would drop "
+                "them; pass those tiers' summary_statistics.json as well"
+            )
+        content[args.model] = declared
     except ConfigError as err:
         parser.error(str(err))
     atomic_write_text(args.out, json.dumps(content, indent=2, sort_keys=True) + "\n")

@@ -212,12 +212,17 @@ class CodiReporter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write figures and summary_statistics.json (staged); prepare the HTML summary block."""
+        if session.shouldfail or session.shouldstop:  # -x / --maxfail: claims left unrun
+            self.complete = False
+            if self.target is not None:
+                self.target = self.target.partial()
         if self.target is None or not self.reports or not self.judged():
             return
         from codi_fixtures.report.build import build_summary, not_computed
 
         analyses = self._analyses()
         run_info = _run_info(self.codi)
+        run_info["complete"] = self.complete  # False: declare no known outcomes from it
         run_info["not_computed"] = not_computed(
             self.codi.settings, analyses, self.codi.registered_analyses()
         )

@@ -85,6 +85,7 @@ class CodiSession:
                     raise CodiError(f"--ablation-site: {err}") from None
             for tier in self.tiers():  # every selected tier can be sampled from the source
                 self.problems(tier)
+            _check_writable(settings.cache_dir)
         except CodiError as err:
             raise pytest.UsageError(str(err)) from None
         self._validated = True
@@ -247,6 +248,22 @@ class CodiSession:
         if digest not in self._crash_logs:
             self._crash_logs[digest] = write_traceback(err, log_path)
         return ClaimCrash(cause, where, self._crash_logs[digest])
+
+
+def _check_writable(cache_dir: Path) -> None:
+    """The cache folder can be created and written, else a :class:`CodiError` naming it."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = f"{err.strerror or err} ({err.filename})"
+    else:
+        if os.access(cache_dir, os.W_OK | os.X_OK):
+            return
+        reason = "not writable"
+    raise CodiError(
+        f"cannot use {cache_dir} as the study cache: {reason}; pass --codi-cache DIR in a "
+        "writable place"
+    )
 
 
 def describe_exception(err: BaseException) -> tuple[str, str]:

@@ -6,8 +6,9 @@ the old folder is renamed away, the staging folder renamed into place, the old o
 reader sees the old report or the new one, never a mix; a run that computes no verdicts (a
 usage error, a broken study, ``-k`` matching nothing) leaves the previous report untouched.
 
-A run that selects only some claims (``-k``, a file, a test id) does not replace the complete
-report of its tier: it publishes to ``<tier>-partial/`` beside it.
+A run that selects only some claims (``-k``, a file, a test id), or that stops early (``-x``,
+``--maxfail``), does not replace the complete report of its tier: it publishes to
+``<tier>-partial/`` beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ReportTarget:
 
     final: Path
     staging: Path
+    explicit: bool = False  # --report-dir: publish exactly there
 
     @classmethod
     def for_run(cls, report_dir: Path, *, explicit: bool, complete: bool) -> ReportTarget:
@@ -37,7 +39,17 @@ class ReportTarget:
             else report_dir.with_name(f"{report_dir.name}-partial")
         )
         staging = final.parent / f".{final.name}.staging-{os.getpid()}"
-        return cls(final, staging)
+        return cls(final, staging, explicit)
+
+    def partial(self) -> ReportTarget:
+        """The same staging folder, published beside the complete report instead of over it.
+
+        For a run found incomplete only at its end (``-x`` stopped it); an explicit
+        ``--report-dir`` is kept.
+        """
+        if self.explicit or self.final.name.endswith("-partial"):
+            return self
+        return ReportTarget(self.final.with_name(f"{self.final.name}-partial"), self.staging)
 
     def publish(self) -> None:
         """Swap the staging folder into place (the previous report is removed)."""

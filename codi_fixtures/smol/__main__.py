@@ -20,6 +20,8 @@ from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from codi_fixtures.errors import CodiError
+from codi_fixtures.smol.load import ADAPTER_FILE
 from codi_fixtures.smol.train import SmolConfig, train_smol
 
 
@@ -49,6 +51,13 @@ def _control(parser: argparse.ArgumentParser, source: str) -> dict[str, object]:
         return control_record(source)
     except ValueError as err:
         parser.error(str(err))
+
+
+def _adapter(parser: argparse.ArgumentParser, path: Path) -> Path:
+    """``--adapter``: a directory holding the adapter weights, or the command line's error."""
+    if not (path / ADAPTER_FILE).is_file():
+        parser.error(f"--adapter {path} holds no {ADAPTER_FILE}; pass a SmolLM2 CODI adapter dir")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,6 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("base", help="build the cached base from the GGUF and print its directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        _run(parser, args)
+    except CodiError as err:  # a bad adapter, GGUF or checkpoint: its message, no traceback
+        parser.error(str(err))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Run the parsed command."""
     if args.command == "train":
         overrides = {
             f.name: getattr(args, f.name)
@@ -100,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             if getattr(args, f.name) is not None
         }
         cfg = SmolConfig(**overrides)
-        stop = _stop_by(args.stop_by)
+        try:
+            stop = _stop_by(args.stop_by)
+        except ValueError:
+            parser.error(f"--stop-by {args.stop_by!r}: expected HH:MM (UTC), e.g. 06:30")
         if args.budget_s is not None:
             stop = time.time() + args.budget_s
         train_smol(
@@ -120,11 +140,12 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         control = _control(parser, args.control) if args.control else None
-        evaluate_adapter(args.adapter, gsm8k=args.gsm8k, control=control)
+        evaluate_adapter(_adapter(parser, args.adapter), gsm8k=args.gsm8k, control=control)
     elif args.command == "attach-control":
         from codi_fixtures.smol.train import attach_control
 
-        attach_control(args.adapter, _control(parser, args.control))
+        control = _control(parser, args.control)
+        attach_control(_adapter(parser, args.adapter), control)
     elif args.command == "export":
         from codi_fixtures.smol.load import SHIPPED_ADAPTER, write_published
 

@@ -425,7 +425,8 @@ def stratified_sample(
     if n > len(problems):
         raise DataError(
             f"cannot sample {n} problems from a set of {len(problems)} — "
-            "use a smaller tier (e.g. -m quick) or a larger problem file (--problems PATH)"
+            "ask for fewer problems (--quick-n N, --full-n N) or pass a larger problem file "
+            "(--problems PATH)"
         )
     members: dict[str, list[int]] = {name: [] for name in bins}
     for position, problem in enumerate(problems):
@@ -437,8 +438,8 @@ def stratified_sample(
         if len(available) < quota:
             raise DataError(
                 f"difficulty bin {name!r} has {len(available)} problem(s) but the sample needs "
-                f"{quota} — use a smaller tier (e.g. -m quick) or a problem file with more "
-                f"{name} problems (--problems PATH)"
+                f"{quota} — ask for fewer problems (--quick-n N, --full-n N) or pass a file "
+                f"with more {name} problems (--problems PATH)"
             )
         # A string seed hashes through SHA-512: stable across runs and PYTHONHASHSEED, and each
         # bin's draw does not depend on the other bins' contents. Taking a prefix of one
