@@ -205,24 +205,41 @@ def probe_layout(cfg: ModelConfig) -> None:
     ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
     weights = find_weights_file(ckpt_dir)
     probe_weights(weights)
+    with torch.device("meta"):
+        module, _, base_config = _build_module(cfg, ckpt_dir)
+    _check_layout(module, _file_shapes(weights), weights, base_config)
+
+
+def _build_module(cfg: ModelConfig, ckpt_dir: Path) -> tuple[CodiModel, str, Any]:
+    """The CODI module its base and ``codi.json`` describe, the base and its config.
+
+    No weights are loaded (build it under ``torch.device("meta")`` to allocate nothing).
+    """
     base = _resolve_base(cfg, ckpt_dir)
     base_config = _load_base_config(base, cfg.allow_download)
     spec = read_spec(ckpt_dir, str(getattr(base_config, "model_type", "")))
     tokenizer = _load_tokenizer(base, cfg.allow_download)
-    with torch.device("meta"):
-        backbone = _build_backbone(base_config, spec)
-        module = CodiModel(
-            backbone, build_projection(backbone.config.hidden_size, spec.prj_dim), spec, tokenizer
-        )
-    found = _file_shapes(weights)
-    _check_shapes(module, found, spec)
+    backbone = _build_backbone(base_config, spec)
+    prj = build_projection(backbone.config.hidden_size, spec.prj_dim)
+    return CodiModel(backbone, prj, spec, tokenizer), base, base_config
+
+
+def _check_layout(
+    module: CodiModel, found: dict[str, Any], weights: Path, base_config: Any
+) -> dict[str, torch.Tensor]:
+    """Raise :class:`CheckpointError` unless ``found``'s keys and shapes fit ``module``.
+
+    Returns the module's expected state dict (a tied ``lm_head`` may be absent from the file).
+    """
+    _check_shapes(module, found, module.spec)
     expected = module.state_dict()
     tied = bool(getattr(base_config, "tie_word_embeddings", False))
     report = account_keys(
         expected, found, [k for k in expected if tied and k.endswith("lm_head.weight")]
     )
     if not report.ok:
-        raise CheckpointError(_key_message(weights, report, spec))
+        raise CheckpointError(_key_message(weights, report, module.spec))
+    return expected
 
 
 def _load_tokenizer(base: str, allow_download: bool) -> object:
@@ -354,22 +371,11 @@ def load_codi(cfg: ModelConfig | None = None) -> CodiModel:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     weights = find_weights_file(ckpt_dir)
-    base = _resolve_base(cfg, ckpt_dir)
-    base_config = _load_base_config(base, cfg.allow_download)
-    spec = read_spec(ckpt_dir, str(getattr(base_config, "model_type", "")))
-    tokenizer = _load_tokenizer(base, cfg.allow_download)
-    backbone = _build_backbone(base_config, spec)
-    module = CodiModel(
-        backbone, build_projection(backbone.config.hidden_size, spec.prj_dim), spec, tokenizer
-    )
+    module, base, base_config = _build_module(cfg, ckpt_dir)
+    spec, tokenizer = module.spec, module.tokenizer
     found = read_state_dict(weights)
-    _check_shapes(module, found, spec)
-    expected = module.state_dict()
+    expected = _check_layout(module, found, weights, base_config)
     tied = bool(getattr(base_config, "tie_word_embeddings", False))
-    optional = [k for k in expected if tied and k.endswith("lm_head.weight")]
-    report = account_keys(expected, found, optional)
-    if not report.ok:
-        raise CheckpointError(_key_message(weights, report, spec))
     module.load_state_dict({k: v for k, v in found.items() if k in expected}, strict=False)
     if tied:
         module.codi.tie_weights()
