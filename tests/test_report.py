@@ -85,6 +85,15 @@ def test_a_lone_inconclusive_claim_without_a_statistic_says_why():
     assert "n/a" not in page and "Skipped" not in page
 
 
+def test_a_bonferroni_level_ci_is_shown_as_it_is_not_rounded_to_100():
+    from codi_fixtures.report.findings import answers_html
+
+    stats = {"statistic": -0.571, "ci_low": -0.906, "ci_high": 0.322, "ci_level": 0.99762}
+    row = ClaimRow("test_rq3_x.py::test_lens[quick-s3]", "inconclusive", "quick", "lens", "", stats)
+    page = answers_html([row])
+    assert "99.8% CI [" in page and "100% CI" not in page
+
+
 CHECK_SCRIPT = """
 <script>
 window.addEventListener('load', () => setTimeout(() => {

@@ -100,7 +100,7 @@ def _effect(row: Row) -> str:
     s = row.stats
     stat, low, high = s.get("statistic"), s.get("ci_low"), s.get("ci_high")
     level = s.get("ci_level")
-    pct = f"{100 * float(level):.0f}% " if isinstance(level, (int, float)) else ""
+    pct = f"{100 * float(level):.3g}% " if isinstance(level, (int, float)) else ""  # 99.8, not 100
     if not isinstance(stat, (int, float)):
         return "n/a"
     return f"{_num(stat)} ({pct}CI [{_num(low)}, {_num(high)}])"
