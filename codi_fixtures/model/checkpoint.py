@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "account_keys",
     "find_weights_file",
     "probe_weights",
+    "read_shapes",
     "read_spec",
     "read_state_dict",
     "write_checkpoint",
@@ -145,16 +147,27 @@ def find_weights_file(ckpt_dir: Path) -> Path:
 
 def probe_weights(path: Path) -> None:
     """Check cheaply that a weights file can be read (safetensors header; weights-only pickle)."""
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
+    read_shapes(path)
 
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except Exception as err:
-            raise _unreadable(path, err) from err
-        return
-    read_state_dict(path)  # memory-mapped: only the pickle's index is read
+
+def read_shapes(path: Path) -> dict[str, Any]:
+    """Key -> an object with the tensor's ``shape``, without reading the weights themselves.
+
+    safetensors: the header only; a weights-only pickle: memory-mapped, so only its index is
+    read. An unreadable file is a :class:`CheckpointError`.
+    """
+    if path.suffix != ".safetensors":
+        return dict(read_state_dict(path))
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {
+                k: SimpleNamespace(shape=torch.Size(handle.get_slice(k).get_shape()))
+                for k in handle.keys()
+            }
+    except Exception as err:
+        raise _unreadable(path, err) from err
 
 
 def _unreadable(path: Path, err: Exception) -> CheckpointError:

@@ -27,7 +27,7 @@ from codi_fixtures.model.checkpoint import (
     KeyReport,
     account_keys,
     find_weights_file,
-    probe_weights,
+    read_shapes,
     read_spec,
     read_state_dict,
 )
@@ -37,7 +37,6 @@ __all__ = [
     "CodiModel",
     "build_projection",
     "load_codi",
-    "probe_base",
     "probe_layout",
     "wrap_lora",
 ]
@@ -175,27 +174,6 @@ def _load_base_config(base: str, allow_download: bool) -> object:
         ) from err
 
 
-def probe_base(cfg: ModelConfig) -> None:
-    """Check cheaply that the base model's config can be read (a :class:`CheckpointError`)."""
-    ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
-    _load_base_config(_resolve_base(cfg, ckpt_dir), cfg.allow_download)
-
-
-def _file_shapes(weights: Path) -> dict[str, Any]:
-    """Key -> an object with the tensor's ``shape``, read without loading the weights."""
-    if weights.suffix != ".safetensors":
-        return dict(read_state_dict(weights))  # memory-mapped: only the pickle's index is read
-    from types import SimpleNamespace
-
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as handle:
-        return {
-            k: SimpleNamespace(shape=torch.Size(handle.get_slice(k).get_shape()))
-            for k in handle.keys()
-        }
-
-
 def probe_layout(cfg: ModelConfig) -> None:
     """The loader's key and shape checks, on a module built without memory (meta device).
 
@@ -204,10 +182,10 @@ def probe_layout(cfg: ModelConfig) -> None:
     """
     ckpt_dir = Path(cfg.ckpt) if cfg.ckpt is not None else BUNDLED_CHECKPOINT
     weights = find_weights_file(ckpt_dir)
-    probe_weights(weights)
+    found = read_shapes(weights)  # also the readability check: a CheckpointError if not
     with torch.device("meta"):
         module, _, base_config = _build_module(cfg, ckpt_dir)
-    _check_layout(module, _file_shapes(weights), weights, base_config)
+    _check_layout(module, found, weights, base_config)
 
 
 def _build_module(cfg: ModelConfig, ckpt_dir: Path) -> tuple[CodiModel, str, Any]:
