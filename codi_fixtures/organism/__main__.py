@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         "change of its rule) and rewrite OUT's codi.json and report",
     )
     args = parser.parse_args(argv)
-    minimums = {"thoughts": 0, "teacher_steps": 0, "codi_steps": 0}
-    minimums.update(layers=1, hidden=1, threads=1)
+    minimums = {
+        "thoughts": 0,
+        "teacher_steps": 0,
+        "codi_steps": 0,
+        "layers": 1,
+        "hidden": 1,
+        "threads": 1,
+    }
     for name, low in minimums.items():
         if getattr(args, name) < low:
             flag = "--" + name.replace("_", "-")

@@ -21,6 +21,14 @@ from pathlib import Path
 __all__ = ["ReportTarget"]
 
 
+PARTIAL_SUFFIX = "-partial"
+
+
+def _partial(report_dir: Path) -> Path:
+    """Where a run over only some claims publishes: ``<report_dir>-partial`` beside it."""
+    return report_dir.with_name(report_dir.name + PARTIAL_SUFFIX)
+
+
 @dataclass(frozen=True)
 class ReportTarget:
     """The folder a run publishes to, and the staging folder it writes into meanwhile."""
@@ -33,11 +41,7 @@ class ReportTarget:
     def for_run(cls, report_dir: Path, *, explicit: bool, complete: bool) -> ReportTarget:
         """``report_dir`` itself for a complete run or an explicit ``--report-dir``."""
         report_dir = report_dir.absolute()
-        final = (
-            report_dir
-            if explicit or complete
-            else report_dir.with_name(f"{report_dir.name}-partial")
-        )
+        final = report_dir if explicit or complete else _partial(report_dir)
         staging = final.parent / f".{final.name}.staging-{os.getpid()}"
         return cls(final, staging, explicit)
 
@@ -47,9 +51,9 @@ class ReportTarget:
         For a run found incomplete only at its end (``-x`` stopped it); an explicit
         ``--report-dir`` is kept.
         """
-        if self.explicit or self.final.name.endswith("-partial"):
+        if self.explicit or self.final.name.endswith(PARTIAL_SUFFIX):
             return self
-        return ReportTarget(self.final.with_name(f"{self.final.name}-partial"), self.staging)
+        return ReportTarget(_partial(self.final), self.staging)
 
     def publish(self) -> None:
         """Swap the staging folder into place (the previous report is removed)."""
