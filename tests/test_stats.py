@@ -637,6 +637,16 @@ class TestMeanEffect:
             assert pvalue_or_one(result.p_equivalence) == 1.0
             assert math.isnan(result.ci_low)
 
+    def test_one_moving_problem_is_no_trend(self) -> None:
+        """29 flat curves and one that falls: one mover is not a spread (t(n - 1) refuted it)."""
+        correct = np.ones((30, 7))
+        correct[0, 3:] = 0.0
+        result = trend_test(correct, range(7)).slope
+        assert result.verdict == "inconclusive"
+        assert "1 of 30" in (result.verdict_reason or "")
+        two = trend_test(np.vstack([correct, 1.0 - correct[:1]]), range(7)).slope
+        assert "t(m - 1) with m = 2 of 31" in two.method
+
     @pytest.mark.parametrize(("n", "verdict"), [(13, "inconclusive"), (14, "refuted")])
     def test_no_variation_opted_in_is_judged_by_the_exact_bound(self, n: int, verdict: str) -> None:
         """``constant="exact"``: p = 0.8^n against every other location, CI [c, c] once < alpha."""

@@ -14,8 +14,9 @@
   fraction (descriptive: chosen on the data, no test); :func:`per_problem_smallest_size` the
   same per problem.
 - :func:`trend_test`: "accuracy (or any score) increases with k": the plain mean per-problem
-  least-squares slope over k (the slope of the mean curve), one-sample Student t CI and
-  p-values, plus a within-problem permutation p-value (descriptive).
+  least-squares slope over k (the slope of the mean curve), one-sample t CI and p-values
+  (degrees of freedom from the problems whose score moves with k), plus a within-problem
+  permutation p-value (descriptive).
 - :func:`saturation`: the smallest k from which no larger k loses more than a SESOI of
   accuracy against the full run (non-inferiority, Holm across k).
 - :func:`effect_grid`: trimmed-mean delta log p and accuracy drop per condition, Holm across them.
@@ -380,7 +381,7 @@ class TrendResult:
     """Does the score rise with k? Mean per-problem slope (score per added thought)."""
 
     slope: StatResult
-    """Mean per-problem least-squares slope, Student t CI / p / verdict against the SESOI."""
+    """Mean per-problem least-squares slope, t CI / p / verdict against the SESOI."""
     p_permutation: float
     """H0: the k-labels are exchangeable within each problem (no effect of k at all);
     one-sided (slope > 0), Monte Carlo within-problem permutation, (k + 1) / (B + 1).
@@ -392,20 +393,29 @@ class TrendResult:
 
 
 def _student_t_mean(values: NDArray[np.float64], *, sesoi: float, alpha: float) -> StatResult:
-    """Is the plain mean of ``values`` above ``sesoi``? One-sample Student t, t(n - 1).
+    """Is the plain mean of ``values`` above ``sesoi``? Student t on the non-zero values' df.
 
     ``p_value`` (H0: mean <= 0), ``p_sesoi`` (H0: mean <= sesoi), ``p_equivalence`` (H0:
-    mean >= sesoi) and the two-sided ``1 - 2 alpha`` CI come from the one t statistic, so
-    they are dual. No variation (or fewer than 2 values) is inconclusive: a zero SE is not
-    certainty.
+    mean >= sesoi) and the two-sided ``1 - 2 alpha`` CI come from the one t statistic
+    ``mean / (sd / sqrt(n))``, so they are dual. Its reference is t(m - 1) with ``m`` the
+    number of non-zero values, not t(n - 1): a problem whose score is the same at every k has
+    slope exactly 0, and when few problems move, the standard deviation rests on those few
+    (with a tenth of 30-100 curves moving, t(n - 1) said "refuted" at the SESOI boundary in
+    0.07-0.10 of datasets; ``tests/test_stats_calibration.py``). Fewer than two non-zero
+    values, or no variation, is inconclusive: a zero SE is not certainty.
     """
     n = int(values.size)
+    movers = int(np.count_nonzero(values))
     level = 1.0 - 2.0 * alpha
-    what = "mean per-problem slope; one-sample Student t, t(n - 1), CI and p"
-    if n < 2 or float(np.ptp(values)) == 0.0:
+    what = (
+        f"mean per-problem slope; one-sample t, reference t(m - 1) with m = {movers} of {n} "
+        "problems whose score changes with k, CI and p"
+    )
+    if movers < 2 or float(np.ptp(values)) == 0.0:
         reason = (
-            f"inconclusive: {n} problem(s), too few for a trend"
-            if n < 2
+            f"inconclusive: the score changes with k in {movers} of {n} problem(s), too few "
+            "for a trend (a spread needs two)"
+            if movers < 2
             else f"inconclusive: all {n} slopes equal {values[0]:.3g}: no variation, so no "
             "standard error or interval; zero variance is not certainty"
         )
@@ -426,7 +436,7 @@ def _student_t_mean(values: NDArray[np.float64], *, sesoi: float, alpha: float) 
         )
     mean = float(values.mean())
     se = float(values.std(ddof=1)) / math.sqrt(n)
-    t_dist = stats.t(n - 1)
+    t_dist = stats.t(movers - 1)
     q = float(t_dist.ppf(1.0 - alpha))
     result = StatResult(
         statistic=mean,
@@ -459,13 +469,15 @@ def trend_test(
     independent observation; their mean is the slope of the mean curve. Default SESOI:
     5 accuracy points over six thoughts. Rows with a nan are dropped.
 
-    The CI (two-sided ``1 - 2 alpha``) and the three one-sided p-values are one-sample
-    Student t on the slopes (:func:`_student_t_mean`), not the bootstrap-t of
+    The CI (two-sided ``1 - 2 alpha``) and the three one-sided p-values are a
+    one-sample t on the slopes (:func:`_student_t_mean`), not the bootstrap-t of
     :func:`~codi_fixtures.stats.mean_effect`: with 0/1 correctness most slopes are 0 and the
     rest a few discrete values, where the bootstrap-t was anti-conservative at the quick
     tier's 10 problems (step-shaped curves, 1000 datasets: p < 0.05 in 0.11-0.12 of null
-    datasets, "refuted" in 0.11-0.16 and "supported" in up to 0.09 at the SESOI boundary;
-    Student t: at most 0.053, 0.060 and 0.049; ``tests/test_stats_calibration.py``).
+    datasets, "refuted" in 0.11-0.16 and "supported" in up to 0.09 at the SESOI boundary).
+    The t's degrees of freedom are those of the problems whose score changes with k (the
+    zeros carry no spread): t(n - 1) said "refuted" at the boundary in 0.07-0.10 of datasets
+    when only 5-10% of 30-100 curves move; ``tests/test_stats_calibration.py``.
     """
     y = np.asarray(scores, dtype=np.float64)
     x = np.asarray(ks, dtype=np.float64)
