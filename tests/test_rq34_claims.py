@@ -30,7 +30,11 @@ pytestmark = [
 
 
 def _project(pytester: pytest.Pytester) -> None:
-    """The experiments' RQ3 / RQ4 files and their conftest, unchanged."""
+    """The experiments' RQ3 / RQ4 files and their conftest, unchanged.
+
+    ``-k`` also matches the names of a test's parents, and pytester's directory is named after
+    the test calling it ("..._lens_..."): a bare ``-k lens`` would select every test.
+    """
     for name in ("conftest.py", "test_rq3_decoding.py", "test_rq4_interchange.py"):
         pytester.makepyfile(**{name[:-3]: (REPO / "experiments" / name).read_text()})
 
@@ -55,7 +59,7 @@ def test_planted_map_is_recovered_by_the_lens_and_interchange_claims(pytester, t
         f"--codi-cache={tmp_path / 'cache'}",
         f"--report-dir={tmp_path / 'report'}",
         "-k",
-        "lens or embedding_holds or important_ones or rq4",
+        "decodable_by_the_lens or embedding_holds or important_ones or rq4",
         "-p",
         "no:cacheprovider",
         "-rA",
@@ -116,7 +120,7 @@ def test_bundled_model_shows_no_map_under_the_lens_or_interchange(pytester, tmp_
         f"--codi-cache={tmp_path / 'cache'}",
         "--no-codi-report",
         "-k",
-        "lens or patched_value",
+        "decodable_by_the_lens or patched_value",
         "-p",
         "no:cacheprovider",
         "-rA",
