@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codi_fixtures.stats.routing import SESOI_ROUTING, routing_effect, routing_fit
+from codi_fixtures.stats import apply_holm_verdicts
+from codi_fixtures.stats.inference import DegenerateData
+from codi_fixtures.stats.routing import (
+    MIN_ROUTING_PROBLEMS,
+    SESOI_ROUTING,
+    routing_effect,
+    routing_fit,
+)
 from codi_fixtures.study.roles import NUMBER, SPECIAL, tag_question, token_roles
 
 BUNDLED = Path(__file__).resolve().parents[1] / "codi_fixtures" / "bundled"
@@ -159,6 +166,46 @@ def test_real_data_position_matched_null_is_calibrated(
         raw.append(_rejects(att[rows, layer, thought], *args, adjust=False))
     assert FPR_WINDOW[0] <= _rate(adjusted) <= FPR_WINDOW[1], _rate(adjusted)
     assert _rate(raw) > 0.15
+
+
+def test_the_whole_grid_holds_alpha_at_the_sesoi(bundled_routing: dict[str, np.ndarray]) -> None:
+    """Holm over all 108 cells, every cell exactly at the SESOI: few false verdicts anywhere.
+
+    The bundled model's attention with one position-matched relabelling per step and dataset
+    (shared by every thought and layer, as in a study), the operands' attention then raised by
+    the SESOI ratio. Some cell falsely "supported" / "refuted", 1000 datasets each: 0.116 /
+    0.103 at n = 10, 0.059 / 0.070 at 15, 0.061 / 0.067 at 20 (0.083 / 0.083 in 300 here),
+    0.046 / 0.058 at 30, 0.043 / 0.047 at 100; so fewer than MIN_ROUTING_PROBLEMS = 30 are
+    inconclusive. Asserted: 300 datasets at 30.
+    """
+    att = bundled_routing["routing"].astype(np.float64)  # (N, L, T, W)
+    q = bundled_routing["q_len"]
+    numbers = bundled_routing["routing-roles"] == NUMBER
+    dist = q[:, None] - 1 - np.arange(att.shape[-1])[None, :]
+    rng = np.random.default_rng(2020)
+    n = MIN_ROUTING_PROBLEMS
+    wrong = {"supported": 0, "refuted": 0}
+    for _ in range(300):
+        rows = rng.choice(len(q), n, replace=False)
+        results = []
+        for step in (1, 2, 3):
+            target = ((bundled_routing["routing-operands"][rows] >> (step - 1)) & 1).astype(bool)
+            target = _relabel(target, numbers[rows], dist[rows], rng)
+            boost = np.where(target, np.exp(SESOI_ROUTING), 1.0)
+            for layer in range(att.shape[1]):
+                for thought in range(att.shape[2]):
+                    try:
+                        fit = routing_fit(
+                            att[rows, layer, thought] * boost, q[rows], target, numbers[rows]
+                        )
+                    except DegenerateData:
+                        continue
+                    results.append(routing_effect(fit, alpha=ALPHA))
+        judged = apply_holm_verdicts(results, alpha=ALPHA)
+        for verdict in wrong:
+            wrong[verdict] += any(r.verdict == verdict for r in judged)
+    rates = {k: v / 300 for k, v in wrong.items()}
+    assert max(rates.values()) <= FPR_WINDOW[1], rates
 
 
 def test_planted_routing_is_found(bundled_routing: dict[str, np.ndarray]) -> None:

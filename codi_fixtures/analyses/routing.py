@@ -7,8 +7,9 @@ Requirements: the :class:`~codi_fixtures.study.conditions.RoutingReadout` of the
 Statistics: per (thought t, step k, layer L) the claim "thought t reads the operands of step k
 more than the other numbers of its question", judged on the log attention ratio within problem and
 distance (two-way fixed effects, :mod:`codi_fixtures.stats.routing`), SESOI log 1.25, Holm over the
-thought x step x layer grid. Figures: the thought x token-role heatmap per layer, and one worked
-example (a question's tokens shaded by each thought's attention).
+thought x step x layer grid, which needs >= 30 problems (``MIN_ROUTING_PROBLEMS``). Figures: the
+thought x token-role heatmap per layer, and one worked example (a question's tokens shaded by
+each thought's attention).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from codi_fixtures.analyses.base import Evidence, FigureSpec
 from codi_fixtures.analyses.view import StudyView, guarded
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive_verdict
-from codi_fixtures.stats.routing import SESOI_ROUTING, routing_effect, routing_fit
+from codi_fixtures.stats.routing import (
+    MIN_ROUTING_PROBLEMS,
+    SESOI_ROUTING,
+    routing_effect,
+    routing_fit,
+)
 from codi_fixtures.study.conditions import Dimensions, Requirements, RoutingReadout
 from codi_fixtures.study.roles import NAME, NUMBER, OPERATION, OTHER
 
@@ -191,6 +197,13 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
         if reason is not None:
             return dict.fromkeys(keys, inconclusive_verdict(reason))
         assert data is not None
+        if data.n < MIN_ROUTING_PROBLEMS:
+            why = (
+                f"inconclusive: {data.n} problems; the {len(keys)} routing tests under Holm "
+                f"need >= {MIN_ROUTING_PROBLEMS} (on fewer, the jackknife t's far tail gave "
+                "false verdicts in 0.10-0.12 of null datasets at n = 10)"
+            )
+            return dict.fromkeys(keys, inconclusive_verdict(why, data.n))
         numbers = data.roles == NUMBER
         flat = []
         for t, k, layer in keys:
