@@ -736,15 +736,27 @@ class TestAccuracyDropEffect:
         assert np.all(np.diff(grid) < 0)
 
     def test_ci_inverts_the_score_test(self) -> None:
-        """The CI ends are where the score statistic crosses the normal quantile."""
+        """The CI ends are where the continuity-corrected score crosses the normal quantile."""
         clean = [1] * 12 + [0] * 3 + [1] * 20 + [0] * 5
         ablated = [0] * 12 + [1] * 3 + [1] * 20 + [0] * 5
         result = accuracy_drop_effect(clean, ablated, ci_level=0.95)
         z = sps.norm.ppf(0.975)
-        assert _tango_z(12, 3, 40, result.ci_low) == pytest.approx(z, abs=1e-6)
-        assert _tango_z(12, 3, 40, result.ci_high) == pytest.approx(-z, abs=1e-6)
+        assert _tango_z(12, 3, 40, result.ci_low, 0.25) == pytest.approx(z, abs=1e-6)
+        assert _tango_z(12, 3, 40, result.ci_high, 0.25) == pytest.approx(-z, abs=1e-6)
         assert result.statistic == pytest.approx(9 / 40)
-        assert result.p_value == pytest.approx(sps.norm.sf((12 - 3) / math.sqrt(15)))
+        assert result.p_value == pytest.approx(sps.norm.sf((12 - 3 - 0.25) / math.sqrt(15)))
+        assert "continuity-corrected by 0.25 pair" in result.method
+
+    def test_tests_and_ci_are_dual(self) -> None:
+        """p_sesoi < alpha exactly when the CI's lower end is above the SESOI (and mirrored)."""
+        for b in range(0, 12):
+            for c in range(0, 6):
+                clean = [1] * b + [0] * c + [1] * 10
+                ablated = [0] * b + [1] * c + [1] * 10
+                r = accuracy_drop_effect(clean, ablated, sesoi=0.1)
+                assert r.p_sesoi is not None and r.p_equivalence is not None
+                assert (r.p_sesoi < 0.05) == (r.ci_low > 0.1)
+                assert (r.p_equivalence < 0.05) == (r.ci_high < 0.1)
 
     def test_verdicts(self) -> None:
         """A 40-point drop is supported; identical runs on 200 problems refute a 5-point drop."""
