@@ -475,6 +475,59 @@ class TestVerdictErrorRatesAndPower:
         assert _verdict_rate(results, "supported") <= 0.03
 
 
+@pytest.fixture(scope="module")
+def bundled_zero_ablation(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """(N, 6) the bundled model's delta log p of zero-ablating each thought, 400 problems."""
+    import torch
+
+    from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, RunConfig
+    from codi_fixtures.model.codi import load_codi
+    from codi_fixtures.study.data import load_problems
+    from codi_fixtures.study.runs import compute_study
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_codi(ModelConfig(device="cpu", dtype="float32"))
+        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
+        cache: Path = tmp_path_factory.mktemp("bundled_zero")
+        study = compute_study(model, problems, RunConfig(kinds=("zero",)), cache)
+    finally:
+        torch.set_num_threads(threads)
+    effects = np.stack(
+        [study.delta_logp[:, study.column(f"t{t}-zero")] for t in range(N_THOUGHTS)], axis=1
+    ).astype(np.float64)
+    return effects[np.isfinite(effects).all(axis=1)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known calibration gap, not yet fixed (README, 'Known calibration gap'): the trimmed "
+        "mean's bootstrap-t refutes a heavy-tailed effect at the SESOI boundary too often at "
+        "small n"
+    ),
+)
+def test_refuted_at_the_sesoi_on_a_real_heavy_tailed_effect(
+    bundled_zero_ablation: np.ndarray,
+) -> None:
+    """Zero-ablating thought 5, shifted so its 20% trimmed mean over 400 problems is the SESOI.
+
+    Most problems barely move and some move by nats: at n = 10 one such cell alone was
+    "refuted" in 0.30 of 300 datasets (2026-12-07; 0.237 with this seed and 999 resamples).
+    This test passes when the rate is at most 0.07; until then it is an expected failure,
+    strict, so that it turns red once the gap is fixed and the xfail must go.
+    """
+    column = bundled_zero_ablation[:, 5]
+    shifted = column - stats.trim_mean(column, TRIM_FRACTION) + 0.1
+    rng = np.random.default_rng(31)
+    results = [
+        mean_effect(shifted[rng.integers(0, shifted.size, 10)], n_boot=999, seed=rng)
+        for _ in range(300)
+    ]
+    assert _verdict_rate(results, "refuted") <= FPR_WINDOW[1]
+
+
 class TestReachingSubset:
     """RQ5 "some proper subset carries 80% of the effect": the union test over the subsets.
 
