@@ -453,9 +453,8 @@ def _tango_z(b: int, c: int, n: int, delta: float, correction: float = 0.0) -> f
 TANGO_CONTINUITY = 0.25
 """The continuity correction of :func:`accuracy_drop_effect`'s score statistic (in pairs).
 
-
-Without it, the normal reference said "supported" at the SESOI boundary in up to 0.087 of
-datasets (exact, n = 30, SESOI 0.1); ``tests/test_stats_calibration.py``."""
+Without it the test said "supported" at the SESOI boundary in up to 0.087 of datasets (exact
+over every table, n = 30, SESOI 0.1); ``tests/test_stats_calibration.py``."""
 
 
 def _tango_ci(b: int, c: int, n: int, level: float, correction: float = 0.0) -> tuple[float, float]:
@@ -911,8 +910,7 @@ def accuracy_drop_effect(
     of 10 problems discordant no longer survived Holm); the test of d0 = 0 is conservative
     at small n (p < 0.05 in at most 0.037 of null datasets at n = 10, 0.047 at n = 100).
     The exact conditional (sign) test is not used: it is not dual to the score interval,
-    and it is more conservative still
-    (``tests/test_stats_calibration.py``).
+    and it is more conservative still (``tests/test_stats_calibration.py``).
     """
     level = _decision_level(alpha, ci_level)
     sesoi = _check_sesoi(sesoi)
