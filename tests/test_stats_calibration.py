@@ -128,7 +128,8 @@ from codi_fixtures.stats.composition import (
     trend_test,
 )
 from codi_fixtures.stats.decoding import equivalence_effect, lens_rate, rq1_link_test
-from codi_fixtures.study.conditions import all_subsets
+from codi_fixtures.study.conditions import Requirements, all_subsets
+from codi_fixtures.study.results import StudyResults
 
 ALPHA = 0.05
 FPR_WINDOW = (0.03, 0.07)
@@ -243,14 +244,16 @@ def _verdict_rate(results: list[StatResult], verdict: str) -> float:
     return float(np.mean([r.verdict == verdict for r in results]))
 
 
-@pytest.fixture(scope="module")
-def bundled_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
-    """(N, layers, 6) head-averaged attention and (N, 6) mean-ablation importance.
+def _bundled_study(
+    cache: Path,
+    kinds: tuple[str, ...],
+    n_problems: int | None = None,
+    needs: Requirements | None = None,
+) -> StudyResults:
+    """The bundled model's study on its held-out problems (the first ``n_problems``).
 
-    The bundled model's study on its 400 held-out problems, computed once
-    (5-10 s on a CPU); problems with non-finite values are left out. Torch
-    runs single-threaded meanwhile: on a busy machine its thread pool is
-    several times slower than one thread.
+    Torch runs single-threaded meanwhile: on a busy machine its thread pool is several times
+    slower than one thread.
     """
     import torch
 
@@ -263,11 +266,20 @@ def bundled_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray,
     torch.set_num_threads(1)
     try:
         model = load_codi(ModelConfig(device="cpu", dtype="float32"))
-        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
-        cache: Path = tmp_path_factory.mktemp("bundled_study")
-        study = compute_study(model, problems, RunConfig(kinds=("mean",)), cache)
+        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")[:n_problems]
+        return compute_study(model, problems, RunConfig(kinds=kinds), cache, needs)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundled_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """(N, layers, 6) head-averaged attention and (N, 6) mean-ablation importance.
+
+    The bundled model's study on its 400 held-out problems, computed once
+    (5-10 s on a CPU); problems with non-finite values are left out.
+    """
+    study = _bundled_study(tmp_path_factory.mktemp("bundled_study"), ("mean",))
     n_thoughts = study.attention.shape[-1]
     columns = [study.column(f"t{t}-mean") for t in range(n_thoughts)]
     attention = study.attention.mean(axis=2).astype(np.float64)
@@ -283,26 +295,22 @@ def bundled_subsets(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     Ablated on 200 of its held-out problems, computed once (about 10 s on a CPU), columns in
     ``all_subsets(6)`` order (the last is all six); non-finite problems are left out.
     """
-    import torch
+    from codi_fixtures.study.conditions import subset_ablations, subset_label
 
-    from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, RunConfig
-    from codi_fixtures.model.codi import load_codi
-    from codi_fixtures.study.conditions import Requirements, subset_ablations, subset_label
-    from codi_fixtures.study.data import load_problems
-    from codi_fixtures.study.runs import compute_study
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = load_codi(ModelConfig(device="cpu", dtype="float32"))
-        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")[:200]
-        cache: Path = tmp_path_factory.mktemp("bundled_subsets")
-        needs = Requirements(tuple(subset_ablations(N_THOUGHTS, "mean")))
-        study = compute_study(model, problems, RunConfig(kinds=("mean",)), cache, needs)
-    finally:
-        torch.set_num_threads(threads)
+    needs = Requirements(tuple(subset_ablations(N_THOUGHTS, "mean")))
+    study = _bundled_study(tmp_path_factory.mktemp("bundled_subsets"), ("mean",), 200, needs)
     columns = [study.column(subset_label(s, "mean", N_THOUGHTS)) for s in all_subsets(N_THOUGHTS)]
     effects = study.delta_logp[:, columns].astype(np.float64)
+    return effects[np.isfinite(effects).all(axis=1)]
+
+
+@pytest.fixture(scope="module")
+def bundled_zero_ablation(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """(N, 6) the bundled model's delta log p of zero-ablating each thought, 400 problems."""
+    study = _bundled_study(tmp_path_factory.mktemp("bundled_zero"), ("zero",))
+    effects = np.stack(
+        [study.delta_logp[:, study.column(f"t{t}-zero")] for t in range(N_THOUGHTS)], axis=1
+    ).astype(np.float64)
     return effects[np.isfinite(effects).all(axis=1)]
 
 
@@ -473,31 +481,6 @@ class TestVerdictErrorRatesAndPower:
             results.append(rq2_tests(x, y, n_perm=200, seed=rng).beyond_position)
         assert _verdict_rate(results, "inconclusive") >= 0.7
         assert _verdict_rate(results, "supported") <= 0.03
-
-
-@pytest.fixture(scope="module")
-def bundled_zero_ablation(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    """(N, 6) the bundled model's delta log p of zero-ablating each thought, 400 problems."""
-    import torch
-
-    from codi_fixtures.config import BUNDLED_CHECKPOINT, ModelConfig, RunConfig
-    from codi_fixtures.model.codi import load_codi
-    from codi_fixtures.study.data import load_problems
-    from codi_fixtures.study.runs import compute_study
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = load_codi(ModelConfig(device="cpu", dtype="float32"))
-        problems = load_problems(BUNDLED_CHECKPOINT / "eval.jsonl")
-        cache: Path = tmp_path_factory.mktemp("bundled_zero")
-        study = compute_study(model, problems, RunConfig(kinds=("zero",)), cache)
-    finally:
-        torch.set_num_threads(threads)
-    effects = np.stack(
-        [study.delta_logp[:, study.column(f"t{t}-zero")] for t in range(N_THOUGHTS)], axis=1
-    ).astype(np.float64)
-    return effects[np.isfinite(effects).all(axis=1)]
 
 
 @pytest.mark.xfail(
