@@ -483,32 +483,27 @@ class TestVerdictErrorRatesAndPower:
         assert _verdict_rate(results, "supported") <= 0.03
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known calibration gap, not yet fixed (README, 'Known calibration gap'): the trimmed "
-        "mean's bootstrap-t refutes a heavy-tailed effect at the SESOI boundary too often at "
-        "small n"
-    ),
-)
+@pytest.mark.parametrize("n", [10, 30])
 def test_refuted_at_the_sesoi_on_a_real_heavy_tailed_effect(
-    bundled_zero_ablation: np.ndarray,
+    n: int, bundled_zero_ablation: np.ndarray
 ) -> None:
     """Zero-ablating thought 5, shifted so its 20% trimmed mean over 400 problems is the SESOI.
 
-    Most problems barely move and some move by nats: at n = 10 one such cell alone was
-    "refuted" in 0.30 of 300 datasets (2026-12-07; 0.237 with this seed and 999 resamples).
-    This test passes when the rate is at most 0.07; until then it is an expected failure,
-    strict, so that it turns red once the gap is fixed and the xfail must go.
+    Most problems barely move and some move by nats, so a small sample often misses them. The
+    bootstrap-t alone "refuted" this one cell in 0.237 of datasets at n = 10 (0.30 with other
+    seeds) and 0.093 at n = 30; "refuted" now also needs the distribution-free order-statistic
+    bound (:mod:`codi_fixtures.stats.order_bounds`), which no sample of 10 can give.
     """
     column = bundled_zero_ablation[:, 5]
     shifted = column - stats.trim_mean(column, TRIM_FRACTION) + 0.1
     rng = np.random.default_rng(31)
     results = [
-        mean_effect(shifted[rng.integers(0, shifted.size, 10)], n_boot=999, seed=rng)
+        mean_effect(shifted[rng.integers(0, shifted.size, n)], n_boot=999, seed=rng)
         for _ in range(300)
     ]
     assert _verdict_rate(results, "refuted") <= FPR_WINDOW[1]
+    if n == 10:
+        assert _verdict_rate(results, "refuted") == 0.0
 
 
 class TestReachingSubset:
@@ -994,7 +989,14 @@ class TestCoverage:
     def test_mean_effect(
         self, n: int, data: str, bundled_study: tuple[np.ndarray, np.ndarray]
     ) -> None:
-        """Bootstrap-t CI of the 20% trimmed mean: Normal, log-normal and real delta log p.
+        """CI of the 20% trimmed mean, tail by tail: Normal, log-normal and real delta log p.
+
+        Each end may miss the truth in at most 0.04 of datasets (nominal 0.025; 3 binomial SEs
+        over 1000 datasets) and the interval covers at least 0.93. The lower end is the
+        bootstrap-t's: on skewed values it is conservative (misses 0.004 for real t5 at
+        n = 10) while the bootstrap's upper end missed more than 0.025, which the two-sided
+        window hid. The upper end is now the more cautious of the bootstrap-t's and the
+        distribution-free bound's.
 
         Truth: the population's 20% trimmed mean. ``lognormal``: sigma 0.8
         (skewness 3.7). The real values are the bundled model's delta log p
@@ -1016,7 +1018,10 @@ class TestCoverage:
         for _ in range(N_DATASETS):
             values = rng.normal(size=n) if pool is None else pool[rng.integers(0, pool.size, n)]
             results.append(mean_effect(values, ci_level=0.95, n_boot=499, seed=rng))
-        assert _within(_coverage(results, truth), COVERAGE_WINDOW)
+        below = float(np.mean([truth < r.ci_low for r in results]))
+        above = float(np.mean([truth > r.ci_high for r in results]))
+        assert below <= 0.04 and above <= 0.04, (below, above)
+        assert _coverage(results, truth) >= COVERAGE_WINDOW[0]
 
     def test_accuracy_drop(self, n: int) -> None:
         """Tango's score CI of a paired accuracy difference (true drop 0.1)."""

@@ -1,0 +1,133 @@
+"""Distribution-free upper confidence bounds for a trimmed mean, from order statistics.
+
+The ``trim``-trimmed mean of a distribution with quantile function Q is
+θ = ∫ Q(u) du / (1 - 2 trim) over [trim, 1 - trim]. For n independent values,
+X_(b) = Q(U_(b)) with U_(b) the b-th of n uniform order statistics, so
+Q(t) <= X_(b) whenever U_(b) >= t, whatever the distribution (atoms and ties
+included). Cutting [trim, 1 - trim] into blocks ending at t_k and bounding each
+block's Q by X_(b_k) gives θ <= Σ w_k X_(b_k), which holds with probability
+P(U_(b_k) >= t_k for every k): a boundary-crossing probability of uniform order
+statistics, computed exactly here by dynamic programming over the count of
+values below each t_k.
+
+A one-parameter family of such bands (ranks raised by ``z`` binomial SDs, at
+most n) gives a p-value and a confidence bound that are dual. They are exact in
+the sense of never being anti-conservative, for any distribution; the price is
+width. A sample of n can never bound θ from above at more than 1 - (1 - trim)^n
+(all values below Q(1 - trim) has that probability): 0.89 at n = 10, so no
+test at 5% can show a 20% trimmed mean is small from 10 problems, whatever they
+show; 0.9988 at n = 30.
+
+Why it exists: a bootstrap of the trimmed mean cannot see tail mass a small
+sample missed. On the bundled model's heavy-tailed effects (most problems barely
+move, a few move by nats) it showed "trimmed mean below the SESOI" far more
+often than alpha when the truth sat at the SESOI (0.30 at n = 10 for one cell).
+:func:`~codi_fixtures.stats.mean_effect` requires this bound too before it
+refutes a claim.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+__all__ = ["trimmed_mean_upper_bound", "trimmed_mean_upper_p"]
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+_MAX_BLOCKS = 100
+"""Blocks of ranks beyond this many are merged (cost: blocks x (n + 1)^2 per band)."""
+_Z_FINE = np.round(np.arange(0.0, 5.0, 0.05), 2)
+"""Band parameters where p-values are decided (fine), then coarser up to the all-n band."""
+
+
+@lru_cache(maxsize=64)
+def _blocks(n: int, trim: float) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Block end points t_k, their ranks ceil(n t_k) and the blocks' weights (summing to 1)."""
+    low, high = trim, 1.0 - trim
+    ends = np.minimum(np.arange(1, n + 1) / n, high)
+    ends = np.unique(ends[ends > low + 1e-12])
+    if ends.size > _MAX_BLOCKS:
+        keep = np.unique(np.linspace(0, ends.size - 1, _MAX_BLOCKS).round().astype(int))
+        ends = ends[keep]
+    starts = np.concatenate([[low], ends[:-1]])
+    weights = (ends - starts) / (high - low)
+    ranks = np.ceil(ends * n - 1e-9).astype(np.int64)
+    return ranks, weights, ends
+
+
+def _coverages(n: int, ends: FloatArray, bands: IntArray) -> FloatArray:
+    """P(U_(b_rk) >= t_k for every k), per band row r, by dynamic programming.
+
+    The state is the count of the n uniforms below t_k; between t_(k-1) and
+    t_k each of the others falls below t_k independently, a binomial step.
+    U_(b) >= t means fewer than b uniforms lie below t.
+    """
+    counts = np.arange(n + 1)
+    new = counts[None, :] - counts[:, None]
+    left = (n - counts)[:, None]
+    probs = np.zeros((bands.shape[0], n + 1))
+    probs[:, 0] = 1.0
+    previous = 0.0
+    for k, t in enumerate(ends):
+        q = (t - previous) / (1.0 - previous)
+        step = np.where(new >= 0, stats.binom.pmf(np.clip(new, 0, None), left, q), 0.0)
+        probs = probs @ step
+        probs[counts[None, :] >= bands[:, k : k + 1]] = 0.0
+        previous = float(t)
+    return np.asarray(probs.sum(axis=1), dtype=np.float64)
+
+
+@lru_cache(maxsize=64)
+def _bands(n: int, trim: float) -> tuple[IntArray, FloatArray]:
+    """(rows x blocks) ranks of the band family, rank-wise increasing, and each row's coverage."""
+    ranks, _, ends = _blocks(n, trim)
+    spread = np.sqrt(n * ends * (1.0 - ends))
+    top = float(np.max((n - ranks) / np.maximum(spread, 1e-12)))
+    coarse = np.geomspace(5.0, max(top, 5.0) + 1.0, 40) if top > 5.0 else np.empty(0)
+    rows: list[IntArray] = []
+    for z in np.concatenate([_Z_FINE, coarse]):
+        row = np.minimum(n, ranks + np.ceil(z * spread - 1e-9).astype(np.int64))
+        if not rows or not np.array_equal(row, rows[-1]):
+            rows.append(row)
+    if not np.all(rows[-1] == n):
+        rows.append(np.full_like(ranks, n))
+    bands = np.stack(rows)
+    return bands, _coverages(n, ends, bands)
+
+
+def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArray]:
+    """Each band's upper bound on the trimmed mean (non-decreasing) and its coverage."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    n = ordered.size
+    _, weights, _ = _blocks(n, trim)
+    bands, coverage = _bands(n, trim)
+    return ordered[bands - 1] @ weights, coverage
+
+
+def _check(values: FloatArray, trim: float) -> None:
+    if not 0.0 < trim < 0.5:
+        raise ValueError(f"trim must be in (0, 0.5) for an order-statistic bound, got {trim}")
+    if values.ndim != 1 or values.size < 1 or not np.all(np.isfinite(values)):
+        raise ValueError("values must be a non-empty 1-D array of finite numbers")
+
+
+def trimmed_mean_upper_p(values: FloatArray, trim: float, null: float) -> float:
+    """Distribution-free p-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
+    _check(values, trim)
+    bounds, coverage = _upper_bounds(values, trim)
+    below = np.flatnonzero(bounds < null)
+    return 1.0 if below.size == 0 else float(max(0.0, 1.0 - coverage[below[-1]]))
+
+
+def trimmed_mean_upper_bound(values: FloatArray, trim: float, level: float) -> float:
+    """Distribution-free upper ``level`` confidence bound on the trimmed mean (inf if none)."""
+    _check(values, trim)
+    bounds, coverage = _upper_bounds(values, trim)
+    enough = np.flatnonzero(coverage >= level)
+    return math.inf if enough.size == 0 else float(bounds[enough[0]])

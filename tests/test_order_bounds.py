@@ -1,0 +1,99 @@
+"""The distribution-free trimmed-mean bound: exact coverage, validity, duality, power."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from codi_fixtures.stats.order_bounds import (
+    _bands,
+    _blocks,
+    trimmed_mean_upper_bound,
+    trimmed_mean_upper_p,
+)
+
+TRIM = 0.2
+
+
+def _population_trimmed_mean(atoms: np.ndarray, probs: np.ndarray, trim: float) -> float:
+    """The trimmed mean of a discrete distribution: its quantile function over [trim, 1-trim]."""
+    order = np.argsort(atoms)
+    atoms, cum = atoms[order], np.cumsum(probs[order])
+    edges = np.concatenate([[0.0], cum])
+    overlap = np.clip(np.minimum(edges[1:], 1 - trim) - np.maximum(edges[:-1], trim), 0.0, None)
+    return float(overlap @ atoms / (1 - 2 * trim))
+
+
+@pytest.mark.parametrize("n", [10, 30, 100])
+def test_band_coverage_is_the_uniform_order_statistics_probability(n: int) -> None:
+    """Each band's computed coverage matches simulated uniform order statistics (4 SE)."""
+    _, _, ends = _blocks(n, TRIM)
+    bands, coverage = _bands(n, TRIM)
+    rng = np.random.default_rng(n)
+    uniforms = np.sort(rng.random((40_000, n)), axis=1)
+    for row in np.linspace(0, len(bands) - 1, 6).round().astype(int):
+        held = np.all(uniforms[:, bands[row] - 1] >= ends, axis=1).mean()
+        se = math.sqrt(coverage[row] * (1 - coverage[row]) / uniforms.shape[0])
+        assert abs(held - coverage[row]) <= 4 * se + 1e-12, (row, held, coverage[row])
+    assert np.all(np.diff(coverage) >= -1e-12)  # wider bands never cover less
+    assert np.all(bands[-1] == n)
+    assert coverage[-1] == pytest.approx(1 - (1 - TRIM) ** n)  # the best any sample can do
+
+
+@pytest.mark.parametrize("n", [10, 30, 100])
+def test_valid_where_the_bootstrap_is_not(n: int) -> None:
+    """Most values 0, 21% at 6: population trimmed mean exactly 0.1, the null's boundary.
+
+    A sample often misses the rare large values; "below 0.1" must stay at most alpha.
+    """
+    atoms, probs = np.array([0.0, 6.0]), np.array([0.79, 0.21])
+    truth = _population_trimmed_mean(atoms, probs, TRIM)
+    assert truth == pytest.approx(0.1)
+    rng = np.random.default_rng(3)
+    p = [
+        trimmed_mean_upper_p(rng.choice(atoms, n, p=probs) + rng.normal(0, 0.01, n), TRIM, truth)
+        for _ in range(2000)
+    ]
+    assert np.mean(np.array(p) < 0.05) <= 0.05
+
+
+def test_never_below_when_n_cannot_tell() -> None:
+    """At n = 10 no sample bounds a 20% trimmed mean at 95%: 1 - 0.8^10 = 0.89 at best."""
+    x = np.zeros(10)
+    assert trimmed_mean_upper_p(x, TRIM, 1.0) == pytest.approx(0.8**10)
+    assert trimmed_mean_upper_bound(x, TRIM, 0.95) == math.inf
+    assert trimmed_mean_upper_bound(np.zeros(14), TRIM, 0.95) == 0.0  # 0.8^14 = 0.044
+
+
+@pytest.mark.parametrize("null", [-0.2, 0.0, 0.1, 0.3, 0.6])
+def test_p_and_bound_are_dual(null: float) -> None:
+    """A p below alpha exactly when the (1 - alpha) upper bound is below the null."""
+    x = np.random.default_rng(5).normal(0.0, 1.0, 60)
+    for alpha in (0.01, 0.05, 0.1, 0.3):
+        below = trimmed_mean_upper_bound(x, TRIM, 1 - alpha) < null
+        assert (trimmed_mean_upper_p(x, TRIM, null) <= alpha) == below
+
+
+def test_power_at_a_hundred_problems() -> None:
+    """Normal data, trimmed mean 0, SD 1: shown below +0.5 SD in most samples of 100."""
+    rng = np.random.default_rng(6)
+    p = [trimmed_mean_upper_p(rng.normal(0, 1, 100), TRIM, 0.5) for _ in range(300)]
+    assert np.mean(np.array(p) < 0.05) >= 0.8
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="trim must be in"):
+        trimmed_mean_upper_p(np.zeros(5), 0.0, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        trimmed_mean_upper_p(np.array([0.0, math.nan]), TRIM, 1.0)
+
+
+def test_population_helper_matches_scipy_on_a_large_sample() -> None:
+    atoms, probs = np.array([-1.0, 0.0, 5.0]), np.array([0.3, 0.5, 0.2])
+    sample = np.random.default_rng(7).choice(atoms, 200_000, p=probs)
+    assert _population_trimmed_mean(atoms, probs, TRIM) == pytest.approx(
+        stats.trim_mean(sample, TRIM), abs=0.01
+    )
