@@ -258,10 +258,12 @@ def test_a_toy_analysis_runs_end_to_end_through_the_public_extension_point(pytes
     result = pytester.runpytest_subprocess(
         "-m", "quick", f"--codi-cache={cache}", "--report-dir=out", "-p", "no:cacheprovider"
     )
-    result.assert_outcomes(passed=1, deselected=1)
+    # judged, and honestly undecided: no trimmed mean is decided from the quick tier's 10
+    result.assert_outcomes(skipped=1, deselected=1)
     summary = json.loads((pytester.path / "out" / "summary_statistics.json").read_text())
     [verdict] = summary["verdicts"]
-    assert verdict["outcome"] == "supported"
+    assert verdict["outcome"] == "inconclusive" and verdict["stats"]["n"] == 10
+    assert verdict["stats"]["statistic"] > 1.0  # a large effect, which 10 problems cannot bound
     assert verdict["claim"] == "zeroing thoughts 0 and 1 lowers log p(gold)"
     assert len(summary["analyses"]["toy"]["block2_norm_per_thought"]) == 6
     assert "rq1" not in summary["analyses"]  # RQ1 / RQ2 keep the seed's layout
@@ -376,7 +378,7 @@ def _rivals(rng: np.random.Generator, n: int, sd0: float, mean1: float = 1.0) ->
     ("sd0", "mean1", "verdict", "shown"),
     [
         (9.0, 1.0, "inconclusive", 0),  # the noisy rival binds: it decides, not the closest
-        (6.0, 1.0, "supported", 0),  # every rival supported: the largest p_sesoi binds
+        (1.0, 1.0, "supported", 0),  # every rival supported: the largest p_sesoi binds
         (0.1, 1.6, "refuted", 1),  # thought 1 is as important as the last
     ],
 )

@@ -11,6 +11,8 @@ from scipy import stats
 from codi_fixtures.stats.order_bounds import (
     _bands,
     _blocks,
+    trimmed_mean_lower_bound,
+    trimmed_mean_lower_p,
     trimmed_mean_upper_bound,
     trimmed_mean_upper_p,
 )
@@ -75,6 +77,17 @@ def test_p_and_bound_are_dual(null: float) -> None:
     for alpha in (0.01, 0.05, 0.1, 0.3):
         below = trimmed_mean_upper_bound(x, TRIM, 1 - alpha) < null
         assert (trimmed_mean_upper_p(x, TRIM, null) <= alpha) == below
+
+
+def test_lower_bounds_mirror_upper_bounds() -> None:
+    """The lower bound of X is minus the upper bound of -X, and valid on the mirrored mixture."""
+    x = np.random.default_rng(8).lognormal(0.0, 1.0, 50)
+    assert trimmed_mean_lower_bound(x, TRIM, 0.9) == -trimmed_mean_upper_bound(-x, TRIM, 0.9)
+    assert trimmed_mean_lower_p(x, TRIM, 0.2) == trimmed_mean_upper_p(-x, TRIM, -0.2)
+    atoms, probs = np.array([0.0, -6.0]), np.array([0.79, 0.21])
+    rng = np.random.default_rng(9)
+    p = [trimmed_mean_lower_p(rng.choice(atoms, 30, p=probs), TRIM, -0.1) for _ in range(2000)]
+    assert np.mean(np.array(p) < 0.05) <= 0.05
 
 
 def test_power_at_a_hundred_problems() -> None:

@@ -528,7 +528,7 @@ pytestmark = pytest.mark.codi_analyses("rq1")
 
 def test_first_thought(analysis, claim, tier):
     """RQ1 only: the study computes RQ1's conditions and nothing else."""
-    claim.judge(rq1.lowers_logp(analysis, 0, "mean"))
+    claim.judge(rq1.lowers_accuracy(analysis, 0, "zero"))
 '''
 
 

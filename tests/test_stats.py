@@ -42,7 +42,7 @@ from codi_fixtures.stats import (
 from codi_fixtures.stats.composition import trend_test
 from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.stats.inference import _tango_z, inconclusive_verdict
-from codi_fixtures.stats.order_bounds import trimmed_mean_upper_bound
+from codi_fixtures.stats.order_bounds import trimmed_mean_lower_bound, trimmed_mean_upper_bound
 
 ALPHA = 0.05
 MAX_FALSE_POSITIVE = 0.08  # 0.05 plus about three binomial SDs at 300-500 simulations
@@ -569,7 +569,7 @@ class TestVerdictFields:
         plain = StatResult(0.1, 0.02, 0.0, 0.2, 10, "m").as_dict()
         assert plain["ci_level"] == 0.95
         assert not {"sesoi", "verdict", "p_sesoi", "p_equivalence"} & set(plain)
-        decided = mean_effect(np.full(10, 1.0) + np.linspace(0, 0.1, 10), sesoi=0.1).as_dict()
+        decided = mean_effect(np.full(30, 1.0) + np.linspace(0, 0.1, 30), sesoi=0.1).as_dict()
         assert decided["verdict"] == "supported"
         assert {"sesoi", "p_sesoi", "p_equivalence", "verdict_reason"} <= set(decided)
 
@@ -684,7 +684,7 @@ class TestMeanEffect:
     def test_trimmed_ci_matches_the_tukey_mclaughlin_interval_for_normal_data(self) -> None:
         """Large n: trimmed bootstrap-t CI ~ trim_mean +- t(n - 2g - 1) * trimmed_stde.
 
-        The upper end is the more cautious of that and the distribution-free bound.
+        Each end is the more cautious of that and the distribution-free bound.
         """
         deltas = np.random.default_rng(3).normal(0.5, 1.0, 400)
         result = mean_effect(deltas, ci_level=0.95, n_boot=9999)
@@ -692,10 +692,14 @@ class TestMeanEffect:
         se = sps.mstats.trimmed_stde(deltas, limits=(0.2, 0.2))
         half = sps.t.ppf(0.975, 400 - 2 * 80 - 1) * se
         assert result.statistic == pytest.approx(centre)
-        assert result.ci_low == pytest.approx(centre - half, abs=0.02)
-        order_bound = trimmed_mean_upper_bound(deltas, 0.2, 0.975)
-        assert order_bound > centre + half  # wider for Normal data: the price of no assumption
-        assert result.ci_high == pytest.approx(max(centre + half, order_bound), abs=0.02)
+        low, high = (
+            trimmed_mean_lower_bound(deltas, 0.2, 0.975),
+            trimmed_mean_upper_bound(deltas, 0.2, 0.975),
+        )
+        assert low < centre - half and high > centre + half  # the price of no assumption
+        assert result.ci_low == pytest.approx(low)
+        assert result.ci_high == pytest.approx(high)
+        assert high - low < 2.0 * 2 * half  # 1.86x as wide here: a band on every quantile
         assert "20% trimmed mean" in result.method
 
     def test_a_few_huge_deltas_do_not_carry_the_trimmed_effect(self) -> None:

@@ -128,7 +128,7 @@ from codi_fixtures.stats.composition import (
     trend_test,
 )
 from codi_fixtures.stats.decoding import equivalence_effect, lens_rate, rq1_link_test
-from codi_fixtures.study.conditions import Requirements, all_subsets
+from codi_fixtures.study.conditions import Dimensions, Requirements, all_subsets
 from codi_fixtures.study.results import StudyResults
 
 ALPHA = 0.05
@@ -314,6 +314,22 @@ def bundled_zero_ablation(tmp_path_factory: pytest.TempPathFactory) -> np.ndarra
     return effects[np.isfinite(effects).all(axis=1)]
 
 
+@pytest.fixture(scope="module")
+def bundled_knockouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """RQ6's knockout Δ log p on the bundled model's 400 problems: ``"L<layer>"`` -> (N, 6)."""
+    from codi_fixtures.analyses.rq6 import Rq6, knockout_effect
+    from codi_fixtures.analyses.study_analysis import requirements_of
+    from codi_fixtures.analyses.view import StudyView
+    from codi_fixtures.config import RunConfig, Settings
+
+    settings = Settings(run=RunConfig(kinds=("mean",)))
+    dims = Dimensions(n_thoughts=N_THOUGHTS, n_layers=6)
+    needs = requirements_of((Rq6(),), settings, dims)
+    study = _bundled_study(tmp_path_factory.mktemp("bundled_knockouts"), ("mean",), None, needs)
+    view = StudyView.from_settings(study, settings)
+    return {f"L{layer}": knockout_effect(view, layer) for layer in range(6)}
+
+
 class TestFalsePositiveRate:
     """p < alpha on nulls of each deciding RQ2 question, RQ1 effect and RQ1 accuracy drop."""
 
@@ -369,11 +385,14 @@ class TestFalsePositiveRate:
     def test_mean_effect_null(
         self, n: int, data: str, bundled_study: tuple[np.ndarray, np.ndarray]
     ) -> None:
-        """Per-problem deltas with true (trimmed) mean 0: the bootstrap-t test is nominal.
+        """Per-problem deltas with true (trimmed) mean 0: p < alpha in at most 0.07 of datasets.
 
         ``real-placebo``: the difference of two problems' real delta log p for the
         same thought (thought 5, skewness 2), what a contrast with no effect looks
         like with the bundled model's heavy tails; symmetric, so its trimmed mean is 0.
+        The bootstrap-t alone was nominal here (0.03-0.07); with the distribution-free
+        bound the test is conservative (0.000-0.001 at n = 10 / 30 / 100): the price of
+        holding alpha for every distribution, including the heavy tails where it did not.
         """
         pool = bundled_study[1][:, 5]
         rng = np.random.default_rng(4)
@@ -384,7 +403,7 @@ class TestFalsePositiveRate:
             else:
                 values = pool[rng.integers(0, pool.size, n)] - pool[rng.integers(0, pool.size, n)]
             results.append(mean_effect(values, n_boot=499, seed=rng))
-        assert _within(_rejection_rate(results), FPR_WINDOW)
+        assert _rejection_rate(results) <= FPR_WINDOW[1]
 
     def test_accuracy_drop_null(self) -> None:
         """Clean and ablated runs that flip answers equally often both ways: nominal level."""
@@ -504,6 +523,28 @@ def test_refuted_at_the_sesoi_on_a_real_heavy_tailed_effect(
     assert _verdict_rate(results, "refuted") <= FPR_WINDOW[1]
     if n == 10:
         assert _verdict_rate(results, "refuted") == 0.0
+
+
+@pytest.mark.parametrize(("layer", "thought"), [(2, 1), (5, 1)])
+def test_supported_at_the_sesoi_on_real_knockout_shapes(
+    layer: int, thought: int, bundled_knockouts: dict[str, np.ndarray]
+) -> None:
+    """A knockout effect's shape (a tight core, rare outliers both ways), shifted to the SESOI.
+
+    The bootstrap-t alone said "supported" in 0.09 of datasets for each of these cells at
+    n = 30 (and some cell of RQ6's 42 in 0.10, Holm); with the distribution-free lower bound
+    neither verdict may exceed alpha.
+    """
+    column = bundled_knockouts[f"L{layer}"][:, thought]
+    column = column[np.isfinite(column)]
+    shifted = column - stats.trim_mean(column, TRIM_FRACTION) + 0.1
+    rng = np.random.default_rng(40 + layer)
+    results = [
+        mean_effect(shifted[rng.integers(0, shifted.size, 30)], n_boot=999, seed=rng)
+        for _ in range(300)
+    ]
+    assert _verdict_rate(results, "supported") <= 0.05
+    assert _verdict_rate(results, "refuted") <= 0.05
 
 
 class TestReachingSubset:

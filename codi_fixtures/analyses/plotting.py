@@ -137,26 +137,29 @@ def _draw_estimates(
     no_ci = shown & ~has_ci
     if not bars and no_ci.any():
         ax.plot(x[no_ci], stat[no_ci], "o", color=colour, markersize=5, zorder=3)
-    _draw_open_upper_ends(ax, x, stat, low, high, colour="0.15" if bars else colour)
+    _draw_open_ends(ax, x, stat, low, high, colour="0.15" if bars else colour)
     top = np.where(has_ci, np.fmax(high, stat), stat)
     return np.where(shown, np.fmax(top, 0.0), np.nan)
 
 
-def _draw_open_upper_ends(
+def _draw_open_ends(
     ax: Axes, x: np.ndarray, stat: np.ndarray, low: np.ndarray, high: np.ndarray, colour: ColorType
 ) -> None:
-    """The lower whisker and an arrow up where a CI has no finite upper end (too few problems)."""
-    open_up = np.isfinite(stat) & np.isfinite(low) & np.isposinf(high)
-    for xi, si, lo in zip(x[open_up], stat[open_up], low[open_up], strict=True):
-        ax.plot([xi, xi], [lo, si], color=colour, linewidth=1.2, zorder=3)
-        ax.annotate(
-            "",
-            xy=(float(xi), float(si)),
-            xytext=(0, 16),
-            textcoords="offset points",
-            arrowprops={"arrowstyle": "<-", "color": colour, "linewidth": 1.2},
-            zorder=3,
-        )
+    """Whiskers with an arrow where a CI has no finite end (too few problems to bound it)."""
+    shown = np.isfinite(stat) & ~(np.isfinite(low) & np.isfinite(high))
+    for xi, si, lo, hi in zip(x[shown], stat[shown], low[shown], high[shown], strict=True):
+        for end, direction in ((lo, -1), (hi, 1)):
+            if math.isfinite(end):
+                ax.plot([xi, xi], [si, end], color=colour, linewidth=1.2, zorder=3)
+            elif end == direction * math.inf:
+                ax.annotate(
+                    "",
+                    xy=(float(xi), float(si)),
+                    xytext=(0, 16 * direction),
+                    textcoords="offset points",
+                    arrowprops={"arrowstyle": "<-", "color": colour, "linewidth": 1.2},
+                    zorder=3,
+                )
 
 
 def _mark_significant(

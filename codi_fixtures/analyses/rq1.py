@@ -268,7 +268,10 @@ def importance_by_thought(a: StudyView) -> Figure:
         ax.margins(y=0.12)
         _ensure_span(ax)
     ax_lp.set_ylabel(f"{LOGP_LABEL} (clean − ablated)")
-    ax_lp.set_title("log p of the gold answer (20% trimmed mean, bootstrap-t)")
+    ax_lp.set_title(
+        "log p of the gold answer (20% trimmed mean)\n"
+        "CI: bootstrap-t and order-statistic bounds; arrow: no finite end"
+    )
     ax_acc.set_ylabel(f"{ACC_LABEL}")
     ax_acc.set_title("accuracy (clean − ablated; Tango score CI)")
     fig.suptitle(
@@ -304,7 +307,10 @@ def rq1_kind_bars(a: StudyView, kind: str, measure: str) -> Figure:
     ax = fig.subplots()
     if measure == "logp":
         results, scale, ylabel = _attempt(rq1_logp, a, kind), 1.0, f"{LOGP_LABEL} (clean − ablated)"
-        title = f"Δ log p(gold) per thought, {kind} ablation\n(20% trimmed mean, bootstrap-t CI)"
+        title = (
+            f"Δ log p(gold) per thought, {kind} ablation\n"
+            "(20% trimmed mean; CI: bootstrap-t and order-statistic bounds)"
+        )
     else:
         results, scale, ylabel = _attempt(rq1_accuracy, a, kind), 100.0, ACC_LABEL
         title = f"Accuracy drop per thought, {kind} ablation\n(Tango score CI)"

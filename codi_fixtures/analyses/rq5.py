@@ -589,9 +589,10 @@ def pair_matrix(a: StudyView, kind: str) -> Figure:
     bar = fig.colorbar(image, ax=ax, shrink=0.85)
     bar.set_label("trimmed mean of E_ij − E_i − E_j [nats]")
     ax.set_title(
-        f"RQ5: pair interactions ({kind}); R redundant, S synergistic\n"
-        "(one Holm family: both directions of every pair), = neither beyond the SESOI",
-        fontsize=10,
+        f"RQ5: pair interactions ({kind})\n"
+        "R redundant, S synergistic, = neither beyond the SESOI, ? open\n"
+        "(one Holm family: both directions of every pair)",
+        fontsize=9,
     )
     return fig
 
