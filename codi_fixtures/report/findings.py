@@ -56,7 +56,9 @@ def _num(value: object) -> str:
     if isinstance(value, bool) or value is None:
         return "n/a" if value is None else str(value)
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and math.isinf(value):  # a CI end no sample this size gives
+            return "∞" if value > 0 else "−∞"
+        if isinstance(value, float) and math.isnan(value):
             return "n/a"
         return f"{value:.3g}"
     return str(value)
