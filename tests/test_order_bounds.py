@@ -90,6 +90,33 @@ def test_lower_bounds_mirror_upper_bounds() -> None:
     assert np.mean(np.array(p) < 0.05) <= 0.05
 
 
+@pytest.mark.parametrize("n", [20, 30, 300])
+def test_tied_values_never_reject_their_own_value(n: int) -> None:
+    """A point mass at c has trimmed mean c: "below c" and "above c" must both keep p = 1.
+
+    (The weights sum to 1 only up to rounding; an unclipped bound sat 1e-17 below c.)
+    The n = 300 case goes through merged blocks.
+    """
+    x = np.full(n, 0.1)
+    assert trimmed_mean_upper_p(x, TRIM, 0.1) == 1.0
+    assert trimmed_mean_lower_p(x, TRIM, 0.1) == 1.0
+    assert trimmed_mean_upper_bound(x, TRIM, 0.95) >= 0.1
+    assert trimmed_mean_lower_bound(x, TRIM, 0.95) <= 0.1
+
+
+def test_merged_blocks_are_still_exact() -> None:
+    """At n = 300 blocks are merged: coverage still matches simulated order statistics."""
+    n = 300
+    _, _, ends = _blocks(n, TRIM)
+    assert ends.size <= 100
+    bands, coverage = _bands(n, TRIM)
+    uniforms = np.sort(np.random.default_rng(12).random((20_000, n)), axis=1)
+    for row in (0, len(bands) // 8, len(bands) // 4):
+        held = np.all(uniforms[:, bands[row] - 1] >= ends, axis=1).mean()
+        se = math.sqrt(coverage[row] * (1 - coverage[row]) / uniforms.shape[0])
+        assert abs(held - coverage[row]) <= 4 * se + 1e-12, (row, held, coverage[row])
+
+
 def test_power_at_a_hundred_problems() -> None:
     """Normal data, trimmed mean 0, SD 1: shown below +0.5 SD in most samples of 100."""
     rng = np.random.default_rng(6)

@@ -573,6 +573,15 @@ class TestVerdictFields:
         assert decided["verdict"] == "supported"
         assert {"sesoi", "p_sesoi", "p_equivalence", "verdict_reason"} <= set(decided)
 
+    def test_holm_rewrites_the_reason_of_an_unbounded_inconclusive_result(self) -> None:
+        """A CI of (-inf, inf) is an interval: after Holm its reason shows the corrected p."""
+        rng = np.random.default_rng(1)
+        raw = [mean_effect(rng.normal(1.0, 0.5, 10), n_boot=499, seed=i) for i in range(3)]
+        assert all(r.ci_low == -math.inf and r.ci_high == math.inf for r in raw)
+        for r in apply_holm_verdicts(raw):
+            assert r.p_corrected is not None
+            assert f"p={r.p_corrected:.3g}" in str(r.verdict_reason)
+
     def test_apply_holm_verdicts_corrects_each_p_and_redecides(self) -> None:
         """Holm adjusts p, p_sesoi and p_equivalence per family and recomputes the verdict."""
         base = StatResult(0.3, 0.01, 0.15, 0.45, 50, "m", "greater", ci_level=0.9, sesoi=0.1)

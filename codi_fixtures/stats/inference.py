@@ -206,7 +206,9 @@ class StatResult:
         )
         if self.inconclusive:
             reason = self.method
-        elif verdict == self.verdict == "inconclusive" and math.isnan(self.ci_low + self.ci_high):
+        elif verdict == self.verdict == "inconclusive" and (
+            math.isnan(self.ci_low) or math.isnan(self.ci_high)  # not -inf + inf: that is a CI
+        ):
             reason = self.verdict_reason or reason  # keep why no interval could be given
         return replace(self, verdict=verdict, verdict_reason=reason)
 

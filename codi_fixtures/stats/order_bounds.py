@@ -47,7 +47,9 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 _MAX_BLOCKS = 100
-"""Blocks of ranks beyond this many are merged (cost: blocks x (n + 1)^2 per band)."""
+"""Blocks of ranks beyond this many are merged (coarser, still valid). The bands' coverages cost
+blocks x (n + 1)^2 binomial terms once per (n, trim) and process: 0.14 s at n = 100, 2.5 s at
+400, 14-24 s at 1000 on 2 cores."""
 _Z_FINE = np.round(np.arange(0.0, 5.0, 0.05), 2)
 """Band parameters where p-values are decided (fine), then coarser up to the all-n band."""
 
@@ -113,7 +115,10 @@ def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArr
     n = ordered.size
     _, weights, _ = _blocks(n, trim)
     bands, coverage = _bands(n, trim)
-    return ordered[bands - 1] @ weights, coverage
+    picked = ordered[bands - 1]
+    # a weighted average lies within its values: clip the rounding (ties must not dip below)
+    bounds = np.clip(picked @ weights, picked.min(axis=1), picked.max(axis=1))
+    return bounds, coverage
 
 
 def _check(values: FloatArray, trim: float) -> None:
