@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from codi_fixtures.stats.order_bounds import (
+    TrimmedMeanBounds,
     _bands,
     _blocks,
     trimmed_mean_lower_bound,
@@ -77,6 +78,22 @@ def test_p_and_bound_are_dual(null: float) -> None:
     for alpha in (0.01, 0.05, 0.1, 0.3):
         below = trimmed_mean_upper_bound(x, TRIM, 1 - alpha) < null
         assert (trimmed_mean_upper_p(x, TRIM, null) <= alpha) == below
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_two_sided_interval_ends_are_dual_to_both_p_values(level: float) -> None:
+    """Each end of ``ci(level)`` rejects exactly the nulls its one-sided p puts below the tail."""
+    x = np.random.default_rng(11).lognormal(0.0, 0.8, 80) - 1.0
+    bounds = TrimmedMeanBounds.of(x, TRIM)
+    low, high = bounds.ci(level)
+    assert (low, high) == (
+        trimmed_mean_lower_bound(x, TRIM, 1 - (1 - level) / 2),
+        trimmed_mean_upper_bound(x, TRIM, 1 - (1 - level) / 2),
+    )
+    tail = (1 - level) / 2
+    for null in np.linspace(low - 1.0, high + 1.0, 41):
+        assert (bounds.p_less(null) <= tail) == (high < null)
+        assert (bounds.p_greater(null) <= tail) == (low > null)
 
 
 def test_lower_bounds_mirror_upper_bounds() -> None:

@@ -62,12 +62,7 @@ from codi_fixtures.stats.equivalence import (
     Verdict,
     decide,
 )
-from codi_fixtures.stats.order_bounds import (
-    trimmed_mean_lower_bound,
-    trimmed_mean_lower_p,
-    trimmed_mean_upper_bound,
-    trimmed_mean_upper_p,
-)
+from codi_fixtures.stats.order_bounds import TrimmedMeanBounds
 
 __all__ = [
     "MIN_PROBLEMS",
@@ -838,10 +833,11 @@ def mean_effect(
     method = f"{what}; studentized bootstrap (bootstrap-t, {n_boot} resamples) CI and p"
     # every decision needs the distribution-free bounds too: a bootstrap cannot see missed tails
     p_value, p_sesoi, p_below = boot.p_greater(0.0), boot.p_greater(sesoi), boot.p_less(sesoi)
-    if trim > 0.0:
-        p_value = max(p_value, trimmed_mean_lower_p(d, trim, 0.0))
-        p_sesoi = max(p_sesoi, trimmed_mean_lower_p(d, trim, sesoi))
-        p_below = max(p_below, trimmed_mean_upper_p(d, trim, sesoi))
+    bounds = TrimmedMeanBounds.of(d, trim) if trim > 0.0 else None
+    if bounds is not None:
+        p_value = max(p_value, bounds.p_greater(0.0))
+        p_sesoi = max(p_sesoi, bounds.p_greater(sesoi))
+        p_below = max(p_below, bounds.p_less(sesoi))
         method += _ORDER_BOUND_NOTE
     if boot.se == 0.0:  # a zero SE is not certainty: say so, or use the exact bound
         reason = _no_variation_reason(boot, what, int(d.size), trim, level, constant)
@@ -868,10 +864,9 @@ def mean_effect(
             f"{boot.constant_p:.3g} for the p-values, CI its dual"
         )
     low, high = boot.ci(level)
-    if trim > 0.0:  # each end dual to its p-values: the more cautious of the two bounds
-        one_sided = 1.0 - (1.0 - level) / 2.0
-        low = min(low, trimmed_mean_lower_bound(d, trim, one_sided))
-        high = max(high, trimmed_mean_upper_bound(d, trim, one_sided))
+    if bounds is not None:  # each end dual to its p-values: the more cautious of the two bounds
+        bound_low, bound_high = bounds.ci(level)
+        low, high = min(low, bound_low), max(high, bound_high)
     result = StatResult(
         statistic=boot.mean,
         p_value=p_value,

@@ -30,6 +30,7 @@ requires these bounds too before it decides a claim either way.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +38,7 @@ from numpy.typing import NDArray
 from scipy import stats
 
 __all__ = [
+    "TrimmedMeanBounds",
     "trimmed_mean_lower_bound",
     "trimmed_mean_lower_p",
     "trimmed_mean_upper_bound",
@@ -121,34 +123,82 @@ def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArr
     return bounds, coverage
 
 
-def _check(values: FloatArray, trim: float) -> None:
-    if not 0.0 < trim < 0.5:
-        raise ValueError(f"trim must be in (0, 0.5) for an order-statistic bound, got {trim}")
-    if values.ndim != 1 or values.size < 1 or not np.all(np.isfinite(values)):
-        raise ValueError("values must be a non-empty 1-D array of finite numbers")
-
-
-def trimmed_mean_upper_p(values: FloatArray, trim: float, null: float) -> float:
-    """Distribution-free p-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
-    _check(values, trim)
-    bounds, coverage = _upper_bounds(values, trim)
+def _p_above(bounds: FloatArray, coverage: FloatArray, null: float) -> float:
+    """P-value of H0: trimmed mean >= ``null`` from one family's upper bounds."""
     below = np.flatnonzero(bounds < null)
     return 1.0 if below.size == 0 else float(max(0.0, 1.0 - coverage[below[-1]]))
 
 
-def trimmed_mean_upper_bound(values: FloatArray, trim: float, level: float) -> float:
-    """Distribution-free upper ``level`` confidence bound on the trimmed mean (inf if none)."""
-    _check(values, trim)
-    bounds, coverage = _upper_bounds(values, trim)
+def _bound_at(bounds: FloatArray, coverage: FloatArray, level: float) -> float:
+    """The tightest of one family's upper bounds with coverage >= ``level`` (inf if none)."""
     enough = np.flatnonzero(coverage >= level)
     return math.inf if enough.size == 0 else float(bounds[enough[0]])
 
 
+@dataclass(frozen=True)
+class TrimmedMeanBounds:
+    """A sample's distribution-free bounds on its trimmed mean, both directions, built once.
+
+    The same interface as a bootstrap's: one-sided p-values and a two-sided interval whose
+    ends are each dual to them. Lower bounds are the upper bounds of -X.
+    """
+
+    upper: FloatArray
+    """Each band's upper bound on the trimmed mean (non-decreasing along the family)."""
+    negated_upper: FloatArray
+    """The same for -X: minus each band's lower bound."""
+    coverage: FloatArray
+    """Each band's coverage (a property of n and trim only, so shared by both directions)."""
+
+    @classmethod
+    def of(cls, values: FloatArray, trim: float) -> TrimmedMeanBounds:
+        """Sort ``values`` and pick both families' order statistics (ValueError if unusable)."""
+        x = np.asarray(values, dtype=np.float64)
+        if not 0.0 < trim < 0.5:
+            raise ValueError(f"trim must be in (0, 0.5) for an order-statistic bound, got {trim}")
+        if x.ndim != 1 or x.size < 1 or not np.all(np.isfinite(x)):
+            raise ValueError("values must be a non-empty 1-D array of finite numbers")
+        upper, coverage = _upper_bounds(x, trim)
+        negated, _ = _upper_bounds(-x, trim)
+        return cls(upper, negated, coverage)
+
+    def p_less(self, null: float) -> float:
+        """P-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
+        return _p_above(self.upper, self.coverage, null)
+
+    def p_greater(self, null: float) -> float:
+        """P-value of H0: trimmed mean <= ``null`` (1 when no band is above it)."""
+        return _p_above(self.negated_upper, self.coverage, -null)
+
+    def upper_bound(self, level: float) -> float:
+        """One-sided upper ``level`` confidence bound (inf if no sample this size gives one)."""
+        return _bound_at(self.upper, self.coverage, level)
+
+    def lower_bound(self, level: float) -> float:
+        """One-sided lower ``level`` confidence bound (-inf if no sample this size gives one)."""
+        return -_bound_at(self.negated_upper, self.coverage, level)
+
+    def ci(self, level: float) -> tuple[float, float]:
+        """Two-sided ``level`` interval: each end a one-sided ``1 - (1 - level) / 2`` bound."""
+        one_sided = 1.0 - (1.0 - level) / 2.0
+        return self.lower_bound(one_sided), self.upper_bound(one_sided)
+
+
+def trimmed_mean_upper_p(values: FloatArray, trim: float, null: float) -> float:
+    """Distribution-free p-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
+    return TrimmedMeanBounds.of(values, trim).p_less(null)
+
+
+def trimmed_mean_upper_bound(values: FloatArray, trim: float, level: float) -> float:
+    """Distribution-free upper ``level`` confidence bound on the trimmed mean (inf if none)."""
+    return TrimmedMeanBounds.of(values, trim).upper_bound(level)
+
+
 def trimmed_mean_lower_p(values: FloatArray, trim: float, null: float) -> float:
     """Distribution-free p-value of H0: trimmed mean <= ``null`` (the upper bound on -values)."""
-    return trimmed_mean_upper_p(-np.asarray(values, dtype=np.float64), trim, -null)
+    return TrimmedMeanBounds.of(values, trim).p_greater(null)
 
 
 def trimmed_mean_lower_bound(values: FloatArray, trim: float, level: float) -> float:
     """Distribution-free lower ``level`` confidence bound on the trimmed mean (-inf if none)."""
-    return -trimmed_mean_upper_bound(-np.asarray(values, dtype=np.float64), trim, level)
+    return TrimmedMeanBounds.of(values, trim).lower_bound(level)
