@@ -220,7 +220,7 @@ class Rq6Grid:
 
 
 def knockout_grid(a: StudyView, queries: str = "answer") -> Rq6Grid:
-    """Mean Δ log p per (layer, thought) with its verdict; Holm over (layers + all) x thoughts."""
+    """20% trimmed mean Δ log p per (layer, thought) and verdict; Holm over (layers + all) x T."""
 
     def compute() -> Rq6Grid:
         layers: list[LayerKey] = [*range(_n_layers(a)), "all"]
@@ -292,7 +292,7 @@ def head_effects(a: StudyView) -> np.ndarray | None:
 
 # --- figures ------------------------------------------------------------------------------------
 def knockout_heatmap(a: StudyView) -> Figure:
-    """Layer (and all layers) x thought mean knockout effect: answer queries, <eot> only."""
+    """Layer (and all layers) x thought trimmed-mean knockout effect: answer queries, <eot> only."""
     fig = Figure(figsize=(10.0, 4.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     grids = [knockout_grid(a, q) for q in ("answer", "eot")]
@@ -322,7 +322,7 @@ def knockout_heatmap(a: StudyView) -> Figure:
         ax.set_xlabel("thought whose edge is blocked")
     axes[0].set_ylabel("layer where it is blocked")
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85)
-    bar.set_label(f"mean {LOGP_LABEL}")
+    bar.set_label(f"20% trimmed mean {LOGP_LABEL}")  # the statistic each verdict reads
     fig.suptitle("RQ6: attention knockout (* supported after Holm over the grid)", fontsize=11)
     return fig
 
