@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -10,12 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from codi_fixtures.analyses import StudyAnalysis
 from codi_fixtures.config import BUNDLED_CHECKPOINT
 from codi_fixtures.model.architecture import LayerRoles
-from codi_fixtures.report.summary import ClaimRow, summary_html, summary_statistics
+from codi_fixtures.report.summary import (
+    ClaimRow,
+    summary_html,
+    summary_statistics,
+    write_summary_statistics,
+)
 from codi_fixtures.testing import synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +71,20 @@ def test_summary_statistics_keep_the_seed_keys(synthetic):
         } <= set(token)
     assert set(content["rq1"]) == {"zero", "mean"}
     json.dumps(content, allow_nan=False, default=float)  # serialisable once NaN is nulled
+
+
+def test_summary_json_tells_an_unbounded_ci_end_from_a_missing_number(tmp_path):
+    """NaN (not computed) is null; an infinite CI end (no bound at this n) is "inf" / "-inf"."""
+    path = tmp_path / "summary_statistics.json"
+    ci = {"ci_low": -math.inf, "ci_high": math.inf, "statistic": np.float64(0.25), "p": math.nan}
+    write_summary_statistics(path, {"rq1": {"zero": [ci]}})
+    strict = {"parse_constant": lambda name: pytest.fail(f"non-standard JSON literal {name}")}
+    data = json.loads(path.read_text(), **strict)  # strict JSON for any reader
+    assert data["rq1"]["zero"] == [
+        {"ci_low": "-inf", "ci_high": "inf", "statistic": 0.25, "p": None}
+    ]
+    assert float(data["rq1"]["zero"][0]["ci_low"]) == -math.inf
+    assert "null" in data["number_encoding"] and '"inf"' in data["number_encoding"]
 
 
 def test_problem_text_and_messages_are_escaped(synthetic):

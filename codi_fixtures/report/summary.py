@@ -213,13 +213,24 @@ def _none_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+NUMBER_ENCODING = (
+    "null: a number that could not be computed (NaN); \"inf\" / \"-inf\": an unbounded CI end "
+    "(no sample of this size can give that bound); every other number is a JSON number"
+)
+"""How ``summary_statistics.json`` writes the floats JSON has no literal for (its key
+``number_encoding``). ``float("inf")`` reads the strings back in Python."""
+
+
 def write_summary_statistics(path: Path, content: Mapping[str, object]) -> None:
-    """Write JSON atomically (NaN becomes null)."""
-    atomic_write_text(path, json.dumps(_clean(content), indent=2, sort_keys=True) + "\n")
+    """Write JSON atomically: NaN becomes null, +-inf the strings "inf" / "-inf"."""
+    body = _clean({**content, "number_encoding": NUMBER_ENCODING})
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def _clean(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"  # unbounded: not the same as missing
+    if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
