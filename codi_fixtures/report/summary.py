@@ -214,7 +214,7 @@ def _none_nan(value: float) -> float | None:
 
 
 NUMBER_ENCODING = (
-    "null: a number that could not be computed (NaN); \"inf\" / \"-inf\": an unbounded CI end "
+    'null: a number that could not be computed (NaN); "inf" / "-inf": an unbounded CI end '
     "(no sample of this size can give that bound); every other number is a JSON number"
 )
 """How ``summary_statistics.json`` writes the floats JSON has no literal for (its key
