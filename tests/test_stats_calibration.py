@@ -117,6 +117,7 @@ from codi_fixtures.stats import (
     TRIM_FRACTION,
     StatResult,
     accuracy_drop_effect,
+    holm_rq2,
     mean_effect,
     rq2_tests,
 )
@@ -500,6 +501,72 @@ class TestVerdictErrorRatesAndPower:
             results.append(rq2_tests(x, y, n_perm=200, seed=rng).beyond_position)
         assert _verdict_rate(results, "inconclusive") >= 0.7
         assert _verdict_rate(results, "supported") <= 0.03
+
+
+class TestHolmFamilies:
+    """RQ2's Holm families: the chance that ANY test of a family gets a false verdict.
+
+    Holm puts a family's first decision at alpha / m, so the jackknife's p_sesoi and
+    p_equivalence must hold that far in the tail: alpha / 12 = 0.0042 at about 25 problems for
+    the by-difficulty claims (4 bins x 3 role layers, one family per question; only
+    ``beyond_position`` decides them), alpha / 6 at 100 problems for RQ6's every-layer RQ2.
+    Every dataset of a family is independent with its beyond-position r at the SESOI (the
+    generator of ``test_beyond_position_at_the_sesoi``), each test is the verdicts' own call
+    (``StudyView.rq2_tests``: seed 0, ``sesoi_target`` = SESOI_LOGP) and :func:`holm_rq2` judges
+    the family. Measured (beyond position; 95% Clopper-Pearson intervals):
+
+    - 12 x 25 problems, 10,000 families: any "refuted" 0.048 [0.044, 0.052], any "supported"
+      0.046 [0.042, 0.050]. Per test (120,000) p_equivalence < alpha / 12 in 0.0041 and
+      p_sesoi < alpha / 12 in 0.0039 of them (nominal 0.0042): the tail holds at n = 25.
+    - 6 x 100 problems, 3000 families: any "refuted" 0.035 [0.029, 0.043], any "supported"
+      0.052 [0.044, 0.060] (the estimand is 0.1005, a hair above the SESOI).
+    - The real-data null (the bundled model, one problem's attention paired with another's
+      importance): 4 disjoint bins of 25 problems x role layers 1 / 3 / 5, any "supported"
+      0.0010 [0.0003, 0.0023] (5000 families); 12 independent sets of 25 problems, layers
+      cycling 0-5, 0.0014 [0.0006, 0.0029] (5000 families).
+
+    The permutation p never decided a verdict there: every test that passed p_sesoi at Holm's
+    level had p <= 0.0036 at n = 25 and p = 1 / 5001 at n = 100 (5000 permutations), so the
+    100-problem family here runs 999 permutations (6 x 1 / 1000 < alpha) and decides alike.
+    With 600 / 1000 families the binomial SD of a rate of 0.05 is 0.009 / 0.007: the bound
+    0.07 sits 2.2 / 2.9 SDs above alpha and at least 2.5 SDs above the rates measured.
+    """
+
+    @staticmethod
+    def _any_verdict(n: int, m: int, seed: int, n_families: int, n_perm: int) -> dict[str, float]:
+        """Share of families (m datasets of n problems) with each beyond-position verdict."""
+        mu_a, mu_i = _profiles(0.0)
+        link = _link_for(SESOI_R)
+        rng = np.random.default_rng(seed)
+        counts = {"supported": 0, "refuted": 0}
+        for _ in range(n_families):
+            tests = [
+                rq2_tests(
+                    *_synthetic(rng, n, mu_a, mu_i, link=link),
+                    alpha=ALPHA,
+                    seed=0,
+                    sesoi_r=SESOI_R,
+                    n_perm=n_perm,
+                    sesoi_target=SESOI_LOGP,
+                )
+                for _ in range(m)
+            ]
+            verdicts = {t.beyond_position.verdict for t in holm_rq2(tests, alpha=ALPHA)}
+            for verdict in counts:
+                counts[verdict] += verdict in verdicts
+        return {verdict: k / n_families for verdict, k in counts.items()}
+
+    def test_by_difficulty_family_at_the_sesoi(self) -> None:
+        """12 tests (4 bins x 3 role layers) of 25 problems, all at the SESOI: alpha (+ slack)."""
+        rates = self._any_verdict(25, 12, seed=90, n_families=600, n_perm=5000)
+        assert rates["refuted"] <= 0.07, rates
+        assert rates["supported"] <= 0.07, rates
+
+    def test_every_layer_family_at_the_sesoi(self) -> None:
+        """RQ6's every-layer RQ2: 6 layers of 100 problems, all at the SESOI: alpha (+ slack)."""
+        rates = self._any_verdict(100, 6, seed=91, n_families=1000, n_perm=999)
+        assert rates["refuted"] <= 0.07, rates
+        assert rates["supported"] <= 0.07, rates
 
 
 @pytest.mark.parametrize("n", [10, 30])
