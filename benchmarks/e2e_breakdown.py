@@ -6,8 +6,9 @@ folder each time: once to write the bytecode caches (not counted), ``--runs`` ti
 give the split. ``PYTHONDONTWRITEBYTECODE`` is unset for the runs, as on a user's machine.
 The phases are the project's own entry points:
 
-- interpreter + imports: ``python -c pass`` and ``import torch, transformers, matplotlib,
-  codi_fixtures.plugin`` timed in their own processes;
+- interpreter + imports: ``python -c pass`` and the imports a run of the bundled model makes
+  (torch, matplotlib, the plugin, and transformers with its LLaMA model and auto classes,
+  which import most of transformers' weight), timed in their own processes;
 - model load: :func:`codi_fixtures.models.load_model`;
 - engine: :func:`codi_fixtures.study.runs.compute_study` (every condition, every row);
 - statistics: every memoised statistic (``StudyView.memoised``), in this process;
@@ -42,6 +43,13 @@ PHASES = {  # (file suffix, function name) of each phase's entry point in the pr
     "figures (draw + render)": ("codi_fixtures/report/figures.py", "wait"),
     "report (HTML, JSON)": ("codi_fixtures/report/build.py", "build_summary"),
 }
+
+
+_IMPORTS = (
+    "import torch, matplotlib, codi_fixtures.plugin, codi_fixtures.models; "
+    "from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM"
+)
+"""What a bundled run imports before its model loads (the model's own class included)."""
 
 
 def _run(args: list[str], env: dict[str, str]) -> float:
@@ -89,10 +97,7 @@ def main() -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     python = sys.executable
     interpreter = _run([python, "-c", "pass"], env)
-    imports = (
-        _run([python, "-c", "import torch, transformers, matplotlib, codi_fixtures.plugin"], env)
-        - interpreter
-    )
+    imports = _run([python, "-c", _IMPORTS], env) - interpreter
     walls = []
     for _ in range(1 + args.runs):  # the first run writes the bytecode caches: not counted
         with tempfile.TemporaryDirectory() as plain_dir:
@@ -137,7 +142,7 @@ def main() -> None:
         f"(profiled {profiled:.2f} s); torch threads: {threads}"
     )
     print(f"  {'interpreter start':28} {interpreter:6.2f} s")
-    print(f"  {'imports (torch, plugin, ...)':28} {imports:6.2f} s")
+    print(f"  {'imports (torch, HF models)':28} {imports:6.2f} s")
     for name, seconds in rows.items():
         print(f"  {name:28} {seconds:6.2f} s")
     print(f"  {'pytest + collection + rest':28} {rest:6.2f} s")
