@@ -7,7 +7,9 @@ rate in [0.03, 0.07] at alpha = 0.05 and 95% CIs that cover 0.93-0.97. With
 test sits about three SDs inside each end of the window.
 
 Permutation tests use 200 permutations: p = (k + 1) / 201 < 0.05 then has
-probability 10 / 201 = 0.0498 under the null (with 199 it would be 0.045).
+probability 10 / 201 = 0.0498 under the null (with 199 it would be 0.045). The Holm
+families (``TestHolmFamilies``) use the verdicts' own 5000 (999 at 100 problems), since
+Holm puts their first decision at alpha / 12.
 
 The nulls follow issue 11: (a) position-dependent means and variances with
 attention independent of importance; (b) a shared position profile with no

@@ -214,8 +214,8 @@ def _none_nan(value: float) -> float | None:
 
 
 NUMBER_ENCODING = (
-    'null: a number that could not be computed (NaN); "inf" / "-inf": an unbounded CI end '
-    "(no sample of this size can give that bound); every other number is a JSON number"
+    'null: a number that could not be computed (NaN); "inf" / "-inf": an infinite value, e.g. a '
+    "CI end that no sample of this size can bound; every other number is a JSON number"
 )
 """How ``summary_statistics.json`` writes the floats JSON has no literal for (its key
 ``number_encoding``). ``float("inf")`` reads the strings back in Python."""
@@ -224,7 +224,7 @@ NUMBER_ENCODING = (
 def write_summary_statistics(path: Path, content: Mapping[str, object]) -> None:
     """Write JSON atomically: NaN becomes null, +-inf the strings "inf" / "-inf"."""
     body = _clean({**content, "number_encoding": NUMBER_ENCODING})
-    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _clean(value: object) -> object:

@@ -68,6 +68,8 @@ def _blocks(n: int, trim: float) -> tuple[IntArray, FloatArray, FloatArray]:
     starts = np.concatenate([[low], ends[:-1]])
     weights = (ends - starts) / (high - low)
     ranks = np.ceil(ends * n - 1e-9).astype(np.int64)
+    for cached in (ranks, weights, ends):  # shared by every later call for (n, trim): read-only
+        cached.setflags(write=False)
     return ranks, weights, ends
 
 
@@ -108,7 +110,10 @@ def _bands(n: int, trim: float) -> tuple[IntArray, FloatArray]:
     if not np.all(rows[-1] == n):
         rows.append(np.full_like(ranks, n))
     bands = np.stack(rows)
-    return bands, _coverages(n, ends, bands)
+    coverage = _coverages(n, ends, bands)
+    for cached in (bands, coverage):  # shared by every later call for (n, trim): read-only
+        cached.setflags(write=False)
+    return bands, coverage
 
 
 def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArray]:
@@ -123,8 +128,8 @@ def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArr
     return bounds, coverage
 
 
-def _p_above(bounds: FloatArray, coverage: FloatArray, null: float) -> float:
-    """P-value of H0: trimmed mean >= ``null`` from one family's upper bounds."""
+def _p_less(bounds: FloatArray, coverage: FloatArray, null: float) -> float:
+    """P-value of H0: trimmed mean >= ``null`` (evidence it is less) from one family's bounds."""
     below = np.flatnonzero(bounds < null)
     return 1.0 if below.size == 0 else float(max(0.0, 1.0 - coverage[below[-1]]))
 
@@ -135,7 +140,7 @@ def _bound_at(bounds: FloatArray, coverage: FloatArray, level: float) -> float:
     return math.inf if enough.size == 0 else float(bounds[enough[0]])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: compared by identity, not hashed by value
 class TrimmedMeanBounds:
     """A sample's distribution-free bounds on its trimmed mean, both directions, built once.
 
@@ -164,11 +169,11 @@ class TrimmedMeanBounds:
 
     def p_less(self, null: float) -> float:
         """P-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
-        return _p_above(self.upper, self.coverage, null)
+        return _p_less(self.upper, self.coverage, null)
 
     def p_greater(self, null: float) -> float:
         """P-value of H0: trimmed mean <= ``null`` (1 when no band is above it)."""
-        return _p_above(self.negated_upper, self.coverage, -null)
+        return _p_less(self.negated_upper, self.coverage, -null)
 
     def upper_bound(self, level: float) -> float:
         """One-sided upper ``level`` confidence bound (inf if no sample this size gives one)."""
