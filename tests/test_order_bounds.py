@@ -11,7 +11,9 @@ from scipy import stats
 from codi_fixtures.stats.order_bounds import (
     TrimmedMeanBounds,
     _bands,
+    _binomial_steps,
     _blocks,
+    _coverages,
     trimmed_mean_lower_bound,
     trimmed_mean_lower_p,
     trimmed_mean_upper_bound,
@@ -78,6 +80,41 @@ def test_p_and_bound_are_dual(null: float) -> None:
     for alpha in (0.01, 0.05, 0.1, 0.3):
         below = trimmed_mean_upper_bound(x, TRIM, 1 - alpha) < null
         assert (trimmed_mean_upper_p(x, TRIM, null) <= alpha) == below
+
+
+def _dense_steps(n: int, q: float) -> np.ndarray:
+    """Every binomial transition, evaluated: the reference the banded steps leave tails out of."""
+    counts = np.arange(n + 1)
+    new = counts[None, :] - counts[:, None]
+    left = (n - counts)[:, None]
+    return np.where(new >= 0, stats.binom.pmf(np.clip(new, 0, None), left, q), 0.0)
+
+
+@pytest.mark.parametrize(("n", "q"), [(5, 0.3), (60, 0.01), (300, 0.004), (300, 0.21), (300, 0.9)])
+def test_banded_binomial_steps_drop_only_a_negligible_tail(n: int, q: float) -> None:
+    """Each left-out transition is below 1e-15 and the banded rows never sum above the dense."""
+    banded, dense = _binomial_steps(n, q), _dense_steps(n, q)
+    kept = banded != 0.0
+    np.testing.assert_array_equal(banded[kept], dense[kept])
+    assert dense[~kept].max(initial=0.0) < 1e-15
+    assert np.all(banded.sum(axis=1) <= dense.sum(axis=1) + 1e-15)
+
+
+@pytest.mark.parametrize("n", [10, 57, 211])
+def test_coverages_equal_the_dense_dynamic_programme(n: int) -> None:
+    """The banded DP gives the dense DP's coverages (and so the same p-values and bounds)."""
+    _, _, ends = _blocks(n, TRIM)
+    bands, coverage = _bands(n, TRIM)
+    counts = np.arange(n + 1)
+    probs = np.zeros((bands.shape[0], n + 1))
+    probs[:, 0] = 1.0
+    previous = 0.0
+    for k, t in enumerate(ends):
+        probs = probs @ _dense_steps(n, (t - previous) / (1.0 - previous))
+        probs[counts[None, :] >= bands[:, k : k + 1]] = 0.0
+        previous = float(t)
+    np.testing.assert_allclose(coverage, probs.sum(axis=1), rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(coverage, _coverages(n, ends, bands))
 
 
 @pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
