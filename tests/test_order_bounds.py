@@ -14,10 +14,6 @@ from codi_fixtures.stats.order_bounds import (
     _binomial_steps,
     _blocks,
     _coverages,
-    trimmed_mean_lower_bound,
-    trimmed_mean_lower_p,
-    trimmed_mean_upper_bound,
-    trimmed_mean_upper_p,
 )
 
 TRIM = 0.2
@@ -59,7 +55,9 @@ def test_valid_where_the_bootstrap_is_not(n: int) -> None:
     assert truth == pytest.approx(0.1)
     rng = np.random.default_rng(3)
     p = [
-        trimmed_mean_upper_p(rng.choice(atoms, n, p=probs) + rng.normal(0, 0.01, n), TRIM, truth)
+        TrimmedMeanBounds.of(rng.choice(atoms, n, p=probs) + rng.normal(0, 0.01, n), TRIM).p_less(
+            truth
+        )
         for _ in range(2000)
     ]
     assert np.mean(np.array(p) < 0.05) <= 0.05
@@ -67,19 +65,19 @@ def test_valid_where_the_bootstrap_is_not(n: int) -> None:
 
 def test_never_below_when_n_cannot_tell() -> None:
     """At n = 10 no sample bounds a 20% trimmed mean at 95%: 1 - 0.8^10 = 0.89 at best."""
-    x = np.zeros(10)
-    assert trimmed_mean_upper_p(x, TRIM, 1.0) == pytest.approx(0.8**10)
-    assert trimmed_mean_upper_bound(x, TRIM, 0.95) == math.inf
-    assert trimmed_mean_upper_bound(np.zeros(14), TRIM, 0.95) == 0.0  # 0.8^14 = 0.044
+    ten = TrimmedMeanBounds.of(np.zeros(10), TRIM)
+    assert ten.p_less(1.0) == pytest.approx(0.8**10)
+    assert ten.upper_bound(0.95) == math.inf
+    assert TrimmedMeanBounds.of(np.zeros(14), TRIM).upper_bound(0.95) == 0.0  # 0.8^14 = 0.044
 
 
 @pytest.mark.parametrize("null", [-0.2, 0.0, 0.1, 0.3, 0.6])
 def test_p_and_bound_are_dual(null: float) -> None:
     """A p below alpha exactly when the (1 - alpha) upper bound is below the null."""
-    x = np.random.default_rng(5).normal(0.0, 1.0, 60)
+    bounds = TrimmedMeanBounds.of(np.random.default_rng(5).normal(0.0, 1.0, 60), TRIM)
     for alpha in (0.01, 0.05, 0.1, 0.3):
-        below = trimmed_mean_upper_bound(x, TRIM, 1 - alpha) < null
-        assert (trimmed_mean_upper_p(x, TRIM, null) <= alpha) == below
+        below = bounds.upper_bound(1 - alpha) < null
+        assert (bounds.p_less(null) <= alpha) == below
 
 
 def _dense_steps(n: int, q: float) -> np.ndarray:
@@ -124,8 +122,8 @@ def test_two_sided_interval_ends_are_dual_to_both_p_values(level: float) -> None
     bounds = TrimmedMeanBounds.of(x, TRIM)
     low, high = bounds.ci(level)
     assert (low, high) == (
-        trimmed_mean_lower_bound(x, TRIM, 1 - (1 - level) / 2),
-        trimmed_mean_upper_bound(x, TRIM, 1 - (1 - level) / 2),
+        bounds.lower_bound(1 - (1 - level) / 2),
+        bounds.upper_bound(1 - (1 - level) / 2),
     )
     tail = (1 - level) / 2
     for null in np.linspace(low - 1.0, high + 1.0, 41):
@@ -136,11 +134,18 @@ def test_two_sided_interval_ends_are_dual_to_both_p_values(level: float) -> None
 def test_lower_bounds_mirror_upper_bounds() -> None:
     """The lower bound of X is minus the upper bound of -X, and valid on the mirrored mixture."""
     x = np.random.default_rng(8).lognormal(0.0, 1.0, 50)
-    assert trimmed_mean_lower_bound(x, TRIM, 0.9) == -trimmed_mean_upper_bound(-x, TRIM, 0.9)
-    assert trimmed_mean_lower_p(x, TRIM, 0.2) == trimmed_mean_upper_p(-x, TRIM, -0.2)
+    assert TrimmedMeanBounds.of(x, TRIM).lower_bound(0.9) == -TrimmedMeanBounds.of(
+        -x, TRIM
+    ).upper_bound(0.9)
+    assert TrimmedMeanBounds.of(x, TRIM).p_greater(0.2) == TrimmedMeanBounds.of(-x, TRIM).p_less(
+        -0.2
+    )
     atoms, probs = np.array([0.0, -6.0]), np.array([0.79, 0.21])
     rng = np.random.default_rng(9)
-    p = [trimmed_mean_lower_p(rng.choice(atoms, 30, p=probs), TRIM, -0.1) for _ in range(2000)]
+    p = [
+        TrimmedMeanBounds.of(rng.choice(atoms, 30, p=probs), TRIM).p_greater(-0.1)
+        for _ in range(2000)
+    ]
     assert np.mean(np.array(p) < 0.05) <= 0.05
 
 
@@ -151,11 +156,11 @@ def test_tied_values_never_reject_their_own_value(n: int) -> None:
     (The weights sum to 1 only up to rounding; an unclipped bound sat 1e-17 below c.)
     The n = 300 case goes through merged blocks.
     """
-    x = np.full(n, 0.1)
-    assert trimmed_mean_upper_p(x, TRIM, 0.1) == 1.0
-    assert trimmed_mean_lower_p(x, TRIM, 0.1) == 1.0
-    assert trimmed_mean_upper_bound(x, TRIM, 0.95) >= 0.1
-    assert trimmed_mean_lower_bound(x, TRIM, 0.95) <= 0.1
+    bounds = TrimmedMeanBounds.of(np.full(n, 0.1), TRIM)
+    assert bounds.p_less(0.1) == 1.0
+    assert bounds.p_greater(0.1) == 1.0
+    assert bounds.upper_bound(0.95) >= 0.1
+    assert bounds.lower_bound(0.95) <= 0.1
 
 
 def test_merged_blocks_are_still_exact() -> None:
@@ -174,15 +179,15 @@ def test_merged_blocks_are_still_exact() -> None:
 def test_power_at_a_hundred_problems() -> None:
     """Normal data, trimmed mean 0, SD 1: shown below +0.5 SD in most samples of 100."""
     rng = np.random.default_rng(6)
-    p = [trimmed_mean_upper_p(rng.normal(0, 1, 100), TRIM, 0.5) for _ in range(300)]
+    p = [TrimmedMeanBounds.of(rng.normal(0, 1, 100), TRIM).p_less(0.5) for _ in range(300)]
     assert np.mean(np.array(p) < 0.05) >= 0.8
 
 
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="trim must be in"):
-        trimmed_mean_upper_p(np.zeros(5), 0.0, 1.0)
+        TrimmedMeanBounds.of(np.zeros(5), 0.0)
     with pytest.raises(ValueError, match="finite"):
-        trimmed_mean_upper_p(np.array([0.0, math.nan]), TRIM, 1.0)
+        TrimmedMeanBounds.of(np.array([0.0, math.nan]), TRIM).p_less(1.0)
 
 
 def test_population_helper_matches_scipy_on_a_large_sample() -> None:

@@ -245,8 +245,6 @@ def test_quick_study_report_renders_in_headless_chromium(tmp_path):
 
 def test_findings_show_an_unbounded_ci_end_as_infinite_not_missing():
     """A CI end no sample of that size can give is ±∞; only a missing one is n/a."""
-    import math
-
     from codi_fixtures.report.findings import _num
 
     assert (_num(math.inf), _num(-math.inf), _num(math.nan), _num(None)) == (

@@ -42,7 +42,7 @@ from codi_fixtures.stats import (
 from codi_fixtures.stats.composition import trend_test
 from codi_fixtures.stats.decoding import equivalence_effect
 from codi_fixtures.stats.inference import _tango_z, inconclusive_verdict
-from codi_fixtures.stats.order_bounds import trimmed_mean_lower_bound, trimmed_mean_upper_bound
+from codi_fixtures.stats.order_bounds import TrimmedMeanBounds
 
 ALPHA = 0.05
 MAX_FALSE_POSITIVE = 0.08  # 0.05 plus about three binomial SDs at 300-500 simulations
@@ -701,10 +701,8 @@ class TestMeanEffect:
         se = sps.mstats.trimmed_stde(deltas, limits=(0.2, 0.2))
         half = sps.t.ppf(0.975, 400 - 2 * 80 - 1) * se
         assert result.statistic == pytest.approx(centre)
-        low, high = (
-            trimmed_mean_lower_bound(deltas, 0.2, 0.975),
-            trimmed_mean_upper_bound(deltas, 0.2, 0.975),
-        )
+        bounds = TrimmedMeanBounds.of(deltas, 0.2)
+        low, high = bounds.lower_bound(0.975), bounds.upper_bound(0.975)
         assert low < centre - half and high > centre + half  # the price of no assumption
         assert result.ci_low == pytest.approx(low)
         assert result.ci_high == pytest.approx(high)

@@ -37,13 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-__all__ = [
-    "TrimmedMeanBounds",
-    "trimmed_mean_lower_bound",
-    "trimmed_mean_lower_p",
-    "trimmed_mean_upper_bound",
-    "trimmed_mean_upper_p",
-]
+__all__ = ["TrimmedMeanBounds"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -133,9 +127,11 @@ def _bands(n: int, trim: float) -> tuple[IntArray, FloatArray]:
     return bands, coverage
 
 
-def _upper_bounds(values: FloatArray, trim: float) -> tuple[FloatArray, FloatArray]:
-    """Each band's upper bound on the trimmed mean (non-decreasing) and its coverage."""
-    ordered = np.sort(np.asarray(values, dtype=np.float64))
+def _upper_bounds(ordered: FloatArray, trim: float) -> tuple[FloatArray, FloatArray]:
+    """Each band's upper bound on the trimmed mean (non-decreasing) and its coverage.
+
+    ``ordered``: the sample sorted ascending.
+    """
     n = ordered.size
     _, weights, _ = _blocks(n, trim)
     bands, coverage = _bands(n, trim)
@@ -180,8 +176,9 @@ class TrimmedMeanBounds:
             raise ValueError(f"trim must be in (0, 0.5) for an order-statistic bound, got {trim}")
         if x.ndim != 1 or x.size < 1 or not np.all(np.isfinite(x)):
             raise ValueError("values must be a non-empty 1-D array of finite numbers")
-        upper, coverage = _upper_bounds(x, trim)
-        negated, _ = _upper_bounds(-x, trim)
+        ordered = np.sort(x)
+        upper, coverage = _upper_bounds(ordered, trim)
+        negated, _ = _upper_bounds(-ordered[::-1], trim)  # -X sorted, without a second sort
         return cls(upper, negated, coverage)
 
     def p_less(self, null: float) -> float:
@@ -204,23 +201,3 @@ class TrimmedMeanBounds:
         """Two-sided ``level`` interval: each end a one-sided ``1 - (1 - level) / 2`` bound."""
         one_sided = 1.0 - (1.0 - level) / 2.0
         return self.lower_bound(one_sided), self.upper_bound(one_sided)
-
-
-def trimmed_mean_upper_p(values: FloatArray, trim: float, null: float) -> float:
-    """Distribution-free p-value of H0: trimmed mean >= ``null`` (1 when no band is below it)."""
-    return TrimmedMeanBounds.of(values, trim).p_less(null)
-
-
-def trimmed_mean_upper_bound(values: FloatArray, trim: float, level: float) -> float:
-    """Distribution-free upper ``level`` confidence bound on the trimmed mean (inf if none)."""
-    return TrimmedMeanBounds.of(values, trim).upper_bound(level)
-
-
-def trimmed_mean_lower_p(values: FloatArray, trim: float, null: float) -> float:
-    """Distribution-free p-value of H0: trimmed mean <= ``null`` (the upper bound on -values)."""
-    return TrimmedMeanBounds.of(values, trim).p_greater(null)
-
-
-def trimmed_mean_lower_bound(values: FloatArray, trim: float, level: float) -> float:
-    """Distribution-free lower ``level`` confidence bound on the trimmed mean (-inf if none)."""
-    return TrimmedMeanBounds.of(values, trim).lower_bound(level)
