@@ -15,6 +15,7 @@ from codi_fixtures.engine import answer_targets, build_prompt, run_latent
 from codi_fixtures.model.codi import CodiModel
 from codi_fixtures.stats import StatResult, holm, mean_effect
 from codi_fixtures.stats.composition import (
+    effect_grid,
     interaction,
     interaction_tests,
     per_problem_smallest_size,
@@ -194,6 +195,47 @@ def test_synergy_and_redundancy_are_one_holm_family_over_both_directions() -> No
     )
     with_more = interaction_tests(effects, n_thoughts=6, n_boot=1999)
     assert {t.subset: t for t in with_more}[(0, 1)].label == "synergy"  # floor 1/2000
+
+
+@pytest.mark.parametrize("usable", [0, 1])
+def test_a_pair_with_fewer_than_two_usable_problems_is_inconclusive_with_the_count(
+    usable: int,
+) -> None:
+    """A pair whose interaction is finite on 0 or 1 problems: verdict inconclusive, a reason.
+
+    It used to carry no verdict at all (``claim.judge`` raised, 30 errors in a run with one
+    problem); the other pairs are still judged, in the same Holm family of 2 x 3 tests.
+    """
+    rng = np.random.default_rng(3)
+    n = 30
+    effects = {s: rng.normal(1.0, 0.3, n) * len(s) for s in all_subsets(3)}
+    effects[(0, 1)] = effects[(0, 1)].copy()
+    effects[(0, 1)][usable:] = np.nan  # (0, 1) is finite on the first ``usable`` problems only
+    by_pair = {t.subset: t for t in interaction_tests(effects, n_thoughts=3, n_boot=499)}
+    few = by_pair[(0, 1)]
+    assert few.n == usable and few.label == "inconclusive"
+    for result in (few.synergy, few.redundancy):
+        assert result.verdict == "inconclusive"
+        assert result.verdict_reason and f"{usable} usable problem" in result.verdict_reason
+        assert "{t0, t1}" in result.verdict_reason
+        assert result.p_corrected == 1.0  # still a member of the family (p = 1)
+    for pair in ((0, 2), (1, 2)):
+        assert by_pair[pair].n == n
+        for result in (by_pair[pair].synergy, by_pair[pair].redundancy):
+            assert result.verdict in ("supported", "refuted", "inconclusive")
+            assert result.p_corrected is not None
+
+
+def test_an_effect_grid_column_with_fewer_than_two_usable_problems_is_inconclusive() -> None:
+    """The same rule in :func:`effect_grid`: a verdict with the count as its reason."""
+    delta = np.full((8, 2), np.nan)
+    delta[0, 0] = 0.5
+    delta[:, 1] = np.linspace(0.5, 1.5, 8)
+    logp, acc = effect_grid(delta, np.ones(8, dtype=bool), np.zeros((8, 2), dtype=bool))
+    assert logp[0].verdict == "inconclusive" and logp[0].n == 1
+    assert logp[0].verdict_reason and "1 usable problem" in logp[0].verdict_reason
+    assert logp[1].verdict in ("supported", "refuted", "inconclusive") and logp[1].n == 8
+    assert all(r.verdict is not None for r in acc)
 
 
 def test_smallest_subset_and_per_problem_sizes() -> None:

@@ -57,6 +57,39 @@ def test_counterfactual_substitutes_results_in_a_gsm8k_chain():
     assert counterfactual_answer(q, 1, 5.0) is None  # division by zero
 
 
+def test_a_linear_chain_replays_a_reused_result_only_where_it_is_unambiguous():
+    # GSM8K style: 3 boxes of 4, 5 more, then the 12 taken away again.
+    q = "Ann packs 3 boxes of 4 pens, buys 5 more, then gives back the boxed ones."
+    p = replace(_problem("<<3*4=12>> <<12+5=17>> <<17-12=5>>", (12.0, 17.0, 5.0), 5.0), question=q)
+    # 12 is not written in the question, but a linear chain's later operand may be a
+    # given written as a word as well as a reused result: ambiguous, no target.
+    assert counterfactual_chain(p, 1, 10.0) is None
+    assert counterfactual_chain(p, 2, 20.0) == [20.0, 8.0]  # 12 is not a changed result
+    # The organism's "loses 4" after a result of 4: the question writes it, a given.
+    org = replace(
+        _problem("<<1+3=4>> <<4-4=0>>", (4.0, 0.0), 0.0),
+        question="Max has 1 shells. Then Max gets 3 more. Then Max gives away 4. How many?",
+    )
+    assert counterfactual_chain(org, 1, 7.0) == [7.0, 3.0]
+    # "doubles" writes no 2: ambiguous in general, a given for the generator's own chains.
+    doubles = replace(
+        _problem("<<6-4=2>> <<2*2=4>>", (2.0, 4.0), 4.0),
+        question="Zoe has 6 marbles. Then Zoe gives away 4. Then Zoe doubles the marbles.",
+    )
+    assert counterfactual_chain(doubles, 1, 5.0) is None
+    assert counterfactual_chain(doubles, 1, 5.0, literal_operands=True) == [5.0, 10.0]
+
+
+def test_a_free_chain_does_not_guess_whether_a_written_number_is_a_result():
+    # <<4/2=2>> <<3*2=6>> <<6+2=8>>: each later 2 could be step 1's result or the given 2.
+    p = replace(
+        _problem("<<4/2=2>> <<3*2=6>> <<6+2=8>>", (2.0, 6.0, 8.0), 8.0),
+        question="Half of 4 cakes, 3 times 2 plates, and 2 more.",
+    )
+    assert counterfactual_chain(p, 1, 5.0) is None
+    assert counterfactual_chain(p, 2, 7.0) == [7.0, 9.0]  # 6 is not written: a result
+
+
 def test_a_counterfactual_chain_that_leaves_the_tasks_values_finds_no_donor():
     """A chain that passes through a value the task never takes does not qualify a donor.
 

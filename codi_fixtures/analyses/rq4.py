@@ -10,13 +10,14 @@ replaced by a donor problem's clean one (:class:`~codi_fixtures.study.conditions
   is the baseline. Claim per (thought, step): IIA exceeds the random-donor rate by the
   SESOI (paired difference of proportions, Tango's score test; Holm over the grid).
 - ``same``: a donor with the same step-k value. Claim per (thought, step): the patch
-  preserves the answer, an equivalence on Δ log p(gold) within ``--min-effect-logp`` (TOST;
-  Holm over the grid) -- inconclusive where the cell's different-value patches hardly ever
-  move log p(gold) either (nothing to preserve). Per cell, not pooled over the steps: each
-  cell asks whether step k's value is all that thought t's patch must match for the answer
-  to stay. Where thought t carries another step, a donor that shares only step k's value
-  differs there, and the claim is refuted, as it should be; pooling averaged those cells
-  with the one that tests the thought's own step into a number about neither.
+  preserves the answer: the typical (20% trimmed mean) Δ log p(gold) is within
+  ``--min-effect-logp`` (TOST; Holm over the grid) -- inconclusive unless the same estimand of the
+  cell's different-value patches is shown beyond it (nothing shown to preserve). Per cell,
+  not pooled over the steps: each cell asks whether step k's value is all that thought t's
+  patch must match for the answer to stay. Where thought t carries another step, a donor
+  that shares only step k's value differs there, and the claim is refuted, as it should
+  be; pooling averaged those cells with the one that tests the thought's own step into a
+  number about neither.
 """
 
 from __future__ import annotations
@@ -40,22 +41,26 @@ from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import (
-    MIN_TARGET_SHARE,
     StatResult,
     apply_holm_verdicts,
     inconclusive_verdict,
-    negligible_share,
+    mean_effect,
 )
 from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
 
 __all__ = [
+    "MIN_SAME_VALUE_DONORS",
     "Rq4",
     "Rq4Stats",
     "iia_beats_random",
     "rq4_stats",
     "same_value_preserves",
 ]
+
+MIN_SAME_VALUE_DONORS = 5
+"""A same-value cell needs this many problems with a same-value donor, and as many with a
+different-value donor (to show that the thought's content matters at all)."""
 
 
 class Rq4:
@@ -209,13 +214,13 @@ def _same_value_test(
     patch, NaN where the problem has no such donor.
     """
     values = same[np.isfinite(same)]
-    if values.size < 5:
+    if values.size < MIN_SAME_VALUE_DONORS:
         return inconclusive_verdict(
             f"inconclusive: only {values.size} problems have a same-value donor for step {step}"
-            " (need >= 5)",
+            f" (need >= {MIN_SAME_VALUE_DONORS})",
             int(values.size),
         )
-    vacuous = _nothing_to_preserve(different, view.sesoi_logp, thought, step)
+    vacuous = _nothing_to_preserve(view, different, thought, step)
     if vacuous is not None:
         return vacuous
     return equivalence_effect(
@@ -224,27 +229,50 @@ def _same_value_test(
 
 
 def _nothing_to_preserve(
-    diff_delta: np.ndarray, sesoi: float, thought: int, step: int
+    view: StudyView, diff_delta: np.ndarray, thought: int, step: int
 ) -> StatResult | None:
-    """An inconclusive verdict when what thought t holds about step k does not matter.
+    """An inconclusive verdict unless thought t's step-k content is shown to matter.
 
-    "A same-value patch preserves the answer" means something only where a different-value
-    patch does *not*: if the cell's patches with a different step-k value move log p(gold)
-    by at least the SESOI in fewer than ``MIN_TARGET_SHARE`` of the problems, every patch
-    of the thought preserves the answer, whatever it carries (a model that ignores its
-    thoughts), and "supported" would be a verdict about nothing.
+    "A same-value patch preserves the answer" means something only where a patch with a
+    *different* step-k value does not: the claim's statistic is the 20% trimmed mean of the
+    same-value patches' Δ log p(gold), so the cell is judged only where the same estimand of
+    the different-value patches is shown beyond the SESOI (either direction, each one-sided
+    at alpha / 2, the more cautious of the bootstrap-t and the order-statistic bound).
+    Otherwise every patch of the thought might preserve the answer whatever it carries (a
+    model that ignores its thoughts), and "supported" would be a verdict about nothing.
     """
     values = diff_delta[np.isfinite(diff_delta)]
-    rare = negligible_share(values, sesoi) if values.size >= 5 else None
-    if rare is None:
+    sesoi = view.sesoi_logp
+    if values.size < MIN_SAME_VALUE_DONORS:
+        return inconclusive_verdict(
+            f"inconclusive: nothing shown to preserve: only {values.size} problems have a "
+            f"donor with a different step-{step} value for thought {thought} (need >= "
+            f"{MIN_SAME_VALUE_DONORS}), so it cannot be shown that the answer depends on what "
+            "the thought holds",
+            int(values.size),
+        )
+    moved = [
+        mean_effect(
+            sign * values,
+            sesoi=sesoi,
+            alpha=view.alpha / 2,
+            n_boot=1999,
+            seed=view.seed,
+            constant="exact",
+        )
+        for sign in (1.0, -1.0)
+    ]
+    if any(r.p_sesoi is not None and r.p_sesoi < view.alpha / 2 for r in moved):
         return None
-    large, n = rare
+    estimate = moved[0].statistic
     return inconclusive_verdict(
-        f"inconclusive: nothing to preserve: a patch of thought {thought} with a different "
-        f"step-{step} value moves log p(gold) by >= {sesoi:g} nats in {large} of {n} "
-        f"problems (< {MIN_TARGET_SHARE:.0%}), so the answer does not depend on what the "
-        "thought holds",
-        n,
+        f"inconclusive: nothing shown to preserve: a patch of thought {thought} with a "
+        f"different step-{step} value is not shown to move log p(gold) by more than "
+        f"{sesoi:g} nats (20% trimmed mean {estimate:.3g} over {values.size} problems; "
+        f"p_sesoi {min(r.p_sesoi if r.p_sesoi is not None else 1.0 for r in moved):.3g} "
+        f">= alpha/2 = {view.alpha / 2:g}), so the answer is not shown to depend on what "
+        "the thought holds",
+        int(values.size),
     )
 
 
@@ -283,12 +311,13 @@ def iia_beats_random(view: StudyView, thought: int, step: int) -> Evidence:
 def same_value_preserves(view: StudyView, thought: int, step: int) -> Evidence:
     """Patching thought t from a donor with the same step-k value leaves log p(gold) unchanged."""
     return Evidence(
-        f"a patch of thought {thought} with the same step-{step} value preserves the answer",
+        f"a patch of thought {thought} with the same step-{step} value preserves the answer "
+        "(typical Δ log p(gold) within the SESOI)",
         _skip_or(view, lambda s: s.same_tests[(thought, step)]),
         {
             "thought": thought,
             "step": step,
-            "measure": "delta log p(gold), same-value donor [nats]",
+            "measure": "20% trimmed mean delta log p(gold), same-value donor [nats]",
         },
         ("rq4-iia", lambda: iia_heatmap(view)),
     )

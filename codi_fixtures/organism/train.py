@@ -404,7 +404,8 @@ def interchange_pairs(
             value = donor.intermediates[t]
             if value == rec.intermediates[t]:
                 continue
-            answer = counterfactual_answer(rec, t + 1, value)
+            # The generator's own chains: every operand after the first is a given.
+            answer = counterfactual_answer(rec, t + 1, value, literal_operands=True)
             if answer is None or answer == rec.answer or not 0 <= answer <= value_max:
                 continue
             pairs.append(InterchangePair(r, d, t, answer))

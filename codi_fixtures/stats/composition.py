@@ -43,7 +43,6 @@ from codi_fixtures.stats.inference import (
     StatResult,
     accuracy_drop_effect,
     apply_holm_verdicts,
-    inconclusive,
     inconclusive_verdict,
     mean_effect,
     pvalue_or_one,
@@ -148,7 +147,12 @@ def interaction_tests(
         inter = inter[np.isfinite(inter)]
         values.append(inter)
         if inter.size < 2:
-            syn.append(inconclusive("fewer than 2 usable problems", int(inter.size), "greater"))
+            why = (
+                f"{inter.size} usable problem(s) for the interaction of "
+                f"{_names(subset)} (a finite effect for each of its subsets); a trimmed "
+                "mean and its interval need at least 2"
+            )
+            syn.append(inconclusive_verdict(why, int(inter.size), "greater"))
             red.append(syn[-1])
             continue
         syn.append(mean_effect(inter, sesoi=sesoi, alpha=alpha, n_boot=n_boot, seed=seed))
@@ -546,7 +550,10 @@ def effect_grid(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[list[StatResult], list[StatResult]]:
-    """Per condition (columns): mean delta log p and accuracy drop, each Holm across columns."""
+    """Per condition (columns): 20% trimmed mean delta log p and accuracy drop, Holm across columns.
+
+    A column with fewer than 2 finite delta log p is inconclusive (with the count as reason).
+    """
     delta = np.asarray(delta_logp, dtype=np.float64)
     acc = np.asarray(correct, dtype=bool)
     clean = np.asarray(clean_correct, dtype=bool)
@@ -557,7 +564,12 @@ def effect_grid(
         logp_results.append(
             mean_effect(d[usable], sesoi=sesoi_logp, alpha=alpha, seed=seed)
             if usable.sum() >= 2
-            else inconclusive("fewer than 2 usable problems", int(usable.sum()), "greater")
+            else inconclusive_verdict(
+                f"{int(usable.sum())} usable problem(s) in condition {col} (a finite delta "
+                "log p); a trimmed mean and its interval need at least 2",
+                int(usable.sum()),
+                "greater",
+            )
         )
         acc_results.append(
             accuracy_drop_effect(clean[usable], acc[usable, col], sesoi=sesoi_acc, alpha=alpha)

@@ -69,6 +69,7 @@ def decide(
     p_equivalence: float | None = None,
     alternative: Literal["greater", "less"] = "greater",
     ci_level: float | None = None,
+    adjusted: bool = False,
 ) -> tuple[Verdict, str]:
     """Verdict on "the effect exceeds ``sesoi``" and a one-line reason.
 
@@ -77,7 +78,9 @@ def decide(
     tests H0: effect <= 0; ``p_sesoi`` H0: effect <= sesoi; ``p_equivalence``
     H0: effect >= sesoi; pass Holm-corrected values for a family. With
     ``alternative="less"`` the claim is "effect < -sesoi" and everything is
-    mirrored (p-values then refer to the mirrored hypotheses).
+    mirrored (p-values then refer to the mirrored hypotheses). ``adjusted``: the p-values
+    are corrected for a family (Holm, Bonferroni) while the CI is not; the reason says so,
+    so an interval clear of the SESOI beside "inconclusive" reads as what it is.
     """
     if sesoi < 0 or not math.isfinite(sesoi):
         raise ValueError(f"sesoi must be finite and >= 0, got {sesoi}")
@@ -87,6 +90,9 @@ def decide(
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     level = 1.0 - 2.0 * alpha if ci_level is None else ci_level
     ci = f"{100 * level:.3g}% CI [{_fmt(ci_low)}, {_fmt(ci_high)}]"
+    if adjusted:
+        ci += " (unadjusted)"
+    adj = " (adjusted)" if adjusted else ""
     if alternative == "less":
         estimate, ci_low, ci_high = -estimate, -ci_high, -ci_low
     values = (estimate, ci_low, ci_high, p_value)
@@ -97,22 +103,22 @@ def decide(
     other = "below" if alternative == "greater" else "above"
     p_min = math.inf if p_sesoi is None else p_sesoi
     if p_value < alpha and ci_low > sesoi and (p_sesoi is None or p_min < alpha):
-        tests = f"p={_fmt(p_value)} (H0: no effect)"
+        tests = f"p={_fmt(p_value)}{adj} (H0: no effect)"
         if p_sesoi is not None:
-            tests += f" and p_sesoi={_fmt(p_sesoi)} (H0: effect <= SESOI)"
+            tests += f" and p_sesoi={_fmt(p_sesoi)}{adj} (H0: effect <= SESOI)"
         return "supported", f"supported: {tests} < {alpha:g}; {ci} {side} SESOI {_fmt(bound)}"
     if ci_high < sesoi and (p_equivalence is None or p_equivalence < alpha):
         kind = "equivalent to zero" if ci_low > -sesoi else "wrong sign or below SESOI"
-        test = "" if p_equivalence is None else f"p_equivalence={_fmt(p_equivalence)} < "
+        test = "" if p_equivalence is None else f"p_equivalence={_fmt(p_equivalence)}{adj} < "
         test += f"{alpha:g}; " if p_equivalence is not None else ""
         return "refuted", f"refuted ({kind}): {test}{ci} {other} SESOI {_fmt(bound)}"
     reasons = []
     if not p_value < alpha:
-        reasons.append(f"p={_fmt(p_value)} >= {alpha:g}")
+        reasons.append(f"p={_fmt(p_value)}{adj} >= {alpha:g}")
     if p_sesoi is not None and not p_sesoi < alpha:
-        reasons.append(f"p_sesoi={_fmt(p_sesoi)} >= {alpha:g}")
+        reasons.append(f"p_sesoi={_fmt(p_sesoi)}{adj} >= {alpha:g}")
     if p_equivalence is not None and ci_high < sesoi:
-        reasons.append(f"p_equivalence={_fmt(p_equivalence)} >= {alpha:g}")
+        reasons.append(f"p_equivalence={_fmt(p_equivalence)}{adj} >= {alpha:g}")
     if ci_low <= sesoi <= ci_high:
         reasons.append(f"{ci} contains SESOI {_fmt(bound)}")
     else:

@@ -174,6 +174,12 @@ class StatResult:
         """Return a copy carrying an adjusted p-value."""
         return replace(self, p_corrected=float(p_corrected))
 
+    @property
+    def adjusted(self) -> bool:
+        """Whether a p-value was corrected for its family (the CI never is)."""
+        corrected = (self.p_corrected, self.p_sesoi_corrected, self.p_equivalence_corrected)
+        return any(p is not None for p in corrected)
+
     def with_verdict(self, alpha: float = 0.05) -> StatResult:
         """Return a copy whose verdict is recomputed from its (corrected, when set) p-values.
 
@@ -198,6 +204,7 @@ class StatResult:
             p_sesoi=pick(self.p_sesoi_corrected, self.p_sesoi),
             p_equivalence=pick(self.p_equivalence_corrected, self.p_equivalence),
             ci_level=self.ci_level,
+            adjusted=self.adjusted,
         )
         if self.inconclusive:
             reason = self.method
@@ -1576,9 +1583,7 @@ def _problem_permutation_p(
 
 
 MIN_TARGET_SHARE = 0.05
-"""RQ2 judges nothing when fewer than this share of importance values reach their SESOI;
-RQ4 judges no same-value patch of a (thought, step) cell whose different-value patches move
-log p(gold) that rarely (there is no answer-relevant content to preserve)."""
+"""RQ2 judges nothing when fewer than this share of importance values reach their SESOI."""
 
 
 def negligible_share(values: FloatArray, sesoi: float) -> tuple[int, int] | None:

@@ -94,13 +94,26 @@ def _evaluate(expr: str) -> float | None:
         return None
 
 
-def counterfactual_chain(problem: Problem, step: int, value: float) -> list[float] | None:
+def counterfactual_chain(
+    problem: Problem, step: int, value: float, *, literal_operands: bool = False
+) -> list[float] | None:
     """Step ``step``'s (1-based) result set to ``value``, and the later results recomputed.
 
-    The later equations of ``problem.cot`` are recomputed: in a linear chain (each
-    equation's first operand is the previous result, as in the organism's task) only that
-    operand is replaced; otherwise every operand equal to a changed result is. None when
-    the chain is missing, does not match ``intermediates``, or cannot be evaluated.
+    Which operands of the later equations carry a changed result and which are givens:
+
+    - a linear chain (each equation's first operand is the previous result, as in the
+      organism's task): the first operand carries it; another operand equal to a changed
+      result is a given when the question writes that number (the organism's "loses 4"
+      after a step whose result was 4), and otherwise ambiguous (an earlier result reused,
+      as GSM8K's ``<<17-12=5>>`` after ``<<3*4=12>>``, or a number word such as "doubles");
+    - any other chain: an operand equal to a changed result carries it unless the question
+      writes that number too, which is ambiguous.
+
+    Ambiguous replays return None (a guessed target would be a wrong one), as do a missing
+    chain, one that does not match ``intermediates``, and one that cannot be evaluated.
+    ``literal_operands=True`` is for chains known to be written as "previous result, then
+    givens" (the organism generator's, which its training recipe replays): in a linear chain
+    every operand but the first is then a given, with no ambiguity.
     """
     chain = parse_chain(problem.cot)
     if not 1 <= step <= len(chain) or (
@@ -112,20 +125,28 @@ def counterfactual_chain(problem: Problem, step: int, value: float) -> list[floa
         for j, (expr, _) in enumerate(chain)
         if j > 0
     )
+    given = {float(x) for x in _NUMBER.findall(problem.question.replace(",", ""))}
     results = [r for _, r in chain]
     changed = {results[step - 1]: value}
     current = value
     out = [value]
     for expr, result in chain[step:]:
-        if linear:
-            m = _NUMBER.match(expr)
-            assert m is not None
-            new_expr = format_number(current) + expr[m.end() :]
-        else:
-            new_expr = _NUMBER.sub(
-                lambda mt: format_number(changed.get(float(mt.group()), float(mt.group()))), expr
-            )
-        new = _evaluate(new_expr)
+        parts: list[str] = []
+        end = 0
+        for mt in _NUMBER.finditer(expr):
+            number = float(mt.group())
+            if linear and mt.start() == 0:
+                number = current
+            elif number in changed:
+                if linear and (literal_operands or number in given):
+                    pass  # a given
+                elif linear or number in given:
+                    return None  # ambiguous: carried result or given?
+                else:
+                    number = changed[number]
+            parts += [expr[end : mt.start()], format_number(number)]
+            end = mt.end()
+        new = _evaluate("".join(parts) + expr[end:])
         if new is None:
             return None
         changed[result] = new
@@ -134,12 +155,14 @@ def counterfactual_chain(problem: Problem, step: int, value: float) -> list[floa
     return out
 
 
-def counterfactual_answer(problem: Problem, step: int, value: float) -> float | None:
+def counterfactual_answer(
+    problem: Problem, step: int, value: float, *, literal_operands: bool = False
+) -> float | None:
     """The answer of ``problem`` with step ``step``'s (1-based) result set to ``value``.
 
     The last value of :func:`counterfactual_chain`; None where it is None.
     """
-    chain = counterfactual_chain(problem, step, value)
+    chain = counterfactual_chain(problem, step, value, literal_operands=literal_operands)
     return None if chain is None else chain[-1]
 
 
