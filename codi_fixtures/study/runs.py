@@ -106,7 +106,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _READOUT = "readout__"  # clean-pass shard keys of the hidden-state read-outs
-CACHE_VERSION = "4"  # 4: RQ4 counterfactual chains stay in the problem set's values
+CACHE_VERSION = "5"  # 5: RQ4 counterfactual replays give no donor where ambiguous
+# 4: RQ4 counterfactual chains stay in the problem set's values
 # 3: a whitespace-only token before the number is not scored
 # 2: leave-one-out mean / noise references; KL and logp at the number
 
