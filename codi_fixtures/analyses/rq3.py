@@ -688,13 +688,14 @@ def probe_decodes_step(view: StudyView, step: int, thought: int) -> Evidence:
 
 
 def link_to_importance(view: StudyView) -> Evidence:
-    """The thought that best encodes each step is among the most important (RQ1)."""
+    """The thoughts that best encode the steps rank above average in RQ1 importance."""
 
     def get(s: Rq3Stats) -> StatResult:
         return s.link.result if s.link is not None else inconclusive_verdict(s.link_reason)
 
     return Evidence(
-        "the thoughts that best encode the steps are the important ones (RQ1)",
+        "the thoughts that best encode the steps rank above the average thought in RQ1 "
+        "importance (mean rank, beyond the SESOI)",
         _skip_or(view, get),
         {
             "measure": "(T+1)/2 minus the mean RQ1 importance rank of each step's best thought "
