@@ -7,9 +7,10 @@ Requirements: the :class:`~codi_fixtures.study.conditions.RoutingReadout` of the
 Statistics: per (thought t, step k, layer L) the claim "thought t reads the operands of step k
 more than the other numbers of its question", judged on the log attention ratio within problem and
 distance (two-way fixed effects, :mod:`codi_fixtures.stats.routing`), SESOI log 1.25, Holm over the
-thought x step x layer grid, which needs >= 30 problems (``MIN_ROUTING_PROBLEMS``). Figures: the
-thought x token-role heatmap per layer, and one worked example (a question's tokens shaded by
-each thought's attention).
+thought x step x layer grid, which needs >= 30 problems (``MIN_ROUTING_PROBLEMS``), and >= 30
+problems with an operand of step k for step k's cells (the test's units; fewer: inconclusive).
+Figures: the thought x token-role heatmap per layer (raw attention), and one worked example (a
+question's tokens shaded by each thought's attention).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from codi_fixtures.stats import StatResult, apply_holm_verdicts, inconclusive_ve
 from codi_fixtures.stats.routing import (
     MIN_ROUTING_PROBLEMS,
     SESOI_ROUTING,
+    routing_carriers,
     routing_effect,
     routing_fit,
 )
@@ -52,14 +54,16 @@ def role_columns(steps: Sequence[int]) -> tuple[str, ...]:
     """The token roles of the heatmap: operands of each step, then the other roles."""
     return (
         *(f"operands s{k}" for k in steps),
-        "other numbers",
+        f"numbers no step {_span(steps)} reads",
         "operation words",
         "names",
         "other words",
     )
 
 
-"""The heatmap's token roles (numbers read by steps past the last column are other numbers)."""
+def _span(steps: Sequence[int]) -> str:
+    """The steps as a span: 1-3 for steps 1, 2, 3; a single step alone."""
+    return f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else f"{steps[0]}" if steps else ""
 
 
 class Routing:
@@ -86,10 +90,13 @@ class Routing:
                 "RQ6 routing: attention per token role, thought and layer",
                 "rq6_routing_roles",
                 partial(role_heatmap, view),
-                "one cell per (thought, token role) in each layer's panel: attention from the "
-                "query that produces the thought to one token of that role (head mean), "
+                "one cell per (thought, token role) in each layer's panel: raw attention from "
+                "the query that produces the thought to one token of that role (head mean), "
                 "averaged over the role's tokens in a question, then over questions "
-                f"(n = {data.n} questions)",
+                f"(n = {data.n} questions). Not the claims' contrast: the numbers column holds "
+                "only numbers that no shown step reads, and nothing is adjusted for position, "
+                "whereas a claim compares step k's operands with all other numbers of the "
+                "question (other steps' operands included) at the same distance from its end",
             ),
             FigureSpec(
                 "RQ6 routing: a worked example",
@@ -208,7 +215,16 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
         flat = []
         for t, k, layer in keys:
             args = (data.attention[:, layer, t], data.q_len, data.operand_mask(k), numbers)
-            flat.append(guarded(partial(_effect, a, *args), data.n, "greater"))
+            carriers = routing_carriers(*args)
+            if carriers < MIN_ROUTING_PROBLEMS:
+                why = (
+                    f"inconclusive: {carriers} of {data.n} problems have an operand of step {k} "
+                    f"among their question's numbers; a step's routing test needs >= "
+                    f"{MIN_ROUTING_PROBLEMS} (its units are those problems, t(carriers - 1))"
+                )
+                flat.append(inconclusive_verdict(why, carriers))
+                continue
+            flat.append(guarded(partial(_effect, a, *args), carriers, "greater"))
         return dict(zip(keys, apply_holm_verdicts(flat, alpha=a.alpha), strict=True))
 
     return a.memoised(("routing", "grid"), compute)
@@ -217,7 +233,8 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
 def _effect(
     a: StudyView, att: np.ndarray, q_len: np.ndarray, target: np.ndarray, numbers: np.ndarray
 ) -> StatResult:
-    return routing_effect(routing_fit(att, q_len, target, numbers), alpha=a.alpha)
+    fit = routing_fit(att, q_len, target, numbers, min_carriers=MIN_ROUTING_PROBLEMS)
+    return routing_effect(fit, alpha=a.alpha)
 
 
 def _role_masks(data: RoutingData, steps: Sequence[int]) -> list[np.ndarray]:
@@ -283,10 +300,15 @@ def role_heatmap(a: StudyView) -> Figure:
         ax.set_yticks(range(n_thoughts), [f"t{t}" for t in range(n_thoughts)], fontsize=8)
     assert image is not None
     fig.colorbar(image, ax=list(axes[:n_layers]), shrink=0.8).set_label(
-        "attention to one token (head mean)"
+        "raw attention to one token (head mean)"
     )
     fig.supylabel("thought produced by the query", fontsize=10)
-    fig.suptitle("Routing: which question tokens each thought reads, per layer", fontsize=11)
+    fig.suptitle(
+        "Routing: raw attention per question-token role, per layer, not adjusted for position\n"
+        "(not the claims' contrast: they compare step k's operands with all other numbers, other "
+        "steps' operands included, at the same distance)",
+        fontsize=10,
+    )
     return fig
 
 
