@@ -681,7 +681,8 @@ def probe_decodes_step(view: StudyView, step: int, thought: int) -> Evidence:
         {
             "step": step,
             "thought": thought,
-            "measure": "probe accuracy minus the question-position probe (best probed layer)",
+            "measure": "probe accuracy minus the baseline that decides (the question-position "
+            "probe or permuted labels, named in the method; best probed layer)",
         },
         ("rq3-probe", lambda: probe_heatmap(view)),
     )

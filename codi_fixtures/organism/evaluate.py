@@ -135,14 +135,20 @@ def planted_interchange_rates(
 ) -> dict[str, dict[str, float]]:
     """Per thought t: how often patching it with a donor's gives the counterfactual answer.
 
-    The suite's RQ4 interchange itself (:func:`~codi_fixtures.study.interchange.choose_donors`,
-    seed 0, counterfactual chains in the task's values 0..MAX_VALUE;
+    The suite's RQ4 interchange machinery (:func:`~codi_fixtures.study.interchange.choose_donors`,
+    seed 0, counterfactual chains in the task's values 0..MAX_VALUE, replayed by the
+    generator's convention, where the suite gives ambiguous replays no donor;
     :func:`~codi_fixtures.study.interchange.run_interchange`) on the planted cells (thought
     t, step t+1): ``iia`` = % of recipients whose answer with thought t's input embedding
     replaced by the *different*-value donor's is the counterfactual answer; ``random`` = the
     same rate with a random donor's thought (chance); ``n``: recipients with such a donor.
     """
-    donors = choose_donors(problems, domain=ValueDomain(0, MAX_VALUE, integers=True), seed=0)
+    donors = choose_donors(
+        problems,
+        domain=ValueDomain(0, MAX_VALUE, integers=True),
+        seed=0,
+        literal_operands=True,  # the generator's own chains, as when the rates were recorded
+    )
     cells = [(t, t + 1) for t in range(min(model.spec.n_thoughts, donors.different.shape[1]))]
     run = run_interchange(model, problems, donors, cells)
     summary = iia_summary_of(run)

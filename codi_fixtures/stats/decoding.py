@@ -139,6 +139,7 @@ def lens_rate(
     res = replace(
         res,
         p_equivalence=p_equivalence,
+        p_equivalence_corrected=p_equivalence,  # the reason marks it adjusted, the CI not
         method=(
             f"lens top-{topk} rate {int(hit.sum())}/{n} minus the commonest-first-token share "
             f"{base:.3f}, paired over problems; Tango score tests and CI; p_equivalence x "

@@ -29,6 +29,7 @@ p-values passed here should be the corrected ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Literal
 
 __all__ = [
@@ -69,7 +70,7 @@ def decide(
     p_equivalence: float | None = None,
     alternative: Literal["greater", "less"] = "greater",
     ci_level: float | None = None,
-    adjusted: bool = False,
+    adjusted: Collection[str] = (),
 ) -> tuple[Verdict, str]:
     """Verdict on "the effect exceeds ``sesoi``" and a one-line reason.
 
@@ -78,9 +79,10 @@ def decide(
     tests H0: effect <= 0; ``p_sesoi`` H0: effect <= sesoi; ``p_equivalence``
     H0: effect >= sesoi; pass Holm-corrected values for a family. With
     ``alternative="less"`` the claim is "effect < -sesoi" and everything is
-    mirrored (p-values then refer to the mirrored hypotheses). ``adjusted``: the p-values
-    are corrected for a family (Holm, Bonferroni) while the CI is not; the reason says so,
-    so an interval clear of the SESOI beside "inconclusive" reads as what it is.
+    mirrored (p-values then refer to the mirrored hypotheses). ``adjusted`` names the
+    p-values (``"p"``, ``"p_sesoi"``, ``"p_equivalence"``) corrected for a family (Holm,
+    Bonferroni) while the CI is not; the reason says so, so an interval clear of the SESOI
+    beside "inconclusive" reads as what it is.
     """
     if sesoi < 0 or not math.isfinite(sesoi):
         raise ValueError(f"sesoi must be finite and >= 0, got {sesoi}")
@@ -92,7 +94,10 @@ def decide(
     ci = f"{100 * level:.3g}% CI [{_fmt(ci_low)}, {_fmt(ci_high)}]"
     if adjusted:
         ci += " (unadjusted)"
-    adj = " (adjusted)" if adjusted else ""
+
+    def adj(name: str) -> str:
+        return " (adjusted)" if name in adjusted else ""
+
     if alternative == "less":
         estimate, ci_low, ci_high = -estimate, -ci_high, -ci_low
     values = (estimate, ci_low, ci_high, p_value)
@@ -103,22 +108,24 @@ def decide(
     other = "below" if alternative == "greater" else "above"
     p_min = math.inf if p_sesoi is None else p_sesoi
     if p_value < alpha and ci_low > sesoi and (p_sesoi is None or p_min < alpha):
-        tests = f"p={_fmt(p_value)}{adj} (H0: no effect)"
+        tests = f"p={_fmt(p_value)}{adj('p')} (H0: no effect)"
         if p_sesoi is not None:
-            tests += f" and p_sesoi={_fmt(p_sesoi)}{adj} (H0: effect <= SESOI)"
+            tests += f" and p_sesoi={_fmt(p_sesoi)}{adj('p_sesoi')} (H0: effect <= SESOI)"
         return "supported", f"supported: {tests} < {alpha:g}; {ci} {side} SESOI {_fmt(bound)}"
     if ci_high < sesoi and (p_equivalence is None or p_equivalence < alpha):
         kind = "equivalent to zero" if ci_low > -sesoi else "wrong sign or below SESOI"
-        test = "" if p_equivalence is None else f"p_equivalence={_fmt(p_equivalence)}{adj} < "
+        test = ""
+        if p_equivalence is not None:
+            test = f"p_equivalence={_fmt(p_equivalence)}{adj('p_equivalence')} < "
         test += f"{alpha:g}; " if p_equivalence is not None else ""
         return "refuted", f"refuted ({kind}): {test}{ci} {other} SESOI {_fmt(bound)}"
     reasons = []
     if not p_value < alpha:
-        reasons.append(f"p={_fmt(p_value)}{adj} >= {alpha:g}")
+        reasons.append(f"p={_fmt(p_value)}{adj('p')} >= {alpha:g}")
     if p_sesoi is not None and not p_sesoi < alpha:
-        reasons.append(f"p_sesoi={_fmt(p_sesoi)}{adj} >= {alpha:g}")
+        reasons.append(f"p_sesoi={_fmt(p_sesoi)}{adj('p_sesoi')} >= {alpha:g}")
     if p_equivalence is not None and ci_high < sesoi:
-        reasons.append(f"p_equivalence={_fmt(p_equivalence)}{adj} >= {alpha:g}")
+        reasons.append(f"p_equivalence={_fmt(p_equivalence)}{adj('p_equivalence')} >= {alpha:g}")
     if ci_low <= sesoi <= ci_high:
         reasons.append(f"{ci} contains SESOI {_fmt(bound)}")
     else:

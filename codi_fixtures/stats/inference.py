@@ -175,10 +175,14 @@ class StatResult:
         return replace(self, p_corrected=float(p_corrected))
 
     @property
-    def adjusted(self) -> bool:
-        """Whether a p-value was corrected for its family (the CI never is)."""
-        corrected = (self.p_corrected, self.p_sesoi_corrected, self.p_equivalence_corrected)
-        return any(p is not None for p in corrected)
+    def adjusted(self) -> tuple[str, ...]:
+        """The p-values corrected for their family (``decide``'s names; the CI never is)."""
+        corrected = {
+            "p": self.p_corrected,
+            "p_sesoi": self.p_sesoi_corrected,
+            "p_equivalence": self.p_equivalence_corrected,
+        }
+        return tuple(name for name, p in corrected.items() if p is not None)
 
     def with_verdict(self, alpha: float = 0.05) -> StatResult:
         """Return a copy whose verdict is recomputed from its (corrected, when set) p-values.

@@ -225,8 +225,13 @@ def choose_donors(
     max_steps: int | None = None,
     domain: ValueDomain | None = None,
     seed: int = 0,
+    literal_operands: bool = False,
 ) -> Donors:
     """Seeded donors for every recipient and step (see the module docstring).
+
+    ``literal_operands``: replay the chains by the organism generator's convention
+    (:func:`counterfactual_chain`); the suite leaves it off, as it cannot know where a
+    problem file's chains come from.
 
     ``domain``: a counterfactual chain that leaves it (any replayed step value or the
     answer) does not qualify a donor; the suite passes its problem source's
@@ -259,7 +264,7 @@ def choose_donors(
                 other = problems[i].intermediates[k - 1]
                 if other == value:
                     continue
-                chain = counterfactual_chain(rec, k, other)
+                chain = counterfactual_chain(rec, k, other, literal_operands=literal_operands)
                 if chain is None or abs(chain[-1] - rec.answer) <= _VALUE_TOLERANCE:
                     continue
                 if domain is not None and not domain.contains(chain):
