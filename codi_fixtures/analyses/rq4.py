@@ -337,7 +337,12 @@ def iia_heatmap(view: StudyView) -> Figure:
     panels = (
         (s.iia, "IIA", Normalize(0.0, 1.0), "viridis"),
         (s.iia - s.random_rate, "IIA - random donor", TwoSlopeNorm(0.0, -1.0, 1.0), None),
-        (same, "same-value patch: Δ log p(gold) [nats]", TwoSlopeNorm(0.0, -top, top), None),
+        (
+            same,
+            "same-value patch: 20% trimmed mean Δ log p(gold) [nats]",
+            TwoSlopeNorm(0.0, -top, top),
+            None,
+        ),
     )
     for ax, (values, title, norm, cmap) in zip(axes, panels, strict=True):
         im = ax.imshow(values, cmap=cmap or _diverging_cmap(), norm=norm, aspect="auto")
