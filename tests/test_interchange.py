@@ -88,6 +88,14 @@ def test_a_free_chain_does_not_guess_whether_a_written_number_is_a_result():
     )
     assert counterfactual_chain(p, 1, 5.0) is None
     assert counterfactual_chain(p, 2, 7.0) == [7.0, 9.0]  # 6 is not written: a result
+    # Step 3's result 4 equals step 1's, which the change leaves: is the later 4 either?
+    q = replace(
+        _problem(
+            "<<20*20/100=4>> <<5*5=25>> <<16*25/100=4>> <<16-4=12>>", (4.0, 25.0, 4.0, 12.0), 12.0
+        ),
+        question="20% of 20, 5 by 5, 25% of 16, then 16 less that.",
+    )
+    assert counterfactual_chain(q, 3, 6.0) is None
 
 
 def test_a_counterfactual_chain_that_leaves_the_tasks_values_finds_no_donor():

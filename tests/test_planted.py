@@ -154,7 +154,9 @@ def test_interchange_pairs_pick_a_different_value_donor_and_its_counterfactual()
         assert p.donor != p.recipient
         assert 0 <= p.thought < rec.steps  # thought t carries step t+1
         assert don.intermediates[p.thought] != rec.intermediates[p.thought]
-        expected = counterfactual_answer(rec, p.thought + 1, don.intermediates[p.thought])
+        expected = counterfactual_answer(
+            rec, p.thought + 1, don.intermediates[p.thought], literal_operands=True
+        )
         assert p.counterfactual == expected != rec.answer
         assert 0 <= p.counterfactual <= 19
     again = interchange_pairs(batch, 6, random.Random(3), limit=40, value_max=19)

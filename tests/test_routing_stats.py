@@ -41,6 +41,7 @@ from codi_fixtures.stats.inference import DegenerateData
 from codi_fixtures.stats.routing import (
     MIN_ROUTING_PROBLEMS,
     SESOI_ROUTING,
+    routing_carriers,
     routing_effect,
     routing_fit,
 )
@@ -255,7 +256,7 @@ def test_estimate_ci_and_p_values_are_one_t_distribution() -> None:
     assert res.ci_level == pytest.approx(0.90)
     assert fit.p_greater(res.ci_low) == pytest.approx(0.05)
     assert fit.p_less(res.ci_high) == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="role and position coincide"):
+    with pytest.raises(ValueError, match="only 0 of 40 problems have a step-k operand and"):
         routing_fit(np.exp(log_att), q, numbers, numbers)  # every number an operand
 
 
@@ -282,7 +283,8 @@ def _few_carrier_datasets(
     for _ in range(N_FEW):
         step = int(rng.integers(1, 6))
         operand = ((tags["operands"] >> (step - 1)) & 1).astype(bool) & numbers
-        carriers = rng.choice(np.nonzero(operand.any(axis=1))[0], m, replace=False)
+        mixed = operand.any(axis=1) & (numbers & ~operand).any(axis=1)  # operand + other
+        carriers = rng.choice(np.nonzero(mixed)[0], m, replace=False)
         others = np.setdiff1d(np.arange(len(q)), carriers)
         rows = np.concatenate([carriers, rng.choice(others, n - m, replace=False)])
         target = operand[rows].copy()
@@ -303,7 +305,9 @@ def test_few_carriers_do_not_inflate_false_positives(tags: dict[str, np.ndarray]
     rate below 0.05 (= falsely "supported" at the SESOI): with df = problems - 1 (before)
     0.203 / 0.063 / 0.230 / 0.105 / 0.070 / 0.060, and 247 of 6000 below alpha / 108 (the Holm
     grid's first step; nominal 0.00046, so about 3); with df = carriers - 1 and fewer than 3
-    carriers degenerate (inconclusive): 0 / 0.011 / 0 / 0 / 0.021 / 0.033, 0 of 6000.
+    carriers degenerate (inconclusive): 0 / 0.015 / 0 / 0 / 0.020 / 0.028, 0 of 6000 (carriers:
+    problems with an operand and another number; 0 / 0.011 / 0 / 0 / 0.021 / 0.033 when a
+    problem of operands only counted too).
     """
     rng = np.random.default_rng(77)
     deep, total = 0, 0
@@ -331,7 +335,10 @@ def test_few_carriers_do_not_inflate_false_positives(tags: dict[str, np.ndarray]
 
 
 def test_degrees_of_freedom_are_the_carriers() -> None:
-    """The t has carriers - 1 degrees of freedom (problems with a step-k operand); n = carriers."""
+    """The t has carriers - 1 degrees of freedom; n = carriers.
+
+    Carriers: problems whose numbers include a step-k operand and another number.
+    """
     rng = np.random.default_rng(5)
     n, width, m = 40, 12, 7
     q = rng.integers(8, width + 1, size=n)
@@ -351,6 +358,13 @@ def test_degrees_of_freedom_are_the_carriers() -> None:
     assert res.p_value == pytest.approx(stats.t.sf(fit.beta / fit.se, m - 1))
     with pytest.raises(DegenerateData, match=f"only {m} of {n} problems"):
         routing_fit(att, q, target, numbers, min_carriers=m + 1)
+    # A problem whose numbers are all operands holds no within-problem contrast either
+    # (with the problem effect fitted, 1 - x is x's contrast with the sign flipped).
+    all_operand = target.copy()
+    all_operand[m : m + 5] = numbers[m : m + 5]
+    fit = routing_fit(att, q, all_operand, numbers)
+    assert (fit.carriers, fit.df) == (m, m - 1)
+    assert routing_carriers(att, q, all_operand, numbers) == m
     target[2:] = False  # two carriers: t(1) would be all tail
     with pytest.raises(DegenerateData, match="only 2 of"):
         routing_fit(att, q, target, numbers)

@@ -1169,3 +1169,29 @@ def test_union_route_multiplies_the_corrected_p_values_and_re_judges() -> None:
     assert union_route(r, 1) is r
     with pytest.raises(ValueError, match="routes"):
         union_route(r, 0)
+
+
+def test_reasons_mark_exactly_the_family_corrected_p_values() -> None:
+    """'(adjusted)' beside each corrected p-value, '(unadjusted)' beside a 1 - 2 alpha CI."""
+    from codi_fixtures.stats.equivalence import decide
+
+    _, plain = decide(0.5, 0.15, 0.9, p_value=0.01, sesoi=0.1, p_sesoi=0.2)
+    assert "adjusted" not in plain
+    _, reason = decide(0.5, 0.15, 0.9, p_value=0.01, sesoi=0.1, p_sesoi=0.2, adjusted=("p_sesoi",))
+    assert "p_sesoi=0.2 (adjusted) >= 0.05" in reason
+    assert "90% CI [0.15, 0.9] (unadjusted)" in reason
+    assert "p=0.01 (adjusted)" not in reason  # p itself was not corrected
+    # A CI at another level (a Bonferroni level) shows that level instead.
+    _, bonferroni = decide(
+        0.5, 0.15, 0.9, p_value=0.01, sesoi=0.1, p_sesoi=0.2, adjusted=("p_sesoi",), ci_level=0.99
+    )
+    assert "99% CI [0.15, 0.9]" in bonferroni and "(unadjusted)" not in bonferroni
+    # StatResult names its corrected p-values; Holm sets all three.
+    from codi_fixtures.stats import apply_holm_verdicts, mean_effect
+
+    rng = np.random.default_rng(0)
+    raw = mean_effect(rng.normal(0.5, 0.3, 60), sesoi=0.1, n_boot=499)
+    assert raw.adjusted == ()
+    (holm_result,) = apply_holm_verdicts([raw])
+    assert holm_result.adjusted == ("p", "p_sesoi", "p_equivalence")
+    assert "(adjusted)" in (holm_result.verdict_reason or "")

@@ -218,8 +218,9 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
             carriers = routing_carriers(*args)
             if carriers < MIN_ROUTING_PROBLEMS:
                 why = (
-                    f"inconclusive: {carriers} of {data.n} problems have an operand of step {k} "
-                    f"among their question's numbers; a step's routing test needs >= "
+                    f"inconclusive: {carriers} of {data.n} problems have an operand of step "
+                    f"{k} and another number among their question's numbers; a step's "
+                    f"routing test needs >= "
                     f"{MIN_ROUTING_PROBLEMS} (its units are those problems, t(carriers - 1))"
                 )
                 flat.append(inconclusive_verdict(why, carriers))

@@ -41,6 +41,7 @@ from codi_fixtures.analyses.rq3 import SESOI_RATE, no_step_values_reason
 from codi_fixtures.analyses.view import StudyView
 from codi_fixtures.config import Settings
 from codi_fixtures.stats import (
+    TRIM_FRACTION,
     StatResult,
     apply_holm_verdicts,
     inconclusive_verdict,
@@ -59,8 +60,8 @@ __all__ = [
 ]
 
 MIN_SAME_VALUE_DONORS = 5
-"""A same-value cell needs this many problems with a same-value donor, and as many with a
-different-value donor (to show that the thought's content matters at all)."""
+"""A same-value cell needs this many problems with a same-value donor (and more with a
+different-value donor: :func:`_fewest_to_show`)."""
 
 
 class Rq4:
@@ -243,12 +244,13 @@ def _nothing_to_preserve(
     """
     values = diff_delta[np.isfinite(diff_delta)]
     sesoi = view.sesoi_logp
-    if values.size < MIN_SAME_VALUE_DONORS:
+    needed = _fewest_to_show(view.alpha / 2)
+    if values.size < needed:
         return inconclusive_verdict(
             f"inconclusive: nothing shown to preserve: only {values.size} problems have a "
-            f"donor with a different step-{step} value for thought {thought} (need >= "
-            f"{MIN_SAME_VALUE_DONORS}), so it cannot be shown that the answer depends on what "
-            "the thought holds",
+            f"donor with a different step-{step} value for thought {thought}; showing that "
+            f"the answer depends on what the thought holds needs >= {needed} (no trimmed mean "
+            f"of fewer is shown beyond a bound at {view.alpha / 2:g})",
             int(values.size),
         )
     moved = [
@@ -274,6 +276,15 @@ def _nothing_to_preserve(
         "the thought holds",
         int(values.size),
     )
+
+
+def _fewest_to_show(level: float) -> int:
+    """The fewest problems whose 20% trimmed mean can be shown beyond a bound at ``level``.
+
+    The distribution-free order-statistic bound (part of every trimmed-mean decision) gives
+    no p below ``(1 - trim) ** n``: 17 problems at 0.025.
+    """
+    return max(MIN_SAME_VALUE_DONORS, math.ceil(math.log(level) / math.log(1.0 - TRIM_FRACTION)))
 
 
 def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:

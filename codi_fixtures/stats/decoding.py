@@ -702,18 +702,24 @@ def equivalence_verdicts(results: Sequence[StatResult], *, alpha: float = 0.05) 
     out = []
     for r, pe, po in zip(results, p_eq, p_out, strict=True):
         s = float(r.sesoi or 0.0)
-        ci = f"{100 * r.ci_level:.3g}% CI [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+        # the p-values are Holm-adjusted over the family, the CI is not
+        ci = f"{100 * r.ci_level:.3g}% CI [{r.ci_low:.3g}, {r.ci_high:.3g}] (unadjusted)"
         if math.isnan(r.statistic) or math.isnan(r.ci_low):
             verdict, reason = "inconclusive", f"inconclusive: {r.method}"
         elif pe < alpha and -s < r.ci_low and r.ci_high < s:
             verdict = "supported"
-            reason = f"supported (equivalent): TOST p={pe:.3g} < {alpha:g}; {ci} within +/-{s:g}"
+            reason = (
+                f"supported (equivalent): TOST p={pe:.3g} (adjusted) < {alpha:g}; {ci} "
+                f"within +/-{s:g}"
+            )
         elif po < alpha and (r.ci_low > s or r.ci_high < -s):
             verdict = "refuted"
-            reason = f"refuted: p(|mean| > SESOI)={po:.3g} < {alpha:g}; {ci} beyond +/-{s:g}"
+            reason = (
+                f"refuted: p(|mean| > SESOI)={po:.3g} (adjusted) < {alpha:g}; {ci} beyond +/-{s:g}"
+            )
         else:
             verdict = "inconclusive"
-            reason = f"inconclusive: TOST p={pe:.3g}; {ci} vs +/-{s:g}"
+            reason = f"inconclusive: TOST p={pe:.3g} (adjusted); {ci} vs +/-{s:g}"
         out.append(
             replace(
                 r,

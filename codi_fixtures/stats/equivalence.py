@@ -92,8 +92,8 @@ def decide(
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     level = 1.0 - 2.0 * alpha if ci_level is None else ci_level
     ci = f"{100 * level:.3g}% CI [{_fmt(ci_low)}, {_fmt(ci_high)}]"
-    if adjusted:
-        ci += " (unadjusted)"
+    if adjusted and math.isclose(level, 1.0 - 2.0 * alpha):
+        ci += " (unadjusted)"  # a CI at another level (Bonferroni's) shows that level
 
     def adj(name: str) -> str:
         return " (adjusted)" if name in adjusted else ""

@@ -14,11 +14,12 @@ distance. It is estimated by partialling out both effects (Frisch-Waugh-Lovell, 
 alternating projections); problems are the independent units, so its standard error is the
 delete-one-problem jackknife of beta on the partialled data (a CR3-type cluster-robust
 variance), times the degrees-of-freedom factor (N - 1) / (N - K) of the K distance levels and
-beta fitted on N tokens, with t(G - 1) quantiles, G the *carriers*: the problems with at least
-one step-k operand among their number tokens. A problem without one carries none of the
-operand contrast (it only helps to fit the distance profile), so it adds no degree of freedom:
+beta fitted on N tokens, with t(G - 1) quantiles, G the *carriers*: the problems whose
+number tokens include a step-k operand and another number. A problem without an operand, or
+with only operands, carries none of the within-problem contrast (it only helps to fit the
+distance profile), so it adds no degree of freedom:
 with df = problems - 1 a dataset in which 1 of 30 problems carries an operand was "significant"
-at 0.05 in 0.21 of position-only null datasets (``tests/test_routing_stats.py``). Estimate, CI
+at 0.05 in 0.20 of position-only null datasets (``tests/test_routing_stats.py``). Estimate, CI
 and the three one-sided p-values all come from that one t distribution, so they are dual.
 
 Why not RQ2's problem-shuffle null: pairing problem i's attention with problem j's role tags
@@ -82,7 +83,7 @@ class RoutingFit:
     """Problems with usable number tokens (all of them fit the problem and distance effects)."""
     tokens: int
     carriers: int
-    """Problems with at least one step-k operand among their usable number tokens."""
+    """Problems whose usable number tokens include a step-k operand and another number."""
 
     def p_greater(self, null: float) -> float:
         """The p-value of H0: beta <= ``null``."""
@@ -129,13 +130,25 @@ def _usable(
 def routing_carriers(
     att: FloatArray, q_len: NDArray[np.int64], target: BoolArray, numbers: BoolArray
 ) -> int:
-    """Problems with at least one step-k operand among their usable number tokens.
+    """Problems whose usable number tokens include a step-k operand and another number.
 
     The units of :func:`routing_fit`'s test (its t has carriers - 1 degrees of freedom).
     Arguments as there.
     """
     _, _, rows, cols = _usable(att, q_len, numbers)
-    return int(np.unique(rows[np.asarray(target, dtype=bool)[rows, cols]]).size)
+    return _count_carriers(rows, np.asarray(target, dtype=bool)[rows, cols])
+
+
+def _count_carriers(rows: NDArray[np.int64], is_operand: BoolArray) -> int:
+    """Problems (``rows``) with both an operand and a non-operand token.
+
+    Only they hold a within-problem contrast: with the problem effect fitted, a problem whose
+    numbers are all operands carries as little of it as one with none (the contrast of
+    ``1 - x`` is the contrast of ``x`` with its sign flipped).
+    """
+    with_operand = np.unique(rows[is_operand])
+    with_other = np.unique(rows[~is_operand])
+    return int(np.intersect1d(with_operand, with_other, assume_unique=True).size)
 
 
 def routing_fit(
@@ -169,12 +182,12 @@ def routing_fit(
         raise DegenerateData(f"fewer than {MIN_PROBLEMS} problems with number tokens ({problems})")
     y = np.log(np.maximum(values[rows, cols], FLOOR))
     x = np.asarray(target, dtype=bool)[rows, cols].astype(np.float64)
-    carriers = int(np.unique(rows[x > 0]).size)
+    carriers = _count_carriers(rows, x > 0)
     if carriers < max(min_carriers, 2):
         raise DegenerateData(
-            f"only {carriers} of {problems} problems have a step-k operand among their number "
-            f"tokens; the test's units are those problems (t(carriers - 1)), and it needs "
-            f">= {max(min_carriers, 2)}"
+            f"only {carriers} of {problems} problems have a step-k operand and another number "
+            "among their number tokens; the test's units are those problems (t(carriers - 1)), "
+            f"and it needs >= {max(min_carriers, 2)}"
         )
     d = dist[rows, cols]
     groups: tuple[NDArray[np.int64], ...] = (rows,)

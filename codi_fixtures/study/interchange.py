@@ -107,7 +107,10 @@ def counterfactual_chain(
       after a step whose result was 4), and otherwise ambiguous (an earlier result reused,
       as GSM8K's ``<<17-12=5>>`` after ``<<3*4=12>>``, or a number word such as "doubles");
     - any other chain: an operand equal to a changed result carries it unless the question
-      writes that number too, which is ambiguous.
+      writes that number too, or an earlier step (left unchanged) had that result: ambiguous.
+
+    A linear chain's later operand that the question writes is taken for a given by
+    convention (it may in principle be a reused result that the question happens to write).
 
     Ambiguous replays return None (a guessed target would be a wrong one), as do a missing
     chain, one that does not match ``intermediates``, and one that cannot be evaluated.
@@ -127,6 +130,7 @@ def counterfactual_chain(
     )
     given = {float(x) for x in _NUMBER.findall(problem.question.replace(",", ""))}
     results = [r for _, r in chain]
+    earlier = set(results[: step - 1])  # results the change leaves as they are
     changed = {results[step - 1]: value}
     current = value
     out = [value]
@@ -140,8 +144,8 @@ def counterfactual_chain(
             elif number in changed:
                 if linear and (literal_operands or number in given):
                     pass  # a given
-                elif linear or number in given:
-                    return None  # ambiguous: carried result or given?
+                elif linear or number in given or number in earlier:
+                    return None  # ambiguous: changed result, given, or an unchanged result?
                 else:
                     number = changed[number]
             parts += [expr[end : mt.start()], format_number(number)]
