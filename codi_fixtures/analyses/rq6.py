@@ -358,7 +358,7 @@ def knockout_vs_attention(a: StudyView) -> Figure:
 
 
 def layer_sweep(a: StudyView) -> Figure:
-    """R per layer (90% CI) for RQ2's tests against importance and against the knockout effect."""
+    """r per layer (1 - 2 alpha CI) for RQ2's tests against importance and against the knockout effect."""
     fig = Figure(figsize=(9.0, 3.9), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, test in zip(axes, ("position", "beyond_position"), strict=True):
@@ -435,7 +435,8 @@ def causal_attention_claim(a: StudyView, layer: int, test: str) -> Evidence:
     """At ``layer``, attention on a thought predicts the knockout effect of that edge."""
     word = {"position": "position-level", "beyond_position": "beyond-position"}[test]
     return Evidence(
-        f"layer L{layer}: attention predicts the knockout effect ({word} r > SESOI)",
+        f"layer L{layer}: the <eot> query's attention to a thought predicts the effect of "
+        f"blocking the <eot> and answer queries' edge to it ({word} r > SESOI)",
         getattr(causal_rq2(a)[layer], test),
         {"layer": layer, "test": test, "family": "Holm across layers"},
         ("rq6-knockout-vs-attention", lambda: knockout_vs_attention(a)),
