@@ -358,7 +358,7 @@ def knockout_vs_attention(a: StudyView) -> Figure:
 
 
 def layer_sweep(a: StudyView) -> Figure:
-    """r per layer (1 - 2 alpha CI) for RQ2's tests against importance and against the knockout effect."""
+    """Per layer, r with its (1 - 2 alpha) CI: RQ2 against importance and the knockout effect."""
     fig = Figure(figsize=(9.0, 3.9), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, test in zip(axes, ("position", "beyond_position"), strict=True):
