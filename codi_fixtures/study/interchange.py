@@ -22,6 +22,7 @@ the recipient's gold answer teacher-forced (Δ log p) and greedy decoding (the a
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import random
 import re
@@ -94,6 +95,63 @@ def _evaluate(expr: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Replay:
+    """How a chain's later equations take a change of one step's result.
+
+    Which operand carries which result does not depend on the new value, so this is worked
+    out once per (problem, step) and only the arithmetic is redone per value. Per later
+    equation: its text around its operands, each operand as (source, number) -- ``"given"``
+    (the number itself), ``"running"`` (the previous replayed result: a linear chain's
+    first operand) or ``"result"`` (the replayed value of the step whose original result
+    the number is) -- and its original result.
+    """
+
+    equations: tuple[tuple[tuple[str, ...], tuple[tuple[str, float], ...], float], ...]
+    changed_result: float  # the original result of the changed step
+
+
+@functools.lru_cache(maxsize=65536)
+def _replay_of(problem: Problem, step: int, literal_operands: bool) -> _Replay | None:
+    """The replay plan of :func:`counterfactual_chain`, or None where it gives no chain."""
+    chain = parse_chain(problem.cot)
+    if not 1 <= step <= len(chain) or (
+        problem.intermediates and len(problem.intermediates) != len(chain)
+    ):
+        return None
+    linear = all(
+        (m := _NUMBER.match(expr)) is not None and float(m.group()) == chain[j - 1][1]
+        for j, (expr, _) in enumerate(chain)
+        if j > 0
+    )
+    given = {float(x) for x in _NUMBER.findall(problem.question.replace(",", ""))}
+    results = [r for _, r in chain]
+    earlier = set(results[: step - 1])  # results the change leaves as they are
+    changed = {results[step - 1]}
+    equations = []
+    for expr, result in chain[step:]:
+        texts: list[str] = []
+        operands: list[tuple[str, float]] = []
+        end = 0
+        for mt in _NUMBER.finditer(expr):
+            number = float(mt.group())
+            if linear and mt.start() == 0:
+                source = "running"
+            elif number not in changed or (linear and (literal_operands or number in given)):
+                source = "given"
+            elif linear or number in given or number in earlier:
+                return None  # ambiguous: changed result, given, or an unchanged result?
+            else:
+                source = "result"
+            texts.append(expr[end : mt.start()])
+            operands.append((source, number))
+            end = mt.end()
+        texts.append(expr[end:])
+        equations.append((tuple(texts), tuple(operands), result))
+        changed.add(result)
+    return _Replay(tuple(equations), results[step - 1])
+
+
 def counterfactual_chain(
     problem: Problem, step: int, value: float, *, literal_operands: bool = False
 ) -> list[float] | None:
@@ -118,39 +176,23 @@ def counterfactual_chain(
     givens" (the organism generator's, which its training recipe replays): in a linear chain
     every operand but the first is then a given, with no ambiguity.
     """
-    chain = parse_chain(problem.cot)
-    if not 1 <= step <= len(chain) or (
-        problem.intermediates and len(problem.intermediates) != len(chain)
-    ):
+    replay = _replay_of(problem, step, literal_operands)
+    if replay is None:
         return None
-    linear = all(
-        (m := _NUMBER.match(expr)) is not None and float(m.group()) == chain[j - 1][1]
-        for j, (expr, _) in enumerate(chain)
-        if j > 0
-    )
-    given = {float(x) for x in _NUMBER.findall(problem.question.replace(",", ""))}
-    results = [r for _, r in chain]
-    earlier = set(results[: step - 1])  # results the change leaves as they are
-    changed = {results[step - 1]: value}
+    changed = {replay.changed_result: value}
     current = value
     out = [value]
-    for expr, result in chain[step:]:
-        parts: list[str] = []
-        end = 0
-        for mt in _NUMBER.finditer(expr):
-            number = float(mt.group())
-            if linear and mt.start() == 0:
-                number = current
-            elif number in changed:
-                if linear and (literal_operands or number in given):
-                    pass  # a given
-                elif linear or number in given or number in earlier:
-                    return None  # ambiguous: changed result, given, or an unchanged result?
-                else:
-                    number = changed[number]
-            parts += [expr[end : mt.start()], format_number(number)]
-            end = mt.end()
-        new = _evaluate("".join(parts) + expr[end:])
+    for texts, operands, result in replay.equations:
+        parts = [texts[0]]
+        for (source, number), text in zip(operands, texts[1:], strict=True):
+            if source == "given":
+                x = number
+            elif source == "running":
+                x = current
+            else:
+                x = changed[number]
+            parts += [format_number(x), text]
+        new = _evaluate("".join(parts))
         if new is None:
             return None
         changed[result] = new
