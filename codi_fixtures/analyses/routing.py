@@ -234,8 +234,7 @@ def routing_grid(a: StudyView) -> dict[tuple[int, int, int], StatResult]:
 def _effect(
     a: StudyView, att: np.ndarray, q_len: np.ndarray, target: np.ndarray, numbers: np.ndarray
 ) -> StatResult:
-    fit = routing_fit(att, q_len, target, numbers, min_carriers=MIN_ROUTING_PROBLEMS)
-    return routing_effect(fit, alpha=a.alpha)
+    return routing_effect(routing_fit(att, q_len, target, numbers), alpha=a.alpha)
 
 
 def _role_masks(data: RoutingData, steps: Sequence[int]) -> list[np.ndarray]:
