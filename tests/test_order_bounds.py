@@ -14,6 +14,7 @@ from codi_fixtures.stats.order_bounds import (
     _binomial_steps,
     _blocks,
     _coverages,
+    fewest_to_bound,
 )
 
 TRIM = 0.2
@@ -196,3 +197,13 @@ def test_population_helper_matches_scipy_on_a_large_sample() -> None:
     assert _population_trimmed_mean(atoms, probs, TRIM) == pytest.approx(
         stats.trim_mean(sample, TRIM), abs=0.01
     )
+
+
+@pytest.mark.parametrize(("level", "trim"), [(0.025, 0.2), (0.05, 0.2), (0.01, 0.1)])
+def test_fewest_to_bound_is_the_sample_size_where_a_bound_first_reaches_the_level(level, trim):
+    """Below it no sample, however far from the null, gets p < level; at it a clear one does."""
+    n = fewest_to_bound(level, trim)
+    assert (1 - trim) ** n < level <= (1 - trim) ** (n - 1)
+    far = np.linspace(50.0, 60.0, n)  # every value far above the null 0
+    assert TrimmedMeanBounds.of(far, trim).p_greater(0.0) < level
+    assert TrimmedMeanBounds.of(far[1:], trim).p_greater(0.0) >= level

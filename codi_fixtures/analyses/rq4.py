@@ -48,6 +48,7 @@ from codi_fixtures.stats import (
     mean_effect,
 )
 from codi_fixtures.stats.decoding import equivalence_effect, equivalence_verdicts, paired_effect
+from codi_fixtures.stats.order_bounds import fewest_to_bound
 from codi_fixtures.study.conditions import DONOR_KINDS, Dimensions, Interchange, Requirements
 
 __all__ = [
@@ -61,7 +62,7 @@ __all__ = [
 
 MIN_SAME_VALUE_DONORS = 5
 """A same-value cell needs this many problems with a same-value donor (and more with a
-different-value donor: :func:`_fewest_to_show`)."""
+different-value donor: :func:`~codi_fixtures.stats.order_bounds.fewest_to_bound`)."""
 
 
 class Rq4:
@@ -244,7 +245,8 @@ def _nothing_to_preserve(
     """
     values = diff_delta[np.isfinite(diff_delta)]
     sesoi = view.sesoi_logp
-    needed = _fewest_to_show(view.alpha / 2)
+    # the order-statistic bound in every trimmed-mean decision: 17 problems at alpha / 2 = 0.025
+    needed = max(MIN_SAME_VALUE_DONORS, fewest_to_bound(view.alpha / 2, TRIM_FRACTION))
     if values.size < needed:
         return inconclusive_verdict(
             f"inconclusive: nothing shown to preserve: only {values.size} problems have a "
@@ -276,15 +278,6 @@ def _nothing_to_preserve(
         "the thought holds",
         int(values.size),
     )
-
-
-def _fewest_to_show(level: float) -> int:
-    """The fewest problems whose 20% trimmed mean can be shown beyond a bound at ``level``.
-
-    The distribution-free order-statistic bound (part of every trimmed-mean decision) gives
-    no p below ``(1 - trim) ** n``: 17 problems at 0.025.
-    """
-    return max(MIN_SAME_VALUE_DONORS, math.ceil(math.log(level) / math.log(1.0 - TRIM_FRACTION)))
 
 
 def _same(answer: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-__all__ = ["TrimmedMeanBounds"]
+__all__ = ["TrimmedMeanBounds", "fewest_to_bound"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -151,6 +151,15 @@ def _bound_at(bounds: FloatArray, coverage: FloatArray, level: float) -> float:
     """The tightest of one family's upper bounds with coverage >= ``level`` (inf if none)."""
     enough = np.flatnonzero(coverage >= level)
     return math.inf if enough.size == 0 else float(bounds[enough[0]])
+
+
+def fewest_to_bound(level: float, trim: float) -> int:
+    """The fewest values whose bound can reach ``level``: no p falls below ``(1 - trim)^n``.
+
+    17 at level 0.025 and trim 0.2: on fewer, a trimmed-mean decision that needs these
+    bounds cannot be made at that level, whatever the values.
+    """
+    return math.ceil(math.log(level) / math.log(1.0 - trim))
 
 
 @dataclass(frozen=True, eq=False)  # array fields: compared by identity, not hashed by value
