@@ -81,7 +81,7 @@ class Rq1:
 
     def figures(self, view: StudyView) -> list[FigureSpec]:
         """The report's RQ1 overview figures."""
-        ci = f"{1 - 2 * view.alpha:.0%} CI"  # the verdicts' interval
+        ci = f"{view.ci_percent} CI"  # the verdicts' interval
         return [
             FigureSpec(
                 f"RQ1: importance by thought (20% trimmed mean with {ci}), per ablation kind",
@@ -275,7 +275,7 @@ def importance_by_thought(a: StudyView) -> Figure:
     ax_acc.set_ylabel(f"{ACC_LABEL}")
     ax_acc.set_title("accuracy (clean − ablated; Tango score CI)")
     fig.suptitle(
-        f"RQ1: ablating one thought ({1 - 2 * a.alpha:.0%} CIs; * Holm p < {a.alpha:g})",
+        f"RQ1: ablating one thought ({a.ci_percent} CIs; * Holm p < {a.alpha:g})",
         fontsize=12,
     )
     fig.legend(

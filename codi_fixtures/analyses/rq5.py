@@ -141,7 +141,7 @@ class Rq5:
                     partial(subset_bars, view, kind),
                     "one bar per ablated subset: mean Δ log p(gold) over problems (the plain mean, "
                     "the estimator of the 80% test), "
-                    f"{100 * (1 - 2 * view.alpha):.3g}% bootstrap-t CI; dashed line: 80% of the "
+                    f"{view.ci_percent} bootstrap-t CI; dashed line: 80% of the "
                     "all-thoughts effect's mean",
                 ),
                 FigureSpec(
@@ -561,9 +561,8 @@ def subset_bars(a: StudyView, kind: str) -> Figure:
         for s in sorted(set(sizes))
     ]
     ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0][-1:]], fontsize=7, ncols=4)
-    level = f"{100 * (1 - 2 * a.alpha):.3g}%"  # the verdicts' two-sided 1 - 2 alpha
     ax.set_title(
-        f"RQ5: ablating each subset of thoughts ({kind}; {level} CIs, sorted)", fontsize=11
+        f"RQ5: ablating each subset of thoughts ({kind}; {a.ci_percent} CIs, sorted)", fontsize=11
     )
     return fig
 

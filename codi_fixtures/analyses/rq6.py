@@ -127,7 +127,7 @@ class Rq6:
                 "RQ6: RQ2's tests at every layer",
                 "rq6_every_layer_rq2",
                 partial(layer_sweep, view),
-                f"one point per layer: r ({100 * (1 - 2 * view.alpha):.3g}% jackknife CI) of "
+                f"one point per layer: r ({view.ci_percent} jackknife CI) of "
                 "attention vs ablation importance "
                 "and vs knockout effect; * supported after Holm across all layers",
             ),
@@ -390,7 +390,7 @@ def layer_sweep(a: StudyView) -> Figure:
         _zero_line(ax)
         ax.set_xlabel("layer")
         ax.set_title(test.replace("_", " "), fontsize=10)
-    axes[0].set_ylabel(f"r ({100 * (1 - 2 * a.alpha):.3g}% CI)")
+    axes[0].set_ylabel(f"r ({a.ci_percent} CI)")
     axes[0].legend(fontsize=8)
     fig.suptitle(
         "RQ2 at every layer: attention vs importance and vs knockout effect "

@@ -104,6 +104,11 @@ class StudyView:
         return int(self.results.attention.shape[-1])
 
     @property
+    def ci_percent(self) -> str:
+        """The verdicts' two-sided ``1 - 2 alpha`` CI level as a label: "90%" at alpha 0.05."""
+        return f"{100 * (1 - 2 * self.alpha):.3g}%"
+
+    @property
     def kinds(self) -> list[str]:
         """Ablation kinds present in the study (those with single-thought or all-thought rows)."""
         found = (re.fullmatch(r"(?:t\d+|all)-([a-z]+)", c) for c in self.results.conditions)
